@@ -1,0 +1,52 @@
+//! Configuration of a Nimbus instance.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nimbus_engine::EngineConfig;
+use nimbus_runtime::PoolConfig;
+
+/// Everything `nimbus serve` configures. Each bound says what happens when reached.
+#[derive(Debug, Clone)]
+pub struct NimbusConfig {
+    /// Root of all data: `admin_key`, `nimbus.sqlite3` (tenant catalog), `tenants/`.
+    pub data_dir: PathBuf,
+    /// Base URL clients use, without a trailing slash (`http://127.0.0.1:3210`); tenant
+    /// URLs are `<public_url>/t/<tenant>`.
+    pub public_url: String,
+    /// Instance admin key; `None` = read `<data_dir>/admin_key` or generate it.
+    pub admin_key: Option<String>,
+    /// Per-tenant engine bounds.
+    pub engine: EngineConfig,
+    /// The JavaScript worker pool shared by all tenants.
+    pub pool: PoolConfig,
+    /// Most function calls of one tenant running or waiting for a JS worker at once;
+    /// beyond it calls fail with 429 (`Overloaded`) for that tenant only.
+    pub max_inflight_per_tenant: usize,
+    /// Most JS workers one tenant may occupy at once, so a tenant stuck in slow code
+    /// cannot take every worker from the others.
+    pub max_running_per_tenant: usize,
+    /// Most times a mutation is re-run after a write conflict before failing.
+    pub max_mutation_attempts: usize,
+    /// How long a staged (started, not finished) push is kept.
+    pub staged_push_ttl: Duration,
+}
+
+impl NimbusConfig {
+    /// Defaults for a data directory and public URL.
+    pub fn new(data_dir: PathBuf, public_url: String) -> Self {
+        let pool = PoolConfig::default();
+        let workers = pool.workers.max(1);
+        NimbusConfig {
+            data_dir,
+            public_url,
+            admin_key: None,
+            engine: EngineConfig::default(),
+            max_inflight_per_tenant: 1024,
+            max_running_per_tenant: (workers - 1).max(1),
+            pool,
+            max_mutation_attempts: 16,
+            staged_push_ttl: Duration::from_secs(600),
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! A tenant's active code: modules, the function table with validators, the schema.
+//!
+//! Stored as the global [`DEPLOYMENT_GLOBAL`] in the tenant's own namespace, written in
+//! the same commit that changes indexes, so code, schema and indexes switch together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use nimbus_runtime::{FunctionKind, ModuleSet};
+use nimbus_types::schema::Schema;
+use nimbus_types::validator::Validator;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::AppError;
+
+pub(crate) const DEPLOYMENT_GLOBAL: &str = "deployment";
+const DEPLOYMENT_FORMAT: u32 = 1;
+
+/// One registered function, as analyzed at push time.
+#[derive(Debug, Clone)]
+pub struct FunctionInfo {
+    /// Module path with `.js` (`"orders.js"`).
+    pub module_path: String,
+    /// Export name (`"create"`, `"default"`).
+    pub name: String,
+    pub kind: FunctionKind,
+    pub public: bool,
+    /// Validator JSON text of the arguments.
+    pub args_json: String,
+    /// Validator JSON text of the return value, if declared.
+    pub returns_json: Option<String>,
+}
+
+/// Hash of a module as the CLI computes it (`get_config_hashes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleHash {
+    pub path: String,
+    pub hash: String,
+    pub environment: String,
+}
+
+/// A module's source as pushed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredModule {
+    pub path: String,
+    pub source: String,
+    #[serde(rename = "sourceMap")]
+    pub source_map: Option<String>,
+    pub environment: String,
+}
+
+impl StoredModule {
+    pub fn hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.source.as_bytes());
+        if let Some(map) = &self.source_map {
+            hasher.update(map.as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// A function ready to call: its info and parsed validators.
+pub(crate) struct CompiledFunction {
+    pub info: FunctionInfo,
+    pub args: Validator,
+    pub returns: Option<Validator>,
+}
+
+/// The active code of a tenant.
+pub(crate) struct Deployment {
+    pub generation: u64,
+    pub modules: Vec<StoredModule>,
+    pub module_set: ModuleSet,
+    pub functions: HashMap<(String, String), Arc<CompiledFunction>>,
+    pub schema: Option<Arc<Schema>>,
+    pub schema_json: Option<String>,
+    pub crons_json: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeploymentRecord {
+    format: u32,
+    generation: u64,
+    modules: Vec<StoredModule>,
+    functions: Vec<FunctionRecord>,
+    schema_json: Option<String>,
+    crons_json: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FunctionRecord {
+    module_path: String,
+    name: String,
+    kind: String,
+    public: bool,
+    args_json: String,
+    returns_json: Option<String>,
+}
+
+fn kind_name(kind: FunctionKind) -> &'static str {
+    match kind {
+        FunctionKind::Query => "query",
+        FunctionKind::Mutation => "mutation",
+        FunctionKind::Action => "action",
+    }
+}
+
+fn kind_from_name(name: &str) -> Option<FunctionKind> {
+    match name {
+        "query" => Some(FunctionKind::Query),
+        "mutation" => Some(FunctionKind::Mutation),
+        "action" => Some(FunctionKind::Action),
+        _ => None,
+    }
+}
+
+impl Deployment {
+    /// The deployment of a tenant that never pushed code.
+    pub fn empty() -> Self {
+        Deployment {
+            generation: 0,
+            modules: Vec::new(),
+            module_set: module_set(0, &[]),
+            functions: HashMap::new(),
+            schema: None,
+            schema_json: None,
+            crons_json: None,
+        }
+    }
+
+    pub fn build(
+        generation: u64,
+        modules: Vec<StoredModule>,
+        functions: Vec<FunctionInfo>,
+        schema_json: Option<String>,
+        crons_json: Option<String>,
+    ) -> Result<Self, AppError> {
+        let schema = match &schema_json {
+            Some(text) => Some(Arc::new(Schema::parse_text(text).map_err(|e| {
+                AppError::PushFailed { code: "InvalidSchema", message: e.to_string() }
+            })?)),
+            None => None,
+        };
+        let mut table = HashMap::new();
+        for info in functions {
+            let args = Validator::parse_text(&info.args_json).map_err(|e| AppError::PushFailed {
+                code: "InvalidModule",
+                message: format!("{}:{}: invalid args validator: {e}", info.module_path, info.name),
+            })?;
+            let returns = match &info.returns_json {
+                Some(text) => Some(Validator::parse_text(text).map_err(|e| AppError::PushFailed {
+                    code: "InvalidModule",
+                    message: format!(
+                        "{}:{}: invalid returns validator: {e}",
+                        info.module_path, info.name
+                    ),
+                })?),
+                None => None,
+            };
+            table.insert(
+                (info.module_path.clone(), info.name.clone()),
+                Arc::new(CompiledFunction { info, args, returns }),
+            );
+        }
+        Ok(Deployment {
+            generation,
+            module_set: module_set(generation, &modules),
+            modules,
+            functions: table,
+            schema,
+            schema_json,
+            crons_json,
+        })
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, AppError> {
+        let record = DeploymentRecord {
+            format: DEPLOYMENT_FORMAT,
+            generation: self.generation,
+            modules: self.modules.clone(),
+            functions: self
+                .functions
+                .values()
+                .map(|f| FunctionRecord {
+                    module_path: f.info.module_path.clone(),
+                    name: f.info.name.clone(),
+                    kind: kind_name(f.info.kind).to_string(),
+                    public: f.info.public,
+                    args_json: f.info.args_json.clone(),
+                    returns_json: f.info.returns_json.clone(),
+                })
+                .collect(),
+            schema_json: self.schema_json.clone(),
+            crons_json: self.crons_json.clone(),
+        };
+        serde_json::to_vec(&record).map_err(|e| AppError::Internal(format!("deployment: {e}")))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AppError> {
+        let record: DeploymentRecord = serde_json::from_slice(bytes)
+            .map_err(|e| AppError::Internal(format!("stored deployment is unreadable: {e}")))?;
+        if record.format != DEPLOYMENT_FORMAT {
+            return Err(AppError::Internal(format!(
+                "stored deployment has format {}, this Nimbus reads {DEPLOYMENT_FORMAT}",
+                record.format
+            )));
+        }
+        let mut functions = Vec::with_capacity(record.functions.len());
+        for f in record.functions {
+            let kind = kind_from_name(&f.kind).ok_or_else(|| {
+                AppError::Internal(format!("stored function kind {:?} is unknown", f.kind))
+            })?;
+            functions.push(FunctionInfo {
+                module_path: f.module_path,
+                name: f.name,
+                kind,
+                public: f.public,
+                args_json: f.args_json,
+                returns_json: f.returns_json,
+            });
+        }
+        Deployment::build(
+            record.generation,
+            record.modules,
+            functions,
+            record.schema_json,
+            record.crons_json,
+        )
+    }
+
+    pub fn hashes(&self) -> Vec<ModuleHash> {
+        self.modules
+            .iter()
+            .map(|m| ModuleHash {
+                path: m.path.clone(),
+                hash: m.hash(),
+                environment: m.environment.clone(),
+            })
+            .collect()
+    }
+
+    pub fn function_infos(&self) -> Vec<FunctionInfo> {
+        let mut infos: Vec<FunctionInfo> = self.functions.values().map(|f| f.info.clone()).collect();
+        infos.sort_by(|a, b| (&a.module_path, &a.name).cmp(&(&b.module_path, &b.name)));
+        infos
+    }
+}
+
+fn module_set(generation: u64, modules: &[StoredModule]) -> ModuleSet {
+    let map: BTreeMap<String, String> =
+        modules.iter().map(|m| (m.path.clone(), m.source.clone())).collect();
+    ModuleSet { generation, modules: Arc::new(map), env: Arc::new(BTreeMap::new()) }
+}
+
+/// Splits a client's function path into (module path with `.js`, export name).
+///
+/// Accepts `orders:create`, `orders.js:create`, `orders` (default export),
+/// `orders:default`, `dir/file:fn`.
+pub(crate) fn canonical_path(path: &str) -> Option<(String, String)> {
+    let path = path.trim();
+    let (module, export) = match path.rsplit_once(':') {
+        Some((module, export)) => (module, export),
+        None => (path, "default"),
+    };
+    if module.is_empty() || export.is_empty() || module.starts_with('/') || module.contains("..") {
+        return None;
+    }
+    let module = module.strip_suffix(".js").unwrap_or(module);
+    Some((format!("{module}.js"), export.to_string()))
+}
+
+/// The name Convex shows for a function: `orders:create`.
+pub(crate) fn display_name(module_path: &str, export: &str) -> String {
+    let module = module_path.strip_suffix(".js").unwrap_or(module_path);
+    format!("{module}:{export}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths() {
+        let expect = |p: &str, m: &str, e: &str| {
+            assert_eq!(canonical_path(p), Some((m.to_string(), e.to_string())), "{p}");
+        };
+        expect("orders:create", "orders.js", "create");
+        expect("orders.js:create", "orders.js", "create");
+        expect("orders", "orders.js", "default");
+        expect("orders:default", "orders.js", "default");
+        expect("dir/file:fn", "dir/file.js", "fn");
+        assert_eq!(canonical_path(":x"), None);
+        assert_eq!(canonical_path("../x:y"), None);
+    }
+}

@@ -1,0 +1,92 @@
+//! The app layer's error type: request-level failures (the function never ran, or the
+//! system failed). Failures *of* a function are not errors here: they are a
+//! [`crate::FunctionFailure`] inside a successful [`crate::FunctionResponse`].
+
+use nimbus_engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    #[error("tenant {0:?} already exists")]
+    TenantExists(String),
+    #[error("invalid tenant name {0:?}: names match ^[a-z][a-z0-9-]{{0,62}}$")]
+    InvalidTenantName(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    InvalidValue(String),
+    #[error("missing or invalid admin key")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("tenant {tenant:?} is overloaded: {detail}")]
+    Overloaded { tenant: String, detail: String, retry_after_secs: u64 },
+    #[error("tenant {tenant:?} is unavailable: {detail}")]
+    Unavailable { tenant: String, detail: String },
+    /// A push that cannot be applied (bad module, schema mismatch); shown by the CLI.
+    #[error("{message}")]
+    PushFailed { code: &'static str, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    /// Stable code for the JSON body (see docs/http-api.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::TenantNotFound(_) => "TenantNotFound",
+            AppError::TenantExists(_) => "TenantExists",
+            AppError::InvalidTenantName(_) => "InvalidTenantName",
+            AppError::BadRequest(_) => "BadJsonInput",
+            AppError::InvalidValue(_) => "InvalidValue",
+            AppError::Unauthenticated => "Unauthenticated",
+            AppError::Forbidden(_) => "Forbidden",
+            AppError::Overloaded { .. } => "Overloaded",
+            AppError::Unavailable { .. } => "TenantUnavailable",
+            AppError::PushFailed { code, .. } => code,
+            AppError::Internal(_) => "InternalServerError",
+        }
+    }
+
+    /// HTTP status for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AppError::TenantNotFound(_) => 404,
+            AppError::TenantExists(_) => 409,
+            AppError::InvalidTenantName(_)
+            | AppError::BadRequest(_)
+            | AppError::InvalidValue(_)
+            | AppError::PushFailed { .. } => 400,
+            AppError::Unauthenticated => 401,
+            AppError::Forbidden(_) => 403,
+            AppError::Overloaded { .. } => 429,
+            AppError::Unavailable { .. } => 503,
+            AppError::Internal(_) => 500,
+        }
+    }
+
+    /// Seconds for the `Retry-After` header, when the client should retry later.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AppError::Overloaded { retry_after_secs, .. } => Some(*retry_after_secs),
+            AppError::Unavailable { .. } => Some(5),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_engine(tenant: &str, error: EngineError) -> AppError {
+        match error {
+            EngineError::Overloaded { .. } => AppError::Overloaded {
+                tenant: tenant.to_string(),
+                detail: error.to_string(),
+                retry_after_secs: 1,
+            },
+            EngineError::ShutDown | EngineError::Poisoned(_) => {
+                AppError::Unavailable { tenant: tenant.to_string(), detail: error.to_string() }
+            }
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}

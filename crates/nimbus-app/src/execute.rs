@@ -1,0 +1,347 @@
+//! Running one function call: resolve, validate arguments, execute in the runtime against
+//! a transaction, validate the result, and for mutations commit with bounded retries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_engine::{EngineError, ErrorClass};
+use nimbus_runtime::{FunctionError, FunctionKind, Invocation};
+use nimbus_types::json::decode;
+use nimbus_types::{TypesError, Value};
+use serde_json::Value as Json;
+
+use crate::deployment::{canonical_path, display_name, CompiledFunction};
+use crate::error::AppError;
+use crate::syscalls::{IdsOf, TxnHost};
+use crate::tenant::Tenant;
+
+/// Who is calling: clients may call public functions only; the tenant admin may call
+/// internal ones too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Client,
+    Admin,
+}
+
+/// One function call as a transport received it.
+#[derive(Debug, Clone)]
+pub struct FunctionRequest {
+    /// `orders:create`, `orders.js:create`, `orders` (default export).
+    pub path: String,
+    /// convex-JSON arguments: `[argsObject]` or a bare object.
+    pub args: Json,
+    /// The kind the endpoint expects (`None`: any, as `/api/function`).
+    pub kind: Option<FunctionKind>,
+    pub caller: Caller,
+    /// For `/api/query_at_ts`: the snapshot timestamp the client wants.
+    pub at_ts: Option<u64>,
+}
+
+/// A failure of the function itself (reported with HTTP 200 and `status: "error"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionFailure {
+    /// Stable code: `FunctionNotFound`, `ArgumentValidationError`, `UncaughtError`, ...
+    pub code: &'static str,
+    pub message: String,
+    /// `ConvexError` data.
+    pub data: Option<Value>,
+}
+
+/// The outcome of a call that reached the function.
+#[derive(Debug, Clone)]
+pub struct FunctionResponse {
+    pub result: Result<Value, FunctionFailure>,
+    pub log_lines: Vec<String>,
+    pub documents_scanned: u64,
+    pub execution: Duration,
+    /// Snapshot (queries) or commit (mutations) timestamp.
+    pub ts: u64,
+}
+
+impl FunctionResponse {
+    fn failure(code: &'static str, message: String, ts: u64) -> Self {
+        FunctionResponse {
+            result: Err(FunctionFailure { code, message, data: None }),
+            log_lines: Vec::new(),
+            documents_scanned: 0,
+            execution: Duration::ZERO,
+            ts,
+        }
+    }
+}
+
+fn kind_label(kind: FunctionKind) -> &'static str {
+    match kind {
+        FunctionKind::Query => "query",
+        FunctionKind::Mutation => "mutation",
+        FunctionKind::Action => "action",
+    }
+}
+
+impl Tenant {
+    /// Runs a function call to completion.
+    pub async fn run(&self, request: FunctionRequest) -> Result<FunctionResponse, AppError> {
+        let deployment = self.deployment();
+        let ts_now = self.latest_ts();
+        let Some((module, export)) = canonical_path(&request.path) else {
+            return Ok(FunctionResponse::failure(
+                "FunctionNotFound",
+                format!("Invalid function path {:?}", request.path),
+                ts_now,
+            ));
+        };
+        let name = display_name(&module, &export);
+        let function = deployment.functions.get(&(module.clone(), export.clone())).cloned();
+        let function = match function {
+            Some(f) if f.info.public || request.caller == Caller::Admin => f,
+            _ => {
+                return Ok(FunctionResponse::failure(
+                    "FunctionNotFound",
+                    format!(
+                        "Could not find public function for '{name}'. Did you forget to run \
+                         `npx convex dev` or `npx convex deploy`?"
+                    ),
+                    ts_now,
+                ))
+            }
+        };
+        if let Some(expected) = request.kind {
+            if expected != function.info.kind {
+                return Ok(FunctionResponse::failure(
+                    "InvalidFunctionKind",
+                    format!(
+                        "Trying to execute {name} as {}, but it is defined as {}.",
+                        kind_label(expected),
+                        kind_label(function.info.kind)
+                    ),
+                    ts_now,
+                ));
+            }
+        }
+        let args = parse_args(&request.args)?;
+        let _inflight = self.admit_call()?;
+        match function.info.kind {
+            FunctionKind::Query => self.run_query(&deployment, &function, &name, args).await,
+            FunctionKind::Mutation => self.run_mutation(&deployment, &function, &name, args).await,
+            FunctionKind::Action => Ok(FunctionResponse::failure(
+                "UnsupportedFunctionKind",
+                format!("{name} is an action; Nimbus does not run actions yet"),
+                ts_now,
+            )),
+        }
+    }
+
+    async fn run_query(
+        &self,
+        deployment: &Arc<crate::deployment::Deployment>,
+        function: &Arc<CompiledFunction>,
+        name: &str,
+        args: Value,
+    ) -> Result<FunctionResponse, AppError> {
+        let txn = self.engine().begin();
+        let ts = txn.snapshot().ts.0;
+        if let Err(message) = check_args(function, &args, &txn) {
+            return Ok(FunctionResponse::failure("ArgumentValidationError", message, ts));
+        }
+        let (host, outcome) = self.execute(deployment, function, name, args, txn).await?;
+        let documents_scanned = host.txn.stats().documents_scanned;
+        if let Some(error) = host.system_error {
+            return Err(system_error(self.name(), error));
+        }
+        let result = finish_result(function, outcome.result, &host.txn);
+        Ok(FunctionResponse {
+            result,
+            log_lines: outcome.log_lines,
+            documents_scanned,
+            execution: outcome.cpu_time,
+            ts,
+        })
+    }
+
+    async fn run_mutation(
+        &self,
+        deployment: &Arc<crate::deployment::Deployment>,
+        function: &Arc<CompiledFunction>,
+        name: &str,
+        args: Value,
+    ) -> Result<FunctionResponse, AppError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let txn = self.engine().begin();
+            if let Err(message) = check_args(function, &args, &txn) {
+                return Ok(FunctionResponse::failure(
+                    "ArgumentValidationError",
+                    message,
+                    txn.snapshot().ts.0,
+                ));
+            }
+            let started = Instant::now();
+            let (host, outcome) =
+                self.execute(deployment, function, name, args.clone(), txn).await?;
+            if let Some(error) = host.system_error {
+                return Err(system_error(self.name(), error));
+            }
+            let documents_scanned = host.txn.stats().documents_scanned;
+            let result = finish_result(function, outcome.result, &host.txn);
+            if result.is_err() {
+                // A failed mutation writes nothing: its transaction is dropped here.
+                return Ok(FunctionResponse {
+                    result,
+                    log_lines: outcome.log_lines,
+                    documents_scanned,
+                    execution: outcome.cpu_time,
+                    ts: host.txn.snapshot().ts.0,
+                });
+            }
+            match self.engine().commit(host.txn.finish()).await {
+                Ok(ts) => {
+                    return Ok(FunctionResponse {
+                        result,
+                        log_lines: outcome.log_lines,
+                        documents_scanned,
+                        execution: outcome.cpu_time,
+                        ts: ts.0,
+                    })
+                }
+                Err(EngineError::Conflict(reason)) if attempt < self.max_attempts() => {
+                    tracing::debug!(tenant = self.name(), %name, attempt, %reason, elapsed_us = started.elapsed().as_micros() as u64, "mutation conflict, retrying");
+                    continue;
+                }
+                Err(EngineError::Conflict(reason)) => {
+                    return Err(AppError::Overloaded {
+                        tenant: self.name().to_string(),
+                        detail: format!(
+                            "{name} conflicted with concurrent writes {attempt} times ({reason}); \
+                             retry later"
+                        ),
+                        retry_after_secs: 1,
+                    })
+                }
+                Err(other) => return Err(AppError::from_engine(self.name(), other)),
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        deployment: &Arc<crate::deployment::Deployment>,
+        function: &Arc<CompiledFunction>,
+        name: &str,
+        args: Value,
+        txn: nimbus_engine::Transaction,
+    ) -> Result<(TxnHost, nimbus_runtime::Outcome), AppError> {
+        let args_json = Json::Array(vec![nimbus_types::json::encode(&args)]).to_string();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let invocation = Invocation {
+            tenant: self.name_arc(),
+            modules: deployment.module_set.clone(),
+            module_path: function.info.module_path.clone(),
+            export_name: function.info.name.clone(),
+            kind: function.info.kind,
+            args_json,
+            rng_seed: rand::random(),
+            now_ms,
+            request_id: String::new(),
+        };
+        let host = TxnHost {
+            txn,
+            kind: function.info.kind,
+            schema: deployment.schema.clone(),
+            function_name: name.to_string(),
+            system_error: None,
+        };
+        let _running = self.acquire_worker().await?;
+        self.pool().invoke(invocation, host).await.map_err(|e| AppError::Overloaded {
+            tenant: self.name().to_string(),
+            detail: e.to_string(),
+            retry_after_secs: 1,
+        })
+    }
+}
+
+fn system_error(tenant: &str, error: EngineError) -> AppError {
+    match error.class() {
+        ErrorClass::Overloaded | ErrorClass::Unavailable => AppError::from_engine(tenant, error),
+        ErrorClass::User | ErrorClass::Conflict | ErrorClass::Internal => {
+            AppError::Internal(error.to_string())
+        }
+    }
+}
+
+/// Accepts `[argsObject]` (positional form) or a bare object.
+fn parse_args(args: &Json) -> Result<Value, AppError> {
+    let object = match args {
+        Json::Array(items) if items.len() == 1 => &items[0],
+        Json::Array(items) if items.is_empty() => return Ok(Value::Object(Default::default())),
+        Json::Array(items) => {
+            return Err(AppError::BadRequest(format!(
+                "args must be one object (or an array holding one object), got an array of {}",
+                items.len()
+            )))
+        }
+        Json::Null => return Ok(Value::Object(Default::default())),
+        other => other,
+    };
+    let value = decode(object).map_err(|e| AppError::InvalidValue(format!("invalid args: {e}")))?;
+    match value {
+        Value::Object(_) => Ok(value),
+        other => Err(AppError::BadRequest(format!(
+            "args must be an object, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn check_args(
+    function: &CompiledFunction,
+    args: &Value,
+    txn: &nimbus_engine::Transaction,
+) -> Result<(), String> {
+    function.args.check(args, &IdsOf(txn)).map_err(|e| {
+        format!(
+            "ArgumentValidationError: {e}",
+        )
+    })
+}
+
+/// Turns the runtime's outcome into the function's result, validating the return value.
+fn finish_result(
+    function: &CompiledFunction,
+    result: Result<String, FunctionError>,
+    txn: &nimbus_engine::Transaction,
+) -> Result<Value, FunctionFailure> {
+    let text = result.map_err(runtime_failure)?;
+    let value = serde_json::from_str::<Json>(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|json| decode(&json).map_err(|e: TypesError| e.to_string()))
+        .map_err(|e| FunctionFailure {
+            code: "UncaughtError",
+            message: format!("the function returned a value that is not a Convex value: {e}"),
+            data: None,
+        })?;
+    if let Some(returns) = &function.returns {
+        returns.check(&value, &IdsOf(txn)).map_err(|e| FunctionFailure {
+            code: "ReturnValidationError",
+            message: format!("ReturnsValidationError: {e}"),
+            data: None,
+        })?;
+    }
+    Ok(value)
+}
+
+fn runtime_failure(error: FunctionError) -> FunctionFailure {
+    let code = error.code();
+    match error {
+        FunctionError::ConvexError { message, data_json } => {
+            let data = serde_json::from_str::<Json>(&data_json)
+                .ok()
+                .and_then(|json| decode(&json).ok());
+            FunctionFailure { code, message, data }
+        }
+        other => FunctionFailure { code, message: other.to_string(), data: None },
+    }
+}

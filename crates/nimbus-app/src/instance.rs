@@ -1,0 +1,278 @@
+//! `Nimbus`: one server instance — the tenant catalog, the storage backend, the JS pool
+//! and the active tenants.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nimbus_engine::TenantEngine;
+use nimbus_runtime::JsPool;
+use nimbus_storage::{StorageBackend, StorageError};
+use nimbus_storage_sqlite::{SqliteBackend, SqliteConfig};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::catalog::{TenantCatalog, TenantRow};
+use crate::config::NimbusConfig;
+use crate::error::AppError;
+use crate::is_valid_tenant_name;
+use crate::tenant::Tenant;
+
+/// A tenant just created, with its admin key (shown once; only its hash is kept).
+#[derive(Debug, Clone)]
+pub struct CreatedTenant {
+    pub name: String,
+    pub url: String,
+    pub admin_key: String,
+}
+
+/// A tenant as listed by the admin API.
+#[derive(Debug, Clone)]
+pub struct TenantInfo {
+    pub name: String,
+    pub url: String,
+    pub created_at_ms: u64,
+}
+
+/// One Nimbus server instance.
+pub struct Nimbus {
+    config: NimbusConfig,
+    admin_key_hash: String,
+    admin_key_path: PathBuf,
+    catalog: TenantCatalog,
+    storage: Arc<dyn StorageBackend>,
+    pool: Arc<JsPool>,
+    /// Active tenants. Activation holds the async lock so a tenant is opened once.
+    active: AsyncMutex<HashMap<String, Arc<Tenant>>>,
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Constant-time comparison of two hex digests.
+fn same_digest(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_secret() -> String {
+    hex::encode(rand::random::<[u8; 24]>())
+}
+
+fn storage_error(context: &str, e: StorageError) -> AppError {
+    AppError::Internal(format!("{context}: {e}"))
+}
+
+impl Nimbus {
+    /// Opens (or initializes) the data directory and starts the shared JS pool.
+    pub async fn open(config: NimbusConfig) -> Result<Arc<Nimbus>, AppError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            AppError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display()))
+        })?;
+        let admin_key_path = config.data_dir.join("admin_key");
+        let admin_key = match &config.admin_key {
+            Some(key) => key.clone(),
+            None => load_or_create_admin_key(&admin_key_path)?,
+        };
+        let catalog = TenantCatalog::open(&config.data_dir.join("nimbus.sqlite3"))?;
+        let storage: Arc<dyn StorageBackend> = Arc::new(
+            SqliteBackend::new(config.data_dir.clone(), SqliteConfig::default())
+                .map_err(|e| storage_error("opening SQLite storage", e))?,
+        );
+        let pool = Arc::new(
+            JsPool::new(config.pool.clone())
+                .map_err(|e| AppError::Internal(format!("starting the JS pool: {e}")))?,
+        );
+        let nimbus = Nimbus {
+            admin_key_hash: sha256_hex(&admin_key),
+            admin_key_path,
+            catalog,
+            storage,
+            pool,
+            active: AsyncMutex::new(HashMap::new()),
+            config,
+        };
+        nimbus.finish_interrupted()?;
+        Ok(Arc::new(nimbus))
+    }
+
+    /// Completes creations and deletions a crash interrupted: both end with the tenant
+    /// gone (a creation never returned its key, so nobody can use it).
+    fn finish_interrupted(&self) -> Result<(), AppError> {
+        for (name, state) in self.catalog.unfinished()? {
+            tracing::warn!(tenant = %name, %state, "removing a tenant left unfinished by a crash");
+            if self.storage.namespace_exists(&name).map_err(|e| storage_error("recovery", e))? {
+                self.storage.delete_namespace(&name).map_err(|e| storage_error("recovery", e))?;
+            }
+            self.catalog.remove(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Where the generated instance admin key is written.
+    pub fn admin_key_path(&self) -> &std::path::Path {
+        &self.admin_key_path
+    }
+
+    pub fn check_instance_admin_key(&self, presented: &str) -> Result<(), AppError> {
+        if same_digest(&sha256_hex(presented), &self.admin_key_hash) {
+            Ok(())
+        } else {
+            Err(AppError::Unauthenticated)
+        }
+    }
+
+    pub fn tenant_url(&self, name: &str) -> String {
+        format!("{}/t/{name}", self.config.public_url)
+    }
+
+    fn info(&self, row: &TenantRow) -> TenantInfo {
+        TenantInfo { name: row.name.clone(), url: self.tenant_url(&row.name), created_at_ms: row.created_at_ms }
+    }
+
+    pub async fn create_tenant(&self, name: &str) -> Result<CreatedTenant, AppError> {
+        if !is_valid_tenant_name(name) {
+            return Err(AppError::InvalidTenantName(name.to_string()));
+        }
+        let admin_key = format!("{name}|{}", random_secret());
+        let created_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let row = TenantRow { name: name.to_string(), created_at_ms, key_hash: sha256_hex(&admin_key) };
+        self.catalog.insert_creating(&row)?;
+        let storage = self.storage.clone();
+        let namespace = name.to_string();
+        let created = tokio::task::spawn_blocking(move || {
+            if storage.namespace_exists(&namespace)? {
+                // Left over from a tenant whose deletion was interrupted: start clean.
+                storage.delete_namespace(&namespace)?;
+            }
+            storage.create_namespace(&namespace)
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("create task: {e}")))?;
+        if let Err(e) = created {
+            self.catalog.remove(name)?;
+            return Err(storage_error("creating the tenant's storage", e));
+        }
+        self.catalog.set_active(name)?;
+        tracing::info!(tenant = name, "tenant created");
+        Ok(CreatedTenant { name: name.to_string(), url: self.tenant_url(name), admin_key })
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<TenantInfo>, AppError> {
+        Ok(self.catalog.list()?.iter().map(|row| self.info(row)).collect())
+    }
+
+    pub async fn tenant_info(&self, name: &str) -> Result<TenantInfo, AppError> {
+        match self.catalog.get(name)? {
+            Some(row) => Ok(self.info(&row)),
+            None => Err(AppError::TenantNotFound(name.to_string())),
+        }
+    }
+
+    /// Deletes a tenant: invisible at once, then its engine is dropped and its namespace
+    /// removed as a unit.
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), AppError> {
+        if !self.catalog.set_deleting(name)? {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        let removed = self.active.lock().await.remove(name);
+        drop(removed);
+        let storage = self.storage.clone();
+        let namespace = name.to_string();
+        tokio::task::spawn_blocking(move || storage.delete_namespace(&namespace))
+            .await
+            .map_err(|e| AppError::Internal(format!("delete task: {e}")))?
+            .map_err(|e| storage_error("deleting the tenant's storage", e))?;
+        self.catalog.remove(name)?;
+        tracing::info!(tenant = name, "tenant deleted");
+        Ok(())
+    }
+
+    /// The active tenant, activating it if needed.
+    pub async fn tenant(&self, name: &str) -> Result<Arc<Tenant>, AppError> {
+        let mut active = self.active.lock().await;
+        if let Some(tenant) = active.get(name) {
+            return Ok(tenant.clone());
+        }
+        if self.catalog.get(name)?.is_none() {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        let storage = self.storage.clone();
+        let namespace = name.to_string();
+        let store = tokio::task::spawn_blocking(move || storage.open_namespace(&namespace))
+            .await
+            .map_err(|e| AppError::Internal(format!("open task: {e}")))?
+            .map_err(|e| storage_error("opening the tenant's storage", e))?;
+        let engine = TenantEngine::open(name, store, self.config.engine.clone())
+            .await
+            .map_err(|e| AppError::from_engine(name, e))?;
+        let tenant = Tenant::activate(name, engine, self.pool.clone(), &self.config).await?;
+        active.insert(name.to_string(), tenant.clone());
+        Ok(tenant)
+    }
+
+    /// Checks a tenant admin key (`<tenant>|<secret>`) for `tenant`.
+    pub async fn check_tenant_admin_key(&self, tenant: &str, key: &str) -> Result<(), AppError> {
+        let Some((key_tenant, _)) = key.split_once('|') else {
+            return Err(AppError::Unauthenticated);
+        };
+        let valid_for_its_tenant = match self.catalog.get(key_tenant)? {
+            Some(row) => same_digest(&sha256_hex(key), &row.key_hash),
+            None => false,
+        };
+        if !valid_for_its_tenant {
+            return Err(AppError::Unauthenticated);
+        }
+        if key_tenant != tenant {
+            return Err(AppError::Forbidden(format!(
+                "this admin key belongs to another tenant, not to {tenant:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The tenant a tenant admin key belongs to (for CLI requests without a tenant route).
+    pub async fn tenant_for_admin_key(&self, key: &str) -> Result<Arc<Tenant>, AppError> {
+        let Some((name, _)) = key.split_once('|') else {
+            return Err(AppError::Unauthenticated);
+        };
+        self.check_tenant_admin_key(name, key).await?;
+        self.tenant(name).await
+    }
+
+    /// Drops every active tenant; committers finish what is queued.
+    pub async fn shutdown(&self) {
+        self.active.lock().await.clear();
+    }
+
+    /// Names of tenants active in memory.
+    pub async fn active_tenants(&self) -> Vec<String> {
+        self.active.lock().await.keys().cloned().collect()
+    }
+}
+
+/// Reads `<data>/admin_key`, or generates a key and writes it with mode 0600.
+fn load_or_create_admin_key(path: &std::path::Path) -> Result<String, AppError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AppError::Internal(format!("reading {}: {e}", path.display()))),
+    }
+    let key = format!("nimbus-admin-{}", random_secret());
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| AppError::Internal(format!("writing {}: {e}", path.display())))?;
+    file.write_all(format!("{key}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| AppError::Internal(format!("writing {}: {e}", path.display())))?;
+    Ok(key)
+}

@@ -1,0 +1,47 @@
+//! Per-tenant use cases of Nimbus: the tenant catalog, running functions, pushing code.
+//!
+//! [`Nimbus`] is one server instance: it owns the control-plane catalog of tenants, the
+//! storage backend, the shared JavaScript pool, and the active [`Tenant`]s. A [`Tenant`]
+//! runs queries and mutations (with bounded optimistic-concurrency retries) and accepts
+//! code pushes. Everything here is transport-agnostic: `nimbus-server` turns HTTP into
+//! these calls and these results into HTTP.
+
+mod catalog;
+mod config;
+mod deployment;
+mod error;
+mod execute;
+mod instance;
+mod push;
+mod syscalls;
+mod tenant;
+
+pub use config::NimbusConfig;
+pub use deployment::{FunctionInfo, ModuleHash};
+pub use error::AppError;
+pub use execute::{Caller, FunctionFailure, FunctionRequest, FunctionResponse};
+pub use instance::{CreatedTenant, Nimbus, TenantInfo};
+pub use nimbus_runtime::FunctionKind;
+pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
+pub use tenant::{Tenant, TenantStats};
+
+/// Tenant names: `^[a-z][a-z0-9-]{0,62}$`.
+pub fn is_valid_tenant_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tenant_names() {
+        for ok in ["a", "acme", "shop-42", &"a".repeat(63)] {
+            assert!(super::is_valid_tenant_name(ok), "{ok}");
+        }
+        for bad in ["", "A", "1abc", "-a", "a_b", "a.b", &"a".repeat(64), "ä"] {
+            assert!(!super::is_valid_tenant_name(bad), "{bad}");
+        }
+    }
+}

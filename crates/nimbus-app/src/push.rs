@@ -1,0 +1,383 @@
+//! Code push: analyze pushed modules and schema (start), check existing documents
+//! (status), and switch code, schema and indexes atomically (finish).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nimbus_engine::{DeployRequest, Snapshot};
+use nimbus_runtime::{analyze_modules, evaluate_schema, ModuleSet, RuntimeLimits, Visibility};
+use nimbus_types::schema::Schema;
+use nimbus_types::{Object, Value};
+
+use crate::deployment::{Deployment, FunctionInfo, StoredModule, DEPLOYMENT_GLOBAL};
+use crate::error::AppError;
+use crate::tenant::Tenant;
+
+/// Most staged pushes kept per tenant; starting another evicts the oldest.
+const MAX_STAGED_PUSHES: usize = 4;
+/// Most modules in one push.
+const MAX_MODULES: usize = 4096;
+/// Most total source bytes in one push.
+const MAX_PUSH_BYTES: usize = 64 << 20;
+
+/// One module as pushed by the CLI.
+#[derive(Debug, Clone)]
+pub struct PushModule {
+    pub path: String,
+    pub source: String,
+    pub source_map: Option<String>,
+    /// `"isolate"` (runs here) or `"node"` (rejected).
+    pub environment: String,
+}
+
+/// A push as the CLI sends it.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    /// Modules sent in full.
+    pub modules: Vec<PushModule>,
+    /// Modules sent only as hashes: their deployed source is reused.
+    pub unchanged: Vec<String>,
+    /// `schema.js`, if the project has one.
+    pub schema_source: Option<String>,
+    pub dry_run: bool,
+}
+
+/// An index added or removed by a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexChange {
+    pub table: String,
+    pub name: String,
+    pub fields: Vec<String>,
+    pub added: bool,
+}
+
+/// The result of `start_push`: the analysis, and a token to finish it with.
+#[derive(Debug, Clone)]
+pub struct StagedPush {
+    pub token: String,
+    pub functions: Vec<FunctionInfo>,
+    pub schema_json: Option<String>,
+    pub index_changes: Vec<IndexChange>,
+    pub crons_json: Option<String>,
+}
+
+/// Whether a staged push can be finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StagedStatus {
+    Ready,
+    Failed { error: String, table: Option<String> },
+}
+
+struct Staged {
+    deployment: Arc<Deployment>,
+    created: Instant,
+}
+
+/// Staged pushes of one tenant, bounded by [`MAX_STAGED_PUSHES`] and a TTL.
+#[derive(Default)]
+pub(crate) struct StagedPushes {
+    entries: HashMap<String, Staged>,
+}
+
+impl StagedPushes {
+    fn insert(&mut self, token: String, staged: Staged, ttl: std::time::Duration) {
+        self.entries.retain(|_, s| s.created.elapsed() < ttl);
+        while self.entries.len() >= MAX_STAGED_PUSHES {
+            let oldest = self.entries.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| k.clone());
+            match oldest {
+                Some(key) => self.entries.remove(&key),
+                None => break,
+            };
+        }
+        self.entries.insert(token, staged);
+    }
+
+    fn get(&self, token: &str) -> Option<Arc<Deployment>> {
+        self.entries.get(token).map(|s| s.deployment.clone())
+    }
+}
+
+impl Tenant {
+    /// Analyzes a push and stages it (unless `dry_run`).
+    pub async fn start_push(&self, request: PushRequest) -> Result<StagedPush, AppError> {
+        let current = self.deployment();
+        let modules = assemble_modules(&current, request.modules, &request.unchanged)?;
+        let generation = current.generation + 1;
+        let module_set = ModuleSet {
+            generation,
+            modules: Arc::new(modules.iter().map(|m| (m.path.clone(), m.source.clone())).collect()),
+            env: Arc::new(BTreeMap::new()),
+        };
+        let limits = RuntimeLimits::default();
+        let schema_source = request.schema_source;
+        let analyzed = tokio::task::spawn_blocking(move || {
+            let analysis = analyze_modules(&module_set, &limits)
+                .map_err(|e| push_failed("InvalidModules", e.to_string()))?;
+            let schema_json = match schema_source {
+                Some(source) => Some(
+                    evaluate_schema(&source, &limits)
+                        .map_err(|e| push_failed("InvalidSchema", e.to_string()))?,
+                ),
+                None => None,
+            };
+            Ok::<_, AppError>((analysis, schema_json))
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("analysis task failed: {e}")))??;
+        let (analysis, schema_json) = analyzed;
+        let functions: Vec<FunctionInfo> = analysis
+            .functions
+            .into_iter()
+            .map(|f| FunctionInfo {
+                module_path: f.module_path,
+                name: f.name,
+                kind: f.kind,
+                public: matches!(f.visibility, Visibility::Public),
+                args_json: f.args_json,
+                returns_json: f.returns_json,
+            })
+            .collect();
+        let deployment = Deployment::build(
+            generation,
+            modules,
+            functions.clone(),
+            schema_json.clone(),
+            analysis.crons_json.clone(),
+        )?;
+        let index_changes = index_changes(&self.engine().snapshot(), deployment.schema.as_deref());
+        let token = format!("push-{}-{:016x}", generation, rand::random::<u64>());
+        if !request.dry_run {
+            self.staged.lock().insert(
+                token.clone(),
+                Staged { deployment: Arc::new(deployment), created: Instant::now() },
+                self.config.staged_push_ttl,
+            );
+        }
+        Ok(StagedPush {
+            token,
+            functions,
+            schema_json,
+            index_changes,
+            crons_json: analysis.crons_json,
+        })
+    }
+
+    /// Checks the staged schema against the documents stored now.
+    pub async fn push_status(&self, token: &str) -> Result<StagedStatus, AppError> {
+        let staged = self.staged_push(token)?;
+        let snapshot = self.engine().snapshot();
+        Ok(match staged.schema.as_deref().map(|s| validate_documents(s, &snapshot)) {
+            Some(Err((error, table))) => StagedStatus::Failed { error, table: Some(table) },
+            _ => StagedStatus::Ready,
+        })
+    }
+
+    /// Activates a staged push: code, schema and indexes switch in one commit. The
+    /// schema check runs again inside the committer, so no write can slip in between.
+    pub async fn finish_push(&self, token: &str, dry_run: bool) -> Result<(), AppError> {
+        let staged = self.staged_push(token)?;
+        if dry_run {
+            return Ok(());
+        }
+        let mut indexes: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        if let Some(schema) = &staged.schema {
+            for (table, definition) in &schema.tables {
+                let entry = indexes.entry(table.clone()).or_default();
+                for index in &definition.indexes {
+                    entry.insert(index.name.clone(), index.fields.clone());
+                }
+            }
+        }
+        let check_schema = staged.schema.clone();
+        let request = DeployRequest {
+            indexes,
+            globals: vec![(DEPLOYMENT_GLOBAL.to_string(), Some(staged.to_bytes()?))],
+            check: Some(Box::new(move |snapshot: &Snapshot| match &check_schema {
+                Some(schema) => validate_documents(schema, snapshot).map_err(|(error, _)| error),
+                None => Ok(()),
+            })),
+        };
+        match self.engine().deploy(request).await {
+            Ok(outcome) => {
+                tracing::info!(
+                    tenant = self.name(),
+                    generation = staged.generation,
+                    added = ?outcome.added_indexes,
+                    removed = ?outcome.removed_indexes,
+                    "push activated"
+                );
+                self.set_deployment(staged);
+                self.staged.lock().entries.remove(token);
+                Ok(())
+            }
+            Err(nimbus_engine::EngineError::User(message)) => {
+                Err(push_failed("SchemaValidationFailed", message))
+            }
+            Err(other) => Err(AppError::from_engine(self.name(), other)),
+        }
+    }
+
+    fn staged_push(&self, token: &str) -> Result<Arc<Deployment>, AppError> {
+        self.staged.lock().get(token).ok_or_else(|| {
+            push_failed(
+                "PushNotFound",
+                "this push was not started here, or it expired; run the push again".into(),
+            )
+        })
+    }
+}
+
+fn push_failed(code: &'static str, message: String) -> AppError {
+    AppError::PushFailed { code, message }
+}
+
+fn assemble_modules(
+    current: &Deployment,
+    pushed: Vec<PushModule>,
+    unchanged: &[String],
+) -> Result<Vec<StoredModule>, AppError> {
+    let mut modules: BTreeMap<String, StoredModule> = BTreeMap::new();
+    for module in pushed {
+        if module.environment != "isolate" {
+            return Err(push_failed(
+                "UnsupportedModule",
+                format!(
+                    "{}: modules with \"use node\" (environment {:?}) cannot run in Nimbus; \
+                     only the default JavaScript runtime is supported",
+                    module.path, module.environment
+                ),
+            ));
+        }
+        if module.path.starts_with('/') || module.path.contains("..") || !module.path.ends_with(".js") {
+            return Err(push_failed("InvalidModules", format!("invalid module path {:?}", module.path)));
+        }
+        modules.insert(
+            module.path.clone(),
+            StoredModule {
+                path: module.path,
+                source: module.source,
+                source_map: module.source_map,
+                environment: module.environment,
+            },
+        );
+    }
+    for path in unchanged {
+        let Some(existing) = current.modules.iter().find(|m| &m.path == path) else {
+            return Err(push_failed(
+                "InvalidModules",
+                format!("module {path:?} was sent as unchanged, but this tenant does not have it"),
+            ));
+        };
+        modules.insert(path.clone(), existing.clone());
+    }
+    if modules.len() > MAX_MODULES {
+        return Err(push_failed("PushTooLarge", format!("more than {MAX_MODULES} modules")));
+    }
+    let bytes: usize = modules.values().map(|m| m.source.len()).sum();
+    if bytes > MAX_PUSH_BYTES {
+        return Err(push_failed(
+            "PushTooLarge",
+            format!("{bytes} bytes of module source, over the limit of {MAX_PUSH_BYTES}"),
+        ));
+    }
+    Ok(modules.into_values().collect())
+}
+
+fn index_changes(snapshot: &Snapshot, schema: Option<&Schema>) -> Vec<IndexChange> {
+    let catalog = &snapshot.catalog;
+    let mut changes = Vec::new();
+    let wanted: BTreeMap<(String, String), Vec<String>> = schema
+        .map(|s| {
+            s.tables
+                .iter()
+                .flat_map(|(table, t)| {
+                    t.indexes.iter().map(move |i| ((table.clone(), i.name.clone()), i.fields.clone()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for table in catalog.tables() {
+        for name in table.indexes.keys() {
+            if name == nimbus_engine::catalog::BY_ID || name == nimbus_engine::catalog::BY_CREATION_TIME {
+                continue;
+            }
+            let Ok(info) = catalog.resolve_index(&table.name, name) else { continue };
+            let key = (table.name.clone(), name.clone());
+            let same = wanted
+                .get(&key)
+                .is_some_and(|declared| nimbus_engine::catalog::user_index_fields(declared) == info.fields);
+            if !same {
+                let declared: Vec<String> = info
+                    .fields
+                    .iter()
+                    .filter(|f| f.as_str() != "_creationTime" && f.as_str() != "_id")
+                    .cloned()
+                    .collect();
+                changes.push(IndexChange { table: table.name.clone(), name: name.clone(), fields: declared, added: false });
+            }
+        }
+    }
+    for ((table, name), fields) in wanted {
+        let exists = catalog.resolve_index(&table, &name).is_ok_and(|info| {
+            nimbus_engine::catalog::user_index_fields(&fields) == info.fields
+        });
+        if !exists {
+            changes.push(IndexChange { table, name, fields, added: true });
+        }
+    }
+    changes
+}
+
+/// Checks every stored document against the schema; on failure returns the message and
+/// the table.
+fn validate_documents(schema: &Schema, snapshot: &Snapshot) -> Result<(), (String, String)> {
+    if !schema.schema_validation {
+        return Ok(());
+    }
+    let ids = SnapshotIds(snapshot);
+    for (table_name, table) in &schema.tables {
+        let Some(validator) = &table.document_type else { continue };
+        let Some(info) = snapshot.catalog.table(table_name) else { continue };
+        let Ok(index) = snapshot.catalog.resolve_index(table_name, nimbus_engine::catalog::BY_ID) else {
+            continue;
+        };
+        let range = nimbus_storage::KeyRange::all();
+        let mut after: Option<Vec<u8>> = None;
+        while let Some((key, _, doc)) = snapshot.next_entry(
+            index.number,
+            &range,
+            nimbus_storage::ScanOrder::Ascending,
+            after.as_deref(),
+            |_| false,
+        ) {
+            let fields: Object = doc
+                .iter()
+                .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Err(e) = validator.check(&Value::Object(fields), &ids) {
+                let id = doc.get("_id").and_then(Value::as_str).unwrap_or("?");
+                return Err((
+                    format!(
+                        "Schema validation failed.\nDocument with ID \"{id}\" in table \"{table_name}\" \
+                         does not match the schema: {e}"
+                    ),
+                    table_name.clone(),
+                ));
+            }
+            after = Some(key);
+        }
+        let _ = info;
+    }
+    Ok(())
+}
+
+struct SnapshotIds<'a>(&'a Snapshot);
+
+impl nimbus_types::validator::IdCheck for SnapshotIds<'_> {
+    fn is_id_of_table(&self, id: &str, table: &str) -> bool {
+        let Ok(decoded) = self.0.id_codec.decode(id) else { return false };
+        self.0.catalog.table(table).is_some_and(|t| t.number == decoded.table)
+    }
+}

@@ -1,0 +1,150 @@
+//! An active tenant: its engine, its deployed code, and its admission bounds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nimbus_engine::{EngineStats, TenantEngine};
+use nimbus_runtime::JsPool;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::NimbusConfig;
+use crate::deployment::{Deployment, ModuleHash, DEPLOYMENT_GLOBAL};
+use crate::error::AppError;
+use crate::push::StagedPushes;
+
+/// One tenant, active in this process.
+pub struct Tenant {
+    name: Arc<str>,
+    engine: Arc<TenantEngine>,
+    pool: Arc<JsPool>,
+    deployment: RwLock<Arc<Deployment>>,
+    pub(crate) staged: Mutex<StagedPushes>,
+    /// Calls admitted (running or waiting for a worker); bounded per tenant.
+    inflight: Arc<Semaphore>,
+    inflight_max: usize,
+    /// Calls holding a JS worker; bounded per tenant so one tenant cannot take them all.
+    running: Arc<Semaphore>,
+    max_attempts: usize,
+    rejected: AtomicU64,
+    pub(crate) config: NimbusConfig,
+}
+
+/// Counters of one tenant for diagnostics.
+#[derive(Debug, Clone)]
+pub struct TenantStats {
+    pub engine: EngineStats,
+    pub inflight_calls: usize,
+    pub inflight_max: usize,
+    pub rejected_calls: u64,
+    pub deployment_generation: u64,
+    pub functions: usize,
+}
+
+impl Tenant {
+    pub(crate) async fn activate(
+        name: &str,
+        engine: Arc<TenantEngine>,
+        pool: Arc<JsPool>,
+        config: &NimbusConfig,
+    ) -> Result<Arc<Tenant>, AppError> {
+        let loader = engine.clone();
+        let stored = tokio::task::spawn_blocking(move || loader.get_global(DEPLOYMENT_GLOBAL))
+            .await
+            .map_err(|e| AppError::Internal(format!("loading deployment: {e}")))?
+            .map_err(|e| AppError::from_engine(name, e))?;
+        let deployment = match stored {
+            Some(bytes) => Deployment::from_bytes(&bytes)?,
+            None => Deployment::empty(),
+        };
+        Ok(Arc::new(Tenant {
+            name: Arc::from(name),
+            engine,
+            pool,
+            deployment: RwLock::new(Arc::new(deployment)),
+            staged: Mutex::new(StagedPushes::default()),
+            inflight: Arc::new(Semaphore::new(config.max_inflight_per_tenant.max(1))),
+            inflight_max: config.max_inflight_per_tenant.max(1),
+            running: Arc::new(Semaphore::new(config.max_running_per_tenant.max(1))),
+            max_attempts: config.max_mutation_attempts.max(1),
+            rejected: AtomicU64::new(0),
+            config: config.clone(),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<TenantEngine> {
+        &self.engine
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<JsPool> {
+        &self.pool
+    }
+
+    pub(crate) fn max_attempts(&self) -> usize {
+        self.max_attempts
+    }
+
+    pub(crate) fn deployment(&self) -> Arc<Deployment> {
+        self.deployment.read().clone()
+    }
+
+    pub(crate) fn set_deployment(&self, deployment: Arc<Deployment>) {
+        *self.deployment.write() = deployment;
+    }
+
+    /// The engine, for transports that need commit notices (live queries).
+    pub fn engine_handle(&self) -> Arc<TenantEngine> {
+        self.engine.clone()
+    }
+
+    /// Timestamp of the latest committed state.
+    pub fn latest_ts(&self) -> u64 {
+        self.engine.latest_ts().0
+    }
+
+    /// Hashes of the deployed modules (`get_config_hashes`).
+    pub fn module_hashes(&self) -> Vec<ModuleHash> {
+        self.deployment().hashes()
+    }
+
+    /// Admits one call, or fails fast with 429 when the tenant has too many in flight.
+    pub(crate) fn admit_call(&self) -> Result<OwnedSemaphorePermit, AppError> {
+        self.inflight.clone().try_acquire_owned().map_err(|_| {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            AppError::Overloaded {
+                tenant: self.name.to_string(),
+                detail: format!("more than {} calls in flight", self.inflight_max),
+                retry_after_secs: 1,
+            }
+        })
+    }
+
+    /// Waits for one of this tenant's JS worker slots.
+    pub(crate) async fn acquire_worker(&self) -> Result<OwnedSemaphorePermit, AppError> {
+        self.running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AppError::Unavailable { tenant: self.name.to_string(), detail: "shutting down".into() })
+    }
+
+    pub fn stats(&self) -> TenantStats {
+        let deployment = self.deployment();
+        TenantStats {
+            engine: self.engine.stats(),
+            inflight_calls: self.inflight_max - self.inflight.available_permits(),
+            inflight_max: self.inflight_max,
+            rejected_calls: self.rejected.load(Ordering::Relaxed),
+            deployment_generation: deployment.generation,
+            functions: deployment.functions.len(),
+        }
+    }
+}

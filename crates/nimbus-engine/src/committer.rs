@@ -1,0 +1,343 @@
+//! The per-tenant committer: one task that serializes every write of a tenant.
+//!
+//! Requests arrive through a bounded queue (the tenant's admission queue). The committer
+//! takes everything waiting (up to `max_batch`), checks each transaction's read set
+//! against the write log (optimistic concurrency), applies the survivors to a copy of the
+//! latest snapshot, writes them to storage as ONE batch (one fsync for the whole group),
+//! and only then publishes the new snapshot and answers the callers. While a batch is
+//! being made durable, new requests queue up and form the next group: that is group
+//! commit, and it is where write throughput comes from.
+//!
+//! **Invariants:** a caller is answered `Ok` only after its writes are durable; a
+//! snapshot is published only after the batch that produced it is durable; after a
+//! storage failure the committer refuses every later request (the tenant is poisoned),
+//! because the batch may or may not be on disk.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use nimbus_storage::{DocumentWrite, IndexNumber, IndexWrite, TenantStore, WriteBatch};
+use nimbus_types::{DocumentId, Timestamp};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::catalog::{Catalog, CATALOG_GLOBAL};
+use crate::error::EngineError;
+use crate::snapshot::Snapshot;
+use crate::transaction::FinishedTransaction;
+use crate::write_log::WriteLog;
+
+/// Checks run by the committer against the latest snapshot before a deploy applies.
+pub type DeployCheck = Box<dyn FnOnce(&Snapshot) -> Result<(), String> + Send>;
+
+/// A schema/code change: the wanted user indexes per table, globals to write, and a
+/// check of existing documents. Applied atomically with respect to every mutation.
+pub struct DeployRequest {
+    /// Table → index name → declared fields.
+    pub indexes: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    pub globals: Vec<(String, Option<Vec<u8>>)>,
+    pub check: Option<DeployCheck>,
+}
+
+/// What a deploy changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployOutcome {
+    pub ts: Timestamp,
+    /// `table.index` names added and removed.
+    pub added_indexes: Vec<String>,
+    pub removed_indexes: Vec<String>,
+}
+
+pub(crate) enum CommitterMessage {
+    Commit { txn: Box<FinishedTransaction>, reply: oneshot::Sender<Result<Timestamp, EngineError>> },
+    Deploy { request: DeployRequest, reply: oneshot::Sender<Result<DeployOutcome, EngineError>> },
+    SetGlobals { globals: Vec<(String, Option<Vec<u8>>)>, reply: oneshot::Sender<Result<Timestamp, EngineError>> },
+}
+
+/// Committed change notification (for live queries and diagnostics).
+#[derive(Debug, Clone)]
+pub struct CommitNotice {
+    pub ts: Timestamp,
+    /// Index keys written (old and new keys of every written document).
+    pub keys: Arc<Vec<(IndexNumber, Vec<u8>)>>,
+}
+
+pub(crate) struct CommitterState {
+    pub store: Arc<dyn TenantStore>,
+    pub published: Arc<RwLock<Arc<Snapshot>>>,
+    pub write_log: Arc<parking_lot::Mutex<WriteLog>>,
+    pub max_batch: usize,
+    pub ts_sender: watch::Sender<Timestamp>,
+    pub notices: tokio::sync::broadcast::Sender<CommitNotice>,
+    pub metrics: Arc<crate::metrics::EngineMetrics>,
+    pub undo: Arc<crate::undo_log::UndoLog>,
+    /// Above this many resident bytes the tenant switches to paged serving.
+    pub memory_budget: usize,
+}
+
+enum Reply {
+    Commit(oneshot::Sender<Result<Timestamp, EngineError>>),
+    Deploy(oneshot::Sender<Result<DeployOutcome, EngineError>>, DeployOutcome),
+}
+
+pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, state: CommitterState) {
+    let mut poisoned: Option<String> = None;
+    let mut batch = Vec::with_capacity(state.max_batch);
+    loop {
+        batch.clear();
+        let Some(first) = rx.recv().await else { break };
+        batch.push(first);
+        while batch.len() < state.max_batch {
+            match rx.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        if let Some(reason) = &poisoned {
+            for message in batch.drain(..) {
+                refuse(message, EngineError::Poisoned(reason.clone()));
+            }
+            continue;
+        }
+        if let Err(reason) = process_batch(&mut batch, &state).await {
+            poisoned = Some(reason);
+        }
+    }
+}
+
+fn refuse(message: CommitterMessage, error: EngineError) {
+    match message {
+        CommitterMessage::Commit { reply, .. } | CommitterMessage::SetGlobals { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        CommitterMessage::Deploy { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+/// Processes one group. Returns `Err(reason)` when storage failed (poison the tenant).
+async fn process_batch(batch: &mut Vec<CommitterMessage>, state: &CommitterState) -> Result<(), String> {
+    let base = state.published.read().clone();
+    let ts = base.ts.next_after(Timestamp::wall_clock_ns());
+    let mut working: Snapshot = (*base).clone();
+    let mut storage = WriteBatch { ts, ..WriteBatch::default() };
+    let mut touched: Vec<(IndexNumber, Vec<u8>)> = Vec::new();
+    let mut catalog_changed = false;
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut commits = 0u64;
+    let mut pre_images: Vec<crate::undo_log::PreImage> = Vec::new();
+    for message in batch.drain(..) {
+        match message {
+            CommitterMessage::Commit { txn, reply } => {
+                if let Some(reason) = conflict(&txn, &working, state, &touched) {
+                    state.metrics.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = reply.send(Err(EngineError::Conflict(reason)));
+                    continue;
+                }
+                if !txn.created_tables.is_empty() {
+                    let mut catalog = (*working.catalog).clone();
+                    for table in &txn.created_tables {
+                        catalog.create_table(table);
+                    }
+                    catalog.version += 1;
+                    catalog_changed = true;
+                    match catalog.to_bytes() {
+                        Ok(bytes) => storage.globals.push((CATALOG_GLOBAL.to_string(), Some(bytes))),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                    working.set_catalog(Arc::new(catalog));
+                }
+                apply_writes(&mut working, &txn.writes, ts, &mut storage, &mut touched, &mut pre_images);
+                commits += 1;
+                replies.push(Reply::Commit(reply));
+            }
+            CommitterMessage::SetGlobals { globals, reply } => {
+                storage.globals.extend(globals);
+                replies.push(Reply::Commit(reply));
+            }
+            CommitterMessage::Deploy { request, reply } => {
+                match apply_deploy(request, &mut working, &mut storage) {
+                    Ok(outcome) => {
+                        catalog_changed = true;
+                        replies.push(Reply::Deploy(reply, outcome));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+    if replies.is_empty() {
+        return Ok(());
+    }
+    if !storage.is_empty() {
+        // Pre-images go in before the rows they describe become visible in storage, so a
+        // paged reader never sees a newer row without its pre-image.
+        if !working.is_resident() && !pre_images.is_empty() {
+            state.undo.append(std::mem::take(&mut pre_images));
+        }
+        let store = state.store.clone();
+        let started = std::time::Instant::now();
+        let write = tokio::task::spawn_blocking(move || store.write(&storage).map(|()| storage)).await;
+        state.metrics.record_write(started.elapsed(), commits);
+        let failure = match write {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(join) => Some(format!("storage writer task failed: {join}")),
+        };
+        if let Some(reason) = failure {
+            tracing::error!(%reason, "storage write failed; the tenant refuses writes until reopened");
+            for reply in replies {
+                match reply {
+                    Reply::Commit(r) => {
+                        let _ = r.send(Err(EngineError::Poisoned(reason.clone())));
+                    }
+                    Reply::Deploy(r, _) => {
+                        let _ = r.send(Err(EngineError::Poisoned(reason.clone())));
+                    }
+                }
+            }
+            return Err(reason);
+        }
+    }
+    working.ts = ts;
+    if working.is_resident() && working.resident_bytes() > state.memory_budget {
+        tracing::info!(
+            resident_bytes = working.resident_bytes(),
+            budget = state.memory_budget,
+            "tenant outgrew its memory budget; serving it from storage from now on"
+        );
+        working = working.into_paged(state.store.clone(), state.undo.clone());
+    }
+    let keys = Arc::new(touched);
+    state.write_log.lock().append(ts, keys.as_ref().clone(), catalog_changed);
+    *state.published.write() = Arc::new(working);
+    let _ = state.ts_sender.send(ts);
+    let _ = state.notices.send(CommitNotice { ts, keys });
+    for reply in replies {
+        match reply {
+            Reply::Commit(r) => {
+                let _ = r.send(Ok(ts));
+            }
+            Reply::Deploy(r, mut outcome) => {
+                outcome.ts = ts;
+                let _ = r.send(Ok(outcome));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn conflict(
+    txn: &FinishedTransaction,
+    working: &Snapshot,
+    state: &CommitterState,
+    touched_in_batch: &[(IndexNumber, Vec<u8>)],
+) -> Option<String> {
+    if txn.snapshot.catalog.version != working.catalog.version {
+        return Some("the schema or table list changed".into());
+    }
+    if let Some(reason) = state.write_log.lock().conflict(txn.snapshot.ts, &txn.read_set) {
+        return Some(reason);
+    }
+    // Earlier transactions of this same group are not in the write log yet.
+    if touched_in_batch.iter().any(|(index, key)| txn.read_set.intersects(*index, key)) {
+        return Some("a document read by this mutation was written concurrently".into());
+    }
+    None
+}
+
+fn apply_writes(
+    working: &mut Snapshot,
+    writes: &BTreeMap<DocumentId, crate::transaction::PendingWrite>,
+    ts: Timestamp,
+    storage: &mut WriteBatch,
+    touched: &mut Vec<(IndexNumber, Vec<u8>)>,
+    pre_images: &mut Vec<crate::undo_log::PreImage>,
+) {
+    for (id, write) in writes {
+        let body = write.new.as_ref().map(crate::codec::serialize_document);
+        storage.documents.push(DocumentWrite { id: *id, table: write.table, body });
+        if !working.is_resident() {
+            pre_images.push(crate::undo_log::PreImage {
+                ts,
+                id: *id,
+                table: write.table,
+                before: write.old.clone(),
+            });
+        }
+        let index_writes =
+            working.apply_write(*id, write.table, write.old.as_ref(), write.new.clone());
+        for index_write in &index_writes {
+            match index_write {
+                IndexWrite::Insert { index, key, .. } | IndexWrite::Delete { index, key } => {
+                    touched.push((*index, key.clone()));
+                }
+                IndexWrite::DropIndex { .. } => {}
+            }
+        }
+        storage.indexes.extend(index_writes);
+    }
+}
+
+fn apply_deploy(
+    request: DeployRequest,
+    working: &mut Snapshot,
+    storage: &mut WriteBatch,
+) -> Result<DeployOutcome, EngineError> {
+    if let Some(check) = request.check {
+        check(working).map_err(EngineError::User)?;
+    }
+    let mut catalog: Catalog = (*working.catalog).clone();
+    let mut outcome = DeployOutcome::default();
+    // Remove indexes that are gone or whose fields changed.
+    let existing: Vec<(String, String, Vec<String>)> = catalog
+        .tables()
+        .flat_map(|table| {
+            table.indexes.keys().map(move |name| (table.name.clone(), name.clone()))
+        })
+        .filter_map(|(table, name)| {
+            let fields = catalog.resolve_index(&table, &name).ok()?.fields.clone();
+            Some((table, name, fields))
+        })
+        .collect();
+    for (table, name, fields) in existing {
+        if name == crate::catalog::BY_ID || name == crate::catalog::BY_CREATION_TIME {
+            continue;
+        }
+        let wanted = request.indexes.get(&table).and_then(|t| t.get(&name));
+        let keep = wanted.is_some_and(|declared| crate::catalog::user_index_fields(declared) == fields);
+        if !keep {
+            if let Some(number) = catalog.remove_index(&table, &name) {
+                working.drop_index(number);
+                storage.indexes.push(IndexWrite::DropIndex { index: number });
+                outcome.removed_indexes.push(format!("{table}.{name}"));
+            }
+        }
+    }
+    for (table, indexes) in &request.indexes {
+        for (name, declared) in indexes {
+            let exists = catalog.table(table).is_some_and(|t| t.indexes.contains_key(name));
+            if exists {
+                continue;
+            }
+            let number = catalog.add_index(table, name, declared);
+            outcome.added_indexes.push(format!("{table}.{name}"));
+            working.set_catalog(Arc::new(catalog.clone()));
+            if let Some(info) = catalog.index(number).cloned() {
+                let entries = working.backfill_index(&info)?;
+                storage.indexes.extend(entries);
+            }
+        }
+    }
+    catalog.version += 1;
+    storage.globals.push((CATALOG_GLOBAL.to_string(), Some(catalog.to_bytes()?)));
+    storage.globals.extend(request.globals);
+    working.set_catalog(Arc::new(catalog));
+    Ok(outcome)
+}

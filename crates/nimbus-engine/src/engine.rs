@@ -1,0 +1,312 @@
+//! `TenantEngine`: one tenant's snapshots, transactions and committer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_storage::{TenantStore, WriteBatch};
+use nimbus_types::{IdCodec, Timestamp};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::catalog::{Catalog, CATALOG_GLOBAL};
+use crate::committer::{self, CommitNotice, CommitterMessage, CommitterState, DeployOutcome, DeployRequest};
+use crate::cursor::CursorCodec;
+use crate::error::EngineError;
+use crate::metrics::{EngineMetrics, EngineStats};
+use crate::snapshot::Snapshot;
+use crate::transaction::{FinishedTransaction, Transaction, TransactionLimits};
+use crate::undo_log::UndoLog;
+use crate::write_log::WriteLog;
+
+/// Global holding the tenant's ID salt and cursor secret.
+const SECRETS_GLOBAL: &str = "engine_secrets";
+
+/// Bounds and knobs of one tenant's engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Admission queue: commits waiting for the committer. When full, a commit fails at
+    /// once with [`EngineError::Overloaded`] (HTTP 429) instead of waiting.
+    pub admission_queue: usize,
+    /// Most commits grouped into one storage write (one fsync).
+    pub max_batch: usize,
+    /// Write log bounds (conflict detection window): entries and age. A transaction
+    /// older than the window conflicts and is retried.
+    pub write_log_entries: usize,
+    pub write_log_age: Duration,
+    /// Per-transaction bounds.
+    pub transaction: TransactionLimits,
+    /// Capacity of the commit-notice channel; a lagging subscriber is told it lagged.
+    pub notice_capacity: usize,
+    /// Memory budget for a tenant's resident data, in bytes. A tenant whose data is
+    /// larger is served from storage (paged) instead, with bounded memory.
+    pub memory_budget_bytes: usize,
+    /// Undo log bounds (paged tenants): pre-images kept, and their age. A paged read at
+    /// a snapshot older than the window is retried on a fresh snapshot.
+    pub undo_log_entries: usize,
+    pub undo_log_age: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            admission_queue: 4096,
+            max_batch: 1024,
+            write_log_entries: 100_000,
+            write_log_age: Duration::from_secs(30),
+            transaction: TransactionLimits::default(),
+            notice_capacity: 1024,
+            memory_budget_bytes: 256 << 20,
+            undo_log_entries: 200_000,
+            undo_log_age: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One tenant's engine. Cheap to share (`Arc`); dropping the last handle stops the
+/// committer after it finishes the requests already queued.
+pub struct TenantEngine {
+    name: String,
+    store: Arc<dyn TenantStore>,
+    published: Arc<RwLock<Arc<Snapshot>>>,
+    sender: mpsc::Sender<CommitterMessage>,
+    ts_receiver: watch::Receiver<Timestamp>,
+    notices: broadcast::Sender<CommitNotice>,
+    metrics: Arc<EngineMetrics>,
+    config: EngineConfig,
+    cursor_codec: CursorCodec,
+    write_log: Arc<Mutex<WriteLog>>,
+}
+
+impl TenantEngine {
+    /// Loads the tenant from storage and starts its committer. Blocking I/O runs on the
+    /// blocking pool.
+    pub async fn open(
+        name: &str,
+        store: Arc<dyn TenantStore>,
+        config: EngineConfig,
+    ) -> Result<Arc<TenantEngine>, EngineError> {
+        let loader_store = store.clone();
+        let budget = config.memory_budget_bytes;
+        let undo_config = (config.undo_log_entries, config.undo_log_age);
+        let (snapshot, cursor_secret, undo) =
+            tokio::task::spawn_blocking(move || load(loader_store, budget, undo_config))
+                .await
+                .map_err(|e| EngineError::User(format!("loading failed: {e}")))??;
+        let start_ts = snapshot.ts;
+        let published = Arc::new(RwLock::new(Arc::new(snapshot)));
+        let (sender, receiver) = mpsc::channel(config.admission_queue.max(1));
+        let (ts_sender, ts_receiver) = watch::channel(start_ts);
+        let (notices, _) = broadcast::channel(config.notice_capacity.max(1));
+        let metrics = Arc::new(EngineMetrics::default());
+        let write_log = Arc::new(Mutex::new(WriteLog::new(
+            start_ts,
+            config.write_log_entries,
+            config.write_log_age,
+        )));
+        let state = CommitterState {
+            store: store.clone(),
+            published: published.clone(),
+            write_log: write_log.clone(),
+            max_batch: config.max_batch.max(1),
+            ts_sender,
+            notices: notices.clone(),
+            metrics: metrics.clone(),
+            undo,
+            memory_budget: config.memory_budget_bytes,
+        };
+        tokio::spawn(committer::run(receiver, state));
+        Ok(Arc::new(TenantEngine {
+            name: name.to_string(),
+            store,
+            published,
+            sender,
+            ts_receiver,
+            notices,
+            metrics,
+            cursor_codec: CursorCodec::new(cursor_secret),
+            config,
+            write_log,
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The latest published snapshot. Never waits for the committer.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.published.read().clone()
+    }
+
+    /// Timestamp of the latest published snapshot.
+    pub fn latest_ts(&self) -> Timestamp {
+        *self.ts_receiver.borrow()
+    }
+
+    /// A watch on the latest timestamp.
+    pub fn watch_ts(&self) -> watch::Receiver<Timestamp> {
+        self.ts_receiver.clone()
+    }
+
+    /// Commit notices, for live queries.
+    pub fn subscribe(&self) -> broadcast::Receiver<CommitNotice> {
+        self.notices.subscribe()
+    }
+
+    /// A transaction at the latest snapshot.
+    pub fn begin(&self) -> Transaction {
+        self.begin_at(self.snapshot())
+    }
+
+    /// A transaction at a given snapshot.
+    pub fn begin_at(&self, snapshot: Arc<Snapshot>) -> Transaction {
+        Transaction::new(snapshot, self.config.transaction.clone(), self.cursor_codec.clone())
+    }
+
+    /// Sends a finished transaction to the committer; resolves once it is durable.
+    /// A transaction without writes commits trivially at its snapshot timestamp.
+    pub async fn commit(&self, txn: FinishedTransaction) -> Result<Timestamp, EngineError> {
+        if txn.writes.is_empty() && txn.created_tables.is_empty() {
+            return Ok(txn.snapshot.ts);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.admit(CommitterMessage::Commit { txn: Box::new(txn), reply })?;
+        answer.await.map_err(|_| EngineError::ShutDown)?
+    }
+
+    /// Applies a schema/code change atomically.
+    pub async fn deploy(&self, request: DeployRequest) -> Result<DeployOutcome, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.admit(CommitterMessage::Deploy { request, reply })?;
+        answer.await.map_err(|_| EngineError::ShutDown)?
+    }
+
+    /// Writes globals through the committer (durable, ordered with commits).
+    pub async fn set_globals(
+        &self,
+        globals: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<Timestamp, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.admit(CommitterMessage::SetGlobals { globals, reply })?;
+        answer.await.map_err(|_| EngineError::ShutDown)?
+    }
+
+    fn admit(&self, message: CommitterMessage) -> Result<(), EngineError> {
+        match self.sender.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.rejected_overload.fetch_add(1, Ordering::Relaxed);
+                Err(EngineError::Overloaded { capacity: self.config.admission_queue })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::ShutDown),
+        }
+    }
+
+    /// Reads a global from storage (blocking; call from a blocking context or rarely).
+    pub fn get_global(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.store.get_global(name)?)
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> EngineStats {
+        let snapshot = self.snapshot();
+        let m = &self.metrics;
+        EngineStats {
+            commits: m.commits.load(Ordering::Relaxed),
+            batches: m.batches.load(Ordering::Relaxed),
+            conflicts: m.conflicts.load(Ordering::Relaxed),
+            write_micros: m.write_micros.load(Ordering::Relaxed),
+            rejected_overload: m.rejected_overload.load(Ordering::Relaxed),
+            queue_capacity: self.sender.max_capacity(),
+            queue_depth: self.sender.max_capacity() - self.sender.capacity(),
+            documents: snapshot.resident_documents(),
+            resident_bytes: snapshot.resident_bytes(),
+            latest_ts: snapshot.ts.0,
+        }
+    }
+
+    /// Number of write-log entries retained (diagnostics).
+    pub fn write_log_len(&self) -> usize {
+        self.write_log.lock().len()
+    }
+}
+
+/// Reads the catalog, and every document if they fit the memory budget.
+fn load(
+    store: Arc<dyn TenantStore>,
+    budget: usize,
+    (undo_entries, undo_age): (usize, Duration),
+) -> Result<(Snapshot, [u8; 32], Arc<UndoLog>), EngineError> {
+    let (salt, cursor_secret) = match store.get_global(SECRETS_GLOBAL)? {
+        Some(bytes) if bytes.len() == 34 => {
+            let salt = u16::from_le_bytes([bytes[0], bytes[1]]);
+            let mut secret = [0u8; 32];
+            secret.copy_from_slice(&bytes[2..]);
+            (salt, secret)
+        }
+        Some(_) => {
+            return Err(EngineError::User("stored engine secrets are malformed".into()));
+        }
+        None => {
+            // First open: choose the tenant's ID salt and cursor secret once, durably.
+            let salt: u16 = rand::random();
+            let secret: [u8; 32] = rand::random();
+            let mut bytes = salt.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&secret);
+            let ts = store.max_ts()?.next_after(Timestamp::wall_clock_ns());
+            store.write(&WriteBatch {
+                ts,
+                globals: vec![(SECRETS_GLOBAL.to_string(), Some(bytes))],
+                ..WriteBatch::default()
+            })?;
+            (salt, secret)
+        }
+    };
+    let max_ts = store.max_ts()?;
+    let undo = Arc::new(UndoLog::new(max_ts, undo_entries, undo_age));
+    let mut snapshot = Snapshot::empty_resident(IdCodec::new(salt));
+    let catalog = match store.get_global(CATALOG_GLOBAL)? {
+        Some(bytes) => Catalog::from_bytes(&bytes).map_err(|detail| {
+            EngineError::Storage(nimbus_storage::StorageError::Corrupted {
+                namespace: String::new(),
+                detail,
+            })
+        })?,
+        None => Catalog::default(),
+    };
+    let tables: Vec<_> = catalog.tables().map(|t| t.number).collect();
+    let catalog = Arc::new(catalog);
+    snapshot.set_catalog(catalog.clone());
+    let stats = store.stats()?;
+    // Stored bodies are JSON text; in memory a document with its index entries takes
+    // about as much again, so compare twice the stored size with the budget.
+    if (stats.body_bytes as usize).saturating_mul(2) > budget {
+        tracing::info!(
+            documents = stats.documents,
+            body_bytes = stats.body_bytes,
+            budget,
+            "tenant is larger than its memory budget; serving it from storage"
+        );
+        let paged = Snapshot::paged(max_ts, catalog, snapshot.id_codec, store.clone(), undo.clone());
+        return Ok((paged, cursor_secret, undo));
+    }
+    let mut failure: Option<EngineError> = None;
+    for table in tables {
+        store.scan_table(table, &mut |stored| match crate::codec::decode_document(&stored.body) {
+            Ok(doc) => {
+                snapshot.load_document(stored.id, stored.table, Arc::new(doc));
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })?;
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
+    }
+    snapshot.ts = max_ts;
+    Ok((snapshot, cursor_secret, undo))
+}

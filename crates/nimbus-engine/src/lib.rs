@@ -1,0 +1,32 @@
+//! The engine of one tenant: serving snapshots, transactions, and the serial committer.
+//!
+//! - [`TenantEngine`] owns a tenant's published [`Snapshot`] and its committer task.
+//! - Queries run in a [`Transaction`] against a snapshot and never wait for writes.
+//! - Mutations run in a [`Transaction`] too; [`TenantEngine::commit`] sends the finished
+//!   transaction through the tenant's bounded admission queue to the committer, which
+//!   checks conflicts, groups commits into one durable storage write, and answers only
+//!   after that write is durable.
+//!
+//! **Architecture invariants:** only the committer writes to storage; the engine knows
+//! nothing of JavaScript, HTTP or other tenants.
+
+pub mod catalog;
+mod codec;
+mod committer;
+mod cursor;
+mod engine;
+pub mod error;
+mod metrics;
+pub mod read_set;
+pub mod snapshot;
+pub mod transaction;
+mod undo_log;
+mod write_log;
+
+pub use committer::{CommitNotice, DeployCheck, DeployOutcome, DeployRequest};
+pub use engine::{EngineConfig, TenantEngine};
+pub use error::{EngineError, ErrorClass};
+pub use metrics::EngineStats;
+pub use read_set::ReadSet;
+pub use snapshot::{ScanEntry, Snapshot};
+pub use transaction::{FinishedTransaction, Page, Transaction, TransactionLimits, TransactionStats};

@@ -1,0 +1,384 @@
+//! Serving snapshots: a tenant's documents and indexes at one commit timestamp.
+//!
+//! Two sources, one interface ([`Snapshot::scan`], [`Snapshot::get`]):
+//! - **Resident** (the tenant fits its memory budget): persistent, structurally shared
+//!   maps of every document and index entry. Publishing a new version after a commit
+//!   costs O(changes · log n); a reader holding an old `Arc<Snapshot>` keeps its version.
+//! - **Paged** (the tenant is larger than its budget): reads go to storage, which holds
+//!   only the latest state; rows written after the snapshot are replaced by their
+//!   pre-images from the [`UndoLog`], so the reader still sees exactly the state at `ts`.
+//!   Storage's own page cache is the cache; memory per tenant stays bounded.
+//!
+//! Either way readers never wait for the committer.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::{HashMap as PHashMap, OrdMap};
+use nimbus_storage::{IndexNumber, IndexWrite, KeyRange, ScanOrder, TenantStore};
+use nimbus_types::index_key::document_key;
+use nimbus_types::{Document, DocumentId, IdCodec, TableNumber, Timestamp};
+
+use crate::catalog::{Catalog, IndexInfo};
+use crate::codec::decode_document;
+use crate::error::EngineError;
+use crate::undo_log::{AtSnapshot, UndoLog};
+
+/// One index's entries: encoded key → document.
+pub(crate) type IndexMap = OrdMap<Vec<u8>, (DocumentId, Document)>;
+
+/// An entry returned by a scan: key, document ID, document.
+pub type ScanEntry = (Vec<u8>, DocumentId, Document);
+
+#[derive(Clone)]
+struct Resident {
+    docs: PHashMap<DocumentId, Document>,
+    indexes: PHashMap<IndexNumber, IndexMap>,
+    /// Approximate bytes of the documents and entries above.
+    bytes: usize,
+}
+
+#[derive(Clone)]
+struct Paged {
+    store: Arc<dyn TenantStore>,
+    undo: Arc<UndoLog>,
+}
+
+#[derive(Clone)]
+enum Source {
+    Resident(Resident),
+    Paged(Paged),
+}
+
+/// A consistent, immutable view of one tenant at `ts`.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub ts: Timestamp,
+    pub catalog: Arc<Catalog>,
+    pub id_codec: IdCodec,
+    source: Source,
+}
+
+impl Snapshot {
+    pub(crate) fn empty_resident(id_codec: IdCodec) -> Self {
+        Snapshot {
+            ts: Timestamp::ZERO,
+            catalog: Arc::new(Catalog::default()),
+            id_codec,
+            source: Source::Resident(Resident {
+                docs: PHashMap::new(),
+                indexes: PHashMap::new(),
+                bytes: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn paged(
+        ts: Timestamp,
+        catalog: Arc<Catalog>,
+        id_codec: IdCodec,
+        store: Arc<dyn TenantStore>,
+        undo: Arc<UndoLog>,
+    ) -> Self {
+        Snapshot { ts, catalog, id_codec, source: Source::Paged(Paged { store, undo }) }
+    }
+
+    /// Whether this snapshot is served from memory.
+    pub fn is_resident(&self) -> bool {
+        matches!(self.source, Source::Resident(_))
+    }
+
+    /// Approximate bytes held in memory for documents (0 when paged).
+    pub fn resident_bytes(&self) -> usize {
+        match &self.source {
+            Source::Resident(r) => r.bytes,
+            Source::Paged(_) => 0,
+        }
+    }
+
+    /// Documents held in memory (0 when paged).
+    pub fn resident_documents(&self) -> usize {
+        match &self.source {
+            Source::Resident(r) => r.docs.len(),
+            Source::Paged(_) => 0,
+        }
+    }
+
+    /// Reads one document at this snapshot.
+    pub fn get(&self, id: &DocumentId) -> Result<Option<Document>, EngineError> {
+        match &self.source {
+            Source::Resident(r) => Ok(r.docs.get(id).cloned()),
+            Source::Paged(p) => {
+                self.check_undo_window(p)?;
+                let stored = p.store.get_document(id)?;
+                if let Some(stored) = &stored {
+                    if stored.ts <= self.ts {
+                        return Ok(Some(Arc::new(decode_document(&stored.body)?)));
+                    }
+                }
+                match p.undo.at(id, self.ts) {
+                    AtSnapshot::Was(before) => Ok(before),
+                    AtSnapshot::Unchanged if stored.is_none() => Ok(None),
+                    AtSnapshot::Unchanged => Err(EngineError::Conflict(
+                        "a document newer than the snapshot has no pre-image".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn check_undo_window(&self, paged: &Paged) -> Result<(), EngineError> {
+        if paged.undo.covers(self.ts) {
+            Ok(())
+        } else {
+            Err(EngineError::Conflict("the snapshot is older than the undo log window".into()))
+        }
+    }
+
+    /// Up to `limit` entries of `index` inside `range`, strictly after `after` in scan
+    /// order.
+    pub fn scan(
+        &self,
+        index: IndexNumber,
+        range: &KeyRange,
+        order: ScanOrder,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<ScanEntry>, EngineError> {
+        let bounded = narrowed(range, order, after);
+        match &self.source {
+            Source::Resident(r) => {
+                let Some(map) = r.indexes.get(&index) else { return Ok(Vec::new()) };
+                let bounds = (as_slice_bound(&bounded.start), as_slice_bound(&bounded.end));
+                let iter = map.range::<_, [u8]>(bounds);
+                let pick = |(key, (id, doc)): (&Vec<u8>, &(DocumentId, Document))| {
+                    (key.clone(), *id, doc.clone())
+                };
+                Ok(match order {
+                    ScanOrder::Ascending => iter.take(limit).map(pick).collect(),
+                    ScanOrder::Descending => iter.rev().take(limit).map(pick).collect(),
+                })
+            }
+            Source::Paged(p) => self.scan_paged(p, index, &bounded, order, limit),
+        }
+    }
+
+    fn scan_paged(
+        &self,
+        paged: &Paged,
+        index: IndexNumber,
+        bounded: &KeyRange,
+        order: ScanOrder,
+        limit: usize,
+    ) -> Result<Vec<ScanEntry>, EngineError> {
+        self.check_undo_window(paged)?;
+        let Some(info) = self.catalog.index(index) else { return Ok(Vec::new()) };
+        // Documents written after the snapshot, with their state at the snapshot.
+        let changed = paged.undo.changed_since(info.table, self.ts);
+        let mut entries: Vec<ScanEntry> = Vec::with_capacity(limit.min(1024));
+        for (id, before) in &changed {
+            if let Some(doc) = before {
+                let key = document_key(&info.fields, doc);
+                if bounded.contains(&key) {
+                    entries.push((key, *id, doc.clone()));
+                }
+            }
+        }
+        // Rows unchanged since the snapshot. Rows newer than it are skipped (their state
+        // at the snapshot came from the undo log), so fetch until `limit` survive.
+        let mut range = bounded.clone();
+        let mut taken = 0;
+        loop {
+            let want = (limit - taken.min(limit)).max(1) + changed.len();
+            let scan = paged.store.scan_index(index, &range, order, want)?;
+            let fetched = scan.entries.len();
+            let mut last_key = None;
+            for (key, stored) in scan.entries {
+                last_key = Some(key.clone());
+                if stored.ts > self.ts {
+                    continue;
+                }
+                let doc = Arc::new(decode_document(&stored.body)?);
+                entries.push((key, stored.id, doc));
+                taken += 1;
+            }
+            if fetched < want || taken >= limit {
+                break;
+            }
+            let Some(last) = last_key else { break };
+            range = narrowed(&range, order, Some(&last));
+        }
+        match order {
+            ScanOrder::Ascending => entries.sort_by(|a, b| a.0.cmp(&b.0)),
+            ScanOrder::Descending => entries.sort_by(|a, b| b.0.cmp(&a.0)),
+        }
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    /// Number of entries of an index at this snapshot.
+    pub fn index_len(&self, index: IndexNumber) -> Result<usize, EngineError> {
+        match &self.source {
+            Source::Resident(r) => Ok(r.indexes.get(&index).map_or(0, OrdMap::len)),
+            Source::Paged(_) => {
+                const BATCH: usize = 1024;
+                let mut count = 0;
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let batch = self.scan(index, &KeyRange::all(), ScanOrder::Ascending, after.as_deref(), BATCH)?;
+                    count += batch.len();
+                    match batch.last() {
+                        Some((key, _, _)) if batch.len() == BATCH => after = Some(key.clone()),
+                        _ => return Ok(count),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one document write. `old` is the document's current state (the committer
+    /// knows it: every write of an existing document was preceded by a read that the
+    /// conflict check validated). Returns the index writes for storage and the write log.
+    pub(crate) fn apply_write(
+        &mut self,
+        id: DocumentId,
+        table: TableNumber,
+        old: Option<&Document>,
+        new: Option<Document>,
+    ) -> Vec<IndexWrite> {
+        let index_infos: Vec<IndexInfo> = self.catalog.table_indexes(table).cloned().collect();
+        let mut writes = Vec::with_capacity(index_infos.len() * 2);
+        for info in &index_infos {
+            let old_key = old.map(|d| document_key(&info.fields, d));
+            let new_key = new.as_ref().map(|d| document_key(&info.fields, d));
+            if let Some(old_key) = &old_key {
+                if new_key.as_ref() != Some(old_key) {
+                    writes.push(IndexWrite::Delete { index: info.number, key: old_key.clone() });
+                }
+            }
+            // An unchanged key is written again too: the resident map must point at the
+            // new document body (storage treats an insert of an existing key as replace).
+            if let Some(key) = new_key {
+                writes.push(IndexWrite::Insert { index: info.number, key, id });
+            }
+        }
+        if let Source::Resident(r) = &mut self.source {
+            for write in &writes {
+                let map = match write {
+                    IndexWrite::Insert { index, .. } | IndexWrite::Delete { index, .. } => {
+                        r.indexes.entry(*index).or_default()
+                    }
+                    IndexWrite::DropIndex { .. } => continue,
+                };
+                match write {
+                    IndexWrite::Insert { key, .. } => {
+                        if let Some(doc) = &new {
+                            map.insert(key.clone(), (id, doc.clone()));
+                        }
+                    }
+                    IndexWrite::Delete { key, .. } => {
+                        map.remove(key);
+                    }
+                    IndexWrite::DropIndex { .. } => {}
+                }
+            }
+            if let Some(previous) = r.docs.get(&id) {
+                r.bytes = r.bytes.saturating_sub(doc_size(previous, index_infos.len()));
+            }
+            match &new {
+                Some(doc) => {
+                    r.bytes += doc_size(doc, index_infos.len());
+                    r.docs.insert(id, doc.clone());
+                }
+                None => {
+                    r.docs.remove(&id);
+                }
+            }
+        }
+        writes
+    }
+
+    /// Builds a new index from the documents of its table; returns its entries.
+    pub(crate) fn backfill_index(&mut self, info: &IndexInfo) -> Result<Vec<IndexWrite>, EngineError> {
+        let mut writes = Vec::new();
+        match &mut self.source {
+            Source::Resident(r) => {
+                let mut map = IndexMap::new();
+                for (id, doc) in r.docs.iter().filter(|(id, _)| id.table == info.table) {
+                    let key = document_key(&info.fields, doc);
+                    writes.push(IndexWrite::Insert { index: info.number, key: key.clone(), id: *id });
+                    map.insert(key, (*id, doc.clone()));
+                }
+                r.indexes.insert(info.number, map);
+            }
+            Source::Paged(p) => {
+                // The deploy runs in the committer, so storage is exactly this snapshot.
+                let mut failure = None;
+                p.store.scan_table(info.table, &mut |stored| match decode_document(&stored.body) {
+                    Ok(doc) => {
+                        let key = document_key(&info.fields, &doc);
+                        writes.push(IndexWrite::Insert { index: info.number, key, id: stored.id });
+                        true
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                })?;
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(writes)
+    }
+
+    pub(crate) fn drop_index(&mut self, index: IndexNumber) {
+        if let Source::Resident(r) = &mut self.source {
+            r.indexes.remove(&index);
+        }
+    }
+
+    pub(crate) fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.catalog = catalog;
+    }
+
+    /// Loads a document at open time (no write log, no storage writes).
+    pub(crate) fn load_document(&mut self, id: DocumentId, table: TableNumber, doc: Document) {
+        let _ = self.apply_write(id, table, None, Some(doc));
+    }
+
+    /// Switches to paged serving (the tenant outgrew its memory budget).
+    pub(crate) fn into_paged(self, store: Arc<dyn TenantStore>, undo: Arc<UndoLog>) -> Snapshot {
+        Snapshot::paged(self.ts, self.catalog, self.id_codec, store, undo)
+    }
+}
+
+/// Memory accounting for one document: its Convex size plus a rough per-entry overhead for
+/// the persistent maps' nodes and each index entry's key. An estimate, not a measurement.
+fn doc_size(doc: &Document, indexes: usize) -> usize {
+    const ENTRY_OVERHEAD: usize = 96;
+    let size = 2 + doc.iter().map(|(k, v)| k.len() + 1 + v.size()).sum::<usize>();
+    size + ENTRY_OVERHEAD * (1 + indexes) + 48 * indexes
+}
+
+fn as_slice_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// `range` narrowed to the part strictly after `after` in scan order. `after` is always
+/// a key inside `range` (cursors only hold keys they read from it).
+pub(crate) fn narrowed(range: &KeyRange, order: ScanOrder, after: Option<&[u8]>) -> KeyRange {
+    let mut narrowed = range.clone();
+    if let Some(after) = after {
+        match order {
+            ScanOrder::Ascending => narrowed.start = Bound::Excluded(after.to_vec()),
+            ScanOrder::Descending => narrowed.end = Bound::Excluded(after.to_vec()),
+        }
+    }
+    narrowed
+}

@@ -1,0 +1,467 @@
+//! The SQLite storage backend: one database file per tenant namespace.
+//!
+//! Layout: `<root>/tenants/<namespace>.sqlite3` with tables
+//! - `documents(id BLOB PRIMARY KEY, table_number, ts, body)` — `id` is the table number
+//!   (4 bytes, big-endian) followed by the 16 internal bytes, so a table is contiguous,
+//! - `index_entries(index_number, key, id)` keyed by `(index_number, key)`,
+//! - `globals(name, value)` and `meta(name, value)` (`max_ts`, `format_version`).
+//!
+//! Durability: WAL with `synchronous = FULL`; each [`TenantStore::write`] is one
+//! transaction, so one fsync covers a whole group commit. Concurrency: one writer
+//! connection (only the tenant's committer writes) and a bounded pool of reader
+//! connections; when every reader is busy, a read waits for one to come back.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nimbus_storage::{
+    IndexScan, IndexWrite, KeyRange, NamespaceStats, ScanOrder, StorageBackend, StorageError,
+    StoredDocument, TenantStore, WriteBatch,
+};
+use nimbus_types::{DocumentId, TableNumber, Timestamp};
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+/// On-disk format written by this version.
+const FORMAT_VERSION: i64 = 1;
+
+/// Tunables of the backend.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Reader connections per open namespace (the bound of concurrent reads; more
+    /// readers wait).
+    pub read_connections: usize,
+    /// SQLite page cache per connection, in KiB: the "cache over storage" of paged
+    /// tenants.
+    pub cache_kib: usize,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig { read_connections: 4, cache_kib: 8 * 1024 }
+    }
+}
+
+/// Many namespaces under one root directory.
+pub struct SqliteBackend {
+    dir: PathBuf,
+    config: SqliteConfig,
+}
+
+fn io(context: &str, namespace: &str, e: rusqlite::Error) -> StorageError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        match f.code {
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                return StorageError::Busy(format!("{namespace}: {context}: {e}"))
+            }
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase => {
+                return StorageError::Corrupted {
+                    namespace: namespace.to_string(),
+                    detail: format!("{context}: {e}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    StorageError::Io(format!("{namespace}: {context}: {e}"))
+}
+
+fn check_name(namespace: &str) -> Result<(), StorageError> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Io(format!("invalid namespace name {namespace:?}")))
+    }
+}
+
+impl SqliteBackend {
+    /// Opens the root directory, creating `tenants/` and removing leftovers of
+    /// interrupted deletions.
+    pub fn new(root: PathBuf, config: SqliteConfig) -> Result<Self, StorageError> {
+        let dir = root.join("tenants");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageError::Io(format!("creating {}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| StorageError::Io(format!("reading {}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(".deleted-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(SqliteBackend { dir, config })
+    }
+
+    fn path(&self, namespace: &str) -> PathBuf {
+        self.dir.join(format!("{namespace}.sqlite3"))
+    }
+}
+
+fn sidecars(path: &Path) -> [PathBuf; 3] {
+    let base = path.to_string_lossy().to_string();
+    [PathBuf::from(format!("{base}-wal")), PathBuf::from(format!("{base}-shm")), PathBuf::from(format!("{base}-journal"))]
+}
+
+fn open_connection(path: &Path, namespace: &str, create: bool, cache_kib: usize) -> Result<Connection, StorageError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| io("open", namespace, e))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -{cache_kib};"
+    ))
+    .map_err(|e| io("configure", namespace, e))?;
+    Ok(conn)
+}
+
+impl StorageBackend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn create_namespace(&self, namespace: &str) -> Result<(), StorageError> {
+        check_name(namespace)?;
+        let path = self.path(namespace);
+        if path.exists() {
+            return Err(StorageError::NamespaceExists(namespace.to_string()));
+        }
+        let conn = open_connection(&path, namespace, true, self.config.cache_kib)?;
+        conn.execute_batch(&format!(
+            "BEGIN;
+             CREATE TABLE documents (id BLOB PRIMARY KEY, table_number INTEGER NOT NULL,
+                 ts INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE index_entries (index_number INTEGER NOT NULL, key BLOB NOT NULL,
+                 id BLOB NOT NULL, PRIMARY KEY (index_number, key)) WITHOUT ROWID;
+             CREATE TABLE globals (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('format_version', {FORMAT_VERSION}), ('max_ts', 0);
+             COMMIT;"
+        ))
+        .map_err(|e| io("create schema", namespace, e))?;
+        Ok(())
+    }
+
+    fn open_namespace(&self, namespace: &str) -> Result<Arc<dyn TenantStore>, StorageError> {
+        check_name(namespace)?;
+        let path = self.path(namespace);
+        if !path.exists() {
+            return Err(StorageError::NamespaceNotFound(namespace.to_string()));
+        }
+        let writer = open_connection(&path, namespace, false, self.config.cache_kib)?;
+        let version: i64 = writer
+            .query_row("SELECT value FROM meta WHERE name = 'format_version'", [], |r| r.get(0))
+            .map_err(|e| io("read format version", namespace, e))?;
+        if version > FORMAT_VERSION {
+            return Err(StorageError::Corrupted {
+                namespace: namespace.to_string(),
+                detail: format!("format version {version} is newer than this Nimbus ({FORMAT_VERSION})"),
+            });
+        }
+        let mut readers = Vec::with_capacity(self.config.read_connections.max(1));
+        for _ in 0..self.config.read_connections.max(1) {
+            readers.push(open_connection(&path, namespace, false, self.config.cache_kib)?);
+        }
+        Ok(Arc::new(SqliteStore {
+            namespace: namespace.to_string(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(readers),
+            reader_returned: Condvar::new(),
+        }))
+    }
+
+    fn delete_namespace(&self, namespace: &str) -> Result<(), StorageError> {
+        check_name(namespace)?;
+        let path = self.path(namespace);
+        if !path.exists() {
+            return Err(StorageError::NamespaceNotFound(namespace.to_string()));
+        }
+        // Rename first: the namespace disappears in one step, and a crash before the
+        // removals below leaves only a tombstone that the next start deletes.
+        let tombstone = self.dir.join(format!(".deleted-{namespace}-{}.sqlite3", std::process::id()));
+        std::fs::rename(&path, &tombstone)
+            .map_err(|e| StorageError::Io(format!("{namespace}: delete: {e}")))?;
+        for (from, to) in sidecars(&path).iter().zip(sidecars(&tombstone).iter()) {
+            if from.exists() {
+                let _ = std::fs::rename(from, to);
+            }
+        }
+        for file in std::iter::once(tombstone.clone()).chain(sidecars(&tombstone)) {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::Io(format!("{namespace}: delete {}: {e}", file.display()))),
+            }
+        }
+        Ok(())
+    }
+
+    fn namespace_exists(&self, namespace: &str) -> Result<bool, StorageError> {
+        check_name(namespace)?;
+        Ok(self.path(namespace).exists())
+    }
+}
+
+/// One open namespace.
+struct SqliteStore {
+    namespace: String,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    reader_returned: Condvar,
+}
+
+/// A reader connection borrowed from the pool; returned on drop.
+struct Reader<'a> {
+    store: &'a SqliteStore,
+    conn: Option<Connection>,
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.store.readers.lock().push(conn);
+            self.store.reader_returned.notify_one();
+        }
+    }
+}
+
+impl Reader<'_> {
+    fn conn(&mut self) -> Result<&mut Connection, StorageError> {
+        // `conn` is only taken in `drop`.
+        self.conn.as_mut().ok_or_else(|| StorageError::Io("reader connection missing".into()))
+    }
+}
+
+fn id_bytes(id: &DocumentId) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[..4].copy_from_slice(&id.table.0.to_be_bytes());
+    out[4..].copy_from_slice(&id.internal);
+    out
+}
+
+fn id_from_bytes(bytes: &[u8]) -> Option<DocumentId> {
+    if bytes.len() != 20 {
+        return None;
+    }
+    let table = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let internal: [u8; 16] = bytes[4..].try_into().ok()?;
+    Some(DocumentId { table: TableNumber(table), internal })
+}
+
+impl SqliteStore {
+    fn reader(&self) -> Reader<'_> {
+        let mut pool = self.readers.lock();
+        loop {
+            if let Some(conn) = pool.pop() {
+                return Reader { store: self, conn: Some(conn) };
+            }
+            self.reader_returned.wait(&mut pool);
+        }
+    }
+
+    fn corrupted(&self, detail: String) -> StorageError {
+        StorageError::Corrupted { namespace: self.namespace.clone(), detail }
+    }
+
+    fn row_document(&self, id: Vec<u8>, table: i64, ts: i64, body: Vec<u8>) -> Result<StoredDocument, StorageError> {
+        let id = id_from_bytes(&id).ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?;
+        Ok(StoredDocument { id, table: TableNumber(table as u32), ts: Timestamp(ts as u64), body })
+    }
+}
+
+impl TenantStore for SqliteStore {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+        let ns = &self.namespace;
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction().map_err(|e| io("begin", ns, e))?;
+        let max_ts: i64 = tx
+            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| r.get(0))
+            .map_err(|e| io("read max_ts", ns, e))?;
+        if batch.ts.0 as i64 <= max_ts {
+            return Err(StorageError::Io(format!(
+                "{ns}: batch timestamp {} is not after the last one ({max_ts})",
+                batch.ts
+            )));
+        }
+        {
+            let mut put_doc = tx
+                .prepare_cached("INSERT OR REPLACE INTO documents (id, table_number, ts, body) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(|e| io("prepare", ns, e))?;
+            let mut del_doc = tx.prepare_cached("DELETE FROM documents WHERE id = ?1").map_err(|e| io("prepare", ns, e))?;
+            for doc in &batch.documents {
+                let id = id_bytes(&doc.id);
+                match &doc.body {
+                    Some(body) => put_doc.execute(params![&id[..], doc.table.0 as i64, batch.ts.0 as i64, body]),
+                    None => del_doc.execute(params![&id[..]]),
+                }
+                .map_err(|e| io("write document", ns, e))?;
+            }
+            let mut put_entry = tx
+                .prepare_cached("INSERT OR REPLACE INTO index_entries (index_number, key, id) VALUES (?1, ?2, ?3)")
+                .map_err(|e| io("prepare", ns, e))?;
+            let mut del_entry = tx
+                .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1 AND key = ?2")
+                .map_err(|e| io("prepare", ns, e))?;
+            let mut drop_index = tx
+                .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1")
+                .map_err(|e| io("prepare", ns, e))?;
+            for write in &batch.indexes {
+                match write {
+                    IndexWrite::Insert { index, key, id } => put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]]),
+                    IndexWrite::Delete { index, key } => del_entry.execute(params![index.0 as i64, key]),
+                    IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
+                }
+                .map_err(|e| io("write index entry", ns, e))?;
+            }
+            let mut put_global = tx
+                .prepare_cached("INSERT OR REPLACE INTO globals (name, value) VALUES (?1, ?2)")
+                .map_err(|e| io("prepare", ns, e))?;
+            let mut del_global = tx.prepare_cached("DELETE FROM globals WHERE name = ?1").map_err(|e| io("prepare", ns, e))?;
+            for (name, value) in &batch.globals {
+                match value {
+                    Some(value) => put_global.execute(params![name, value]),
+                    None => del_global.execute(params![name]),
+                }
+                .map_err(|e| io("write global", ns, e))?;
+            }
+        }
+        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'max_ts'", params![batch.ts.0 as i64])
+            .map_err(|e| io("write max_ts", ns, e))?;
+        tx.commit().map_err(|e| io("commit", ns, e))
+    }
+
+    fn max_ts(&self) -> Result<Timestamp, StorageError> {
+        let mut reader = self.reader();
+        let ts: i64 = reader
+            .conn()?
+            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| r.get(0))
+            .map_err(|e| io("read max_ts", &self.namespace, e))?;
+        Ok(Timestamp(ts as u64))
+    }
+
+    fn get_global(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let mut reader = self.reader();
+        reader
+            .conn()?
+            .query_row("SELECT value FROM globals WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()
+            .map_err(|e| io("read global", &self.namespace, e))
+    }
+
+    fn get_document(&self, id: &DocumentId) -> Result<Option<StoredDocument>, StorageError> {
+        let mut reader = self.reader();
+        let conn = reader.conn()?;
+        let mut statement = conn
+            .prepare_cached("SELECT id, table_number, ts, body FROM documents WHERE id = ?1")
+            .map_err(|e| io("prepare", &self.namespace, e))?;
+        let row = statement
+            .query_row(params![&id_bytes(id)[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()
+            .map_err(|e| io("read document", &self.namespace, e))?;
+        match row {
+            Some((id, table, ts, body)) => Ok(Some(self.row_document(id, table, ts, body)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan_table(&self, table: TableNumber, visit: &mut dyn FnMut(StoredDocument) -> bool) -> Result<(), StorageError> {
+        let mut reader = self.reader();
+        let conn = reader.conn()?;
+        let mut statement = conn
+            .prepare_cached("SELECT id, table_number, ts, body FROM documents WHERE table_number = ?1 ORDER BY id")
+            .map_err(|e| io("prepare", &self.namespace, e))?;
+        let mut rows = statement.query(params![table.0 as i64]).map_err(|e| io("scan table", &self.namespace, e))?;
+        while let Some(row) = rows.next().map_err(|e| io("scan table", &self.namespace, e))? {
+            let doc = self.row_document(
+                row.get(0).map_err(|e| io("scan table", &self.namespace, e))?,
+                row.get(1).map_err(|e| io("scan table", &self.namespace, e))?,
+                row.get(2).map_err(|e| io("scan table", &self.namespace, e))?,
+                row.get(3).map_err(|e| io("scan table", &self.namespace, e))?,
+            )?;
+            if !visit(doc) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_index(&self, index: nimbus_storage::IndexNumber, range: &KeyRange, order: ScanOrder, limit: usize) -> Result<IndexScan, StorageError> {
+        let ns = &self.namespace;
+        let mut reader = self.reader();
+        let conn = reader.conn()?;
+        // One read transaction: entries, documents and max_ts from one consistent state.
+        let tx = conn.transaction().map_err(|e| io("begin read", ns, e))?;
+        let ts: i64 = tx
+            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| r.get(0))
+            .map_err(|e| io("read max_ts", ns, e))?;
+        let mut sql = String::from(
+            "SELECT e.key, d.id, d.table_number, d.ts, d.body FROM index_entries e \
+             JOIN documents d ON d.id = e.id WHERE e.index_number = ?1",
+        );
+        let mut bounds: Vec<Vec<u8>> = Vec::new();
+        for (bound, incl, excl) in [(&range.start, ">=", ">"), (&range.end, "<=", "<")] {
+            match bound {
+                Bound::Included(k) => {
+                    bounds.push(k.clone());
+                    sql.push_str(&format!(" AND e.key {incl} ?{}", bounds.len() + 1));
+                }
+                Bound::Excluded(k) => {
+                    bounds.push(k.clone());
+                    sql.push_str(&format!(" AND e.key {excl} ?{}", bounds.len() + 1));
+                }
+                Bound::Unbounded => {}
+            }
+        }
+        sql.push_str(match order {
+            ScanOrder::Ascending => " ORDER BY e.key ASC",
+            ScanOrder::Descending => " ORDER BY e.key DESC",
+        });
+        sql.push_str(&format!(" LIMIT ?{}", bounds.len() + 2));
+        let mut entries = Vec::new();
+        {
+            let mut statement = tx.prepare_cached(&sql).map_err(|e| io("prepare scan", ns, e))?;
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(bounds.len() + 2);
+            let index_number = index.0 as i64;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            values.push(&index_number);
+            for b in &bounds {
+                values.push(b);
+            }
+            values.push(&limit);
+            let mut rows = statement.query(values.as_slice()).map_err(|e| io("scan index", ns, e))?;
+            while let Some(row) = rows.next().map_err(|e| io("scan index", ns, e))? {
+                let get = |e| io("scan index", ns, e);
+                let key: Vec<u8> = row.get(0).map_err(get)?;
+                let doc = self.row_document(row.get(1).map_err(get)?, row.get(2).map_err(get)?, row.get(3).map_err(get)?, row.get(4).map_err(get)?)?;
+                entries.push((key, doc));
+            }
+        }
+        tx.commit().map_err(|e| io("end read", ns, e))?;
+        Ok(IndexScan { ts: Timestamp(ts as u64), entries })
+    }
+
+    fn stats(&self) -> Result<NamespaceStats, StorageError> {
+        let mut reader = self.reader();
+        let (documents, bytes): (i64, i64) = reader
+            .conn()?
+            .query_row("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM documents", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| io("stats", &self.namespace, e))?;
+        Ok(NamespaceStats { documents: documents as u64, body_bytes: bytes as u64 })
+    }
+}
+
+/// Used by tests to peek at the per-namespace files.
+pub fn namespace_files(root: &Path, namespace: &str) -> Vec<PathBuf> {
+    let path = root.join("tenants").join(format!("{namespace}.sqlite3"));
+    let mut files = vec![path.clone()];
+    files.extend(sidecars(&path));
+    files
+}
+

@@ -1,0 +1,173 @@
+//! The boundary between the engine and a storage backend.
+//!
+//! A backend stores many tenants, each in its own **namespace** (an SQLite or redb file, a
+//! Postgres schema or database, a MySQL database, a libSQL namespace). Nothing in this
+//! trait lets one namespace name another, so cross-tenant reads are impossible by
+//! construction, and deleting a namespace removes the tenant as a unit.
+//!
+//! Backends know nothing about values, schemas or tenancy rules: they store
+//! - **documents**: `DocumentId` → (table number, commit timestamp, body bytes),
+//! - **index entries**: (index number, key bytes) → `DocumentId`, keys being the
+//!   order-preserving encoding of `nimbus_types::index_key`, so a backend serves an index
+//!   range with a plain ordered range scan,
+//! - **globals**: small named blobs (the catalog of tables and indexes, pushed code and
+//!   schema, the last commit timestamp).
+//!
+//! **Architecture invariant:** only the tenant's committer calls [`TenantStore::write`],
+//! one batch at a time; readers may call the read methods concurrently from any thread.
+//! A `write` returns only after the batch is durable (fsync or the backend's equivalent),
+//! and a batch is applied entirely or not at all.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use nimbus_types::index_key::KeyRange;
+use nimbus_types::{DocumentId, TableNumber, Timestamp};
+
+/// Identifies an index inside one tenant (allocated by the engine's catalog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IndexNumber(pub u32);
+
+impl fmt::Display for IndexNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Scan direction of an index range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanOrder {
+    Ascending,
+    Descending,
+}
+
+/// One document as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDocument {
+    pub id: DocumentId,
+    pub table: TableNumber,
+    /// Commit timestamp of the write that produced this version.
+    pub ts: Timestamp,
+    /// The engine's serialized document (opaque to the backend).
+    pub body: Vec<u8>,
+}
+
+/// A change to one document: `body: None` deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentWrite {
+    pub id: DocumentId,
+    pub table: TableNumber,
+    pub body: Option<Vec<u8>>,
+}
+
+/// A change to one index entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexWrite {
+    Insert { index: IndexNumber, key: Vec<u8>, id: DocumentId },
+    Delete { index: IndexNumber, key: Vec<u8> },
+    /// Drops every entry of an index (the index was removed from the schema).
+    DropIndex { index: IndexNumber },
+}
+
+/// Everything one group commit writes, applied atomically and durably.
+///
+/// **Invariant:** `ts` is greater than the `ts` of every earlier batch of the namespace.
+/// Within a batch, writes apply in order (a later write to the same key wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub ts: Timestamp,
+    pub documents: Vec<DocumentWrite>,
+    pub indexes: Vec<IndexWrite>,
+    /// `(name, Some(value))` sets a global, `(name, None)` removes it.
+    pub globals: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.documents.is_empty() && self.indexes.is_empty() && self.globals.is_empty()
+    }
+}
+
+/// Failures of a backend. After a `write` fails, the engine stops accepting writes for
+/// that tenant until it is reopened (the batch may or may not have become durable).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The namespace does not exist.
+    #[error("storage namespace {0:?} does not exist")]
+    NamespaceNotFound(String),
+    /// The namespace already exists.
+    #[error("storage namespace {0:?} already exists")]
+    NamespaceExists(String),
+    /// Stored data that cannot be decoded: a bug or outside tampering.
+    #[error("corrupted data in namespace {namespace:?}: {detail}")]
+    Corrupted { namespace: String, detail: String },
+    /// The backend's I/O or driver failed.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A bound of the backend was reached (connections, pool); retry later.
+    #[error("storage is busy: {0}")]
+    Busy(String),
+}
+
+/// A storage backend holding many tenant namespaces.
+pub trait StorageBackend: Send + Sync + 'static {
+    /// Short name for logs and diagnostics (`"sqlite"`).
+    fn name(&self) -> &'static str;
+    /// Creates an empty namespace; [`StorageError::NamespaceExists`] if it exists.
+    fn create_namespace(&self, namespace: &str) -> Result<(), StorageError>;
+    /// Opens an existing namespace.
+    fn open_namespace(&self, namespace: &str) -> Result<Arc<dyn TenantStore>, StorageError>;
+    /// Removes a namespace and all its data as a unit. Callers close every handle first.
+    fn delete_namespace(&self, namespace: &str) -> Result<(), StorageError>;
+    /// Whether the namespace exists.
+    fn namespace_exists(&self, namespace: &str) -> Result<bool, StorageError>;
+}
+
+/// One tenant's namespace.
+pub trait TenantStore: Send + Sync + 'static {
+    /// Applies a batch atomically; returns once it is durable. Committer only.
+    fn write(&self, batch: &WriteBatch) -> Result<(), StorageError>;
+    /// The `ts` of the last durable batch (0 for a new namespace).
+    fn max_ts(&self) -> Result<Timestamp, StorageError>;
+    /// Reads a global.
+    fn get_global(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Reads one document.
+    fn get_document(&self, id: &DocumentId) -> Result<Option<StoredDocument>, StorageError>;
+    /// Visits every document of a table in ID order; stops early when `visit` returns false.
+    fn scan_table(
+        &self,
+        table: TableNumber,
+        visit: &mut dyn FnMut(StoredDocument) -> bool,
+    ) -> Result<(), StorageError>;
+    /// Reads up to `limit` entries of an index range in key order, with the documents
+    /// they point to, from one consistent state; also returns that state's `max_ts`.
+    fn scan_index(
+        &self,
+        index: IndexNumber,
+        range: &KeyRange,
+        order: ScanOrder,
+        limit: usize,
+    ) -> Result<IndexScan, StorageError>;
+    /// Number of documents and their total body bytes (for memory budgeting).
+    fn stats(&self) -> Result<NamespaceStats, StorageError>;
+}
+
+/// Result of [`TenantStore::scan_index`].
+#[derive(Debug, Clone, Default)]
+pub struct IndexScan {
+    /// The `max_ts` of the state the scan read.
+    pub ts: Timestamp,
+    /// `(key, document)` pairs in scan order.
+    pub entries: Vec<(Vec<u8>, StoredDocument)>,
+}
+
+/// Size of a namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NamespaceStats {
+    pub documents: u64,
+    pub body_bytes: u64,
+}
+
+#[cfg(feature = "conformance")]
+pub mod conformance;

@@ -1,0 +1,229 @@
+//! convex-JSON: the JSON form of [`Value`] on the wire (compat spec §1.1), plus the lossy
+//! "clean JSON" form used when a request asks for `format: "json"` (§1.5).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{Map, Number, Value as Json};
+
+use crate::error::TypesError;
+use crate::value::{check_field_name, Object, Value, MAX_VALUE_DEPTH};
+
+/// Decodes a convex-JSON value. Rejects `$undefined` (use [`decode_optional`] where a
+/// missing value is allowed), legacy `$set`/`$map`, bad base64 and nesting deeper than
+/// [`MAX_VALUE_DEPTH`].
+pub fn decode(json: &Json) -> Result<Value, TypesError> {
+    decode_at(json, 1)
+}
+
+/// Like [`decode`], but `{"$undefined": null}` decodes to `None` (filter literals, index
+/// range values and patch fields use it to mean "missing").
+pub fn decode_optional(json: &Json) -> Result<Option<Value>, TypesError> {
+    if is_undefined(json) {
+        return Ok(None);
+    }
+    decode(json).map(Some)
+}
+
+/// True for `{"$undefined": null}`.
+pub fn is_undefined(json: &Json) -> bool {
+    matches!(json, Json::Object(m) if m.len() == 1 && m.contains_key("$undefined"))
+}
+
+fn decode_at(json: &Json, depth: usize) -> Result<Value, TypesError> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(TypesError::TooDeep { max: MAX_VALUE_DEPTH });
+    }
+    Ok(match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => match n.as_f64() {
+            Some(f) => Value::Float64(f),
+            None => return Err(TypesError::InvalidValue(format!("number {n} is not a float64"))),
+        },
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::Array(
+            items.iter().map(|item| decode_at(item, depth + 1)).collect::<Result<_, _>>()?,
+        ),
+        Json::Object(map) => {
+            if map.len() == 1 {
+                if let Some((key, inner)) = map.iter().next() {
+                    if key.starts_with('$') {
+                        return decode_special(key, inner);
+                    }
+                }
+            }
+            let mut object = Object::new();
+            for (key, inner) in map {
+                check_field_name(key)?;
+                object.insert(key.clone(), decode_at(inner, depth + 1)?);
+            }
+            Value::Object(object)
+        }
+    })
+}
+
+fn decode_special(key: &str, inner: &Json) -> Result<Value, TypesError> {
+    let text = || {
+        inner
+            .as_str()
+            .ok_or_else(|| TypesError::InvalidValue(format!("{key} must hold a base64 string")))
+    };
+    match key {
+        "$integer" => {
+            let bytes = decode_base64(text()?)?;
+            let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                TypesError::InvalidValue(format!(
+                    "$integer must be 8 bytes, got {}",
+                    bytes.len()
+                ))
+            })?;
+            Ok(Value::Int64(i64::from_le_bytes(array)))
+        }
+        "$float" => {
+            let bytes = decode_base64(text()?)?;
+            let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                TypesError::InvalidValue(format!("$float must be 8 bytes, got {}", bytes.len()))
+            })?;
+            let f = f64::from_le_bytes(array);
+            if f.is_finite() && !(f == 0.0 && f.is_sign_negative()) {
+                return Err(TypesError::InvalidValue(format!(
+                    "$float holds the ordinary number {f}; send it as a JSON number"
+                )));
+            }
+            Ok(Value::Float64(f))
+        }
+        "$bytes" => Ok(Value::Bytes(decode_base64(text()?)?)),
+        "$undefined" => {
+            Err(TypesError::InvalidValue("undefined is not a valid Convex value".into()))
+        }
+        "$set" | "$map" => Err(TypesError::InvalidValue(format!(
+            "{key} is a legacy type that Nimbus does not accept"
+        ))),
+        other => Err(TypesError::InvalidFieldName {
+            name: other.to_string(),
+            reason: "field names must not start with '$'",
+        }),
+    }
+}
+
+fn decode_base64(text: &str) -> Result<Vec<u8>, TypesError> {
+    // The JS decoder accepts the URL-safe alphabet too.
+    let normalized: String =
+        text.chars().map(|c| match c { '-' => '+', '_' => '/', c => c }).collect();
+    let padded = match normalized.len() % 4 {
+        2 => normalized + "==",
+        3 => normalized + "=",
+        _ => normalized,
+    };
+    STANDARD.decode(padded).map_err(|e| TypesError::InvalidValue(format!("bad base64: {e}")))
+}
+
+/// Encodes a value as convex-JSON.
+pub fn encode(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Int64(i) => special("$integer", STANDARD.encode(i.to_le_bytes())),
+        Value::Float64(f) => match Number::from_f64(*f) {
+            Some(n) if !(*f == 0.0 && f.is_sign_negative()) => Json::Number(n),
+            _ => special("$float", STANDARD.encode(f.to_le_bytes())),
+        },
+        Value::String(s) => Json::String(s.clone()),
+        Value::Bytes(b) => special("$bytes", STANDARD.encode(b)),
+        Value::Array(items) => Json::Array(items.iter().map(encode).collect()),
+        Value::Object(fields) => {
+            Json::Object(fields.iter().map(|(k, v)| (k.clone(), encode(v))).collect())
+        }
+    }
+}
+
+/// Encodes an object as convex-JSON.
+pub fn encode_object(fields: &Object) -> Json {
+    Json::Object(fields.iter().map(|(k, v)| (k.clone(), encode(v))).collect())
+}
+
+fn special(key: &str, text: String) -> Json {
+    let mut map = Map::new();
+    map.insert(key.to_string(), Json::String(text));
+    Json::Object(map)
+}
+
+/// Encodes a value in the lossy readable form ("clean JSON"): int64 as a decimal string,
+/// NaN/±Infinity as strings, bytes as base64 text.
+pub fn encode_clean(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Int64(i) => Json::String(i.to_string()),
+        Value::Float64(f) => match Number::from_f64(*f) {
+            Some(n) => Json::Number(n),
+            None if f.is_nan() => Json::String("NaN".into()),
+            None if *f > 0.0 => Json::String("Infinity".into()),
+            None => Json::String("-Infinity".into()),
+        },
+        Value::String(s) => Json::String(s.clone()),
+        Value::Bytes(b) => Json::String(STANDARD.encode(b)),
+        Value::Array(items) => Json::Array(items.iter().map(encode_clean).collect()),
+        Value::Object(fields) => {
+            Json::Object(fields.iter().map(|(k, v)| (k.clone(), encode_clean(v))).collect())
+        }
+    }
+}
+
+/// Encodes a u64 the way the sync protocol and `/api/query_ts` carry timestamps.
+pub fn encode_u64(ts: u64) -> String {
+    STANDARD.encode(ts.to_le_bytes())
+}
+
+/// Decodes a u64 written by [`encode_u64`].
+pub fn decode_u64(text: &str) -> Result<u64, TypesError> {
+    let bytes = decode_base64(text)?;
+    let array: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| TypesError::InvalidValue("timestamp must be 8 bytes".into()))?;
+    Ok(u64::from_le_bytes(array))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integers_round_trip_as_documented() {
+        assert_eq!(encode(&Value::Int64(1)), json!({"$integer": "AQAAAAAAAAA="}));
+        assert_eq!(encode(&Value::Int64(-1)), json!({"$integer": "//////////8="}));
+        assert_eq!(decode(&json!({"$integer": "ewAAAAAAAAA="})), Ok(Value::Int64(123)));
+    }
+
+    #[test]
+    fn special_floats() {
+        assert_eq!(encode(&Value::Float64(f64::NAN)), json!({"$float": "AAAAAAAA+H8="}));
+        assert_eq!(encode(&Value::Float64(-0.0)), json!({"$float": "AAAAAAAAAIA="}));
+        assert!(decode(&json!({"$float": "AAAAAAAA8D8="})).is_err(), "1.0 must not use $float");
+        assert_eq!(encode(&Value::Float64(2.5)), json!(2.5));
+    }
+
+    #[test]
+    fn rejects_dollar_fields_and_deep_values() {
+        assert!(decode(&json!({"$x": 1, "y": 2})).is_err());
+        let mut deep = json!(1);
+        for _ in 0..70 {
+            deep = json!([deep]);
+        }
+        assert_eq!(decode(&deep), Err(TypesError::TooDeep { max: MAX_VALUE_DEPTH }));
+    }
+
+    #[test]
+    fn clean_json() {
+        assert_eq!(encode_clean(&Value::Int64(42)), json!("42"));
+        assert_eq!(encode_clean(&Value::Float64(f64::INFINITY)), json!("Infinity"));
+    }
+
+    #[test]
+    fn u64_form() {
+        assert_eq!(encode_u64(1000), "6AMAAAAAAAA=");
+        assert_eq!(decode_u64("6AMAAAAAAAA="), Ok(1000));
+    }
+}

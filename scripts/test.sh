@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run): formatting, clippy, the Rust tests, a release
+# build of nimbus, then the end-to-end tests (official convex CLI + ConvexHttpClient against a
+# real `nimbus serve`).
+#
+# Environment:
+#   CARGO_TARGET_DIR   cargo target directory (default $HOME/.cache/nimbus-target)
+#   NIMBUS_BIN         binary for the e2e tests (default $CARGO_TARGET_DIR/release/nimbus)
+#   E2E_ONLY=1         skip the cargo steps (fmt, clippy, tests, build) and run only the e2e tests
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+STARTED=$SECONDS
+CURRENT_STEP="setup"
+STEPS_DONE=()
+on_exit() {
+  local status=$?
+  local elapsed=$((SECONDS - STARTED))
+  echo
+  if [ "$status" -eq 0 ]; then
+    printf '%s\n' "${C_GREEN}${C_BOLD}SUMMARY: test.sh succeeded${C_OFF} in ${elapsed}s (steps: ${STEPS_DONE[*]})"
+  else
+    printf '%s\n' "${C_RED}${C_BOLD}SUMMARY: test.sh FAILED${C_OFF} at step '$CURRENT_STEP' (exit $status) after ${elapsed}s; passed before it: ${STEPS_DONE[*]:-none}"
+  fi
+}
+trap on_exit EXIT
+
+step() { # step NAME COMMAND...
+  CURRENT_STEP="$1"
+  shift
+  local t0=$SECONDS
+  log "$CURRENT_STEP: $*"
+  "$@"
+  ok "$CURRENT_STEP (${C_DIM}$((SECONDS - t0))s${C_OFF})"
+  STEPS_DONE+=("$CURRENT_STEP")
+}
+
+ensure_rust_components() {
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 || die "cargo fmt/clippy missing and rustup not found"
+    rustup component add rustfmt clippy
+  fi
+}
+
+rust_tests() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-tests=warn
+    # nextest does not run doc tests.
+    cargo test --workspace --doc
+  else
+    cargo test --workspace
+  fi
+}
+
+typecheck_apps() {
+  "$REPO_ROOT/tests/e2e/node_modules/.bin/tsc" --noEmit -p "$REPO_ROOT/tests/e2e/app/convex"
+  "$REPO_ROOT/examples/pos/node_modules/.bin/tsc" --noEmit -p "$REPO_ROOT/examples/pos/convex"
+}
+
+e2e_tests() {
+  export NIMBUS_BIN="${NIMBUS_BIN:-$NIMBUS_BIN_DEFAULT}"
+  [ -x "$NIMBUS_BIN" ] || die "nimbus binary not found at $NIMBUS_BIN"
+  info "NIMBUS_BIN=$NIMBUS_BIN"
+  # One file at a time: each starts its own server, and the machine has 2 cores.
+  # Every test is bounded (5 minutes unless it sets its own timeout).
+  node --test --test-concurrency=1 --test-timeout=300000 tests/e2e/*.test.mjs
+}
+
+log "Nimbus test suite (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+CURRENT_STEP="tools"
+check_toolchain
+ok "cargo $(cargo --version | cut -d' ' -f2), node $(node --version), npm $(npm --version)"
+
+if [ -z "${E2E_ONLY:-}" ]; then
+  ensure_rust_components
+  step fmt cargo fmt --all -- --check
+  step clippy cargo clippy --workspace --all-targets -- -D warnings
+  step rust-tests rust_tests
+  step build cargo build --release -p nimbus
+fi
+step npm-ci-e2e npm_ci "$REPO_ROOT/tests/e2e"
+step npm-ci-pos npm_ci "$REPO_ROOT/examples/pos"
+step typecheck typecheck_apps
+step e2e e2e_tests

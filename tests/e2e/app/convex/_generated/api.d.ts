@@ -1,0 +1,69 @@
+/* eslint-disable */
+/**
+ * Generated `api` utility.
+ *
+ * THIS CODE IS AUTOMATICALLY GENERATED.
+ *
+ * To regenerate, run `npx convex dev`.
+ * @module
+ */
+
+import type * as bulk from "../bulk.js";
+import type * as counter from "../counter.js";
+import type * as durability from "../durability.js";
+import type * as errors from "../errors.js";
+import type * as items from "../items.js";
+import type * as limits from "../limits.js";
+import type * as notes from "../notes.js";
+import type * as repush from "../repush.js";
+import type * as repushHelper from "../repushHelper.js";
+import type * as things from "../things.js";
+import type * as validators from "../validators.js";
+
+import type {
+  ApiFromModules,
+  FilterApi,
+  FunctionReference,
+} from "convex/server";
+
+declare const fullApi: ApiFromModules<{
+  bulk: typeof bulk;
+  counter: typeof counter;
+  durability: typeof durability;
+  errors: typeof errors;
+  items: typeof items;
+  limits: typeof limits;
+  notes: typeof notes;
+  repush: typeof repush;
+  repushHelper: typeof repushHelper;
+  things: typeof things;
+  validators: typeof validators;
+}>;
+
+/**
+ * A utility for referencing Convex functions in your app's public API.
+ *
+ * Usage:
+ * ```js
+ * const myFunctionReference = api.myModule.myFunction;
+ * ```
+ */
+export declare const api: FilterApi<
+  typeof fullApi,
+  FunctionReference<any, "public">
+>;
+
+/**
+ * A utility for referencing Convex functions in your app's internal API.
+ *
+ * Usage:
+ * ```js
+ * const myFunctionReference = internal.myModule.myFunction;
+ * ```
+ */
+export declare const internal: FilterApi<
+  typeof fullApi,
+  FunctionReference<any, "internal">
+>;
+
+export declare const components: {};
