@@ -40,7 +40,9 @@ impl TenantCatalog {
              );",
         )
         .map_err(|e| internal("create schema", e))?;
-        Ok(TenantCatalog { conn: Mutex::new(conn) })
+        Ok(TenantCatalog {
+            conn: Mutex::new(conn),
+        })
     }
 
     /// Inserts a tenant in state `creating`; fails with `TenantExists` if the name is taken.
@@ -64,7 +66,10 @@ impl TenantCatalog {
     pub fn set_active(&self, name: &str) -> Result<(), AppError> {
         self.conn
             .lock()
-            .execute("UPDATE tenants SET state = 'active' WHERE name = ?1", params![name])
+            .execute(
+                "UPDATE tenants SET state = 'active' WHERE name = ?1",
+                params![name],
+            )
             .map_err(|e| internal("activate", e))?;
         Ok(())
     }
@@ -123,7 +128,8 @@ impl TenantCatalog {
                 })
             })
             .map_err(|e| internal("list", e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| internal("list", e))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal("list", e))
     }
 
     /// Tenants left half-created or half-deleted by a crash.
@@ -135,6 +141,7 @@ impl TenantCatalog {
         let rows = statement
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
             .map_err(|e| internal("unfinished", e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| internal("unfinished", e))
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| internal("unfinished", e))
     }
 }

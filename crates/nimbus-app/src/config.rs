@@ -45,7 +45,7 @@ impl NimbusConfig {
             max_inflight_per_tenant: 1024,
             max_running_per_tenant: (workers - 1).max(1),
             pool,
-            max_mutation_attempts: 16,
+            max_mutation_attempts: 32,
             staged_push_ttl: Duration::from_secs(600),
         }
     }

@@ -139,29 +139,44 @@ impl Deployment {
     ) -> Result<Self, AppError> {
         let schema = match &schema_json {
             Some(text) => Some(Arc::new(Schema::parse_text(text).map_err(|e| {
-                AppError::PushFailed { code: "InvalidSchema", message: e.to_string() }
+                AppError::PushFailed {
+                    code: "InvalidSchema",
+                    message: e.to_string(),
+                }
             })?)),
             None => None,
         };
         let mut table = HashMap::new();
         for info in functions {
-            let args = Validator::parse_text(&info.args_json).map_err(|e| AppError::PushFailed {
-                code: "InvalidModule",
-                message: format!("{}:{}: invalid args validator: {e}", info.module_path, info.name),
-            })?;
-            let returns = match &info.returns_json {
-                Some(text) => Some(Validator::parse_text(text).map_err(|e| AppError::PushFailed {
+            let args =
+                Validator::parse_text(&info.args_json).map_err(|e| AppError::PushFailed {
                     code: "InvalidModule",
                     message: format!(
-                        "{}:{}: invalid returns validator: {e}",
+                        "{}:{}: invalid args validator: {e}",
                         info.module_path, info.name
                     ),
-                })?),
+                })?;
+            let returns = match &info.returns_json {
+                Some(text) => {
+                    Some(
+                        Validator::parse_text(text).map_err(|e| AppError::PushFailed {
+                            code: "InvalidModule",
+                            message: format!(
+                                "{}:{}: invalid returns validator: {e}",
+                                info.module_path, info.name
+                            ),
+                        })?,
+                    )
+                }
                 None => None,
             };
             table.insert(
                 (info.module_path.clone(), info.name.clone()),
-                Arc::new(CompiledFunction { info, args, returns }),
+                Arc::new(CompiledFunction {
+                    info,
+                    args,
+                    returns,
+                }),
             );
         }
         Ok(Deployment {
@@ -240,18 +255,18 @@ impl Deployment {
             })
             .collect()
     }
-
-    pub fn function_infos(&self) -> Vec<FunctionInfo> {
-        let mut infos: Vec<FunctionInfo> = self.functions.values().map(|f| f.info.clone()).collect();
-        infos.sort_by(|a, b| (&a.module_path, &a.name).cmp(&(&b.module_path, &b.name)));
-        infos
-    }
 }
 
 fn module_set(generation: u64, modules: &[StoredModule]) -> ModuleSet {
-    let map: BTreeMap<String, String> =
-        modules.iter().map(|m| (m.path.clone(), m.source.clone())).collect();
-    ModuleSet { generation, modules: Arc::new(map), env: Arc::new(BTreeMap::new()) }
+    let map: BTreeMap<String, String> = modules
+        .iter()
+        .map(|m| (m.path.clone(), m.source.clone()))
+        .collect();
+    ModuleSet {
+        generation,
+        modules: Arc::new(map),
+        env: Arc::new(BTreeMap::new()),
+    }
 }
 
 /// Splits a client's function path into (module path with `.js`, export name).
@@ -284,7 +299,11 @@ mod tests {
     #[test]
     fn canonical_paths() {
         let expect = |p: &str, m: &str, e: &str| {
-            assert_eq!(canonical_path(p), Some((m.to_string(), e.to_string())), "{p}");
+            assert_eq!(
+                canonical_path(p),
+                Some((m.to_string(), e.to_string())),
+                "{p}"
+            );
         };
         expect("orders:create", "orders.js", "create");
         expect("orders.js:create", "orders.js", "create");

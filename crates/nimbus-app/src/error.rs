@@ -22,7 +22,11 @@ pub enum AppError {
     #[error("{0}")]
     Forbidden(String),
     #[error("tenant {tenant:?} is overloaded: {detail}")]
-    Overloaded { tenant: String, detail: String, retry_after_secs: u64 },
+    Overloaded {
+        tenant: String,
+        detail: String,
+        retry_after_secs: u64,
+    },
     #[error("tenant {tenant:?} is unavailable: {detail}")]
     Unavailable { tenant: String, detail: String },
     /// A push that cannot be applied (bad module, schema mismatch); shown by the CLI.
@@ -70,7 +74,9 @@ impl AppError {
     /// Seconds for the `Retry-After` header, when the client should retry later.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            AppError::Overloaded { retry_after_secs, .. } => Some(*retry_after_secs),
+            AppError::Overloaded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             AppError::Unavailable { .. } => Some(5),
             _ => None,
         }
@@ -83,9 +89,10 @@ impl AppError {
                 detail: error.to_string(),
                 retry_after_secs: 1,
             },
-            EngineError::ShutDown | EngineError::Poisoned(_) => {
-                AppError::Unavailable { tenant: tenant.to_string(), detail: error.to_string() }
-            }
+            EngineError::ShutDown | EngineError::Poisoned(_) => AppError::Unavailable {
+                tenant: tenant.to_string(),
+                detail: error.to_string(),
+            },
             other => AppError::Internal(other.to_string()),
         }
     }

@@ -61,7 +61,11 @@ pub struct FunctionResponse {
 impl FunctionResponse {
     fn failure(code: &'static str, message: String, ts: u64) -> Self {
         FunctionResponse {
-            result: Err(FunctionFailure { code, message, data: None }),
+            result: Err(FunctionFailure {
+                code,
+                message,
+                data: None,
+            }),
             log_lines: Vec::new(),
             documents_scanned: 0,
             execution: Duration::ZERO,
@@ -91,7 +95,10 @@ impl Tenant {
             ));
         };
         let name = display_name(&module, &export);
-        let function = deployment.functions.get(&(module.clone(), export.clone())).cloned();
+        let function = deployment
+            .functions
+            .get(&(module.clone(), export.clone()))
+            .cloned();
         let function = match function {
             Some(f) if f.info.public || request.caller == Caller::Admin => f,
             _ => {
@@ -141,7 +148,11 @@ impl Tenant {
         let txn = self.engine().begin();
         let ts = txn.snapshot().ts.0;
         if let Err(message) = check_args(function, &args, &txn) {
-            return Ok(FunctionResponse::failure("ArgumentValidationError", message, ts));
+            return Ok(FunctionResponse::failure(
+                "ArgumentValidationError",
+                message,
+                ts,
+            ));
         }
         let (host, outcome) = self.execute(deployment, function, name, args, txn).await?;
         let documents_scanned = host.txn.stats().documents_scanned;
@@ -166,6 +177,9 @@ impl Tenant {
         args: Value,
     ) -> Result<FunctionResponse, AppError> {
         let mut attempt = 0;
+        // Held from the first conflict on: conflicting retries of this tenant run one at a
+        // time, so a hot document cannot starve a mutation through endless stampedes.
+        let mut retry_turn: Option<tokio::sync::MutexGuard<'_, ()>> = None;
         loop {
             attempt += 1;
             let txn = self.engine().begin();
@@ -177,8 +191,9 @@ impl Tenant {
                 ));
             }
             let started = Instant::now();
-            let (host, outcome) =
-                self.execute(deployment, function, name, args.clone(), txn).await?;
+            let (host, outcome) = self
+                .execute(deployment, function, name, args.clone(), txn)
+                .await?;
             if let Some(error) = host.system_error {
                 return Err(system_error(self.name(), error));
             }
@@ -206,6 +221,9 @@ impl Tenant {
                 }
                 Err(EngineError::Conflict(reason)) if attempt < self.max_attempts() => {
                     tracing::debug!(tenant = self.name(), %name, attempt, %reason, elapsed_us = started.elapsed().as_micros() as u64, "mutation conflict, retrying");
+                    if retry_turn.is_none() {
+                        retry_turn = Some(self.retry_lock().lock().await);
+                    }
                     continue;
                 }
                 Err(EngineError::Conflict(reason)) => {
@@ -255,11 +273,14 @@ impl Tenant {
             system_error: None,
         };
         let _running = self.acquire_worker().await?;
-        self.pool().invoke(invocation, host).await.map_err(|e| AppError::Overloaded {
-            tenant: self.name().to_string(),
-            detail: e.to_string(),
-            retry_after_secs: 1,
-        })
+        self.pool()
+            .invoke(invocation, host)
+            .await
+            .map_err(|e| AppError::Overloaded {
+                tenant: self.name().to_string(),
+                detail: e.to_string(),
+                retry_after_secs: 1,
+            })
     }
 }
 
@@ -301,11 +322,10 @@ fn check_args(
     args: &Value,
     txn: &nimbus_engine::Transaction,
 ) -> Result<(), String> {
-    function.args.check(args, &IdsOf(txn)).map_err(|e| {
-        format!(
-            "ArgumentValidationError: {e}",
-        )
-    })
+    function
+        .args
+        .check(args, &IdsOf(txn))
+        .map_err(|e| format!("ArgumentValidationError: {e}",))
 }
 
 /// Turns the runtime's outcome into the function's result, validating the return value.
@@ -324,11 +344,13 @@ fn finish_result(
             data: None,
         })?;
     if let Some(returns) = &function.returns {
-        returns.check(&value, &IdsOf(txn)).map_err(|e| FunctionFailure {
-            code: "ReturnValidationError",
-            message: format!("ReturnsValidationError: {e}"),
-            data: None,
-        })?;
+        returns
+            .check(&value, &IdsOf(txn))
+            .map_err(|e| FunctionFailure {
+                code: "ReturnValidationError",
+                message: format!("ReturnsValidationError: {e}"),
+                data: None,
+            })?;
     }
     Ok(value)
 }
@@ -340,8 +362,16 @@ fn runtime_failure(error: FunctionError) -> FunctionFailure {
             let data = serde_json::from_str::<Json>(&data_json)
                 .ok()
                 .and_then(|json| decode(&json).ok());
-            FunctionFailure { code, message, data }
+            FunctionFailure {
+                code,
+                message,
+                data,
+            }
         }
-        other => FunctionFailure { code, message: other.to_string(), data: None },
+        other => FunctionFailure {
+            code,
+            message: other.to_string(),
+            data: None,
+        },
     }
 }

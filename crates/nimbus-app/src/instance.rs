@@ -52,7 +52,11 @@ fn sha256_hex(text: &str) -> String {
 
 /// Constant-time comparison of two hex digests.
 fn same_digest(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn random_secret() -> String {
@@ -67,7 +71,10 @@ impl Nimbus {
     /// Opens (or initializes) the data directory and starts the shared JS pool.
     pub async fn open(config: NimbusConfig) -> Result<Arc<Nimbus>, AppError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            AppError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display()))
+            AppError::Internal(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
         })?;
         let admin_key_path = config.data_dir.join("admin_key");
         let admin_key = match &config.admin_key {
@@ -101,8 +108,14 @@ impl Nimbus {
     fn finish_interrupted(&self) -> Result<(), AppError> {
         for (name, state) in self.catalog.unfinished()? {
             tracing::warn!(tenant = %name, %state, "removing a tenant left unfinished by a crash");
-            if self.storage.namespace_exists(&name).map_err(|e| storage_error("recovery", e))? {
-                self.storage.delete_namespace(&name).map_err(|e| storage_error("recovery", e))?;
+            if self
+                .storage
+                .namespace_exists(&name)
+                .map_err(|e| storage_error("recovery", e))?
+            {
+                self.storage
+                    .delete_namespace(&name)
+                    .map_err(|e| storage_error("recovery", e))?;
             }
             self.catalog.remove(&name)?;
         }
@@ -127,7 +140,11 @@ impl Nimbus {
     }
 
     fn info(&self, row: &TenantRow) -> TenantInfo {
-        TenantInfo { name: row.name.clone(), url: self.tenant_url(&row.name), created_at_ms: row.created_at_ms }
+        TenantInfo {
+            name: row.name.clone(),
+            url: self.tenant_url(&row.name),
+            created_at_ms: row.created_at_ms,
+        }
     }
 
     pub async fn create_tenant(&self, name: &str) -> Result<CreatedTenant, AppError> {
@@ -139,7 +156,11 @@ impl Nimbus {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let row = TenantRow { name: name.to_string(), created_at_ms, key_hash: sha256_hex(&admin_key) };
+        let row = TenantRow {
+            name: name.to_string(),
+            created_at_ms,
+            key_hash: sha256_hex(&admin_key),
+        };
         self.catalog.insert_creating(&row)?;
         let storage = self.storage.clone();
         let namespace = name.to_string();
@@ -158,11 +179,20 @@ impl Nimbus {
         }
         self.catalog.set_active(name)?;
         tracing::info!(tenant = name, "tenant created");
-        Ok(CreatedTenant { name: name.to_string(), url: self.tenant_url(name), admin_key })
+        Ok(CreatedTenant {
+            name: name.to_string(),
+            url: self.tenant_url(name),
+            admin_key,
+        })
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<TenantInfo>, AppError> {
-        Ok(self.catalog.list()?.iter().map(|row| self.info(row)).collect())
+        Ok(self
+            .catalog
+            .list()?
+            .iter()
+            .map(|row| self.info(row))
+            .collect())
     }
 
     pub async fn tenant_info(&self, name: &str) -> Result<TenantInfo, AppError> {
@@ -260,7 +290,12 @@ fn load_or_create_admin_key(path: &std::path::Path) -> Result<String, AppError> 
         Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(AppError::Internal(format!("reading {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(AppError::Internal(format!(
+                "reading {}: {e}",
+                path.display()
+            )))
+        }
     }
     let key = format!("nimbus-admin-{}", random_secret());
     use std::io::Write as _;

@@ -66,7 +66,10 @@ pub struct StagedPush {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StagedStatus {
     Ready,
-    Failed { error: String, table: Option<String> },
+    Failed {
+        error: String,
+        table: Option<String>,
+    },
 }
 
 struct Staged {
@@ -84,7 +87,11 @@ impl StagedPushes {
     fn insert(&mut self, token: String, staged: Staged, ttl: std::time::Duration) {
         self.entries.retain(|_, s| s.created.elapsed() < ttl);
         while self.entries.len() >= MAX_STAGED_PUSHES {
-            let oldest = self.entries.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| k.clone());
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| k.clone());
             match oldest {
                 Some(key) => self.entries.remove(&key),
                 None => break,
@@ -106,7 +113,12 @@ impl Tenant {
         let generation = current.generation + 1;
         let module_set = ModuleSet {
             generation,
-            modules: Arc::new(modules.iter().map(|m| (m.path.clone(), m.source.clone())).collect()),
+            modules: Arc::new(
+                modules
+                    .iter()
+                    .map(|m| (m.path.clone(), m.source.clone()))
+                    .collect(),
+            ),
             env: Arc::new(BTreeMap::new()),
         };
         let limits = RuntimeLimits::default();
@@ -150,7 +162,10 @@ impl Tenant {
         if !request.dry_run {
             self.staged.lock().insert(
                 token.clone(),
-                Staged { deployment: Arc::new(deployment), created: Instant::now() },
+                Staged {
+                    deployment: Arc::new(deployment),
+                    created: Instant::now(),
+                },
                 self.config.staged_push_ttl,
             );
         }
@@ -167,10 +182,19 @@ impl Tenant {
     pub async fn push_status(&self, token: &str) -> Result<StagedStatus, AppError> {
         let staged = self.staged_push(token)?;
         let snapshot = self.engine().snapshot();
-        Ok(match staged.schema.as_deref().map(|s| validate_documents(s, &snapshot)) {
-            Some(Err((error, table))) => StagedStatus::Failed { error, table: Some(table) },
-            _ => StagedStatus::Ready,
-        })
+        Ok(
+            match staged
+                .schema
+                .as_deref()
+                .map(|s| validate_documents(s, &snapshot))
+            {
+                Some(Err((error, table))) => StagedStatus::Failed {
+                    error,
+                    table: Some(table),
+                },
+                _ => StagedStatus::Ready,
+            },
+        )
     }
 
     /// Activates a staged push: code, schema and indexes switch in one commit. The
@@ -249,8 +273,14 @@ fn assemble_modules(
                 ),
             ));
         }
-        if module.path.starts_with('/') || module.path.contains("..") || !module.path.ends_with(".js") {
-            return Err(push_failed("InvalidModules", format!("invalid module path {:?}", module.path)));
+        if module.path.starts_with('/')
+            || module.path.contains("..")
+            || !module.path.ends_with(".js")
+        {
+            return Err(push_failed(
+                "InvalidModules",
+                format!("invalid module path {:?}", module.path),
+            ));
         }
         modules.insert(
             module.path.clone(),
@@ -272,7 +302,10 @@ fn assemble_modules(
         modules.insert(path.clone(), existing.clone());
     }
     if modules.len() > MAX_MODULES {
-        return Err(push_failed("PushTooLarge", format!("more than {MAX_MODULES} modules")));
+        return Err(push_failed(
+            "PushTooLarge",
+            format!("more than {MAX_MODULES} modules"),
+        ));
     }
     let bytes: usize = modules.values().map(|m| m.source.len()).sum();
     if bytes > MAX_PUSH_BYTES {
@@ -292,21 +325,27 @@ fn index_changes(snapshot: &Snapshot, schema: Option<&Schema>) -> Vec<IndexChang
             s.tables
                 .iter()
                 .flat_map(|(table, t)| {
-                    t.indexes.iter().map(move |i| ((table.clone(), i.name.clone()), i.fields.clone()))
+                    t.indexes
+                        .iter()
+                        .map(move |i| ((table.clone(), i.name.clone()), i.fields.clone()))
                 })
                 .collect()
         })
         .unwrap_or_default();
     for table in catalog.tables() {
         for name in table.indexes.keys() {
-            if name == nimbus_engine::catalog::BY_ID || name == nimbus_engine::catalog::BY_CREATION_TIME {
+            if name == nimbus_engine::catalog::BY_ID
+                || name == nimbus_engine::catalog::BY_CREATION_TIME
+            {
                 continue;
             }
-            let Ok(info) = catalog.resolve_index(&table.name, name) else { continue };
+            let Ok(info) = catalog.resolve_index(&table.name, name) else {
+                continue;
+            };
             let key = (table.name.clone(), name.clone());
-            let same = wanted
-                .get(&key)
-                .is_some_and(|declared| nimbus_engine::catalog::user_index_fields(declared) == info.fields);
+            let same = wanted.get(&key).is_some_and(|declared| {
+                nimbus_engine::catalog::user_index_fields(declared) == info.fields
+            });
             if !same {
                 let declared: Vec<String> = info
                     .fields
@@ -314,16 +353,26 @@ fn index_changes(snapshot: &Snapshot, schema: Option<&Schema>) -> Vec<IndexChang
                     .filter(|f| f.as_str() != "_creationTime" && f.as_str() != "_id")
                     .cloned()
                     .collect();
-                changes.push(IndexChange { table: table.name.clone(), name: name.clone(), fields: declared, added: false });
+                changes.push(IndexChange {
+                    table: table.name.clone(),
+                    name: name.clone(),
+                    fields: declared,
+                    added: false,
+                });
             }
         }
     }
     for ((table, name), fields) in wanted {
-        let exists = catalog.resolve_index(&table, &name).is_ok_and(|info| {
-            nimbus_engine::catalog::user_index_fields(&fields) == info.fields
-        });
+        let exists = catalog
+            .resolve_index(&table, &name)
+            .is_ok_and(|info| nimbus_engine::catalog::user_index_fields(&fields) == info.fields);
         if !exists {
-            changes.push(IndexChange { table, name, fields, added: true });
+            changes.push(IndexChange {
+                table,
+                name,
+                fields,
+                added: true,
+            });
         }
     }
     changes
@@ -337,38 +386,52 @@ fn validate_documents(schema: &Schema, snapshot: &Snapshot) -> Result<(), (Strin
     }
     let ids = SnapshotIds(snapshot);
     for (table_name, table) in &schema.tables {
-        let Some(validator) = &table.document_type else { continue };
-        let Some(info) = snapshot.catalog.table(table_name) else { continue };
-        let Ok(index) = snapshot.catalog.resolve_index(table_name, nimbus_engine::catalog::BY_ID) else {
+        let Some(validator) = &table.document_type else {
+            continue;
+        };
+        if snapshot.catalog.table(table_name).is_none() {
+            continue;
+        }
+        let Ok(index) = snapshot
+            .catalog
+            .resolve_index(table_name, nimbus_engine::catalog::BY_ID)
+        else {
             continue;
         };
         let range = nimbus_storage::KeyRange::all();
         let mut after: Option<Vec<u8>> = None;
-        while let Some((key, _, doc)) = snapshot.next_entry(
-            index.number,
-            &range,
-            nimbus_storage::ScanOrder::Ascending,
-            after.as_deref(),
-            |_| false,
-        ) {
-            let fields: Object = doc
-                .iter()
-                .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if let Err(e) = validator.check(&Value::Object(fields), &ids) {
-                let id = doc.get("_id").and_then(Value::as_str).unwrap_or("?");
-                return Err((
-                    format!(
-                        "Schema validation failed.\nDocument with ID \"{id}\" in table \"{table_name}\" \
-                         does not match the schema: {e}"
-                    ),
-                    table_name.clone(),
-                ));
+        loop {
+            let batch = snapshot
+                .scan(
+                    index.number,
+                    &range,
+                    nimbus_storage::ScanOrder::Ascending,
+                    after.as_deref(),
+                    512,
+                )
+                .map_err(|e| (format!("reading {table_name}: {e}"), table_name.clone()))?;
+            for (_, _, doc) in &batch {
+                let fields: Object = doc
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if let Err(e) = validator.check(&Value::Object(fields), &ids) {
+                    let id = doc.get("_id").and_then(Value::as_str).unwrap_or("?");
+                    return Err((
+                        format!(
+                            "Schema validation failed.\nDocument with ID \"{id}\" in table \"{table_name}\" \
+                             does not match the schema: {e}"
+                        ),
+                        table_name.clone(),
+                    ));
+                }
             }
-            after = Some(key);
+            match batch.last() {
+                Some((key, _, _)) if batch.len() == 512 => after = Some(key.clone()),
+                _ => break,
+            }
         }
-        let _ = info;
     }
     Ok(())
 }
@@ -377,7 +440,12 @@ struct SnapshotIds<'a>(&'a Snapshot);
 
 impl nimbus_types::validator::IdCheck for SnapshotIds<'_> {
     fn is_id_of_table(&self, id: &str, table: &str) -> bool {
-        let Ok(decoded) = self.0.id_codec.decode(id) else { return false };
-        self.0.catalog.table(table).is_some_and(|t| t.number == decoded.table)
+        let Ok(decoded) = self.0.id_codec.decode(id) else {
+            return false;
+        };
+        self.0
+            .catalog
+            .table(table)
+            .is_some_and(|t| t.number == decoded.table)
     }
 }

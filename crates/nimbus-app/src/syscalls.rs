@@ -35,7 +35,10 @@ impl TxnHost {
         if error.class() != ErrorClass::User && self.system_error.is_none() {
             self.system_error = Some(error);
         }
-        SyscallError { message, data_json: None }
+        SyscallError {
+            message,
+            data_json: None,
+        }
     }
 
     fn dispatch(&mut self, op: &str, args: &Json) -> Result<Json, SyscallError> {
@@ -61,9 +64,7 @@ impl TxnHost {
                 "authToken": null
             })),
             _ => Err(SyscallError {
-                message: format!(
-                    "Unknown async operation {op}: Nimbus does not implement it yet"
-                ),
+                message: format!("Unknown async operation {op}: Nimbus does not implement it yet"),
                 data_json: None,
             }),
         }
@@ -81,7 +82,9 @@ impl TxnHost {
     fn id_arg(&self, args: &Json, op: &str) -> Result<nimbus_types::DocumentId, SyscallError> {
         let text = str_field(args, "id")?;
         let id = self.txn.decode_id(text).map_err(|_| {
-            user(format!("Invalid argument `id` for `{op}`: {text:?} is not a valid ID of this deployment"))
+            user(format!(
+                "Invalid argument `id` for `{op}`: {text:?} is not a valid ID of this deployment"
+            ))
         })?;
         if let Some(table) = args.get("table").and_then(Json::as_str) {
             let actual = self.txn.table_name_of(&id);
@@ -102,7 +105,11 @@ impl TxnHost {
             )));
         };
         if let Some(table) = args.get("table").and_then(Json::as_str) {
-            if self.txn.table_name_of(&id).is_some_and(|actual| actual != table) {
+            if self
+                .txn
+                .table_name_of(&id)
+                .is_some_and(|actual| actual != table)
+            {
                 return Err(user(format!(
                     "Invalid argument `id` for `db.get`: the ID {text:?} does not belong to table {table:?}"
                 )));
@@ -130,7 +137,9 @@ impl TxnHost {
         self.require_mutation("db.patch")?;
         let id = self.id_arg(args, "db.patch")?;
         let Some(Json::Object(map)) = args.get("value") else {
-            return Err(user("Invalid argument `value` for `db.patch`: expected an object".into()));
+            return Err(user(
+                "Invalid argument `value` for `db.patch`: expected an object".into(),
+            ));
         };
         let mut changes = BTreeMap::new();
         for (key, value) in map {
@@ -173,7 +182,9 @@ impl TxnHost {
     }
 
     fn parse_query(args: &Json) -> Result<SerializedQuery, SyscallError> {
-        let query = args.get("query").ok_or_else(|| user("missing `query`".into()))?;
+        let query = args
+            .get("query")
+            .ok_or_else(|| user("missing `query`".into()))?;
         SerializedQuery::parse(query).map_err(|e| user(e.to_string()))
     }
 
@@ -212,9 +223,14 @@ impl TxnHost {
         let end_cursor = args.get("endCursor").and_then(Json::as_str);
         let page_size = args.get("pageSize").and_then(Json::as_f64).unwrap_or(0.0);
         if !(page_size.is_finite() && page_size >= 0.0) {
-            return Err(user("paginationOpts.numItems must be a non-negative number".into()));
+            return Err(user(
+                "paginationOpts.numItems must be a non-negative number".into(),
+            ));
         }
-        match self.txn.page(&query, cursor, end_cursor, page_size as usize) {
+        match self
+            .txn
+            .page(&query, cursor, end_cursor, page_size as usize)
+        {
             Ok(page) => Ok(json!({
                 "page": page.documents.iter().map(|d| encode_object(d)).collect::<Vec<_>>(),
                 "isDone": page.is_done,
@@ -236,24 +252,37 @@ impl TxnHost {
 
     /// Schema validation of a new document's user fields.
     fn check_schema(&self, table: &str, fields: &Object) -> Result<(), SyscallError> {
-        let Some(schema) = &self.schema else { return Ok(()) };
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
         if !schema.schema_validation {
             return Ok(());
         }
-        let Some(validator) = schema.tables.get(table).and_then(|t| t.document_type.as_ref())
+        let Some(validator) = schema
+            .tables
+            .get(table)
+            .and_then(|t| t.document_type.as_ref())
         else {
             return Ok(());
         };
-        validator.check(&Value::Object(fields.clone()), &IdsOf(&self.txn)).map_err(|e| {
-            user(format!(
+        validator
+            .check(&Value::Object(fields.clone()), &IdsOf(&self.txn))
+            .map_err(|e| {
+                user(format!(
                 "Failed to insert or update a document in table \"{table}\" because it does not \
                  match the schema: {e}"
             ))
-        })
+            })
     }
 
-    fn check_written(&self, id: &nimbus_types::DocumentId, doc: &Document) -> Result<(), SyscallError> {
-        let Some(table) = self.txn.table_name_of(id) else { return Ok(()) };
+    fn check_written(
+        &self,
+        id: &nimbus_types::DocumentId,
+        doc: &Document,
+    ) -> Result<(), SyscallError> {
+        let Some(table) = self.txn.table_name_of(id) else {
+            return Ok(());
+        };
         let user_fields: Object = doc
             .iter()
             .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
@@ -285,7 +314,10 @@ impl SyscallHost for TxnHost {
 }
 
 fn user(message: String) -> SyscallError {
-    SyscallError { message, data_json: None }
+    SyscallError {
+        message,
+        data_json: None,
+    }
 }
 
 fn str_field<'a>(args: &'a Json, name: &str) -> Result<&'a str, SyscallError> {
@@ -298,6 +330,9 @@ fn object_arg(value: Option<&Json>, name: &str) -> Result<Object, SyscallError> 
     let value = value.ok_or_else(|| user(format!("missing argument `{name}`")))?;
     match decode(value).map_err(|e| user(e.to_string()))? {
         Value::Object(fields) => Ok(fields),
-        other => Err(user(format!("`{name}` must be an object, not {}", other.type_name()))),
+        other => Err(user(format!(
+            "`{name}` must be an object, not {}",
+            other.type_name()
+        ))),
     }
 }

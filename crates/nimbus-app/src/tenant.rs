@@ -26,6 +26,8 @@ pub struct Tenant {
     /// Calls holding a JS worker; bounded per tenant so one tenant cannot take them all.
     running: Arc<Semaphore>,
     max_attempts: usize,
+    /// Taken by mutations retrying after a conflict (see `run_mutation`).
+    retry_lock: tokio::sync::Mutex<()>,
     rejected: AtomicU64,
     pub(crate) config: NimbusConfig,
 }
@@ -67,6 +69,7 @@ impl Tenant {
             inflight_max: config.max_inflight_per_tenant.max(1),
             running: Arc::new(Semaphore::new(config.max_running_per_tenant.max(1))),
             max_attempts: config.max_mutation_attempts.max(1),
+            retry_lock: tokio::sync::Mutex::new(()),
             rejected: AtomicU64::new(0),
             config: config.clone(),
         }))
@@ -90,6 +93,10 @@ impl Tenant {
 
     pub(crate) fn max_attempts(&self) -> usize {
         self.max_attempts
+    }
+
+    pub(crate) fn retry_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.retry_lock
     }
 
     pub(crate) fn deployment(&self) -> Arc<Deployment> {
@@ -133,7 +140,10 @@ impl Tenant {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| AppError::Unavailable { tenant: self.name.to_string(), detail: "shutting down".into() })
+            .map_err(|_| AppError::Unavailable {
+                tenant: self.name.to_string(),
+                detail: "shutting down".into(),
+            })
     }
 
     pub fn stats(&self) -> TenantStats {

@@ -92,7 +92,9 @@ impl Catalog {
 
     /// Indexes of a table (built-ins included).
     pub fn table_indexes(&self, table: TableNumber) -> impl Iterator<Item = &IndexInfo> {
-        self.indexes.values().filter(move |index| index.table == table)
+        self.indexes
+            .values()
+            .filter(move |index| index.table == table)
     }
 
     /// Resolves `"table.index"` as queries name indexes.
@@ -120,8 +122,11 @@ impl Catalog {
         }
         let number = self.next_table_number();
         self.next_table = number.0 + 1;
-        let mut table =
-            TableInfo { number, name: name.to_string(), indexes: BTreeMap::new() };
+        let mut table = TableInfo {
+            number,
+            name: name.to_string(),
+            indexes: BTreeMap::new(),
+        };
         for builtin in [BY_ID, BY_CREATION_TIME] {
             let index = self.allocate_index();
             table.indexes.insert(builtin.to_string(), index);
@@ -220,8 +225,11 @@ impl Catalog {
         };
         for table in record.tables {
             let number = TableNumber(table.number);
-            let mut info =
-                TableInfo { number, name: table.name.clone(), indexes: BTreeMap::new() };
+            let mut info = TableInfo {
+                number,
+                name: table.name.clone(),
+                indexes: BTreeMap::new(),
+            };
             for index in table.indexes {
                 let index_number = IndexNumber(index.number);
                 info.indexes.insert(index.name.clone(), index_number);
@@ -280,10 +288,16 @@ mod tests {
         let restored = Catalog::from_bytes(&catalog.to_bytes().unwrap_or_default());
         assert_eq!(restored.as_ref(), Ok(&catalog));
         assert_eq!(catalog.table("orders").map(|t| t.number), Some(orders));
-        let fields = &catalog.resolve_index("orders", "by_shop").map(|i| i.fields.clone());
+        let fields = &catalog
+            .resolve_index("orders", "by_shop")
+            .map(|i| i.fields.clone());
         assert_eq!(
             fields.as_ref().ok(),
-            Some(&vec!["shopId".to_string(), "_creationTime".to_string(), "_id".to_string()])
+            Some(&vec![
+                "shopId".to_string(),
+                "_creationTime".to_string(),
+                "_id".to_string()
+            ])
         );
     }
 }

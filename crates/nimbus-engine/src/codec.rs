@@ -6,12 +6,17 @@ use nimbus_types::{Document, Object, Value};
 use crate::error::EngineError;
 
 pub(crate) fn serialize_document(doc: &Document) -> Vec<u8> {
-    nimbus_types::json::encode_object(doc).to_string().into_bytes()
+    nimbus_types::json::encode_object(doc)
+        .to_string()
+        .into_bytes()
 }
 
 pub(crate) fn decode_document(body: &[u8]) -> Result<Object, EngineError> {
     let corrupted = |detail: String| {
-        EngineError::Storage(StorageError::Corrupted { namespace: String::new(), detail })
+        EngineError::Storage(StorageError::Corrupted {
+            namespace: String::new(),
+            detail,
+        })
     };
     let json: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| corrupted(format!("document JSON: {e}")))?;

@@ -49,9 +49,18 @@ pub struct DeployOutcome {
 }
 
 pub(crate) enum CommitterMessage {
-    Commit { txn: Box<FinishedTransaction>, reply: oneshot::Sender<Result<Timestamp, EngineError>> },
-    Deploy { request: DeployRequest, reply: oneshot::Sender<Result<DeployOutcome, EngineError>> },
-    SetGlobals { globals: Vec<(String, Option<Vec<u8>>)>, reply: oneshot::Sender<Result<Timestamp, EngineError>> },
+    Commit {
+        txn: Box<FinishedTransaction>,
+        reply: oneshot::Sender<Result<Timestamp, EngineError>>,
+    },
+    Deploy {
+        request: DeployRequest,
+        reply: oneshot::Sender<Result<DeployOutcome, EngineError>>,
+    },
+    SetGlobals {
+        globals: Vec<(String, Option<Vec<u8>>)>,
+        reply: oneshot::Sender<Result<Timestamp, EngineError>>,
+    },
 }
 
 /// Committed change notification (for live queries and diagnostics).
@@ -77,7 +86,10 @@ pub(crate) struct CommitterState {
 
 enum Reply {
     Commit(oneshot::Sender<Result<Timestamp, EngineError>>),
-    Deploy(oneshot::Sender<Result<DeployOutcome, EngineError>>, DeployOutcome),
+    Deploy(
+        oneshot::Sender<Result<DeployOutcome, EngineError>>,
+        DeployOutcome,
+    ),
 }
 
 pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, state: CommitterState) {
@@ -117,11 +129,17 @@ fn refuse(message: CommitterMessage, error: EngineError) {
 }
 
 /// Processes one group. Returns `Err(reason)` when storage failed (poison the tenant).
-async fn process_batch(batch: &mut Vec<CommitterMessage>, state: &CommitterState) -> Result<(), String> {
+async fn process_batch(
+    batch: &mut Vec<CommitterMessage>,
+    state: &CommitterState,
+) -> Result<(), String> {
     let base = state.published.read().clone();
     let ts = base.ts.next_after(Timestamp::wall_clock_ns());
     let mut working: Snapshot = (*base).clone();
-    let mut storage = WriteBatch { ts, ..WriteBatch::default() };
+    let mut storage = WriteBatch {
+        ts,
+        ..WriteBatch::default()
+    };
     let mut touched: Vec<(IndexNumber, Vec<u8>)> = Vec::new();
     let mut catalog_changed = false;
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
@@ -131,7 +149,10 @@ async fn process_batch(batch: &mut Vec<CommitterMessage>, state: &CommitterState
         match message {
             CommitterMessage::Commit { txn, reply } => {
                 if let Some(reason) = conflict(&txn, &working, state, &touched) {
-                    state.metrics.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    state
+                        .metrics
+                        .conflicts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = reply.send(Err(EngineError::Conflict(reason)));
                     continue;
                 }
@@ -143,7 +164,9 @@ async fn process_batch(batch: &mut Vec<CommitterMessage>, state: &CommitterState
                     catalog.version += 1;
                     catalog_changed = true;
                     match catalog.to_bytes() {
-                        Ok(bytes) => storage.globals.push((CATALOG_GLOBAL.to_string(), Some(bytes))),
+                        Ok(bytes) => storage
+                            .globals
+                            .push((CATALOG_GLOBAL.to_string(), Some(bytes))),
                         Err(e) => {
                             let _ = reply.send(Err(e));
                             continue;
@@ -151,7 +174,14 @@ async fn process_batch(batch: &mut Vec<CommitterMessage>, state: &CommitterState
                     }
                     working.set_catalog(Arc::new(catalog));
                 }
-                apply_writes(&mut working, &txn.writes, ts, &mut storage, &mut touched, &mut pre_images);
+                apply_writes(
+                    &mut working,
+                    &txn.writes,
+                    ts,
+                    &mut storage,
+                    &mut touched,
+                    &mut pre_images,
+                );
                 commits += 1;
                 replies.push(Reply::Commit(reply));
             }
@@ -183,7 +213,8 @@ async fn process_batch(batch: &mut Vec<CommitterMessage>, state: &CommitterState
         }
         let store = state.store.clone();
         let started = std::time::Instant::now();
-        let write = tokio::task::spawn_blocking(move || store.write(&storage).map(|()| storage)).await;
+        let write =
+            tokio::task::spawn_blocking(move || store.write(&storage).map(|()| storage)).await;
         state.metrics.record_write(started.elapsed(), commits);
         let failure = match write {
             Ok(Ok(_)) => None,
@@ -215,7 +246,10 @@ async fn process_batch(batch: &mut Vec<CommitterMessage>, state: &CommitterState
         working = working.into_paged(state.store.clone(), state.undo.clone());
     }
     let keys = Arc::new(touched);
-    state.write_log.lock().append(ts, keys.as_ref().clone(), catalog_changed);
+    state
+        .write_log
+        .lock()
+        .append(ts, keys.as_ref().clone(), catalog_changed);
     *state.published.write() = Arc::new(working);
     let _ = state.ts_sender.send(ts);
     let _ = state.notices.send(CommitNotice { ts, keys });
@@ -242,11 +276,18 @@ fn conflict(
     if txn.snapshot.catalog.version != working.catalog.version {
         return Some("the schema or table list changed".into());
     }
-    if let Some(reason) = state.write_log.lock().conflict(txn.snapshot.ts, &txn.read_set) {
+    if let Some(reason) = state
+        .write_log
+        .lock()
+        .conflict(txn.snapshot.ts, &txn.read_set)
+    {
         return Some(reason);
     }
     // Earlier transactions of this same group are not in the write log yet.
-    if touched_in_batch.iter().any(|(index, key)| txn.read_set.intersects(*index, key)) {
+    if touched_in_batch
+        .iter()
+        .any(|(index, key)| txn.read_set.intersects(*index, key))
+    {
         return Some("a document read by this mutation was written concurrently".into());
     }
     None
@@ -262,7 +303,11 @@ fn apply_writes(
 ) {
     for (id, write) in writes {
         let body = write.new.as_ref().map(crate::codec::serialize_document);
-        storage.documents.push(DocumentWrite { id: *id, table: write.table, body });
+        storage.documents.push(DocumentWrite {
+            id: *id,
+            table: write.table,
+            body,
+        });
         if !working.is_resident() {
             pre_images.push(crate::undo_log::PreImage {
                 ts,
@@ -299,7 +344,10 @@ fn apply_deploy(
     let existing: Vec<(String, String, Vec<String>)> = catalog
         .tables()
         .flat_map(|table| {
-            table.indexes.keys().map(move |name| (table.name.clone(), name.clone()))
+            table
+                .indexes
+                .keys()
+                .map(move |name| (table.name.clone(), name.clone()))
         })
         .filter_map(|(table, name)| {
             let fields = catalog.resolve_index(&table, &name).ok()?.fields.clone();
@@ -311,18 +359,23 @@ fn apply_deploy(
             continue;
         }
         let wanted = request.indexes.get(&table).and_then(|t| t.get(&name));
-        let keep = wanted.is_some_and(|declared| crate::catalog::user_index_fields(declared) == fields);
+        let keep =
+            wanted.is_some_and(|declared| crate::catalog::user_index_fields(declared) == fields);
         if !keep {
             if let Some(number) = catalog.remove_index(&table, &name) {
                 working.drop_index(number);
-                storage.indexes.push(IndexWrite::DropIndex { index: number });
+                storage
+                    .indexes
+                    .push(IndexWrite::DropIndex { index: number });
                 outcome.removed_indexes.push(format!("{table}.{name}"));
             }
         }
     }
     for (table, indexes) in &request.indexes {
         for (name, declared) in indexes {
-            let exists = catalog.table(table).is_some_and(|t| t.indexes.contains_key(name));
+            let exists = catalog
+                .table(table)
+                .is_some_and(|t| t.indexes.contains_key(name));
             if exists {
                 continue;
             }
@@ -336,7 +389,9 @@ fn apply_deploy(
         }
     }
     catalog.version += 1;
-    storage.globals.push((CATALOG_GLOBAL.to_string(), Some(catalog.to_bytes()?)));
+    storage
+        .globals
+        .push((CATALOG_GLOBAL.to_string(), Some(catalog.to_bytes()?)));
     storage.globals.extend(request.globals);
     working.set_catalog(Arc::new(catalog));
     Ok(outcome)

@@ -43,7 +43,11 @@ impl CursorCodec {
                 p
             }
         };
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), self.mac(&payload, fingerprint))
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&payload),
+            self.mac(&payload, fingerprint)
+        )
     }
 
     pub fn decode(&self, text: &str, fingerprint: &[u8]) -> Result<CursorPosition, EngineError> {
@@ -55,7 +59,9 @@ impl CursorCodec {
             )
         };
         let (payload_text, mac) = text.split_once('.').ok_or_else(invalid)?;
-        let payload = URL_SAFE_NO_PAD.decode(payload_text).map_err(|_| invalid())?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_text)
+            .map_err(|_| invalid())?;
         if self.mac(&payload, fingerprint) != mac {
             return Err(invalid());
         }

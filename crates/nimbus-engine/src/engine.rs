@@ -10,7 +10,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, CATALOG_GLOBAL};
-use crate::committer::{self, CommitNotice, CommitterMessage, CommitterState, DeployOutcome, DeployRequest};
+use crate::committer::{
+    self, CommitNotice, CommitterMessage, CommitterState, DeployOutcome, DeployRequest,
+};
 use crate::cursor::CursorCodec;
 use crate::error::EngineError;
 use crate::metrics::{EngineMetrics, EngineStats};
@@ -161,7 +163,11 @@ impl TenantEngine {
 
     /// A transaction at a given snapshot.
     pub fn begin_at(&self, snapshot: Arc<Snapshot>) -> Transaction {
-        Transaction::new(snapshot, self.config.transaction.clone(), self.cursor_codec.clone())
+        Transaction::new(
+            snapshot,
+            self.config.transaction.clone(),
+            self.cursor_codec.clone(),
+        )
     }
 
     /// Sends a finished transaction to the committer; resolves once it is durable.
@@ -171,7 +177,10 @@ impl TenantEngine {
             return Ok(txn.snapshot.ts);
         }
         let (reply, answer) = oneshot::channel();
-        self.admit(CommitterMessage::Commit { txn: Box::new(txn), reply })?;
+        self.admit(CommitterMessage::Commit {
+            txn: Box::new(txn),
+            reply,
+        })?;
         answer.await.map_err(|_| EngineError::ShutDown)?
     }
 
@@ -196,8 +205,12 @@ impl TenantEngine {
         match self.sender.try_send(message) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.rejected_overload.fetch_add(1, Ordering::Relaxed);
-                Err(EngineError::Overloaded { capacity: self.config.admission_queue })
+                self.metrics
+                    .rejected_overload
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(EngineError::Overloaded {
+                    capacity: self.config.admission_queue,
+                })
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::ShutDown),
         }
@@ -246,7 +259,9 @@ fn load(
             (salt, secret)
         }
         Some(_) => {
-            return Err(EngineError::User("stored engine secrets are malformed".into()));
+            return Err(EngineError::User(
+                "stored engine secrets are malformed".into(),
+            ));
         }
         None => {
             // First open: choose the tenant's ID salt and cursor secret once, durably.
@@ -288,21 +303,30 @@ fn load(
             budget,
             "tenant is larger than its memory budget; serving it from storage"
         );
-        let paged = Snapshot::paged(max_ts, catalog, snapshot.id_codec, store.clone(), undo.clone());
+        let paged = Snapshot::paged(
+            max_ts,
+            catalog,
+            snapshot.id_codec,
+            store.clone(),
+            undo.clone(),
+        );
         return Ok((paged, cursor_secret, undo));
     }
     let mut failure: Option<EngineError> = None;
     for table in tables {
-        store.scan_table(table, &mut |stored| match crate::codec::decode_document(&stored.body) {
-            Ok(doc) => {
-                snapshot.load_document(stored.id, stored.table, Arc::new(doc));
-                true
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        })?;
+        store.scan_table(
+            table,
+            &mut |stored| match crate::codec::decode_document(&stored.body) {
+                Ok(doc) => {
+                    snapshot.load_document(stored.id, stored.table, Arc::new(doc));
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            },
+        )?;
         if let Some(e) = failure.take() {
             return Err(e);
         }

@@ -29,4 +29,6 @@ pub use error::{EngineError, ErrorClass};
 pub use metrics::EngineStats;
 pub use read_set::ReadSet;
 pub use snapshot::{ScanEntry, Snapshot};
-pub use transaction::{FinishedTransaction, Page, Transaction, TransactionLimits, TransactionStats};
+pub use transaction::{
+    FinishedTransaction, Page, Transaction, TransactionLimits, TransactionStats,
+};

@@ -21,8 +21,10 @@ impl EngineMetrics {
     pub(crate) fn record_write(&self, elapsed: Duration, commits: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.commits.fetch_add(commits, Ordering::Relaxed);
-        self.write_micros
-            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.write_micros.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 

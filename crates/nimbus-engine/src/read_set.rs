@@ -28,12 +28,16 @@ impl ReadSet {
 
     /// True if a write of `key` in `index` would change what was read.
     pub fn intersects(&self, index: IndexNumber, key: &[u8]) -> bool {
-        self.ranges.get(&index).is_some_and(|ranges| ranges.iter().any(|r| r.contains(key)))
+        self.ranges
+            .get(&index)
+            .is_some_and(|ranges| ranges.iter().any(|r| r.contains(key)))
     }
 
     /// All recorded ranges.
     pub fn ranges(&self) -> impl Iterator<Item = (IndexNumber, &KeyRange)> {
-        self.ranges.iter().flat_map(|(index, ranges)| ranges.iter().map(|r| (*index, r)))
+        self.ranges
+            .iter()
+            .flat_map(|(index, ranges)| ranges.iter().map(|r| (*index, r)))
     }
 
     pub fn len(&self) -> usize {

@@ -80,7 +80,12 @@ impl Snapshot {
         store: Arc<dyn TenantStore>,
         undo: Arc<UndoLog>,
     ) -> Self {
-        Snapshot { ts, catalog, id_codec, source: Source::Paged(Paged { store, undo }) }
+        Snapshot {
+            ts,
+            catalog,
+            id_codec,
+            source: Source::Paged(Paged { store, undo }),
+        }
     }
 
     /// Whether this snapshot is served from memory.
@@ -131,7 +136,9 @@ impl Snapshot {
         if paged.undo.covers(self.ts) {
             Ok(())
         } else {
-            Err(EngineError::Conflict("the snapshot is older than the undo log window".into()))
+            Err(EngineError::Conflict(
+                "the snapshot is older than the undo log window".into(),
+            ))
         }
     }
 
@@ -148,7 +155,9 @@ impl Snapshot {
         let bounded = narrowed(range, order, after);
         match &self.source {
             Source::Resident(r) => {
-                let Some(map) = r.indexes.get(&index) else { return Ok(Vec::new()) };
+                let Some(map) = r.indexes.get(&index) else {
+                    return Ok(Vec::new());
+                };
                 let bounds = (as_slice_bound(&bounded.start), as_slice_bound(&bounded.end));
                 let iter = map.range::<_, [u8]>(bounds);
                 let pick = |(key, (id, doc)): (&Vec<u8>, &(DocumentId, Document))| {
@@ -172,7 +181,9 @@ impl Snapshot {
         limit: usize,
     ) -> Result<Vec<ScanEntry>, EngineError> {
         self.check_undo_window(paged)?;
-        let Some(info) = self.catalog.index(index) else { return Ok(Vec::new()) };
+        let Some(info) = self.catalog.index(index) else {
+            return Ok(Vec::new());
+        };
         // Documents written after the snapshot, with their state at the snapshot.
         let changed = paged.undo.changed_since(info.table, self.ts);
         let mut entries: Vec<ScanEntry> = Vec::with_capacity(limit.min(1024));
@@ -225,7 +236,13 @@ impl Snapshot {
                 let mut count = 0;
                 let mut after: Option<Vec<u8>> = None;
                 loop {
-                    let batch = self.scan(index, &KeyRange::all(), ScanOrder::Ascending, after.as_deref(), BATCH)?;
+                    let batch = self.scan(
+                        index,
+                        &KeyRange::all(),
+                        ScanOrder::Ascending,
+                        after.as_deref(),
+                        BATCH,
+                    )?;
                     count += batch.len();
                     match batch.last() {
                         Some((key, _, _)) if batch.len() == BATCH => after = Some(key.clone()),
@@ -253,13 +270,20 @@ impl Snapshot {
             let new_key = new.as_ref().map(|d| document_key(&info.fields, d));
             if let Some(old_key) = &old_key {
                 if new_key.as_ref() != Some(old_key) {
-                    writes.push(IndexWrite::Delete { index: info.number, key: old_key.clone() });
+                    writes.push(IndexWrite::Delete {
+                        index: info.number,
+                        key: old_key.clone(),
+                    });
                 }
             }
             // An unchanged key is written again too: the resident map must point at the
             // new document body (storage treats an insert of an existing key as replace).
             if let Some(key) = new_key {
-                writes.push(IndexWrite::Insert { index: info.number, key, id });
+                writes.push(IndexWrite::Insert {
+                    index: info.number,
+                    key,
+                    id,
+                });
             }
         }
         if let Source::Resident(r) = &mut self.source {
@@ -283,7 +307,9 @@ impl Snapshot {
                 }
             }
             if let Some(previous) = r.docs.get(&id) {
-                r.bytes = r.bytes.saturating_sub(doc_size(previous, index_infos.len()));
+                r.bytes = r
+                    .bytes
+                    .saturating_sub(doc_size(previous, index_infos.len()));
             }
             match &new {
                 Some(doc) => {
@@ -299,14 +325,21 @@ impl Snapshot {
     }
 
     /// Builds a new index from the documents of its table; returns its entries.
-    pub(crate) fn backfill_index(&mut self, info: &IndexInfo) -> Result<Vec<IndexWrite>, EngineError> {
+    pub(crate) fn backfill_index(
+        &mut self,
+        info: &IndexInfo,
+    ) -> Result<Vec<IndexWrite>, EngineError> {
         let mut writes = Vec::new();
         match &mut self.source {
             Source::Resident(r) => {
                 let mut map = IndexMap::new();
                 for (id, doc) in r.docs.iter().filter(|(id, _)| id.table == info.table) {
                     let key = document_key(&info.fields, doc);
-                    writes.push(IndexWrite::Insert { index: info.number, key: key.clone(), id: *id });
+                    writes.push(IndexWrite::Insert {
+                        index: info.number,
+                        key: key.clone(),
+                        id: *id,
+                    });
                     map.insert(key, (*id, doc.clone()));
                 }
                 r.indexes.insert(info.number, map);
@@ -314,17 +347,24 @@ impl Snapshot {
             Source::Paged(p) => {
                 // The deploy runs in the committer, so storage is exactly this snapshot.
                 let mut failure = None;
-                p.store.scan_table(info.table, &mut |stored| match decode_document(&stored.body) {
-                    Ok(doc) => {
-                        let key = document_key(&info.fields, &doc);
-                        writes.push(IndexWrite::Insert { index: info.number, key, id: stored.id });
-                        true
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
-                })?;
+                p.store.scan_table(
+                    info.table,
+                    &mut |stored| match decode_document(&stored.body) {
+                        Ok(doc) => {
+                            let key = document_key(&info.fields, &doc);
+                            writes.push(IndexWrite::Insert {
+                                index: info.number,
+                                key,
+                                id: stored.id,
+                            });
+                            true
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            false
+                        }
+                    },
+                )?;
                 if let Some(e) = failure {
                     return Err(e);
                 }
@@ -358,7 +398,10 @@ impl Snapshot {
 /// the persistent maps' nodes and each index entry's key. An estimate, not a measurement.
 fn doc_size(doc: &Document, indexes: usize) -> usize {
     const ENTRY_OVERHEAD: usize = 96;
-    let size = 2 + doc.iter().map(|(k, v)| k.len() + 1 + v.size()).sum::<usize>();
+    let size = 2 + doc
+        .iter()
+        .map(|(k, v)| k.len() + 1 + v.size())
+        .sum::<usize>();
     size + ENTRY_OVERHEAD * (1 + indexes) + 48 * indexes
 }
 

@@ -33,7 +33,11 @@ pub struct TransactionLimits {
 
 impl Default for TransactionLimits {
     fn default() -> Self {
-        TransactionLimits { max_writes: 16_000, max_scanned: 1_000_000, max_open_queries: 1_000 }
+        TransactionLimits {
+            max_writes: 16_000,
+            max_scanned: 1_000_000,
+            max_open_queries: 1_000,
+        }
     }
 }
 
@@ -242,7 +246,10 @@ impl Transaction {
                 number
             }
         };
-        let id = DocumentId { table: table_number, internal: rand::random() };
+        let id = DocumentId {
+            table: table_number,
+            internal: rand::random(),
+        };
         let id_text = self.encode_id(id);
         let creation_time = self.next_creation_time();
         fields.insert("_id".to_string(), Value::String(id_text));
@@ -252,7 +259,11 @@ impl Transaction {
     }
 
     /// Replaces all user fields of an existing document (`db.replace`).
-    pub fn replace(&mut self, id: &DocumentId, mut fields: Object) -> Result<Document, EngineError> {
+    pub fn replace(
+        &mut self,
+        id: &DocumentId,
+        mut fields: Object,
+    ) -> Result<Document, EngineError> {
         let existing = self.existing(id, "replace")?;
         for system in ["_id", "_creationTime"] {
             match fields.remove(system) {
@@ -337,7 +348,13 @@ impl Transaction {
 
     /// Records a write; `current` is the document before this write (the snapshot's
     /// version on the first write of a document in this transaction).
-    fn put(&mut self, id: DocumentId, table: TableNumber, current: Option<Document>, new: Option<Document>) {
+    fn put(
+        &mut self,
+        id: DocumentId,
+        table: TableNumber,
+        current: Option<Document>,
+        new: Option<Document>,
+    ) {
         let old = match self.writes.get(&id) {
             Some(earlier) => earlier.old.clone(),
             None => current,
@@ -390,9 +407,12 @@ impl Transaction {
             QuerySource::FullTableScan { table, order } => {
                 (table.as_str(), BY_CREATION_TIME, &[][..], *order)
             }
-            QuerySource::IndexRange { table, index, range, order } => {
-                (table.as_str(), index.as_str(), range.as_slice(), *order)
-            }
+            QuerySource::IndexRange {
+                table,
+                index,
+                range,
+                order,
+            } => (table.as_str(), index.as_str(), range.as_slice(), *order),
             QuerySource::Search { table, index, .. } => {
                 return Err(EngineError::User(format!(
                     "Search index {table}.{index}: full-text search is not supported by \
@@ -485,7 +505,11 @@ impl Transaction {
         if cursor.done {
             return Ok(None);
         }
-        if cursor.plan.limit.is_some_and(|limit| cursor.returned >= limit) {
+        if cursor
+            .plan
+            .limit
+            .is_some_and(|limit| cursor.returned >= limit)
+        {
             cursor.done = true;
             return Ok(None);
         }
@@ -502,7 +526,11 @@ impl Transaction {
                 continue;
             }
             cursor.returned += 1;
-            if cursor.plan.limit.is_some_and(|limit| cursor.returned >= limit) {
+            if cursor
+                .plan
+                .limit
+                .is_some_and(|limit| cursor.returned >= limit)
+            {
                 cursor.done = true;
                 self.record_coverage(cursor);
             }
@@ -521,7 +549,10 @@ impl Transaction {
 
     /// The next entry of the cursor's range after `cursor.last_key`, merging the snapshot
     /// with this transaction's own writes. Counts it as scanned.
-    fn next_raw(&mut self, cursor: &mut QueryCursor) -> Result<Option<(Vec<u8>, Document)>, EngineError> {
+    fn next_raw(
+        &mut self,
+        cursor: &mut QueryCursor,
+    ) -> Result<Option<(Vec<u8>, Document)>, EngineError> {
         let (Some(index), Some(table)) = (cursor.plan.index, cursor.plan.table) else {
             return Ok(None);
         };
@@ -548,7 +579,12 @@ impl Transaction {
                 Some((_, id, _)) if self.writes.contains_key(id) => {
                     cursor.buffer.pop_front();
                 }
-                Some(_) => break cursor.buffer.front().map(|(k, _, d)| (k.clone(), d.clone())),
+                Some(_) => {
+                    break cursor
+                        .buffer
+                        .front()
+                        .map(|(k, _, d)| (k.clone(), d.clone()))
+                }
             }
         };
         let from_writes = self.next_written(table, &cursor.plan, cursor.last_key.as_deref());
@@ -611,18 +647,22 @@ impl Transaction {
 
     /// Records the part of the range a cursor covered so far.
     fn record_coverage(&mut self, cursor: &QueryCursor) {
-        let Some(index) = cursor.plan.index else { return };
+        let Some(index) = cursor.plan.index else {
+            return;
+        };
         if cursor.done && cursor.last_key.is_none() {
             return; // Already recorded in full.
         }
         let covered = match (&cursor.last_key, cursor.plan.order) {
             (None, _) => return,
-            (Some(last), ScanOrder::Ascending) => {
-                KeyRange { start: cursor.plan.range.start.clone(), end: Bound::Included(last.clone()) }
-            }
-            (Some(last), ScanOrder::Descending) => {
-                KeyRange { start: Bound::Included(last.clone()), end: cursor.plan.range.end.clone() }
-            }
+            (Some(last), ScanOrder::Ascending) => KeyRange {
+                start: cursor.plan.range.start.clone(),
+                end: Bound::Included(last.clone()),
+            },
+            (Some(last), ScanOrder::Descending) => KeyRange {
+                start: Bound::Included(last.clone()),
+                end: cursor.plan.range.end.clone(),
+            },
         };
         self.read_set.record(index, covered);
     }
@@ -640,8 +680,7 @@ impl Transaction {
     ) -> Result<Page, EngineError> {
         if page_size == 0 && end_cursor.is_none() {
             return Err(EngineError::User(
-                "NoDocumentsForPagination: paginationOpts.numItems must be greater than 0"
-                    .into(),
+                "NoDocumentsForPagination: paginationOpts.numItems must be greater than 0".into(),
             ));
         }
         let plan = self.plan(query)?;
@@ -654,7 +693,10 @@ impl Transaction {
             Some(text) => Some(self.cursor_codec.decode(text, &fingerprint)?),
             None => None,
         };
-        let mut state = QueryCursor::new(QueryPlan { limit: None, ..plan });
+        let mut state = QueryCursor::new(QueryPlan {
+            limit: None,
+            ..plan
+        });
         match start {
             CursorPosition::Start => {}
             CursorPosition::After(key) => state.resume_after(key),
@@ -692,7 +734,16 @@ impl Transaction {
         // position (or to the end of the range).
         if let Some(index) = state.plan.index {
             let range = &state.plan.range;
-            let covered = covered_between(range, state.plan.order, start_key.as_deref(), if reached_end { None } else { last_position.as_deref() });
+            let covered = covered_between(
+                range,
+                state.plan.order,
+                start_key.as_deref(),
+                if reached_end {
+                    None
+                } else {
+                    last_position.as_deref()
+                },
+            );
             self.read_set.record(index, covered);
         }
         let continue_position = if reached_end {

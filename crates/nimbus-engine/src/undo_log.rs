@@ -51,7 +51,10 @@ pub(crate) enum AtSnapshot {
 impl UndoLog {
     pub fn new(start: Timestamp, max_entries: usize, max_age: Duration) -> Self {
         UndoLog {
-            inner: RwLock::new(Inner { entries: VecDeque::new(), floor: start }),
+            inner: RwLock::new(Inner {
+                entries: VecDeque::new(),
+                floor: start,
+            }),
             max_entries,
             max_age,
         }
@@ -60,7 +63,9 @@ impl UndoLog {
     pub fn append(&self, images: Vec<PreImage>) {
         let now = Instant::now();
         let mut inner = self.inner.write();
-        inner.entries.extend(images.into_iter().map(|image| (image, now)));
+        inner
+            .entries
+            .extend(images.into_iter().map(|image| (image, now)));
         while let Some((front, at)) = inner.entries.front() {
             if inner.entries.len() > self.max_entries || now.duration_since(*at) > self.max_age {
                 let ts = front.ts;
@@ -98,7 +103,11 @@ impl UndoLog {
     }
 
     /// Documents of `table` written after `ts`, each with its state at `ts`.
-    pub fn changed_since(&self, table: TableNumber, ts: Timestamp) -> Vec<(DocumentId, Option<Document>)> {
+    pub fn changed_since(
+        &self,
+        table: TableNumber,
+        ts: Timestamp,
+    ) -> Vec<(DocumentId, Option<Document>)> {
         let inner = self.inner.read();
         let mut states: std::collections::HashMap<DocumentId, Option<Document>> =
             std::collections::HashMap::new();

@@ -29,15 +29,34 @@ pub(crate) struct WriteLog {
 
 impl WriteLog {
     pub fn new(start_ts: Timestamp, max_entries: usize, max_age: Duration) -> Self {
-        WriteLog { entries: VecDeque::new(), floor_ts: start_ts, max_entries, max_age }
+        WriteLog {
+            entries: VecDeque::new(),
+            floor_ts: start_ts,
+            max_entries,
+            max_age,
+        }
     }
 
-    pub fn append(&mut self, ts: Timestamp, keys: Vec<(IndexNumber, Vec<u8>)>, catalog_changed: bool) {
-        debug_assert!(self.entries.back().is_none_or(|e| e.ts < ts), "write log ts must increase");
-        self.entries.push_back(LogEntry { ts, keys, catalog_changed, at: Instant::now() });
+    pub fn append(
+        &mut self,
+        ts: Timestamp,
+        keys: Vec<(IndexNumber, Vec<u8>)>,
+        catalog_changed: bool,
+    ) {
+        debug_assert!(
+            self.entries.back().is_none_or(|e| e.ts < ts),
+            "write log ts must increase"
+        );
+        self.entries.push_back(LogEntry {
+            ts,
+            keys,
+            catalog_changed,
+            at: Instant::now(),
+        });
         let now = Instant::now();
         while let Some(front) = self.entries.front() {
-            if self.entries.len() > self.max_entries || now.duration_since(front.at) > self.max_age {
+            if self.entries.len() > self.max_entries || now.duration_since(front.at) > self.max_age
+            {
                 self.floor_ts = front.ts;
                 self.entries.pop_front();
             } else {
@@ -58,7 +77,11 @@ impl WriteLog {
             if entry.catalog_changed && read_set.catalog_version.is_some() {
                 return Some("the schema or table list changed".into());
             }
-            if let Some((index, _)) = entry.keys.iter().find(|(index, key)| read_set.intersects(*index, key)) {
+            if let Some((index, _)) = entry
+                .keys
+                .iter()
+                .find(|(index, key)| read_set.intersects(*index, key))
+            {
                 return Some(format!("a document read through index {index} was written"));
             }
         }

@@ -21,14 +21,23 @@ fn backend(dir: &tempfile::TempDir) -> SqliteBackend {
 
 async fn open(backend: &SqliteBackend, name: &str, config: EngineConfig) -> Arc<TenantEngine> {
     if !backend.namespace_exists(name).unwrap_or(false) {
-        backend.create_namespace(name).unwrap_or_else(|e| panic!("create: {e}"));
+        backend
+            .create_namespace(name)
+            .unwrap_or_else(|e| panic!("create: {e}"));
     }
-    let store = backend.open_namespace(name).unwrap_or_else(|e| panic!("open: {e}"));
-    TenantEngine::open(name, store, config).await.unwrap_or_else(|e| panic!("engine: {e}"))
+    let store = backend
+        .open_namespace(name)
+        .unwrap_or_else(|e| panic!("open: {e}"));
+    TenantEngine::open(name, store, config)
+        .await
+        .unwrap_or_else(|e| panic!("engine: {e}"))
 }
 
 fn obj(pairs: &[(&str, Value)]) -> Object {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 fn query(json: serde_json::Value) -> SerializedQuery {
@@ -38,10 +47,17 @@ fn query(json: serde_json::Value) -> SerializedQuery {
 async fn deploy_index(engine: &TenantEngine, table: &str, index: &str, fields: &[&str]) {
     let mut indexes = BTreeMap::new();
     let mut table_indexes = BTreeMap::new();
-    table_indexes.insert(index.to_string(), fields.iter().map(|f| f.to_string()).collect());
+    table_indexes.insert(
+        index.to_string(),
+        fields.iter().map(|f| f.to_string()).collect(),
+    );
     indexes.insert(table.to_string(), table_indexes);
     engine
-        .deploy(DeployRequest { indexes, globals: vec![], check: None })
+        .deploy(DeployRequest {
+            indexes,
+            globals: vec![],
+            check: None,
+        })
         .await
         .unwrap_or_else(|e| panic!("deploy: {e}"));
 }
@@ -50,17 +66,29 @@ async fn insert_orders(engine: &TenantEngine, n: usize) {
     let mut txn = engine.begin();
     for i in 0..n {
         let shop = format!("shop{}", i % 10);
-        txn.insert("orders", obj(&[("shop", Value::String(shop)), ("n", Value::Float64(i as f64))]))
-            .unwrap_or_else(|e| panic!("insert: {e}"));
+        txn.insert(
+            "orders",
+            obj(&[
+                ("shop", Value::String(shop)),
+                ("n", Value::Float64(i as f64)),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("insert: {e}"));
     }
-    engine.commit(txn.finish()).await.unwrap_or_else(|e| panic!("commit: {e}"));
+    engine
+        .commit(txn.finish())
+        .await
+        .unwrap_or_else(|e| panic!("commit: {e}"));
 }
 
 fn collect(engine: &TenantEngine, q: &SerializedQuery) -> (Vec<f64>, u64) {
     let mut txn = engine.begin();
     let id = txn.open_query(q).unwrap_or_else(|e| panic!("open: {e}"));
     let mut out = Vec::new();
-    while let Some(doc) = txn.next_in_query(id).unwrap_or_else(|e| panic!("next: {e}")) {
+    while let Some(doc) = txn
+        .next_in_query(id)
+        .unwrap_or_else(|e| panic!("next: {e}"))
+    {
         match doc.get("n") {
             Some(Value::Float64(n)) => out.push(*n),
             other => panic!("unexpected n: {other:?}"),
@@ -77,16 +105,28 @@ async fn index_range_reads_only_its_range_and_survives_restart() {
     insert_orders(&engine, 1).await; // creates the table
     deploy_index(&engine, "orders", "by_shop_n", &["shop", "n"]).await;
     insert_orders(&engine, 1000).await;
-    let q = query(json!({"source": {"type": "IndexRange", "indexName": "orders.by_shop_n",
+    let q = query(
+        json!({"source": {"type": "IndexRange", "indexName": "orders.by_shop_n",
         "range": [{"type": "Eq", "fieldPath": "shop", "value": "shop3"},
                   {"type": "Gte", "fieldPath": "n", "value": 500.0}], "order": "desc"},
-        "operators": [{"limit": 10}]}));
+        "operators": [{"limit": 10}]}),
+    );
     let (values, scanned) = collect(&engine, &q);
-    assert_eq!(values, vec![993.0, 983.0, 973.0, 963.0, 953.0, 943.0, 933.0, 923.0, 913.0, 903.0]);
-    assert_eq!(scanned, 10, "a limited index range scans only what it returns");
+    assert_eq!(
+        values,
+        vec![993.0, 983.0, 973.0, 963.0, 953.0, 943.0, 933.0, 923.0, 913.0, 903.0]
+    );
+    assert_eq!(
+        scanned, 10,
+        "a limited index range scans only what it returns"
+    );
     drop(engine);
     let engine = open(&backend, "acme", EngineConfig::default()).await;
-    assert_eq!(collect(&engine, &q).0.len(), 10, "data and indexes survive a reopen");
+    assert_eq!(
+        collect(&engine, &q).0.len(),
+        10,
+        "data and indexes survive a reopen"
+    );
 }
 
 #[tokio::test]
@@ -95,9 +135,16 @@ async fn conflicting_mutations_are_rejected_and_disjoint_ones_commit() {
     let backend = backend(&dir);
     let engine = open(&backend, "acme", EngineConfig::default()).await;
     let mut setup = engine.begin();
-    let counter = setup.insert("counters", obj(&[("v", Value::Float64(0.0))])).unwrap_or_else(|e| panic!("{e}"));
-    let other = setup.insert("counters", obj(&[("v", Value::Float64(0.0))])).unwrap_or_else(|e| panic!("{e}"));
-    engine.commit(setup.finish()).await.unwrap_or_else(|e| panic!("{e}"));
+    let counter = setup
+        .insert("counters", obj(&[("v", Value::Float64(0.0))]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let other = setup
+        .insert("counters", obj(&[("v", Value::Float64(0.0))]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .commit(setup.finish())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // Two transactions read and write the same counter from the same snapshot.
     let mut a = engine.begin();
@@ -108,7 +155,8 @@ async fn conflicting_mutations_are_rejected_and_disjoint_ones_commit() {
         assert!(doc.is_some());
         let mut changes = BTreeMap::new();
         changes.insert("v".to_string(), Some(Value::Float64(1.0)));
-        txn.patch(&counter, changes).unwrap_or_else(|e| panic!("{e}"));
+        txn.patch(&counter, changes)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let mut changes = BTreeMap::new();
     changes.insert("v".to_string(), Some(Value::Float64(7.0)));
@@ -117,8 +165,14 @@ async fn conflicting_mutations_are_rejected_and_disjoint_ones_commit() {
     let second = engine.commit(b.finish()).await;
     let third = engine.commit(c.finish()).await;
     assert!(first.is_ok(), "{first:?}");
-    assert!(matches!(second, Err(EngineError::Conflict(_))), "{second:?}");
-    assert!(third.is_ok(), "a transaction touching another document commits: {third:?}");
+    assert!(
+        matches!(second, Err(EngineError::Conflict(_))),
+        "{second:?}"
+    );
+    assert!(
+        third.is_ok(),
+        "a transaction touching another document commits: {third:?}"
+    );
 }
 
 #[tokio::test]
@@ -128,16 +182,28 @@ async fn read_your_own_writes_inside_a_transaction() {
     let engine = open(&backend, "acme", EngineConfig::default()).await;
     insert_orders(&engine, 5).await;
     let mut txn = engine.begin();
-    txn.insert("orders", obj(&[("shop", Value::String("x".into())), ("n", Value::Float64(99.0))]))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let q = query(json!({"source": {"type": "FullTableScan", "tableName": "orders", "order": null}, "operators": []}));
+    txn.insert(
+        "orders",
+        obj(&[
+            ("shop", Value::String("x".into())),
+            ("n", Value::Float64(99.0)),
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let q = query(
+        json!({"source": {"type": "FullTableScan", "tableName": "orders", "order": null}, "operators": []}),
+    );
     let id = txn.open_query(&q).unwrap_or_else(|e| panic!("{e}"));
     let mut seen = Vec::new();
     while let Some(doc) = txn.next_in_query(id).unwrap_or_else(|e| panic!("{e}")) {
         seen.push(doc.get("n").cloned());
     }
     assert_eq!(seen.len(), 6);
-    assert_eq!(seen.last(), Some(&Some(Value::Float64(99.0))), "own insert is newest by creation time");
+    assert_eq!(
+        seen.last(),
+        Some(&Some(Value::Float64(99.0))),
+        "own insert is newest by creation time"
+    );
     assert_eq!(txn.count("orders").unwrap_or_else(|e| panic!("{e}")), 6);
 }
 
@@ -147,12 +213,16 @@ async fn pagination_is_gapless_and_cursors_are_authenticated() {
     let backend = backend(&dir);
     let engine = open(&backend, "acme", EngineConfig::default()).await;
     insert_orders(&engine, 95).await;
-    let q = query(json!({"source": {"type": "FullTableScan", "tableName": "orders", "order": "asc"}, "operators": []}));
+    let q = query(
+        json!({"source": {"type": "FullTableScan", "tableName": "orders", "order": "asc"}, "operators": []}),
+    );
     let mut cursor: Option<String> = None;
     let mut all = Vec::new();
     loop {
         let mut txn = engine.begin();
-        let page = txn.page(&q, cursor.as_deref(), None, 10).unwrap_or_else(|e| panic!("{e}"));
+        let page = txn
+            .page(&q, cursor.as_deref(), None, 10)
+            .unwrap_or_else(|e| panic!("{e}"));
         all.extend(page.documents.iter().map(|d| d.get("n").cloned()));
         if page.is_done {
             break;
@@ -164,7 +234,11 @@ async fn pagination_is_gapless_and_cursors_are_authenticated() {
     assert_eq!(all, expected);
     let mut txn = engine.begin();
     let forged = txn.page(&q, Some("AQID.0000000000000000"), None, 10);
-    assert!(matches!(forged, Err(EngineError::User(ref m)) if m.starts_with("InvalidCursor")), "{:?}", forged.err());
+    assert!(
+        matches!(forged, Err(EngineError::User(ref m)) if m.starts_with("InvalidCursor")),
+        "{:?}",
+        forged.err()
+    );
 }
 
 #[tokio::test]
@@ -180,12 +254,22 @@ async fn paged_serving_answers_like_resident_serving() {
         json!({"source": {"type": "IndexRange", "indexName": "orders.by_shop_n", "range": [{"type": "Eq", "fieldPath": "shop", "value": "shop7"}, {"type": "Lt", "fieldPath": "n", "value": 1000.0}], "order": "desc"}, "operators": []}),
         json!({"source": {"type": "FullTableScan", "tableName": "orders", "order": "desc"}, "operators": [{"filter": {"$gt": [{"$field": "n"}, {"$literal": 1990.0}]}}]}),
     ];
-    let expected: Vec<Vec<f64>> = queries.iter().map(|q| collect(&resident, &query(q.clone())).0).collect();
+    let expected: Vec<Vec<f64>> = queries
+        .iter()
+        .map(|q| collect(&resident, &query(q.clone())).0)
+        .collect();
     drop(resident);
 
-    let config = EngineConfig { memory_budget_bytes: 1024, ..EngineConfig::default() };
+    let config = EngineConfig {
+        memory_budget_bytes: 1024,
+        ..EngineConfig::default()
+    };
     let paged = open(&backend, "big", config).await;
-    assert_eq!(paged.stats().resident_bytes, 0, "a tenant over budget is not loaded into memory");
+    assert_eq!(
+        paged.stats().resident_bytes,
+        0,
+        "a tenant over budget is not loaded into memory"
+    );
     for (q, want) in queries.iter().zip(&expected) {
         assert_eq!(&collect(&paged, &query(q.clone())).0, want, "query {q}");
     }
@@ -193,21 +277,39 @@ async fn paged_serving_answers_like_resident_serving() {
     let before = paged.begin();
     let old_snapshot = before.snapshot().clone();
     let mut writer = paged.begin();
-    let qid = writer.open_query(&query(queries[0].clone())).unwrap_or_else(|e| panic!("{e}"));
-    let first = writer.next_in_query(qid).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("no row"));
+    let qid = writer
+        .open_query(&query(queries[0].clone()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = writer
+        .next_in_query(qid)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no row"));
     let first_id = match first.get("_id") {
         Some(Value::String(s)) => writer.decode_id(s).unwrap_or_else(|e| panic!("{e}")),
         other => panic!("{other:?}"),
     };
     writer.delete(&first_id).unwrap_or_else(|e| panic!("{e}"));
-    paged.commit(writer.finish()).await.unwrap_or_else(|e| panic!("{e}"));
+    paged
+        .commit(writer.finish())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut old_reader = paged.begin_at(old_snapshot);
-    let qid = old_reader.open_query(&query(queries[0].clone())).unwrap_or_else(|e| panic!("{e}"));
+    let qid = old_reader
+        .open_query(&query(queries[0].clone()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut count = 0;
-    while old_reader.next_in_query(qid).unwrap_or_else(|e| panic!("{e}")).is_some() {
+    while old_reader
+        .next_in_query(qid)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_some()
+    {
         count += 1;
     }
     assert_eq!(count, 25, "the old snapshot still sees the deleted row");
     assert_eq!(collect(&paged, &query(queries[0].clone())).0.len(), 25);
-    assert_eq!(collect(&paged, &query(queries[0].clone())).0[0], expected[0][1], "the latest snapshot does not");
+    assert_eq!(
+        collect(&paged, &query(queries[0].clone())).0[0],
+        expected[0][1],
+        "the latest snapshot does not"
+    );
 }

@@ -1,1 +1,240 @@
-//! nimbus-runtime
+//! Runs tenants' Convex functions in QuickJS (via `rquickjs`), in-process.
+//!
+//! - [`JsPool`]: a fixed set of worker threads fed by one bounded job queue. Each worker
+//!   caches one QuickJS runtime+context per (tenant, code generation) in a bounded LRU,
+//!   so a tenant's code never shares a runtime or context with another tenant's.
+//! - Every call has a CPU-time limit (the interrupt handler stops the interpreter at the
+//!   deadline) and a memory limit (the runtime's allocator limit); a call that exceeds
+//!   either fails with [`FunctionError::Timeout`] / [`FunctionError::OutOfMemory`], its
+//!   runtime is discarded, and the worker moves on.
+//! - The runtime knows nothing about the database: every `Convex.syscall` /
+//!   `Convex.asyncSyscall` goes to the [`SyscallHost`] the caller passes with the call.
+//!   Async syscalls are answered synchronously (the engine reads in-memory snapshots or
+//!   local storage); JavaScript still sees a promise.
+//! - [`analyze_modules`] and [`evaluate_schema`] run pushed code once at push time.
+
+mod isolate;
+mod modules;
+mod pool;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use isolate::{analyze_modules, evaluate_schema};
+pub use pool::JsPool;
+
+/// Limits of one function call.
+#[derive(Debug, Clone)]
+pub struct RuntimeLimits {
+    /// Heap of one tenant runtime, in bytes; allocation beyond it fails the call.
+    pub memory_bytes: usize,
+    /// CPU time of one call (checked by the interrupt handler).
+    pub cpu_time: Duration,
+    /// Native stack the interpreter may use, in bytes (deep recursion fails cleanly).
+    pub max_stack_bytes: usize,
+}
+
+impl Default for RuntimeLimits {
+    fn default() -> Self {
+        RuntimeLimits {
+            memory_bytes: 64 << 20,
+            cpu_time: Duration::from_secs(1),
+            max_stack_bytes: 512 << 10,
+        }
+    }
+}
+
+/// Configuration of the worker pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Worker threads.
+    pub workers: usize,
+    /// Jobs waiting for a worker; when full, [`JsPool::invoke`] fails at once with
+    /// [`PoolError::QueueFull`].
+    pub queue_capacity: usize,
+    /// Cached tenant runtimes per worker (least recently used ones are dropped).
+    pub isolates_per_worker: usize,
+    pub limits: RuntimeLimits,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PoolConfig {
+            workers: (cores * 2).max(4),
+            queue_capacity: 1024,
+            isolates_per_worker: 64,
+            limits: RuntimeLimits::default(),
+        }
+    }
+}
+
+/// The code of one tenant at one push.
+#[derive(Debug, Clone)]
+pub struct ModuleSet {
+    /// Changes on every push, so cached runtimes of older code are never used.
+    pub generation: u64,
+    /// `"orders.js"`, `"_deps/ABC.js"` → ES module source.
+    pub modules: Arc<BTreeMap<String, String>>,
+    /// `process.env`.
+    pub env: Arc<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FunctionKind {
+    Query,
+    Mutation,
+    Action,
+}
+
+impl FunctionKind {
+    fn js_name(self) -> &'static str {
+        match self {
+            FunctionKind::Query => "query",
+            FunctionKind::Mutation => "mutation",
+            FunctionKind::Action => "action",
+        }
+    }
+
+    fn from_js_name(name: &str) -> Option<FunctionKind> {
+        match name {
+            "query" => Some(FunctionKind::Query),
+            "mutation" => Some(FunctionKind::Mutation),
+            "action" => Some(FunctionKind::Action),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Public,
+    Internal,
+}
+
+/// One function call.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub tenant: Arc<str>,
+    pub modules: ModuleSet,
+    pub module_path: String,
+    pub export_name: String,
+    pub kind: FunctionKind,
+    /// JSON text of an array holding the one args object: `[{"a":1}]`.
+    pub args_json: String,
+    pub rng_seed: u64,
+    pub now_ms: f64,
+    pub request_id: String,
+}
+
+/// A syscall failure, shown to the function as a thrown `Error`.
+#[derive(Debug, Clone)]
+pub struct SyscallError {
+    pub message: String,
+    /// convex-JSON text of `ConvexError` data, if the failure carries one.
+    pub data_json: Option<String>,
+}
+
+/// Answers the syscalls of one call. Called on the worker thread.
+pub trait SyscallHost: std::any::Any + Send {
+    fn syscall(&mut self, op: &str, args_json: &str) -> Result<String, SyscallError>;
+    fn async_syscall(&mut self, op: &str, args_json: &str) -> Result<String, SyscallError>;
+}
+
+/// What a call produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The JSON text the function's promise resolved to (convex-JSON of the result).
+    pub result: Result<String, FunctionError>,
+    pub log_lines: Vec<String>,
+    /// Wall time the call held its worker.
+    pub cpu_time: Duration,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FunctionError {
+    #[error("{message}")]
+    Uncaught { message: String },
+    #[error("{message}")]
+    ConvexError { message: String, data_json: String },
+    #[error("Function execution timed out: it used more than its CPU time limit of {} ms", limit.as_millis())]
+    Timeout { limit: Duration },
+    #[error("Function ran out of memory: it allocated more than its limit of {} MiB", limit_bytes >> 20)]
+    OutOfMemory { limit_bytes: usize },
+    #[error("Could not find function {export} in module {module}")]
+    ExportNotFound { module: String, export: String },
+    #[error("{name} is registered as a {actual:?} but is being run as a {expected:?}")]
+    WrongKind {
+        name: String,
+        actual: FunctionKind,
+        expected: FunctionKind,
+    },
+    #[error(
+        "The function's promise never settled (it awaited something that cannot happen in a {0})"
+    )]
+    NeverSettled(&'static str),
+    #[error("internal runtime error: {0}")]
+    Internal(String),
+}
+
+impl FunctionError {
+    /// Stable code for clients (`errorCode`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FunctionError::Uncaught { .. } => "UncaughtError",
+            FunctionError::ConvexError { .. } => "ConvexError",
+            FunctionError::Timeout { .. } => "FunctionTimeout",
+            FunctionError::OutOfMemory { .. } => "FunctionOutOfMemory",
+            FunctionError::ExportNotFound { .. } => "FunctionNotFound",
+            FunctionError::WrongKind { .. } => "InvalidFunctionKind",
+            FunctionError::NeverSettled(_) => "UncaughtError",
+            FunctionError::Internal(_) => "InternalError",
+        }
+    }
+}
+
+/// Failures of the pool itself (the call never ran).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    #[error("the JavaScript job queue is full ({0} waiting calls)")]
+    QueueFull(usize),
+    #[error("the JavaScript pool is shut down")]
+    ShutDown,
+    #[error("the JavaScript worker failed while running the call (see the server log)")]
+    WorkerFailed,
+}
+
+/// Failures of push-time analysis and pool start-up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Analyze(String),
+    #[error("cannot start the JavaScript pool: {0}")]
+    Start(String),
+}
+
+/// Push-time analysis of a module set.
+#[derive(Debug, Clone)]
+pub struct ModuleAnalysis {
+    pub functions: Vec<AnalyzedFunction>,
+    /// `crons.js` `default.export()`, if present.
+    pub crons_json: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AnalyzedFunction {
+    pub module_path: String,
+    pub name: String,
+    pub kind: FunctionKind,
+    pub visibility: Visibility,
+    pub args_json: String,
+    pub returns_json: Option<String>,
+}
+
+/// Analysis errors are [`RuntimeError::Analyze`].
+pub type AnalyzeError = RuntimeError;

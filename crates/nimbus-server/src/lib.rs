@@ -1,1 +1,246 @@
-//! nimbus-server
+//! The HTTP face of Nimbus: tenant resolution, the Convex HTTP API, the CLI push
+//! endpoints, the admin API. The only crate that knows HTTP and JSON wire shapes; it
+//! holds no business logic (everything is a call into `nimbus-app`).
+//!
+//! Routing is done by hand in [`dispatch`] rather than with axum's router, because a
+//! tenant is addressed three ways (path prefix `/t/<tenant>`, host name
+//! `<tenant>.<domain>`, or — for CLI calls that drop the prefix — the admin key), and
+//! the same API paths live under each.
+
+mod admin;
+mod error;
+mod functions;
+mod push;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use nimbus_app::{Nimbus, Tenant};
+use serde_json::{json, Value as Json};
+
+pub use error::ApiError;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Host-name routing: `<tenant>.<domain>` addresses a tenant.
+    pub domain: String,
+    /// Largest request body, compressed or not; larger bodies get 413.
+    pub max_request_bytes: usize,
+    /// How long `stream_function_logs` long-polls before answering.
+    pub log_poll_wait: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            domain: "localhost".into(),
+            max_request_bytes: 8 << 20,
+            log_poll_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub nimbus: Arc<Nimbus>,
+    pub config: Arc<ServerConfig>,
+}
+
+/// The whole HTTP service.
+pub fn router(nimbus: Arc<Nimbus>, config: ServerConfig) -> Router {
+    Router::new().fallback(handle).with_state(AppState {
+        nimbus,
+        config: Arc::new(config),
+    })
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    match dispatch(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// A parsed request: what every handler needs.
+pub(crate) struct Incoming {
+    pub method: Method,
+    /// Path after the tenant prefix, with repeated slashes collapsed.
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Incoming {
+    pub fn json(&self) -> Result<Json, ApiError> {
+        error::parse_json(&self.body)
+    }
+
+    /// The admin key from `Authorization: Convex <key>` or the body's `adminKey`.
+    pub fn admin_key(&self, body: Option<&Json>) -> Option<String> {
+        let header = self
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Convex "))
+            .map(|v| v.split(':').next().unwrap_or(v).trim().to_string());
+        header.or_else(|| {
+            body.and_then(|b| b.get("adminKey"))
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        })
+    }
+}
+
+fn collapse_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c == '/' && out.ends_with('/') {
+            continue;
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let raw = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let brotli = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        == Some("br");
+    if !brotli {
+        return Ok(raw);
+    }
+    use std::io::Read as _;
+    let mut decoded = Vec::new();
+    let reader = brotli::Decompressor::new(raw.as_ref(), 64 << 10);
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|e| ApiError::bad_json(format!("the brotli body cannot be decompressed: {e}")))?;
+    if decoded.len() > limit {
+        return Err(too_large());
+    }
+    Ok(decoded.into())
+}
+
+/// The tenant named by the host header (`acme.localhost:3210` → `acme`).
+fn tenant_from_host(headers: &HeaderMap, domain: &str) -> Option<String> {
+    let host = headers.get("host")?.to_str().ok()?;
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let name = host.strip_suffix(domain)?.strip_suffix('.')?;
+    nimbus_app::is_valid_tenant_name(name).then(|| name.to_string())
+}
+
+/// Paths of the CLI, which may arrive without the tenant prefix.
+fn is_cli_path(path: &str) -> bool {
+    path.starts_with("/api/deploy2/")
+        || path == "/api/get_config_hashes"
+        || path == "/api/stream_function_logs"
+        || path == "/api/v1/get_canonical_urls"
+}
+
+async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = collapse_slashes(parts.uri.path());
+    if path == "/health" {
+        return Ok(axum::Json(json!({"status": "ok"})).into_response());
+    }
+    let body = read_body(body, &parts.headers, state.config.max_request_bytes).await?;
+    let (route_tenant, rest) = match path.strip_prefix("/t/") {
+        Some(after) => {
+            let (name, rest) = after
+                .split_once('/')
+                .map_or((after, "/".to_string()), |(n, r)| (n, format!("/{r}")));
+            (Some(name.to_string()), rest)
+        }
+        None => (
+            tenant_from_host(&parts.headers, &state.config.domain),
+            path.clone(),
+        ),
+    };
+    let incoming = Incoming {
+        method: parts.method,
+        path: rest,
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        body,
+    };
+    if route_tenant.is_none() && (incoming.path == "/admin" || incoming.path.starts_with("/admin/"))
+    {
+        return admin::handle(state, &incoming).await;
+    }
+    if is_cli_path(&incoming.path) {
+        return push::handle(state, route_tenant.as_deref(), &incoming).await;
+    }
+    let Some(name) = route_tenant else {
+        return Err(ApiError::not_found(&incoming.path));
+    };
+    let tenant = state.nimbus.tenant(&name).await?;
+    functions::handle(state, &tenant, &incoming).await
+}
+
+/// Resolves the tenant of an admin-key request: the route's tenant (checked against the
+/// key) or the key's own tenant.
+pub(crate) async fn tenant_for_key(
+    state: &AppState,
+    route_tenant: Option<&str>,
+    key: Option<String>,
+) -> Result<Arc<Tenant>, ApiError> {
+    let Some(key) = key else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthenticated",
+            "this endpoint needs the tenant's admin key (Authorization: Convex <key>)",
+        ));
+    };
+    match route_tenant {
+        Some(name) => {
+            // A missing tenant is a 404 before it is a key problem.
+            state.nimbus.tenant_info(name).await?;
+            state.nimbus.check_tenant_admin_key(name, &key).await?;
+            Ok(state.nimbus.tenant(name).await?)
+        }
+        None => Ok(state.nimbus.tenant_for_admin_key(&key).await?),
+    }
+}

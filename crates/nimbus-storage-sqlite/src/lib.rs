@@ -39,7 +39,10 @@ pub struct SqliteConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig { read_connections: 4, cache_kib: 8 * 1024 }
+        SqliteConfig {
+            read_connections: 4,
+            cache_kib: 8 * 1024,
+        }
     }
 }
 
@@ -70,11 +73,15 @@ fn io(context: &str, namespace: &str, e: rusqlite::Error) -> StorageError {
 fn check_name(namespace: &str) -> Result<(), StorageError> {
     let ok = !namespace.is_empty()
         && namespace.len() <= 63
-        && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(StorageError::Io(format!("invalid namespace name {namespace:?}")))
+        Err(StorageError::Io(format!(
+            "invalid namespace name {namespace:?}"
+        )))
     }
 }
 
@@ -103,10 +110,19 @@ impl SqliteBackend {
 
 fn sidecars(path: &Path) -> [PathBuf; 3] {
     let base = path.to_string_lossy().to_string();
-    [PathBuf::from(format!("{base}-wal")), PathBuf::from(format!("{base}-shm")), PathBuf::from(format!("{base}-journal"))]
+    [
+        PathBuf::from(format!("{base}-wal")),
+        PathBuf::from(format!("{base}-shm")),
+        PathBuf::from(format!("{base}-journal")),
+    ]
 }
 
-fn open_connection(path: &Path, namespace: &str, create: bool, cache_kib: usize) -> Result<Connection, StorageError> {
+fn open_connection(
+    path: &Path,
+    namespace: &str,
+    create: bool,
+    cache_kib: usize,
+) -> Result<Connection, StorageError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -157,17 +173,28 @@ impl StorageBackend for SqliteBackend {
         }
         let writer = open_connection(&path, namespace, false, self.config.cache_kib)?;
         let version: i64 = writer
-            .query_row("SELECT value FROM meta WHERE name = 'format_version'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'format_version'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| io("read format version", namespace, e))?;
         if version > FORMAT_VERSION {
             return Err(StorageError::Corrupted {
                 namespace: namespace.to_string(),
-                detail: format!("format version {version} is newer than this Nimbus ({FORMAT_VERSION})"),
+                detail: format!(
+                    "format version {version} is newer than this Nimbus ({FORMAT_VERSION})"
+                ),
             });
         }
         let mut readers = Vec::with_capacity(self.config.read_connections.max(1));
         for _ in 0..self.config.read_connections.max(1) {
-            readers.push(open_connection(&path, namespace, false, self.config.cache_kib)?);
+            readers.push(open_connection(
+                &path,
+                namespace,
+                false,
+                self.config.cache_kib,
+            )?);
         }
         Ok(Arc::new(SqliteStore {
             namespace: namespace.to_string(),
@@ -185,7 +212,10 @@ impl StorageBackend for SqliteBackend {
         }
         // Rename first: the namespace disappears in one step, and a crash before the
         // removals below leaves only a tombstone that the next start deletes.
-        let tombstone = self.dir.join(format!(".deleted-{namespace}-{}.sqlite3", std::process::id()));
+        let tombstone = self.dir.join(format!(
+            ".deleted-{namespace}-{}.sqlite3",
+            std::process::id()
+        ));
         std::fs::rename(&path, &tombstone)
             .map_err(|e| StorageError::Io(format!("{namespace}: delete: {e}")))?;
         for (from, to) in sidecars(&path).iter().zip(sidecars(&tombstone).iter()) {
@@ -197,7 +227,12 @@ impl StorageBackend for SqliteBackend {
             match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::Io(format!("{namespace}: delete {}: {e}", file.display()))),
+                Err(e) => {
+                    return Err(StorageError::Io(format!(
+                        "{namespace}: delete {}: {e}",
+                        file.display()
+                    )))
+                }
             }
         }
         Ok(())
@@ -235,7 +270,9 @@ impl Drop for Reader<'_> {
 impl Reader<'_> {
     fn conn(&mut self) -> Result<&mut Connection, StorageError> {
         // `conn` is only taken in `drop`.
-        self.conn.as_mut().ok_or_else(|| StorageError::Io("reader connection missing".into()))
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StorageError::Io("reader connection missing".into()))
     }
 }
 
@@ -252,7 +289,10 @@ fn id_from_bytes(bytes: &[u8]) -> Option<DocumentId> {
     }
     let table = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let internal: [u8; 16] = bytes[4..].try_into().ok()?;
-    Some(DocumentId { table: TableNumber(table), internal })
+    Some(DocumentId {
+        table: TableNumber(table),
+        internal,
+    })
 }
 
 impl SqliteStore {
@@ -260,19 +300,37 @@ impl SqliteStore {
         let mut pool = self.readers.lock();
         loop {
             if let Some(conn) = pool.pop() {
-                return Reader { store: self, conn: Some(conn) };
+                return Reader {
+                    store: self,
+                    conn: Some(conn),
+                };
             }
             self.reader_returned.wait(&mut pool);
         }
     }
 
     fn corrupted(&self, detail: String) -> StorageError {
-        StorageError::Corrupted { namespace: self.namespace.clone(), detail }
+        StorageError::Corrupted {
+            namespace: self.namespace.clone(),
+            detail,
+        }
     }
 
-    fn row_document(&self, id: Vec<u8>, table: i64, ts: i64, body: Vec<u8>) -> Result<StoredDocument, StorageError> {
-        let id = id_from_bytes(&id).ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?;
-        Ok(StoredDocument { id, table: TableNumber(table as u32), ts: Timestamp(ts as u64), body })
+    fn row_document(
+        &self,
+        id: Vec<u8>,
+        table: i64,
+        ts: i64,
+        body: Vec<u8>,
+    ) -> Result<StoredDocument, StorageError> {
+        let id = id_from_bytes(&id)
+            .ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?;
+        Ok(StoredDocument {
+            id,
+            table: TableNumber(table as u32),
+            ts: Timestamp(ts as u64),
+            body,
+        })
     }
 }
 
@@ -282,7 +340,9 @@ impl TenantStore for SqliteStore {
         let mut conn = self.writer.lock();
         let tx = conn.transaction().map_err(|e| io("begin", ns, e))?;
         let max_ts: i64 = tx
-            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| io("read max_ts", ns, e))?;
         if batch.ts.0 as i64 <= max_ts {
             return Err(StorageError::Io(format!(
@@ -294,11 +354,18 @@ impl TenantStore for SqliteStore {
             let mut put_doc = tx
                 .prepare_cached("INSERT OR REPLACE INTO documents (id, table_number, ts, body) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(|e| io("prepare", ns, e))?;
-            let mut del_doc = tx.prepare_cached("DELETE FROM documents WHERE id = ?1").map_err(|e| io("prepare", ns, e))?;
+            let mut del_doc = tx
+                .prepare_cached("DELETE FROM documents WHERE id = ?1")
+                .map_err(|e| io("prepare", ns, e))?;
             for doc in &batch.documents {
                 let id = id_bytes(&doc.id);
                 match &doc.body {
-                    Some(body) => put_doc.execute(params![&id[..], doc.table.0 as i64, batch.ts.0 as i64, body]),
+                    Some(body) => put_doc.execute(params![
+                        &id[..],
+                        doc.table.0 as i64,
+                        batch.ts.0 as i64,
+                        body
+                    ]),
                     None => del_doc.execute(params![&id[..]]),
                 }
                 .map_err(|e| io("write document", ns, e))?;
@@ -314,8 +381,12 @@ impl TenantStore for SqliteStore {
                 .map_err(|e| io("prepare", ns, e))?;
             for write in &batch.indexes {
                 match write {
-                    IndexWrite::Insert { index, key, id } => put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]]),
-                    IndexWrite::Delete { index, key } => del_entry.execute(params![index.0 as i64, key]),
+                    IndexWrite::Insert { index, key, id } => {
+                        put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]])
+                    }
+                    IndexWrite::Delete { index, key } => {
+                        del_entry.execute(params![index.0 as i64, key])
+                    }
                     IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
                 }
                 .map_err(|e| io("write index entry", ns, e))?;
@@ -323,7 +394,9 @@ impl TenantStore for SqliteStore {
             let mut put_global = tx
                 .prepare_cached("INSERT OR REPLACE INTO globals (name, value) VALUES (?1, ?2)")
                 .map_err(|e| io("prepare", ns, e))?;
-            let mut del_global = tx.prepare_cached("DELETE FROM globals WHERE name = ?1").map_err(|e| io("prepare", ns, e))?;
+            let mut del_global = tx
+                .prepare_cached("DELETE FROM globals WHERE name = ?1")
+                .map_err(|e| io("prepare", ns, e))?;
             for (name, value) in &batch.globals {
                 match value {
                     Some(value) => put_global.execute(params![name, value]),
@@ -332,8 +405,11 @@ impl TenantStore for SqliteStore {
                 .map_err(|e| io("write global", ns, e))?;
             }
         }
-        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'max_ts'", params![batch.ts.0 as i64])
-            .map_err(|e| io("write max_ts", ns, e))?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'max_ts'",
+            params![batch.ts.0 as i64],
+        )
+        .map_err(|e| io("write max_ts", ns, e))?;
         tx.commit().map_err(|e| io("commit", ns, e))
     }
 
@@ -341,7 +417,9 @@ impl TenantStore for SqliteStore {
         let mut reader = self.reader();
         let ts: i64 = reader
             .conn()?
-            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| io("read max_ts", &self.namespace, e))?;
         Ok(Timestamp(ts as u64))
     }
@@ -350,7 +428,11 @@ impl TenantStore for SqliteStore {
         let mut reader = self.reader();
         reader
             .conn()?
-            .query_row("SELECT value FROM globals WHERE name = ?1", params![name], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM globals WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| io("read global", &self.namespace, e))
     }
@@ -362,7 +444,9 @@ impl TenantStore for SqliteStore {
             .prepare_cached("SELECT id, table_number, ts, body FROM documents WHERE id = ?1")
             .map_err(|e| io("prepare", &self.namespace, e))?;
         let row = statement
-            .query_row(params![&id_bytes(id)[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![&id_bytes(id)[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()
             .map_err(|e| io("read document", &self.namespace, e))?;
         match row {
@@ -371,19 +455,32 @@ impl TenantStore for SqliteStore {
         }
     }
 
-    fn scan_table(&self, table: TableNumber, visit: &mut dyn FnMut(StoredDocument) -> bool) -> Result<(), StorageError> {
+    fn scan_table(
+        &self,
+        table: TableNumber,
+        visit: &mut dyn FnMut(StoredDocument) -> bool,
+    ) -> Result<(), StorageError> {
         let mut reader = self.reader();
         let conn = reader.conn()?;
         let mut statement = conn
             .prepare_cached("SELECT id, table_number, ts, body FROM documents WHERE table_number = ?1 ORDER BY id")
             .map_err(|e| io("prepare", &self.namespace, e))?;
-        let mut rows = statement.query(params![table.0 as i64]).map_err(|e| io("scan table", &self.namespace, e))?;
-        while let Some(row) = rows.next().map_err(|e| io("scan table", &self.namespace, e))? {
+        let mut rows = statement
+            .query(params![table.0 as i64])
+            .map_err(|e| io("scan table", &self.namespace, e))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| io("scan table", &self.namespace, e))?
+        {
             let doc = self.row_document(
-                row.get(0).map_err(|e| io("scan table", &self.namespace, e))?,
-                row.get(1).map_err(|e| io("scan table", &self.namespace, e))?,
-                row.get(2).map_err(|e| io("scan table", &self.namespace, e))?,
-                row.get(3).map_err(|e| io("scan table", &self.namespace, e))?,
+                row.get(0)
+                    .map_err(|e| io("scan table", &self.namespace, e))?,
+                row.get(1)
+                    .map_err(|e| io("scan table", &self.namespace, e))?,
+                row.get(2)
+                    .map_err(|e| io("scan table", &self.namespace, e))?,
+                row.get(3)
+                    .map_err(|e| io("scan table", &self.namespace, e))?,
             )?;
             if !visit(doc) {
                 break;
@@ -392,14 +489,22 @@ impl TenantStore for SqliteStore {
         Ok(())
     }
 
-    fn scan_index(&self, index: nimbus_storage::IndexNumber, range: &KeyRange, order: ScanOrder, limit: usize) -> Result<IndexScan, StorageError> {
+    fn scan_index(
+        &self,
+        index: nimbus_storage::IndexNumber,
+        range: &KeyRange,
+        order: ScanOrder,
+        limit: usize,
+    ) -> Result<IndexScan, StorageError> {
         let ns = &self.namespace;
         let mut reader = self.reader();
         let conn = reader.conn()?;
         // One read transaction: entries, documents and max_ts from one consistent state.
         let tx = conn.transaction().map_err(|e| io("begin read", ns, e))?;
         let ts: i64 = tx
-            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| io("read max_ts", ns, e))?;
         let mut sql = String::from(
             "SELECT e.key, d.id, d.table_number, d.ts, d.body FROM index_entries e \
@@ -426,7 +531,9 @@ impl TenantStore for SqliteStore {
         sql.push_str(&format!(" LIMIT ?{}", bounds.len() + 2));
         let mut entries = Vec::new();
         {
-            let mut statement = tx.prepare_cached(&sql).map_err(|e| io("prepare scan", ns, e))?;
+            let mut statement = tx
+                .prepare_cached(&sql)
+                .map_err(|e| io("prepare scan", ns, e))?;
             let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(bounds.len() + 2);
             let index_number = index.0 as i64;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -435,25 +542,42 @@ impl TenantStore for SqliteStore {
                 values.push(b);
             }
             values.push(&limit);
-            let mut rows = statement.query(values.as_slice()).map_err(|e| io("scan index", ns, e))?;
+            let mut rows = statement
+                .query(values.as_slice())
+                .map_err(|e| io("scan index", ns, e))?;
             while let Some(row) = rows.next().map_err(|e| io("scan index", ns, e))? {
                 let get = |e| io("scan index", ns, e);
                 let key: Vec<u8> = row.get(0).map_err(get)?;
-                let doc = self.row_document(row.get(1).map_err(get)?, row.get(2).map_err(get)?, row.get(3).map_err(get)?, row.get(4).map_err(get)?)?;
+                let doc = self.row_document(
+                    row.get(1).map_err(get)?,
+                    row.get(2).map_err(get)?,
+                    row.get(3).map_err(get)?,
+                    row.get(4).map_err(get)?,
+                )?;
                 entries.push((key, doc));
             }
         }
         tx.commit().map_err(|e| io("end read", ns, e))?;
-        Ok(IndexScan { ts: Timestamp(ts as u64), entries })
+        Ok(IndexScan {
+            ts: Timestamp(ts as u64),
+            entries,
+        })
     }
 
     fn stats(&self) -> Result<NamespaceStats, StorageError> {
         let mut reader = self.reader();
         let (documents, bytes): (i64, i64) = reader
             .conn()?
-            .query_row("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM documents", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM documents",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(|e| io("stats", &self.namespace, e))?;
-        Ok(NamespaceStats { documents: documents as u64, body_bytes: bytes as u64 })
+        Ok(NamespaceStats {
+            documents: documents as u64,
+            body_bytes: bytes as u64,
+        })
     }
 }
 
@@ -464,4 +588,3 @@ pub fn namespace_files(root: &Path, namespace: &str) -> Vec<PathBuf> {
     files.extend(sidecars(&path));
     files
 }
-

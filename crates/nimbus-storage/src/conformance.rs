@@ -20,15 +20,25 @@ use crate::{
 pub type Constructor<'a> = &'a dyn Fn(&Path) -> Box<dyn StorageBackend>;
 
 fn id(table: u32, n: u8) -> DocumentId {
-    DocumentId { table: TableNumber(table), internal: [n; 16] }
+    DocumentId {
+        table: TableNumber(table),
+        internal: [n; 16],
+    }
 }
 
 fn put(table: u32, n: u8, body: &str) -> DocumentWrite {
-    DocumentWrite { id: id(table, n), table: TableNumber(table), body: Some(body.as_bytes().to_vec()) }
+    DocumentWrite {
+        id: id(table, n),
+        table: TableNumber(table),
+        body: Some(body.as_bytes().to_vec()),
+    }
 }
 
 fn batch(ts: u64) -> WriteBatch {
-    WriteBatch { ts: Timestamp(ts), ..WriteBatch::default() }
+    WriteBatch {
+        ts: Timestamp(ts),
+        ..WriteBatch::default()
+    }
 }
 
 fn keys(scan: &crate::IndexScan) -> Vec<Vec<u8>> {
@@ -40,14 +50,27 @@ pub fn namespaces(make: Constructor, root: &Path) {
     assert!(!backend.namespace_exists("a").unwrap());
     backend.create_namespace("a").unwrap();
     assert!(backend.namespace_exists("a").unwrap());
-    assert!(matches!(backend.create_namespace("a"), Err(StorageError::NamespaceExists(_))));
-    assert!(matches!(backend.open_namespace("zz"), Err(StorageError::NamespaceNotFound(_))));
+    assert!(matches!(
+        backend.create_namespace("a"),
+        Err(StorageError::NamespaceExists(_))
+    ));
+    assert!(matches!(
+        backend.open_namespace("zz"),
+        Err(StorageError::NamespaceNotFound(_))
+    ));
     backend.delete_namespace("a").unwrap();
     assert!(!backend.namespace_exists("a").unwrap());
-    assert!(matches!(backend.delete_namespace("a"), Err(StorageError::NamespaceNotFound(_))));
+    assert!(matches!(
+        backend.delete_namespace("a"),
+        Err(StorageError::NamespaceNotFound(_))
+    ));
     backend.create_namespace("a").unwrap();
     let store = backend.open_namespace("a").unwrap();
-    assert_eq!(store.max_ts().unwrap(), Timestamp(0), "a recreated namespace starts empty");
+    assert_eq!(
+        store.max_ts().unwrap(),
+        Timestamp(0),
+        "a recreated namespace starts empty"
+    );
 }
 
 pub fn documents_and_globals(make: Constructor, root: &Path) {
@@ -59,25 +82,53 @@ pub fn documents_and_globals(make: Constructor, root: &Path) {
     b.globals = vec![("g".into(), Some(b"v1".to_vec()))];
     store.write(&b).unwrap();
     let doc = store.get_document(&id(1, 1)).unwrap().unwrap();
-    assert_eq!((doc.body.as_slice(), doc.ts, doc.table), (&b"one"[..], Timestamp(10), TableNumber(1)));
+    assert_eq!(
+        (doc.body.as_slice(), doc.ts, doc.table),
+        (&b"one"[..], Timestamp(10), TableNumber(1))
+    );
     let mut b = batch(11);
-    b.documents = vec![put(1, 1, "one v2"), DocumentWrite { id: id(1, 2), table: TableNumber(1), body: None }];
+    b.documents = vec![
+        put(1, 1, "one v2"),
+        DocumentWrite {
+            id: id(1, 2),
+            table: TableNumber(1),
+            body: None,
+        },
+    ];
     b.globals = vec![("g".into(), None), ("h".into(), Some(b"x".to_vec()))];
     store.write(&b).unwrap();
-    assert_eq!(store.get_document(&id(1, 1)).unwrap().unwrap().body, b"one v2");
+    assert_eq!(
+        store.get_document(&id(1, 1)).unwrap().unwrap().body,
+        b"one v2"
+    );
     assert!(store.get_document(&id(1, 2)).unwrap().is_none());
     assert_eq!(store.get_global("g").unwrap(), None);
     assert_eq!(store.get_global("h").unwrap(), Some(b"x".to_vec()));
     let mut seen = Vec::new();
-    store.scan_table(TableNumber(1), &mut |d| { seen.push(d.id); true }).unwrap();
+    store
+        .scan_table(TableNumber(1), &mut |d| {
+            seen.push(d.id);
+            true
+        })
+        .unwrap();
     assert_eq!(seen, vec![id(1, 1)]);
     assert_eq!(store.stats().unwrap().documents, 2);
-    assert!(store.write(&batch(11)).is_err(), "a batch must be newer than the last one");
+    assert!(
+        store.write(&batch(11)).is_err(),
+        "a batch must be newer than the last one"
+    );
     drop(store);
     drop(backend);
     let store = make(root).open_namespace("t").unwrap();
-    assert_eq!(store.max_ts().unwrap(), Timestamp(11), "max_ts survives a reopen");
-    assert_eq!(store.get_document(&id(2, 1)).unwrap().unwrap().body, b"other table");
+    assert_eq!(
+        store.max_ts().unwrap(),
+        Timestamp(11),
+        "max_ts survives a reopen"
+    );
+    assert_eq!(
+        store.get_document(&id(2, 1)).unwrap().unwrap().body,
+        b"other table"
+    );
 }
 
 pub fn index_ranges(make: Constructor, root: &Path) {
@@ -88,25 +139,70 @@ pub fn index_ranges(make: Constructor, root: &Path) {
     let mut b = batch(5);
     for n in 0..10u8 {
         b.documents.push(put(1, n, &format!("doc{n}")));
-        b.indexes.push(IndexWrite::Insert { index, key: vec![n * 10], id: id(1, n) });
-        b.indexes.push(IndexWrite::Insert { index: IndexNumber(8), key: vec![n], id: id(1, n) });
+        b.indexes.push(IndexWrite::Insert {
+            index,
+            key: vec![n * 10],
+            id: id(1, n),
+        });
+        b.indexes.push(IndexWrite::Insert {
+            index: IndexNumber(8),
+            key: vec![n],
+            id: id(1, n),
+        });
     }
     store.write(&b).unwrap();
-    let scan = |start, end, order, limit| store.scan_index(index, &KeyRange { start, end }, order, limit).unwrap();
-    let s = scan(Bound::Included(vec![20]), Bound::Excluded(vec![50]), ScanOrder::Ascending, 100);
+    let scan = |start, end, order, limit| {
+        store
+            .scan_index(index, &KeyRange { start, end }, order, limit)
+            .unwrap()
+    };
+    let s = scan(
+        Bound::Included(vec![20]),
+        Bound::Excluded(vec![50]),
+        ScanOrder::Ascending,
+        100,
+    );
     assert_eq!(keys(&s), vec![vec![20], vec![30], vec![40]]);
     assert_eq!(s.ts, Timestamp(5));
-    let s = scan(Bound::Excluded(vec![20]), Bound::Included(vec![50]), ScanOrder::Descending, 2);
+    let s = scan(
+        Bound::Excluded(vec![20]),
+        Bound::Included(vec![50]),
+        ScanOrder::Descending,
+        2,
+    );
     assert_eq!(keys(&s), vec![vec![50], vec![40]]);
     let s = scan(Bound::Unbounded, Bound::Unbounded, ScanOrder::Ascending, 3);
     assert_eq!(keys(&s), vec![vec![0], vec![10], vec![20]]);
     assert_eq!(s.entries[1].1.body, b"doc1");
     let mut b = batch(6);
-    b.indexes = vec![IndexWrite::Delete { index, key: vec![0] }, IndexWrite::DropIndex { index: IndexNumber(8) }];
+    b.indexes = vec![
+        IndexWrite::Delete {
+            index,
+            key: vec![0],
+        },
+        IndexWrite::DropIndex {
+            index: IndexNumber(8),
+        },
+    ];
     store.write(&b).unwrap();
-    assert_eq!(scan(Bound::Unbounded, Bound::Unbounded, ScanOrder::Ascending, 100).entries.len(), 9);
-    let other = store.scan_index(IndexNumber(8), &KeyRange::all(), ScanOrder::Ascending, 100).unwrap();
-    assert!(other.entries.is_empty(), "DropIndex removes every entry of the index");
+    assert_eq!(
+        scan(
+            Bound::Unbounded,
+            Bound::Unbounded,
+            ScanOrder::Ascending,
+            100
+        )
+        .entries
+        .len(),
+        9
+    );
+    let other = store
+        .scan_index(IndexNumber(8), &KeyRange::all(), ScanOrder::Ascending, 100)
+        .unwrap();
+    assert!(
+        other.entries.is_empty(),
+        "DropIndex removes every entry of the index"
+    );
 }
 
 pub fn namespaces_are_isolated(make: Constructor, root: &Path) {
@@ -117,10 +213,18 @@ pub fn namespaces_are_isolated(make: Constructor, root: &Path) {
     let b = backend.open_namespace("b").unwrap();
     let mut w = batch(1);
     w.documents = vec![put(1, 1, "A's")];
-    w.indexes = vec![IndexWrite::Insert { index: IndexNumber(1), key: vec![1], id: id(1, 1) }];
+    w.indexes = vec![IndexWrite::Insert {
+        index: IndexNumber(1),
+        key: vec![1],
+        id: id(1, 1),
+    }];
     a.write(&w).unwrap();
     assert!(b.get_document(&id(1, 1)).unwrap().is_none());
-    assert!(b.scan_index(IndexNumber(1), &KeyRange::all(), ScanOrder::Ascending, 10).unwrap().entries.is_empty());
+    assert!(b
+        .scan_index(IndexNumber(1), &KeyRange::all(), ScanOrder::Ascending, 10)
+        .unwrap()
+        .entries
+        .is_empty());
     backend.delete_namespace("b").unwrap();
     assert_eq!(a.get_document(&id(1, 1)).unwrap().unwrap().body, b"A's");
 }
@@ -136,7 +240,9 @@ pub fn batches_are_atomic_for_readers(make: Constructor, root: &Path) {
     let handle = std::thread::spawn(move || {
         let mut checks = 0;
         while !stop_reader.load(std::sync::atomic::Ordering::Relaxed) {
-            let scan = reader.scan_index(IndexNumber(1), &KeyRange::all(), ScanOrder::Ascending, 1000).unwrap();
+            let scan = reader
+                .scan_index(IndexNumber(1), &KeyRange::all(), ScanOrder::Ascending, 1000)
+                .unwrap();
             assert_eq!(scan.entries.len() % 2, 0, "a reader saw half a batch");
             checks += 1;
         }
@@ -146,7 +252,11 @@ pub fn batches_are_atomic_for_readers(make: Constructor, root: &Path) {
         let mut b = batch(u64::from(n) + 1);
         for k in [2 * n, 2 * n + 1] {
             b.documents.push(put(1, k, "x"));
-            b.indexes.push(IndexWrite::Insert { index: IndexNumber(1), key: vec![k], id: id(1, k) });
+            b.indexes.push(IndexWrite::Insert {
+                index: IndexNumber(1),
+                key: vec![k],
+                id: id(1, k),
+            });
         }
         store.write(&b).unwrap();
     }
@@ -175,12 +285,19 @@ pub fn model_based(make: Constructor, root: &Path) {
             let n = (next() % 64) as u8;
             let key = vec![(next() % 32) as u8, n];
             if next() % 3 == 0 {
-                b.indexes.push(IndexWrite::Delete { index, key: key.clone() });
+                b.indexes.push(IndexWrite::Delete {
+                    index,
+                    key: key.clone(),
+                });
                 model.remove(&key);
             } else {
                 let body = format!("r{round}");
                 b.documents.push(put(1, n, &body));
-                b.indexes.push(IndexWrite::Insert { index, key: key.clone(), id: id(1, n) });
+                b.indexes.push(IndexWrite::Insert {
+                    index,
+                    key: key.clone(),
+                    id: id(1, n),
+                });
                 model.insert(key, (n, body));
             }
         }
@@ -197,8 +314,13 @@ pub fn model_based(make: Constructor, root: &Path) {
         store.write(&b).unwrap();
         let (a, b2) = ((next() % 32) as u8, (next() % 32) as u8 + 1);
         let (lo, hi) = (vec![a.min(b2)], vec![a.max(b2)]);
-        let range = KeyRange { start: Bound::Included(lo.clone()), end: Bound::Excluded(hi.clone()) };
-        let scan = store.scan_index(index, &range, ScanOrder::Descending, 7).unwrap();
+        let range = KeyRange {
+            start: Bound::Included(lo.clone()),
+            end: Bound::Excluded(hi.clone()),
+        };
+        let scan = store
+            .scan_index(index, &range, ScanOrder::Descending, 7)
+            .unwrap();
         let expected: Vec<(Vec<u8>, String)> = model
             .range(lo..hi)
             .rev()

@@ -63,10 +63,19 @@ pub struct DocumentWrite {
 /// A change to one index entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexWrite {
-    Insert { index: IndexNumber, key: Vec<u8>, id: DocumentId },
-    Delete { index: IndexNumber, key: Vec<u8> },
+    Insert {
+        index: IndexNumber,
+        key: Vec<u8>,
+        id: DocumentId,
+    },
+    Delete {
+        index: IndexNumber,
+        key: Vec<u8>,
+    },
     /// Drops every entry of an index (the index was removed from the schema).
-    DropIndex { index: IndexNumber },
+    DropIndex {
+        index: IndexNumber,
+    },
 }
 
 /// Everything one group commit writes, applied atomically and durably.

@@ -15,13 +15,21 @@ pub enum TypesError {
     TooDeep { max: usize },
     /// A value or document larger than its limit.
     #[error("{what} is {size} bytes, over the limit of {max} bytes")]
-    TooLarge { what: &'static str, size: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+    },
     /// A field name that breaks the field-name rule.
     #[error("invalid field name {name:?}: {reason}")]
     InvalidFieldName { name: String, reason: &'static str },
     /// A table or index name that is not an identifier.
     #[error("invalid {kind} name {name:?}: {reason}")]
-    InvalidIdentifier { kind: &'static str, name: String, reason: &'static str },
+    InvalidIdentifier {
+        kind: &'static str,
+        name: String,
+        reason: &'static str,
+    },
     /// A string that is not a document ID of this tenant.
     #[error("invalid ID {0:?}")]
     InvalidId(String),

@@ -77,7 +77,9 @@ impl IdCodec {
         loop {
             let byte = *body.get(pos).ok_or_else(invalid)?;
             pos += 1;
-            table |= u32::from(byte & 0x7f).checked_shl(shift).ok_or_else(invalid)?;
+            table |= u32::from(byte & 0x7f)
+                .checked_shl(shift)
+                .ok_or_else(invalid)?;
             if byte & 0x80 == 0 {
                 break;
             }
@@ -88,7 +90,10 @@ impl IdCodec {
         }
         let internal: [u8; 16] = body[pos..].try_into().map_err(|_| invalid())?;
         // Reject non-canonical spellings so each document has exactly one ID text.
-        let id = DocumentId { table: TableNumber(table), internal };
+        let id = DocumentId {
+            table: TableNumber(table),
+            internal,
+        };
         if self.encode(id) != text {
             return Err(invalid());
         }
@@ -154,19 +159,33 @@ mod tests {
         let a = IdCodec::new(0x1234);
         let b = IdCodec::new(0x4321);
         for table in [1, 127, 128, 16_383, 16_384, 1_000_000] {
-            let id = DocumentId { table: TableNumber(table), internal: [7; 16] };
+            let id = DocumentId {
+                table: TableNumber(table),
+                internal: [7; 16],
+            };
             let text = a.encode(id);
             assert_eq!(a.decode(&text), Ok(id));
-            assert!(b.decode(&text).is_err(), "an ID must not validate in another tenant");
+            assert!(
+                b.decode(&text).is_err(),
+                "an ID must not validate in another tenant"
+            );
         }
-        let short = a.encode(DocumentId { table: TableNumber(1), internal: [0; 16] });
+        let short = a.encode(DocumentId {
+            table: TableNumber(1),
+            internal: [0; 16],
+        });
         assert_eq!(short.len(), 31);
     }
 
     #[test]
     fn rejects_garbage() {
         let codec = IdCodec::new(9);
-        for bad in ["", "abc", "ILOU0000000000000000000000000000", &"z".repeat(31)] {
+        for bad in [
+            "",
+            "abc",
+            "ILOU0000000000000000000000000000",
+            &"z".repeat(31),
+        ] {
             assert!(codec.decode(bad).is_err(), "{bad}");
         }
     }

@@ -47,7 +47,11 @@ pub fn encode_value(value: &Value, out: &mut Vec<u8>) {
             let bits = f.to_bits();
             // Flip all bits of negatives and only the sign bit of positives: the unsigned
             // order of the result is f64::total_cmp, which is the Convex float order.
-            let ordered = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+            let ordered = if bits >> 63 == 1 {
+                !bits
+            } else {
+                bits | (1 << 63)
+            };
             out.extend_from_slice(&ordered.to_be_bytes());
         }
         Value::Boolean(b) => {
@@ -114,7 +118,10 @@ pub struct KeyRange {
 
 impl KeyRange {
     pub fn all() -> Self {
-        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
     }
 
     /// Every key starting with `prefix`.
@@ -123,7 +130,11 @@ impl KeyRange {
             Some(succ) => Bound::Excluded(succ),
             None => Bound::Unbounded,
         };
-        let start = if prefix.is_empty() { Bound::Unbounded } else { Bound::Included(prefix) };
+        let start = if prefix.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Included(prefix)
+        };
         KeyRange { start, end }
     }
 
@@ -150,6 +161,27 @@ impl KeyRange {
             _ => false,
         }
     }
+}
+
+/// The key of a document in an index with the given full field list: the concatenated
+/// encodings of each field's value (a missing field encodes as undefined). Dotted paths
+/// read nested objects.
+pub fn document_key(index_fields: &[String], doc: &crate::value::Object) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 * index_fields.len());
+    for field in index_fields {
+        let mut parts = field.split('.');
+        let value = parts
+            .next()
+            .and_then(|first| doc.get(first))
+            .and_then(|mut current| {
+                for part in parts {
+                    current = current.as_object()?.get(part)?;
+                }
+                Some(current)
+            });
+        encode_optional(value, &mut key);
+    }
+    key
 }
 
 #[cfg(test)]
@@ -222,22 +254,4 @@ mod tests {
         assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
         assert_eq!(prefix_successor(&[0xff]), None);
     }
-}
-
-/// The key of a document in an index with the given full field list: the concatenated
-/// encodings of each field's value (a missing field encodes as undefined). Dotted paths
-/// read nested objects.
-pub fn document_key(index_fields: &[String], doc: &crate::value::Object) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16 * index_fields.len());
-    for field in index_fields {
-        let mut parts = field.split('.');
-        let value = parts.next().and_then(|first| doc.get(first)).and_then(|mut current| {
-            for part in parts {
-                current = current.as_object()?.get(part)?;
-            }
-            Some(current)
-        });
-        encode_optional(value, &mut key);
-    }
-    key
 }

@@ -31,18 +31,27 @@ pub fn is_undefined(json: &Json) -> bool {
 
 fn decode_at(json: &Json, depth: usize) -> Result<Value, TypesError> {
     if depth > MAX_VALUE_DEPTH {
-        return Err(TypesError::TooDeep { max: MAX_VALUE_DEPTH });
+        return Err(TypesError::TooDeep {
+            max: MAX_VALUE_DEPTH,
+        });
     }
     Ok(match json {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Boolean(*b),
         Json::Number(n) => match n.as_f64() {
             Some(f) => Value::Float64(f),
-            None => return Err(TypesError::InvalidValue(format!("number {n} is not a float64"))),
+            None => {
+                return Err(TypesError::InvalidValue(format!(
+                    "number {n} is not a float64"
+                )))
+            }
         },
         Json::String(s) => Value::String(s.clone()),
         Json::Array(items) => Value::Array(
-            items.iter().map(|item| decode_at(item, depth + 1)).collect::<Result<_, _>>()?,
+            items
+                .iter()
+                .map(|item| decode_at(item, depth + 1))
+                .collect::<Result<_, _>>()?,
         ),
         Json::Object(map) => {
             if map.len() == 1 {
@@ -72,10 +81,7 @@ fn decode_special(key: &str, inner: &Json) -> Result<Value, TypesError> {
         "$integer" => {
             let bytes = decode_base64(text()?)?;
             let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-                TypesError::InvalidValue(format!(
-                    "$integer must be 8 bytes, got {}",
-                    bytes.len()
-                ))
+                TypesError::InvalidValue(format!("$integer must be 8 bytes, got {}", bytes.len()))
             })?;
             Ok(Value::Int64(i64::from_le_bytes(array)))
         }
@@ -93,9 +99,9 @@ fn decode_special(key: &str, inner: &Json) -> Result<Value, TypesError> {
             Ok(Value::Float64(f))
         }
         "$bytes" => Ok(Value::Bytes(decode_base64(text()?)?)),
-        "$undefined" => {
-            Err(TypesError::InvalidValue("undefined is not a valid Convex value".into()))
-        }
+        "$undefined" => Err(TypesError::InvalidValue(
+            "undefined is not a valid Convex value".into(),
+        )),
         "$set" | "$map" => Err(TypesError::InvalidValue(format!(
             "{key} is a legacy type that Nimbus does not accept"
         ))),
@@ -108,14 +114,22 @@ fn decode_special(key: &str, inner: &Json) -> Result<Value, TypesError> {
 
 fn decode_base64(text: &str) -> Result<Vec<u8>, TypesError> {
     // The JS decoder accepts the URL-safe alphabet too.
-    let normalized: String =
-        text.chars().map(|c| match c { '-' => '+', '_' => '/', c => c }).collect();
+    let normalized: String = text
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
     let padded = match normalized.len() % 4 {
         2 => normalized + "==",
         3 => normalized + "=",
         _ => normalized,
     };
-    STANDARD.decode(padded).map_err(|e| TypesError::InvalidValue(format!("bad base64: {e}")))
+    STANDARD
+        .decode(padded)
+        .map_err(|e| TypesError::InvalidValue(format!("bad base64: {e}")))
 }
 
 /// Encodes a value as convex-JSON.
@@ -164,9 +178,12 @@ pub fn encode_clean(value: &Value) -> Json {
         Value::String(s) => Json::String(s.clone()),
         Value::Bytes(b) => Json::String(STANDARD.encode(b)),
         Value::Array(items) => Json::Array(items.iter().map(encode_clean).collect()),
-        Value::Object(fields) => {
-            Json::Object(fields.iter().map(|(k, v)| (k.clone(), encode_clean(v))).collect())
-        }
+        Value::Object(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), encode_clean(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -192,16 +209,34 @@ mod tests {
 
     #[test]
     fn integers_round_trip_as_documented() {
-        assert_eq!(encode(&Value::Int64(1)), json!({"$integer": "AQAAAAAAAAA="}));
-        assert_eq!(encode(&Value::Int64(-1)), json!({"$integer": "//////////8="}));
-        assert_eq!(decode(&json!({"$integer": "ewAAAAAAAAA="})), Ok(Value::Int64(123)));
+        assert_eq!(
+            encode(&Value::Int64(1)),
+            json!({"$integer": "AQAAAAAAAAA="})
+        );
+        assert_eq!(
+            encode(&Value::Int64(-1)),
+            json!({"$integer": "//////////8="})
+        );
+        assert_eq!(
+            decode(&json!({"$integer": "ewAAAAAAAAA="})),
+            Ok(Value::Int64(123))
+        );
     }
 
     #[test]
     fn special_floats() {
-        assert_eq!(encode(&Value::Float64(f64::NAN)), json!({"$float": "AAAAAAAA+H8="}));
-        assert_eq!(encode(&Value::Float64(-0.0)), json!({"$float": "AAAAAAAAAIA="}));
-        assert!(decode(&json!({"$float": "AAAAAAAA8D8="})).is_err(), "1.0 must not use $float");
+        assert_eq!(
+            encode(&Value::Float64(f64::NAN)),
+            json!({"$float": "AAAAAAAA+H8="})
+        );
+        assert_eq!(
+            encode(&Value::Float64(-0.0)),
+            json!({"$float": "AAAAAAAAAIA="})
+        );
+        assert!(
+            decode(&json!({"$float": "AAAAAAAA8D8="})).is_err(),
+            "1.0 must not use $float"
+        );
         assert_eq!(encode(&Value::Float64(2.5)), json!(2.5));
     }
 
@@ -212,13 +247,21 @@ mod tests {
         for _ in 0..70 {
             deep = json!([deep]);
         }
-        assert_eq!(decode(&deep), Err(TypesError::TooDeep { max: MAX_VALUE_DEPTH }));
+        assert_eq!(
+            decode(&deep),
+            Err(TypesError::TooDeep {
+                max: MAX_VALUE_DEPTH
+            })
+        );
     }
 
     #[test]
     fn clean_json() {
         assert_eq!(encode_clean(&Value::Int64(42)), json!("42"));
-        assert_eq!(encode_clean(&Value::Float64(f64::INFINITY)), json!("Infinity"));
+        assert_eq!(
+            encode_clean(&Value::Float64(f64::INFINITY)),
+            json!("Infinity")
+        );
     }
 
     #[test]

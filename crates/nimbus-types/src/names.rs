@@ -7,7 +7,13 @@ pub const MAX_IDENTIFIER_LEN: usize = 64;
 
 /// Checks `[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters, not only underscores.
 pub fn check_identifier(kind: &'static str, name: &str) -> Result<(), TypesError> {
-    let fail = |reason| Err(TypesError::InvalidIdentifier { kind, name: name.to_string(), reason });
+    let fail = |reason| {
+        Err(TypesError::InvalidIdentifier {
+            kind,
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return fail("must not be empty");
     }
@@ -15,7 +21,10 @@ pub fn check_identifier(kind: &'static str, name: &str) -> Result<(), TypesError
         return fail("must be at most 64 characters");
     }
     let mut chars = name.chars();
-    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
+    if !chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    {
         return fail("must start with a letter or '_'");
     }
     if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {

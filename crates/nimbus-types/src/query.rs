@@ -40,9 +40,21 @@ pub struct RangeExpr {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuerySource {
-    FullTableScan { table: String, order: Order },
-    IndexRange { table: String, index: String, range: Vec<RangeExpr>, order: Order },
-    Search { table: String, index: String, filters: Json },
+    FullTableScan {
+        table: String,
+        order: Order,
+    },
+    IndexRange {
+        table: String,
+        index: String,
+        range: Vec<RangeExpr>,
+        order: Order,
+    },
+    Search {
+        table: String,
+        index: String,
+        filters: Json,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,14 +87,21 @@ fn split_index_name(name: &str) -> Result<(String, String), TypesError> {
         Some((table, index)) if !table.is_empty() && !index.is_empty() => {
             Ok((table.to_string(), index.to_string()))
         }
-        _ => Err(bad(format!("invalid index name {name:?}: expected \"table.index\""))),
+        _ => Err(bad(format!(
+            "invalid index name {name:?}: expected \"table.index\""
+        ))),
     }
 }
 
 impl SerializedQuery {
     pub fn parse(json: &Json) -> Result<SerializedQuery, TypesError> {
-        let source = json.get("source").ok_or_else(|| bad("query without source"))?;
-        let kind = source.get("type").and_then(Json::as_str).unwrap_or_default();
+        let source = json
+            .get("source")
+            .ok_or_else(|| bad("query without source"))?;
+        let kind = source
+            .get("type")
+            .and_then(Json::as_str)
+            .unwrap_or_default();
         let source = match kind {
             "FullTableScan" => QuerySource::FullTableScan {
                 table: source
@@ -101,8 +120,16 @@ impl SerializedQuery {
                 let Some(Json::Array(range)) = source.get("range") else {
                     return Err(bad("IndexRange without range"));
                 };
-                let range = range.iter().map(parse_range_expr).collect::<Result<_, _>>()?;
-                QuerySource::IndexRange { table, index, range, order: parse_order(source.get("order"))? }
+                let range = range
+                    .iter()
+                    .map(parse_range_expr)
+                    .collect::<Result<_, _>>()?;
+                QuerySource::IndexRange {
+                    table,
+                    index,
+                    range,
+                    order: parse_order(source.get("order"))?,
+                }
             }
             "Search" => {
                 let name = source
@@ -122,7 +149,9 @@ impl SerializedQuery {
             None | Some(Json::Null) => Vec::new(),
             Some(Json::Array(ops)) => {
                 if ops.len() > MAX_OPERATORS {
-                    return Err(bad(format!("a query has at most {MAX_OPERATORS} operators")));
+                    return Err(bad(format!(
+                        "a query has at most {MAX_OPERATORS} operators"
+                    )));
                 }
                 ops.iter().map(parse_operator).collect::<Result<_, _>>()?
             }
@@ -147,7 +176,11 @@ fn parse_range_expr(json: &Json) -> Result<RangeExpr, TypesError> {
         .ok_or_else(|| bad("range expression without fieldPath"))?
         .to_string();
     let value = decode_optional(json.get("value").unwrap_or(&Json::Null))?;
-    Ok(RangeExpr { op, field_path, value })
+    Ok(RangeExpr {
+        op,
+        field_path,
+        value,
+    })
 }
 
 fn parse_operator(json: &Json) -> Result<QueryOperator, TypesError> {
@@ -155,9 +188,13 @@ fn parse_operator(json: &Json) -> Result<QueryOperator, TypesError> {
         return Ok(QueryOperator::Filter(Expr::parse(filter)?));
     }
     if let Some(limit) = json.get("limit") {
-        let n = limit.as_f64().ok_or_else(|| bad("limit must be a number"))?;
+        let n = limit
+            .as_f64()
+            .ok_or_else(|| bad("limit must be a number"))?;
         if !(n >= 0.0 && n.fract() == 0.0 && n <= u32::MAX as f64) {
-            return Err(bad(format!("limit must be a non-negative integer, got {n}")));
+            return Err(bad(format!(
+                "limit must be a non-negative integer, got {n}"
+            )));
         }
         return Ok(QueryOperator::Limit(n as usize));
     }
@@ -215,11 +252,18 @@ impl Expr {
                 }
             }
             Expr::Neg(x) => match x.evaluate(doc)? {
-                Some(Value::Int64(i)) => Some(Value::Int64(
-                    i.checked_neg().ok_or_else(|| bad("EvalError: int64 overflow in negation"))?,
-                )),
+                Some(Value::Int64(i)) => {
+                    Some(Value::Int64(i.checked_neg().ok_or_else(|| {
+                        bad("EvalError: int64 overflow in negation")
+                    })?))
+                }
                 Some(Value::Float64(f)) => Some(Value::Float64(-f)),
-                other => return Err(bad(format!("EvalError: cannot negate {}", describe(&other)))),
+                other => {
+                    return Err(bad(format!(
+                        "EvalError: cannot negate {}",
+                        describe(&other)
+                    )))
+                }
             },
             Expr::And(items) => {
                 for item in items {
@@ -267,7 +311,10 @@ fn describe(value: &Option<Value>) -> String {
 fn as_bool(value: Option<Value>) -> Result<bool, TypesError> {
     match value {
         Some(Value::Boolean(b)) => Ok(b),
-        other => Err(bad(format!("Cannot use value {} as a Boolean", describe(&other)))),
+        other => Err(bad(format!(
+            "Cannot use value {} as a Boolean",
+            describe(&other)
+        ))),
     }
 }
 
@@ -304,7 +351,9 @@ fn arithmetic(op: BinaryOp, l: Option<Value>, r: Option<Value>) -> Result<Value,
 
 fn parse_expr(json: &Json, depth: usize) -> Result<Expr, TypesError> {
     if depth > MAX_EXPR_DEPTH {
-        return Err(bad(format!("filter expression nested more than {MAX_EXPR_DEPTH} levels")));
+        return Err(bad(format!(
+            "filter expression nested more than {MAX_EXPR_DEPTH} levels"
+        )));
     }
     let Json::Object(map) = json else {
         return Err(bad(format!("invalid filter expression {json}")));
@@ -330,7 +379,10 @@ fn parse_expr(json: &Json, depth: usize) -> Result<Expr, TypesError> {
     };
     Ok(match key.as_str() {
         "$field" => Expr::Field(
-            inner.as_str().ok_or_else(|| bad("$field takes a string"))?.to_string(),
+            inner
+                .as_str()
+                .ok_or_else(|| bad("$field takes a string"))?
+                .to_string(),
         ),
         "$literal" => Expr::Literal(decode_optional(inner)?),
         "$eq" => binary(BinaryOp::Eq)?,
@@ -354,7 +406,10 @@ fn parse_expr(json: &Json, depth: usize) -> Result<Expr, TypesError> {
 
 /// Turns `withIndex` range expressions into a byte range over the index's keys.
 /// `index_fields` is the full key: declared fields, then `_creationTime` and `_id`.
-pub fn plan_index_range(index_fields: &[String], range: &[RangeExpr]) -> Result<KeyRange, TypesError> {
+pub fn plan_index_range(
+    index_fields: &[String],
+    range: &[RangeExpr],
+) -> Result<KeyRange, TypesError> {
     let mut prefix = Vec::new();
     let mut position = 0;
     let mut exprs = range.iter().peekable();
@@ -363,7 +418,11 @@ pub fn plan_index_range(index_fields: &[String], range: &[RangeExpr]) -> Result<
             break;
         }
         let expected = index_fields.get(position).ok_or_else(|| {
-            bad(format!("the index has only {} fields; cannot add eq({:?})", index_fields.len(), expr.field_path))
+            bad(format!(
+                "the index has only {} fields; cannot add eq({:?})",
+                index_fields.len(),
+                expr.field_path
+            ))
         })?;
         if &expr.field_path != expected {
             return Err(bad(format!(
@@ -380,7 +439,11 @@ pub fn plan_index_range(index_fields: &[String], range: &[RangeExpr]) -> Result<
     let mut upper: Option<&RangeExpr> = None;
     for expr in exprs {
         let expected = index_fields.get(position).ok_or_else(|| {
-            bad(format!("the index has only {} fields; cannot bound {:?}", index_fields.len(), expr.field_path))
+            bad(format!(
+                "the index has only {} fields; cannot bound {:?}",
+                index_fields.len(),
+                expr.field_path
+            ))
         })?;
         if &expr.field_path != expected {
             return Err(bad(format!(
@@ -392,11 +455,17 @@ pub fn plan_index_range(index_fields: &[String], range: &[RangeExpr]) -> Result<
             RangeOp::Gt | RangeOp::Gte => &mut lower,
             RangeOp::Lt | RangeOp::Lte => &mut upper,
             RangeOp::Eq => {
-                return Err(bad(format!("eq({:?}) cannot follow a range bound", expr.field_path)))
+                return Err(bad(format!(
+                    "eq({:?}) cannot follow a range bound",
+                    expr.field_path
+                )))
             }
         };
         if slot.is_some() {
-            return Err(bad(format!("two bounds of the same side on {:?}", expr.field_path)));
+            return Err(bad(format!(
+                "two bounds of the same side on {:?}",
+                expr.field_path
+            )));
         }
         *slot = Some(expr);
     }
@@ -449,21 +518,36 @@ mod tests {
         assert_eq!(f.matches(&doc), Ok(false));
         let non_bool = Expr::parse(&json!({"$field":"n"})).unwrap_or_else(|e| panic!("{e}"));
         assert!(non_bool.matches(&doc).is_err());
-        let mixed = Expr::parse(&json!({"$add":[{"$field":"n"},{"$literal":1}]})).unwrap_or_else(|e| panic!("{e}"));
+        let mixed = Expr::parse(&json!({"$add":[{"$field":"n"},{"$literal":1}]}))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(mixed.evaluate(&doc).is_err(), "int64 + float64 is an error");
     }
 
     #[test]
     fn range_plans_match_direct_evaluation() {
-        let fields: Vec<String> = ["a", "b", "_creationTime", "_id"].iter().map(|s| s.to_string()).collect();
-        let values = [None, Some(Value::Null), Some(Value::Int64(1)), Some(Value::Float64(1.0)), Some(Value::Float64(2.0)), Some(Value::String("x".into()))];
+        let fields: Vec<String> = ["a", "b", "_creationTime", "_id"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let values = [
+            None,
+            Some(Value::Null),
+            Some(Value::Int64(1)),
+            Some(Value::Float64(1.0)),
+            Some(Value::Float64(2.0)),
+            Some(Value::String("x".into())),
+        ];
         let ops = [RangeOp::Gt, RangeOp::Gte, RangeOp::Lt, RangeOp::Lte];
         let mut docs = Vec::new();
         for a in &values {
             for b in &values {
                 let mut doc = Object::new();
-                if let Some(a) = a { doc.insert("a".into(), a.clone()); }
-                if let Some(b) = b { doc.insert("b".into(), b.clone()); }
+                if let Some(a) = a {
+                    doc.insert("a".into(), a.clone());
+                }
+                if let Some(b) = b {
+                    doc.insert("b".into(), b.clone());
+                }
                 doc.insert("_creationTime".into(), Value::Float64(docs.len() as f64));
                 doc.insert("_id".into(), Value::String(format!("id{}", docs.len())));
                 docs.push(doc);
@@ -486,14 +570,31 @@ mod tests {
                     for lv in &values {
                         for hv in &values {
                             let range = vec![
-                                RangeExpr { op: RangeOp::Eq, field_path: "a".into(), value: eq.clone() },
-                                RangeExpr { op: *lo, field_path: "b".into(), value: lv.clone() },
-                                RangeExpr { op: *hi, field_path: "b".into(), value: hv.clone() },
+                                RangeExpr {
+                                    op: RangeOp::Eq,
+                                    field_path: "a".into(),
+                                    value: eq.clone(),
+                                },
+                                RangeExpr {
+                                    op: *lo,
+                                    field_path: "b".into(),
+                                    value: lv.clone(),
+                                },
+                                RangeExpr {
+                                    op: *hi,
+                                    field_path: "b".into(),
+                                    value: hv.clone(),
+                                },
                             ];
-                            let keys = plan_index_range(&fields, &range).unwrap_or_else(|e| panic!("{e}"));
+                            let keys =
+                                plan_index_range(&fields, &range).unwrap_or_else(|e| panic!("{e}"));
                             for doc in &docs {
                                 let direct = range.iter().all(|e| eval(doc, e));
-                                assert_eq!(keys.contains(&document_key(&fields, doc)), direct, "{range:?} {doc:?}");
+                                assert_eq!(
+                                    keys.contains(&document_key(&fields, doc)),
+                                    direct,
+                                    "{range:?} {doc:?}"
+                                );
                                 checked += 1;
                             }
                         }
@@ -502,7 +603,11 @@ mod tests {
             }
         }
         assert!(checked > 10_000);
-        let bad_order = [RangeExpr { op: RangeOp::Eq, field_path: "b".into(), value: None }];
+        let bad_order = [RangeExpr {
+            op: RangeOp::Eq,
+            field_path: "b".into(),
+            value: None,
+        }];
         assert!(plan_index_range(&fields, &bad_order).is_err());
     }
 }

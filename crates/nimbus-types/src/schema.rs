@@ -69,7 +69,10 @@ impl Schema {
         }
         Ok(Schema {
             tables: parsed,
-            schema_validation: json.get("schemaValidation").and_then(Json::as_bool).unwrap_or(true),
+            schema_validation: json
+                .get("schemaValidation")
+                .and_then(Json::as_bool)
+                .unwrap_or(true),
         })
     }
 }
@@ -97,7 +100,10 @@ fn parse_table(json: &Json) -> Result<TableSchema, TypesError> {
                     .get("indexDescriptor")
                     .and_then(Json::as_str)
                     .ok_or_else(|| bad(format!("{name}: {kind} index without a name")))?;
-                other_indexes.push(OtherIndexSchema { name: index_name.to_string(), kind });
+                other_indexes.push(OtherIndexSchema {
+                    name: index_name.to_string(),
+                    kind,
+                });
             }
         }
     }
@@ -110,7 +116,10 @@ fn parse_table(json: &Json) -> Result<TableSchema, TypesError> {
     let mut sorted = seen.clone();
     sorted.sort_unstable();
     if let Some(pair) = sorted.windows(2).find(|w| w[0] == w[1]) {
-        return Err(bad(format!("table {name:?} has two indexes named {:?}", pair[0])));
+        return Err(bad(format!(
+            "table {name:?} has two indexes named {:?}",
+            pair[0]
+        )));
     }
     let document_type = match json.get("documentType") {
         None | Some(Json::Null) => None,
@@ -125,11 +134,19 @@ fn parse_table(json: &Json) -> Result<TableSchema, TypesError> {
             }
         },
     };
-    Ok(TableSchema { name, indexes, staged_indexes, other_indexes, document_type })
+    Ok(TableSchema {
+        name,
+        indexes,
+        staged_indexes,
+        other_indexes,
+        document_type,
+    })
 }
 
 fn parse_indexes(table: &str, json: Option<&Json>) -> Result<Vec<IndexSchema>, TypesError> {
-    let Some(json) = json else { return Ok(Vec::new()) };
+    let Some(json) = json else {
+        return Ok(Vec::new());
+    };
     let Json::Array(list) = json else {
         return Err(bad(format!("{table}: indexes must be a list")));
     };
@@ -162,7 +179,9 @@ fn parse_indexes(table: &str, json: Option<&Json>) -> Result<Vec<IndexSchema>, T
         }
         for (i, field) in fields.iter().enumerate() {
             if fields[..i].contains(field) {
-                return Err(bad(format!("{table}.{name}: field {field:?} is listed twice")));
+                return Err(bad(format!(
+                    "{table}.{name}: field {field:?} is listed twice"
+                )));
             }
             if field == "_id" || (field == "_creationTime" && i + 1 != fields.len()) {
                 return Err(bad(format!(
@@ -171,7 +190,10 @@ fn parse_indexes(table: &str, json: Option<&Json>) -> Result<Vec<IndexSchema>, T
                 )));
             }
         }
-        out.push(IndexSchema { name: name.to_string(), fields });
+        out.push(IndexSchema {
+            name: name.to_string(),
+            fields,
+        });
     }
     Ok(out)
 }
@@ -185,7 +207,13 @@ mod tests {
         let text = r#"{"tables":[{"tableName":"messages","indexes":[{"indexDescriptor":"by_author","fields":["author"]}],"stagedDbIndexes":[],"searchIndexes":[{"indexDescriptor":"search_body","searchField":"body","filterFields":["author"]}],"stagedSearchIndexes":[],"vectorIndexes":[],"stagedVectorIndexes":[],"documentType":{"type":"object","value":{"author":{"fieldType":{"type":"string"},"optional":false},"body":{"fieldType":{"type":"string"},"optional":false},"n":{"fieldType":{"type":"bigint"},"optional":true}}}}],"schemaValidation":true}"#;
         let schema = Schema::parse_text(text).unwrap_or_else(|e| panic!("{e}"));
         let table = &schema.tables["messages"];
-        assert_eq!(table.indexes, vec![IndexSchema { name: "by_author".into(), fields: vec!["author".into()] }]);
+        assert_eq!(
+            table.indexes,
+            vec![IndexSchema {
+                name: "by_author".into(),
+                fields: vec!["author".into()]
+            }]
+        );
         assert!(table.document_type.is_some());
         assert!(schema.schema_validation);
     }

@@ -33,10 +33,15 @@ pub enum Validator {
     Any,
     CommitTs,
     Literal(Value),
-    Id { table: String },
+    Id {
+        table: String,
+    },
     Array(Box<Validator>),
     Object(BTreeMap<String, FieldValidator>),
-    Record { keys: Box<Validator>, values: Box<Validator> },
+    Record {
+        keys: Box<Validator>,
+        values: Box<Validator>,
+    },
     Union(Vec<Validator>),
 }
 
@@ -98,8 +103,7 @@ impl Validator {
 
     /// Checks `value`; the error names the path and both sides.
     pub fn check(&self, value: &Value, ids: &dyn IdCheck) -> Result<(), TypesError> {
-        check_at(self, value, ids, &mut String::new())
-            .map_err(TypesError::ValidationFailed)
+        check_at(self, value, ids, &mut String::new()).map_err(TypesError::ValidationFailed)
     }
 }
 
@@ -129,7 +133,9 @@ fn parse_at(json: &Json, depth: usize) -> Result<Validator, TypesError> {
                 .get("tableName")
                 .and_then(Json::as_str)
                 .ok_or_else(|| bad("id without tableName"))?;
-            Validator::Id { table: table.to_string() }
+            Validator::Id {
+                table: table.to_string(),
+            }
         }
         "array" => {
             let inner = value.ok_or_else(|| bad("array without value"))?;
@@ -147,19 +153,27 @@ fn parse_at(json: &Json, depth: usize) -> Result<Validator, TypesError> {
         }
         "record" => {
             let keys = json.get("keys").ok_or_else(|| bad("record without keys"))?;
-            let values = json.get("values").ok_or_else(|| bad("record without values"))?;
+            let values = json
+                .get("values")
+                .ok_or_else(|| bad("record without values"))?;
             let values = match values.get("fieldType") {
                 Some(inner) => parse_at(inner, depth + 1)?,
                 None => parse_at(values, depth + 1)?,
             };
-            Validator::Record { keys: Box::new(parse_at(keys, depth + 1)?), values: Box::new(values) }
+            Validator::Record {
+                keys: Box::new(parse_at(keys, depth + 1)?),
+                values: Box::new(values),
+            }
         }
         "union" => {
             let Some(Json::Array(members)) = value else {
                 return Err(bad("union without value"));
             };
             Validator::Union(
-                members.iter().map(|m| parse_at(m, depth + 1)).collect::<Result<_, _>>()?,
+                members
+                    .iter()
+                    .map(|m| parse_at(m, depth + 1))
+                    .collect::<Result<_, _>>()?,
             )
         }
         other => return Err(bad(format!("unknown validator type {other:?}"))),
@@ -167,17 +181,25 @@ fn parse_at(json: &Json, depth: usize) -> Result<Validator, TypesError> {
 }
 
 fn parse_field(json: &Json, depth: usize) -> Result<FieldValidator, TypesError> {
-    let field_type = json.get("fieldType").ok_or_else(|| bad("object field without fieldType"))?;
+    let field_type = json
+        .get("fieldType")
+        .ok_or_else(|| bad("object field without fieldType"))?;
     Ok(FieldValidator {
         validator: parse_at(field_type, depth + 1)?,
-        optional: json.get("optional").and_then(Json::as_bool).unwrap_or(false),
+        optional: json
+            .get("optional")
+            .and_then(Json::as_bool)
+            .unwrap_or(false),
     })
 }
 
 fn show(value: &Value) -> String {
     let text = crate::json::encode(value).to_string();
     if text.len() > 200 {
-        format!("{}...", &text[..text.char_indices().nth(200).map_or(text.len(), |(i, _)| i)])
+        format!(
+            "{}...",
+            &text[..text.char_indices().nth(200).map_or(text.len(), |(i, _)| i)]
+        )
     } else {
         text
     }
@@ -192,7 +214,12 @@ fn mismatch(validator: &Validator, value: &Value, path: &str) -> String {
     )
 }
 
-fn check_at(validator: &Validator, value: &Value, ids: &dyn IdCheck, path: &mut String) -> Result<(), String> {
+fn check_at(
+    validator: &Validator,
+    value: &Value,
+    ids: &dyn IdCheck,
+    path: &mut String,
+) -> Result<(), String> {
     let ok = match (validator, value) {
         (Validator::Any, _) => true,
         (Validator::Null, Value::Null) => true,
@@ -218,7 +245,9 @@ fn check_at(validator: &Validator, value: &Value, ids: &dyn IdCheck, path: &mut 
         (Validator::Record { keys, values }, Value::Object(object)) => {
             for (key, item) in object {
                 let key_value = Value::String(key.clone());
-                if check_field_name(key).is_err() || check_at(keys, &key_value, ids, &mut path.clone()).is_err() {
+                if check_field_name(key).is_err()
+                    || check_at(keys, &key_value, ids, &mut path.clone()).is_err()
+                {
                     return Err(format!(
                         "Record key {key:?} at {} does not match {}",
                         if path.is_empty() { "(root)" } else { path },
@@ -233,9 +262,9 @@ fn check_at(validator: &Validator, value: &Value, ids: &dyn IdCheck, path: &mut 
             }
             true
         }
-        (Validator::Union(members), _) => {
-            members.iter().any(|m| check_at(m, value, ids, &mut path.clone()).is_ok())
-        }
+        (Validator::Union(members), _) => members
+            .iter()
+            .any(|m| check_at(m, value, ids, &mut path.clone()).is_ok()),
         _ => false,
     };
     if ok {
@@ -251,7 +280,13 @@ fn check_object(
     ids: &dyn IdCheck,
     path: &mut String,
 ) -> Result<(), String> {
-    let at = |path: &str| if path.is_empty() { "(root)".to_string() } else { path.to_string() };
+    let at = |path: &str| {
+        if path.is_empty() {
+            "(root)".to_string()
+        } else {
+            path.to_string()
+        }
+    };
     for (name, field) in fields {
         match object.get(name) {
             None if field.optional => {}
@@ -326,7 +361,10 @@ mod tests {
             match (expected, result) {
                 (None, Ok(())) => {}
                 (Some(fragment), Err(TypesError::ValidationFailed(m))) => {
-                    assert!(m.contains(fragment), "{input}: {m:?} should contain {fragment:?}")
+                    assert!(
+                        m.contains(fragment),
+                        "{input}: {m:?} should contain {fragment:?}"
+                    )
                 }
                 (expected, got) => panic!("{input}: expected {expected:?}, got {got:?}"),
             }
@@ -335,7 +373,9 @@ mod tests {
 
     #[test]
     fn records_and_literals_are_type_sensitive() {
-        let rec = v(json!({"type":"record","keys":{"type":"string"},"values":{"fieldType":{"type":"number"},"optional":false}}));
+        let rec = v(
+            json!({"type":"record","keys":{"type":"string"},"values":{"fieldType":{"type":"number"},"optional":false}}),
+        );
         assert!(rec.check(&val(json!({"a":1,"b":2})), &NoIds).is_ok());
         assert!(rec.check(&val(json!({"a":"x"})), &NoIds).is_err());
         let lit = v(json!({"type":"literal","value":{"$integer":"AQAAAAAAAAA="}}));

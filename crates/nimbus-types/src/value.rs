@@ -78,7 +78,10 @@ impl Value {
             Value::Bytes(b) => 2 + b.len(),
             Value::Array(items) => 2 + items.iter().map(Value::size).sum::<usize>(),
             Value::Object(fields) => {
-                2 + fields.iter().map(|(k, v)| k.len() + 1 + v.size()).sum::<usize>()
+                2 + fields
+                    .iter()
+                    .map(|(k, v)| k.len() + 1 + v.size())
+                    .sum::<usize>()
             }
         }
     }
@@ -183,7 +186,10 @@ pub fn check_field_name(name: &str) -> Result<(), TypesError> {
         None
     };
     match reason {
-        Some(reason) => Err(TypesError::InvalidFieldName { name: name.to_string(), reason }),
+        Some(reason) => Err(TypesError::InvalidFieldName {
+            name: name.to_string(),
+            reason,
+        }),
         None => Ok(()),
     }
 }
@@ -203,7 +209,11 @@ pub fn check_user_document(fields: &Object) -> Result<(), TypesError> {
     check_limits(&value, MAX_DOCUMENT_DEPTH)?;
     let size = value.size();
     if size > MAX_DOCUMENT_SIZE {
-        return Err(TypesError::TooLarge { what: "document", size, max: MAX_DOCUMENT_SIZE });
+        return Err(TypesError::TooLarge {
+            what: "document",
+            size,
+            max: MAX_DOCUMENT_SIZE,
+        });
     }
     Ok(())
 }
@@ -233,7 +243,9 @@ pub fn check_limits(value: &Value, max_depth: usize) -> Result<(), TypesError> {
                         max: MAX_OBJECT_FIELDS,
                     });
                 }
-                fields.values().try_for_each(|v| walk(v, depth + 1, max_depth))
+                fields
+                    .values()
+                    .try_for_each(|v| walk(v, depth + 1, max_depth))
             }
             _ => Ok(()),
         }

@@ -1,1 +1,265 @@
-fn main() {}
+//! The `nimbus` binary: `nimbus serve` runs the server; `nimbus tenant ...` manages
+//! tenants through the admin API of a running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use nimbus_app::{Nimbus, NimbusConfig};
+use nimbus_server::ServerConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "nimbus",
+    version,
+    about = "A multi-tenant, Convex-compatible backend server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3210")]
+        listen: SocketAddr,
+        /// Where tenants' data, the tenant catalog and the admin key live.
+        #[arg(long, default_value = "./nimbus-data")]
+        data_dir: PathBuf,
+        /// Host-name routing: `<tenant>.<domain>` addresses a tenant.
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// Base URL clients use (default: http://<listen>).
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Largest request body in bytes (larger ones get 413).
+        #[arg(long, default_value_t = 8 << 20)]
+        max_request_bytes: usize,
+        /// JavaScript worker threads (default: 2 × cores, at least 4).
+        #[arg(long)]
+        js_workers: Option<usize>,
+        /// CPU time limit of one function call, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        function_cpu_ms: u64,
+        /// Memory limit of one tenant's JavaScript heap, in MiB.
+        #[arg(long, default_value_t = 64)]
+        function_memory_mib: usize,
+        /// Memory budget per tenant for in-memory serving, in MiB; larger tenants are
+        /// served from storage.
+        #[arg(long, default_value_t = 256)]
+        tenant_memory_mib: usize,
+    },
+    /// Manage tenants of a running server.
+    Tenant {
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:3210", global = true)]
+        url: String,
+        /// Instance admin key (default: $NIMBUS_ADMIN_KEY, then <data-dir>/admin_key).
+        #[arg(long, global = true)]
+        admin_key: Option<String>,
+        /// Data directory holding `admin_key`.
+        #[arg(long, default_value = "./nimbus-data", global = true)]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Create a tenant; prints its URL and admin key.
+    Create { name: String },
+    /// List tenants.
+    List,
+    /// Delete a tenant and all its data.
+    Delete { name: String },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            domain,
+            public_url,
+            max_request_bytes,
+            js_workers,
+            function_cpu_ms,
+            function_memory_mib,
+            tenant_memory_mib,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let public_url = public_url
+                .unwrap_or_else(|| format!("http://{listen}"))
+                .trim_end_matches('/')
+                .to_string();
+            let mut config = NimbusConfig::new(data_dir.clone(), public_url.clone());
+            config.admin_key = std::env::var("NIMBUS_ADMIN_KEY")
+                .ok()
+                .filter(|k| !k.is_empty());
+            if let Some(workers) = js_workers {
+                config.pool.workers = workers.max(1);
+                config.max_running_per_tenant = (workers.max(2) - 1).max(1);
+            }
+            config.pool.limits.cpu_time = Duration::from_millis(function_cpu_ms.max(1));
+            config.pool.limits.memory_bytes = function_memory_mib.max(1) << 20;
+            config.engine.memory_budget_bytes = tenant_memory_mib << 20;
+            let server = ServerConfig {
+                domain,
+                max_request_bytes,
+                ..ServerConfig::default()
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(serve(listen, config, server, public_url))
+        }
+        Command::Tenant {
+            url,
+            admin_key,
+            data_dir,
+            action,
+        } => tenant_command(&url, admin_key, &data_dir, action),
+    }
+}
+
+async fn serve(
+    listen: SocketAddr,
+    config: NimbusConfig,
+    server: ServerConfig,
+    public_url: String,
+) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let from_env = config.admin_key.is_some();
+    let nimbus = Nimbus::open(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    println!("nimbus listening on http://{listen} (public URL {public_url})");
+    println!("  data dir:  {}", data_dir.display());
+    if from_env {
+        println!("  admin key: from NIMBUS_ADMIN_KEY");
+    } else {
+        println!("  admin key: {}", nimbus.admin_key_path().display());
+    }
+    println!("  tenants:   {public_url}/t/<tenant>  (create one: nimbus tenant create <name>)");
+    println!("  stop with Ctrl-C or SIGTERM");
+    let router = nimbus_server::router(nimbus.clone(), server);
+    nimbus_server::serve(listener, router, shutdown_signal())
+        .await
+        .context("serving")?;
+    nimbus.shutdown().await;
+    println!("nimbus stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+fn admin_key(explicit: Option<String>, data_dir: &std::path::Path) -> Result<String> {
+    if let Some(key) = explicit {
+        return Ok(key);
+    }
+    if let Ok(key) = std::env::var("NIMBUS_ADMIN_KEY") {
+        if !key.is_empty() {
+            return Ok(key);
+        }
+    }
+    let path = data_dir.join("admin_key");
+    let key = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no --admin-key, no NIMBUS_ADMIN_KEY, and cannot read {}",
+            path.display()
+        )
+    })?;
+    Ok(key.trim().to_string())
+}
+
+fn tenant_command(
+    url: &str,
+    admin_key_arg: Option<String>,
+    data_dir: &std::path::Path,
+    action: TenantAction,
+) -> Result<()> {
+    let key = admin_key(admin_key_arg, data_dir)?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let base = url.trim_end_matches('/');
+    let request = match &action {
+        TenantAction::Create { name } => client
+            .post(format!("{base}/admin/tenants"))
+            .json(&serde_json::json!({"name": name})),
+        TenantAction::List => client.get(format!("{base}/admin/tenants")),
+        TenantAction::Delete { name } => client.delete(format!("{base}/admin/tenants/{name}")),
+    };
+    let response = request
+        .bearer_auth(key)
+        .send()
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = response.status();
+    let text = response.text().unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let code = body
+            .get("code")
+            .and_then(|c| c.as_str())
+            .unwrap_or("HttpError");
+        let message = body
+            .get("message")
+            .and_then(|c| c.as_str())
+            .unwrap_or(&text);
+        bail!("{code}: {message} (HTTP {status})");
+    }
+    match action {
+        TenantAction::Create { .. } => {
+            println!(
+                "created tenant {}",
+                body["name"].as_str().unwrap_or_default()
+            );
+            println!("  url:       {}", body["url"].as_str().unwrap_or_default());
+            println!(
+                "  admin key: {}",
+                body["adminKey"].as_str().unwrap_or_default()
+            );
+            println!("  (the admin key is shown only once; push code with CONVEX_SELF_HOSTED_URL=<url> CONVEX_SELF_HOSTED_ADMIN_KEY=<key> npx convex deploy)");
+        }
+        TenantAction::List => {
+            for tenant in body["tenants"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    tenant["name"].as_str().unwrap_or_default(),
+                    tenant["url"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        TenantAction::Delete { name } => println!("deleted tenant {name}"),
+    }
+    Ok(())
+}

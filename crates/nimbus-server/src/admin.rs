@@ -1,0 +1,83 @@
+//! The instance admin API (`Authorization: Bearer <instance admin key>`).
+
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use nimbus_app::TenantInfo;
+use serde_json::{json, Value as Json};
+
+use crate::{ApiError, AppState, Incoming};
+
+fn info_json(info: &TenantInfo) -> Json {
+    json!({"name": info.name, "url": info.url, "createdAt": info.created_at_ms})
+}
+
+pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Response, ApiError> {
+    let key = incoming
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match key {
+        Some(key) => state.nimbus.check_instance_admin_key(key)?,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthenticated",
+                "the admin API needs Authorization: Bearer <instance admin key>",
+            ))
+        }
+    }
+    let segments: Vec<&str> = incoming.path.trim_matches('/').split('/').collect();
+    match (&incoming.method, segments.as_slice()) {
+        (&Method::POST, ["admin", "tenants"]) => {
+            let body = incoming.json()?;
+            let Some(name) = body.get("name").and_then(Json::as_str) else {
+                return Err(ApiError::bad_json(
+                    "expected a JSON body {\"name\": \"<tenant>\"}",
+                ));
+            };
+            let created = state.nimbus.create_tenant(name).await?;
+            let body =
+                json!({"name": created.name, "url": created.url, "adminKey": created.admin_key});
+            Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+        }
+        (&Method::GET, ["admin", "tenants"]) => {
+            let tenants = state.nimbus.list_tenants().await?;
+            Ok(
+                axum::Json(json!({"tenants": tenants.iter().map(info_json).collect::<Vec<_>>()}))
+                    .into_response(),
+            )
+        }
+        (&Method::GET, ["admin", "tenants", name]) => {
+            Ok(axum::Json(info_json(&state.nimbus.tenant_info(name).await?)).into_response())
+        }
+        (&Method::GET, ["admin", "tenants", name, "stats"]) => {
+            let stats = state.nimbus.tenant(name).await?.stats();
+            let e = &stats.engine;
+            Ok(axum::Json(json!({
+                "name": name,
+                "commits": e.commits, "commitBatches": e.batches, "conflicts": e.conflicts,
+                "storageWriteMicros": e.write_micros, "rejectedOverload": e.rejected_overload,
+                "commitQueueDepth": e.queue_depth, "commitQueueCapacity": e.queue_capacity,
+                "residentDocuments": e.documents, "residentBytes": e.resident_bytes, "latestTs": e.latest_ts,
+                "inflightCalls": stats.inflight_calls, "inflightMax": stats.inflight_max,
+                "rejectedCalls": stats.rejected_calls, "deploymentGeneration": stats.deployment_generation,
+                "functions": stats.functions,
+            }))
+            .into_response())
+        }
+        (&Method::DELETE, ["admin", "tenants", name]) => {
+            state.nimbus.delete_tenant(name).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (_, ["admin", "tenants"] | ["admin", "tenants", _] | ["admin", "tenants", _, "stats"]) => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{} is not allowed on {}", incoming.method, incoming.path),
+            ))
+        }
+        _ => Err(ApiError::not_found(&incoming.path)),
+    }
+}

@@ -1,0 +1,173 @@
+//! The Convex function API of a tenant: `/api/query`, `/api/mutation`, `/api/action`,
+//! `/api/function`, `/api/run/<module>/<export>`, `/api/query_ts`.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use nimbus_app::{Caller, FunctionKind, FunctionRequest, Tenant};
+use nimbus_types::json::{encode, encode_clean, encode_u64};
+use serde_json::{json, Value as Json};
+
+use crate::{ApiError, AppState, Incoming};
+
+#[derive(Clone, Copy)]
+enum Format {
+    Encoded,
+    Clean,
+}
+
+fn parse_format(body: &Json, default: Format) -> Result<Format, ApiError> {
+    match body.get("format") {
+        None | Some(Json::Null) => Ok(default),
+        Some(Json::String(f)) => match f.as_str() {
+            "convex_encoded_json" | "convex_json" => Ok(Format::Encoded),
+            "json" | "convex_clean_json" => Ok(Format::Clean),
+            other => Err(ApiError::bad_json(format!("unknown format {other:?}"))),
+        },
+        Some(other) => Err(ApiError::bad_json(format!(
+            "format must be a string, got {other}"
+        ))),
+    }
+}
+
+async fn caller(
+    state: &AppState,
+    tenant: &Tenant,
+    incoming: &Incoming,
+) -> Result<Caller, ApiError> {
+    let Some(auth) = incoming
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(Caller::Client);
+    };
+    if let Some(key) = incoming.admin_key(None) {
+        state
+            .nimbus
+            .check_tenant_admin_key(tenant.name(), &key)
+            .await?;
+        return Ok(Caller::Admin);
+    }
+    if auth.starts_with("Bearer ") {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthenticated",
+            "user authentication (JWT) is not supported by Nimbus yet; call without a token",
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "Unauthenticated",
+        "unrecognized Authorization header",
+    ))
+}
+
+pub(crate) async fn handle(
+    state: &AppState,
+    tenant: &Arc<Tenant>,
+    incoming: &Incoming,
+) -> Result<Response, ApiError> {
+    let path = incoming.path.as_str();
+    if incoming.method != Method::POST {
+        if path.starts_with("/api/") {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{path} takes POST"),
+            ));
+        }
+        return Err(ApiError::not_found(path));
+    }
+    let (kind, default_format, function_path) = match path {
+        "/api/query" => (Some(FunctionKind::Query), Format::Clean, None),
+        "/api/mutation" => (Some(FunctionKind::Mutation), Format::Clean, None),
+        "/api/action" => (Some(FunctionKind::Action), Format::Clean, None),
+        "/api/function" => (None, Format::Clean, None),
+        "/api/query_ts" => {
+            return Ok(axum::Json(json!({"ts": encode_u64(tenant.latest_ts())})).into_response());
+        }
+        "/api/query_at_ts" => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "SnapshotUnavailable",
+                "Nimbus serves queries at the latest snapshot only; /api/query_at_ts is not supported yet",
+            ))
+        }
+        _ => match path.strip_prefix("/api/run/") {
+            Some(run) => match run.rsplit_once('/') {
+                Some((module, export)) if !module.is_empty() && !export.is_empty() => {
+                    (None, Format::Clean, Some(format!("{module}:{export}")))
+                }
+                _ => return Err(ApiError::not_found(path)),
+            },
+            None => return Err(ApiError::not_found(path)),
+        },
+    };
+    let body = incoming.json()?;
+    if !body.is_object() {
+        return Err(ApiError::bad_json(
+            "expected a JSON object {\"path\", \"args\", \"format\"}",
+        ));
+    }
+    let function_path = match function_path {
+        Some(p) => p,
+        None => match body.get("path").and_then(Json::as_str) {
+            Some(p) => p.to_string(),
+            None => {
+                return Err(ApiError::bad_json(
+                    "missing \"path\": the function name, like \"messages:list\"",
+                ))
+            }
+        },
+    };
+    let format = parse_format(&body, default_format)?;
+    let caller = caller(state, tenant, incoming).await?;
+    let request = FunctionRequest {
+        path: function_path.clone(),
+        args: body.get("args").cloned().unwrap_or(Json::Null),
+        kind,
+        caller,
+        at_ts: None,
+    };
+    let response = tenant.run(request).await?;
+    let encode_value = |v: &nimbus_types::Value| match format {
+        Format::Encoded => encode(v),
+        Format::Clean => encode_clean(v),
+    };
+    let status;
+    let body = match &response.result {
+        Ok(value) => {
+            status = "success";
+            json!({"status": "success", "value": encode_value(value), "logLines": response.log_lines})
+        }
+        Err(failure) => {
+            status = failure.code;
+            let mut body = json!({
+                "status": "error", "errorMessage": failure.message, "errorCode": failure.code,
+                "logLines": response.log_lines,
+            });
+            if let Some(data) = &failure.data {
+                body["errorData"] = encode(data);
+            }
+            body
+        }
+    };
+    let micros = response.execution.as_micros();
+    tracing::info!(tenant = tenant.name(), path = %function_path, status, scanned = response.documents_scanned, micros = micros as u64, "call");
+    let mut http = axum::Json(body).into_response();
+    let headers = http.headers_mut();
+    for (name, value) in [
+        (
+            "nimbus-documents-scanned",
+            response.documents_scanned.to_string(),
+        ),
+        ("nimbus-execution-us", micros.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(http)
+}
