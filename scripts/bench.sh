@@ -49,13 +49,34 @@ call() { # call KIND PATH ARGS_JSON -> value (convex-JSON)
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);if(r.status!=="success"){console.error(r);process.exit(1)}console.log(typeof r.value==="string"?r.value:JSON.stringify(r.value))})'
 }
 SHOP="$(call mutation shops:create '{"name":"Bench shop"}')"
-PRODUCT="$(call mutation products:add "{\"shopId\":\"$SHOP\",\"name\":\"Coffee\",\"sku\":\"C-1\",\"priceCents\":350,\"stock\":1000000000}")"
+PRODUCTS="${PRODUCTS:-1000}"
+log "seeding $PRODUCTS products"
+PRODUCT_IDS="$(node - "$URL" "$SHOP" "$PRODUCTS" <<'JS'
+const [url, shop, n] = process.argv.slice(2);
+(async () => {
+  const ids = [];
+  for (let i = 0; i < Number(n); i++) {
+    const r = await fetch(`${url}/api/mutation`, { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ path: "products:add", format: "convex_encoded_json",
+        args: [{ shopId: shop, name: `Product ${i}`, sku: `SKU-${i}`, priceCents: 100 + i, stock: 1e9 }] }) });
+    const v = await r.json();
+    if (v.status !== "success") throw new Error(JSON.stringify(v));
+    ids.push(v.value);
+  }
+  console.log(ids.join(","));
+})().catch((e) => { console.error(e); process.exit(1); });
+JS
+)"
+PRODUCT="${PRODUCT_IDS%%,*}"
 # A backlog of open orders so the query reads a full page of 10.
 for _ in $(seq 1 20); do call mutation orders:create "{\"shopId\":\"$SHOP\",\"items\":[{\"productId\":\"$PRODUCT\",\"qty\":1}]}" >/dev/null; done
 
-log "durable mutations: $CONNECTIONS connections, ${DURATION}s"
-"$BENCH" http --url "$URL" --workload mutation --shop "$SHOP" --product "$PRODUCT" \
+STATS_BEFORE="$(curl -fsS "$BASE/admin/tenants/bench/stats" -H "authorization: Bearer $NIMBUS_ADMIN_KEY")"
+log "durable mutations: $CONNECTIONS connections, ${DURATION}s, orders spread over $PRODUCTS products"
+"$BENCH" http --url "$URL" --workload mutation --shop "$SHOP" --product "$PRODUCT_IDS" \
   --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/mutation.json"
+curl -fsS "$BASE/admin/tenants/bench/stats" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" >"$OUT/stats-after-mutations.json"
+echo "$STATS_BEFORE" >"$OUT/stats-before-mutations.json"
 log "indexed queries: $CONNECTIONS connections, ${DURATION}s"
 "$BENCH" http --url "$URL" --workload query --shop "$SHOP" --product "$PRODUCT" \
   --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/query.json"
@@ -69,6 +90,9 @@ const fs = require("fs"); const os = require("os"); const path = require("path")
 const [out, connections, duration] = process.argv.slice(2);
 const read = (f) => JSON.parse(fs.readFileSync(path.join(out, f), "utf8"));
 const m = read("mutation.json"), q = read("query.json"), s = read("sqlite.json");
+const before = read("stats-before-mutations.json"), after = read("stats-after-mutations.json");
+const commits = after.commits - before.commits, batches = after.commitBatches - before.commitBatches;
+const conflicts = after.conflicts - before.conflicts;
 const cpu = (fs.readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/) || [])[1] || "unknown CPU";
 const lat = (r) => `${r.latency_ms.p50} / ${r.latency_ms.p95} / ${r.latency_ms.p99} / ${r.latency_ms.max}`;
 const errs = (r) => Object.entries(r.errors || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "none";
@@ -84,6 +108,8 @@ Command: \`DURATION=${duration} CONNECTIONS=${connections} bash scripts/bench.sh
 | rusqlite: 1-row durable transactions (fsync each), 1 thread | ${s.single_row_txns.throughput_per_sec}/s | ${lat(s.single_row_txns)} | — |
 | rusqlite: ${s.grouped_txns.rows_per_txn}-row durable transactions, 1 thread | ${s.grouped_txns.rows_per_sec} rows/s (${s.grouped_txns.throughput_per_sec} txns/s) | ${lat(s.grouped_txns)} | — |
 | rusqlite: indexed reads of 10 rows, 2 threads | ${s.indexed_reads.throughput_per_sec}/s | ${lat(s.indexed_reads)} | — |
+
+During the mutation run the tenant committed ${commits} mutations in ${batches} storage batches (fsyncs), ${(commits / Math.max(batches, 1)).toFixed(1)} per batch on average, with ${conflicts} write conflicts retried.
 
 Ratios: Nimbus mutations / rusqlite 1-row transactions = ${ratio(m.throughput_per_sec, s.single_row_txns.throughput_per_sec)}; Nimbus mutations / rusqlite grouped rows = ${ratio(m.throughput_per_sec, s.grouped_txns.rows_per_sec)}; Nimbus queries / rusqlite indexed reads = ${ratio(q.throughput_per_sec, s.indexed_reads.throughput_per_sec)}.
 <!-- results:end -->`;

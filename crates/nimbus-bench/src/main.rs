@@ -45,11 +45,13 @@ enum Command {
         url: String,
         #[arg(long, value_enum)]
         workload: Workload,
-        /// Shop and product IDs (from the seeding step).
+        /// Shop ID (from the seeding step).
         #[arg(long)]
         shop: String,
-        #[arg(long)]
-        product: String,
+        /// Product IDs, comma-separated; each order picks one at random, as a shop's
+        /// orders spread over its catalogue (one hot product would serialize every order).
+        #[arg(long, value_delimiter = ',')]
+        product: Vec<String>,
         #[arg(long, default_value_t = 64)]
         connections: usize,
         #[arg(long, default_value_t = 2)]
@@ -116,7 +118,7 @@ struct HttpRun {
     url: String,
     workload: Workload,
     shop: String,
-    product: String,
+    product: Vec<String>,
     connections: usize,
     warmup: Duration,
     duration: Duration,
@@ -142,26 +144,38 @@ fn new_histogram() -> Result<Histogram<u64>> {
 }
 
 async fn http_load(run: HttpRun) -> Result<Json> {
-    let (endpoint, body) = match run.workload {
-        Workload::Mutation => (
-            "mutation",
-            json!({"path": "orders:create", "format": "convex_encoded_json",
-                   "args": [{"shopId": run.shop, "items": [{"productId": run.product, "qty": 1.0}]}]}),
-        ),
-        Workload::Query => (
-            "query",
-            json!({"path": "orders:listOpen", "format": "convex_encoded_json",
-                   "args": [{"shopId": run.shop, "limit": 10.0}]}),
-        ),
-    };
     if !run.url.starts_with("http://127.") && !run.url.starts_with("http://localhost") {
         bail!(
             "load tests target this machine only (http://127.x or http://localhost), not {}",
             run.url
         );
     }
+    if run.workload == Workload::Mutation && run.product.is_empty() {
+        bail!("the mutation workload needs --product");
+    }
+    let endpoint = match run.workload {
+        Workload::Mutation => "mutation",
+        Workload::Query => "query",
+    };
+    // Request bodies prepared up front: the generator shares the CPU with the server.
+    let bodies: Vec<Vec<u8>> = match run.workload {
+        Workload::Mutation => run
+            .product
+            .iter()
+            .map(|product| {
+                serde_json::to_vec(
+                    &json!({"path": "orders:create", "format": "convex_encoded_json",
+                    "args": [{"shopId": run.shop, "items": [{"productId": product, "qty": 1.0}]}]}),
+                )
+            })
+            .collect::<Result<_, _>>()?,
+        Workload::Query => vec![serde_json::to_vec(
+            &json!({"path": "orders:listOpen", "format": "convex_encoded_json",
+            "args": [{"shopId": run.shop, "limit": 10.0}]}),
+        )?],
+    };
     let target = format!("{}/api/{endpoint}", run.url.trim_end_matches('/'));
-    let body = Arc::new(serde_json::to_vec(&body)?);
+    let bodies = Arc::new(bodies);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(run.connections)
         .timeout(Duration::from_secs(30))
@@ -170,19 +184,23 @@ async fn http_load(run: HttpRun) -> Result<Json> {
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(run.connections);
-    for _ in 0..run.connections {
-        let (client, target, body) = (client.clone(), target.clone(), body.clone());
+    for connection in 0..run.connections {
+        let (client, target, bodies) = (client.clone(), target.clone(), bodies.clone());
         let (measuring, stop, completed) = (measuring.clone(), stop.clone(), completed.clone());
         tasks.push(tokio::spawn(async move {
             let mut histogram = new_histogram()?;
             let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
             let mut count = 0u64;
+            let mut next = connection.wrapping_mul(7919);
             while !stop.load(Ordering::Relaxed) {
+                // A cheap deterministic spread over the bodies (products).
+                next = next.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let body = &bodies[(next >> 8) % bodies.len()];
                 let started = Instant::now();
                 let outcome = client
                     .post(&target)
                     .header("content-type", "application/json")
-                    .body(body.as_ref().clone())
+                    .body(body.clone())
                     .send()
                     .await;
                 let kind = match outcome {
