@@ -28,11 +28,18 @@ npm_ci "$REPO_ROOT/examples/pos"
 DATA="$(mktemp -d)"
 PORT="${PORT:-3299}"
 export NIMBUS_ADMIN_KEY="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-"$NIMBUS" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" >"$OUT/server.log" 2>&1 &
-SERVER=$!
-cleanup() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -rf "$DATA"; }
+SERVER=""
+start_server() { # start_server EXTRA_ARGS...
+  RUST_LOG=warn "$NIMBUS" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" "$@" >>"$OUT/server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return; sleep 0.1; done
+  die "nimbus did not become healthy (see $OUT/server.log)"
+}
+stop_server() { [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; SERVER=""; }; }
+cleanup() { stop_server; rm -rf "$DATA"; }
 trap cleanup EXIT INT TERM
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+: >"$OUT/server.log"
+start_server
 
 BASE="http://127.0.0.1:$PORT"
 created="$(curl -fsS -X POST "$BASE/admin/tenants" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" \
@@ -77,9 +84,14 @@ log "durable mutations: $CONNECTIONS connections, ${DURATION}s, orders spread ov
   --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/mutation.json"
 curl -fsS "$BASE/admin/tenants/bench/stats" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" >"$OUT/stats-after-mutations.json"
 echo "$STATS_BEFORE" >"$OUT/stats-before-mutations.json"
-log "indexed queries: $CONNECTIONS connections, ${DURATION}s"
+log "indexed queries (query cache on): $CONNECTIONS connections, ${DURATION}s"
 "$BENCH" http --url "$URL" --workload query --shop "$SHOP" --product "$PRODUCT" \
   --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/query.json"
+log "indexed queries (query cache off: every call runs the function): $CONNECTIONS connections, ${DURATION}s"
+stop_server
+start_server --query-cache-entries 0
+"$BENCH" http --url "$URL" --workload query --shop "$SHOP" --product "$PRODUCT" \
+  --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/query-uncached.json"
 cleanup
 trap - EXIT INT TERM
 log "rusqlite baseline"
@@ -89,7 +101,7 @@ node - "$OUT" "$CONNECTIONS" "$DURATION" <<'JS'
 const fs = require("fs"); const os = require("os"); const path = require("path");
 const [out, connections, duration] = process.argv.slice(2);
 const read = (f) => JSON.parse(fs.readFileSync(path.join(out, f), "utf8"));
-const m = read("mutation.json"), q = read("query.json"), s = read("sqlite.json");
+const m = read("mutation.json"), q = read("query.json"), u = read("query-uncached.json"), s = read("sqlite.json");
 const before = read("stats-before-mutations.json"), after = read("stats-after-mutations.json");
 const commits = after.commits - before.commits, batches = after.commitBatches - before.commitBatches;
 const conflicts = after.conflicts - before.conflicts;
@@ -104,14 +116,15 @@ Command: \`DURATION=${duration} CONNECTIONS=${connections} bash scripts/bench.sh
 | run | throughput | p50 / p95 / p99 / max (ms) | errors |
 |---|---|---|---|
 | Nimbus: durable mutations (\`orders:create\`), HTTP, ${connections} connections | ${m.throughput_per_sec}/s | ${lat(m)} | ${errs(m)} |
-| Nimbus: indexed queries (\`orders:listOpen\`, 10 rows), HTTP, ${connections} connections | ${q.throughput_per_sec}/s | ${lat(q)} | ${errs(q)} |
+| Nimbus: indexed queries (\`orders:listOpen\`, 10 rows), HTTP, ${connections} connections, query cache on (the default; repeated query, so hits) | ${q.throughput_per_sec}/s | ${lat(q)} | ${errs(q)} |
+| Nimbus: the same queries with \`--query-cache-entries 0\` (every call runs the function in QuickJS) | ${u.throughput_per_sec}/s | ${lat(u)} | ${errs(u)} |
 | rusqlite: 1-row durable transactions (fsync each), 1 thread | ${s.single_row_txns.throughput_per_sec}/s | ${lat(s.single_row_txns)} | — |
 | rusqlite: ${s.grouped_txns.rows_per_txn}-row durable transactions, 1 thread | ${s.grouped_txns.rows_per_sec} rows/s (${s.grouped_txns.throughput_per_sec} txns/s) | ${lat(s.grouped_txns)} | — |
 | rusqlite: indexed reads of 10 rows, 2 threads | ${s.indexed_reads.throughput_per_sec}/s | ${lat(s.indexed_reads)} | — |
 
 During the mutation run the tenant committed ${commits} mutations in ${batches} storage batches (fsyncs), ${(commits / Math.max(batches, 1)).toFixed(1)} per batch on average, with ${conflicts} write conflicts retried.
 
-Ratios: Nimbus mutations / rusqlite 1-row transactions = ${ratio(m.throughput_per_sec, s.single_row_txns.throughput_per_sec)}; Nimbus mutations / rusqlite grouped rows = ${ratio(m.throughput_per_sec, s.grouped_txns.rows_per_sec)}; Nimbus queries / rusqlite indexed reads = ${ratio(q.throughput_per_sec, s.indexed_reads.throughput_per_sec)}.
+Ratios: Nimbus mutations / rusqlite 1-row transactions = ${ratio(m.throughput_per_sec, s.single_row_txns.throughput_per_sec)}; Nimbus mutations / rusqlite grouped rows = ${ratio(m.throughput_per_sec, s.grouped_txns.rows_per_sec)}; Nimbus queries / rusqlite indexed reads = ${ratio(q.throughput_per_sec, s.indexed_reads.throughput_per_sec)} cached, ${ratio(u.throughput_per_sec, s.indexed_reads.throughput_per_sec)} uncached.
 <!-- results:end -->`;
 const file = path.join(process.cwd(), "BENCHMARKS.md");
 const current = fs.readFileSync(file, "utf8");

@@ -30,6 +30,11 @@ pub struct NimbusConfig {
     pub max_mutation_attempts: usize,
     /// How long a staged (started, not finished) push is kept.
     pub staged_push_ttl: Duration,
+    /// Query results cached per tenant (0 disables the cache); the least recently used
+    /// entry is evicted when full.
+    pub query_cache_entries: usize,
+    /// Larger query results (by Convex size) are not cached.
+    pub query_cache_max_result_bytes: usize,
 }
 
 impl NimbusConfig {
@@ -47,6 +52,8 @@ impl NimbusConfig {
             pool,
             max_mutation_attempts: 32,
             staged_push_ttl: Duration::from_secs(600),
+            query_cache_entries: 1024,
+            query_cache_max_result_bytes: 256 << 10,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct FunctionResponse {
     pub execution: Duration,
     /// Snapshot (queries) or commit (mutations) timestamp.
     pub ts: u64,
+    /// The result came from the query cache (no JavaScript ran).
+    pub cached: bool,
 }
 
 impl FunctionResponse {
@@ -70,6 +72,7 @@ impl FunctionResponse {
             documents_scanned: 0,
             execution: Duration::ZERO,
             ts,
+            cached: false,
         }
     }
 }
@@ -146,7 +149,8 @@ impl Tenant {
         args: Value,
     ) -> Result<FunctionResponse, AppError> {
         let txn = self.engine().begin();
-        let ts = txn.snapshot().ts.0;
+        let snapshot_ts = txn.snapshot().ts;
+        let ts = snapshot_ts.0;
         if let Err(message) = check_args(function, &args, &txn) {
             return Ok(FunctionResponse::failure(
                 "ArgumentValidationError",
@@ -154,18 +158,48 @@ impl Tenant {
                 ts,
             ));
         }
+        let key = crate::query_cache::CacheKey {
+            generation: deployment.generation,
+            module: function.info.module_path.clone(),
+            export: function.info.name.clone(),
+            args: nimbus_types::json::encode(&args).to_string(),
+        };
+        let engine = self.engine().clone();
+        let hit = self
+            .query_cache
+            .lock()
+            .get(&key, snapshot_ts, |since, read_set| {
+                engine.unchanged_since(since, read_set)
+            });
+        if let Some(value) = hit {
+            return Ok(FunctionResponse {
+                result: Ok(value),
+                log_lines: Vec::new(),
+                documents_scanned: 0,
+                execution: Duration::ZERO,
+                ts,
+                cached: true,
+            });
+        }
         let (host, outcome) = self.execute(deployment, function, name, args, txn).await?;
         let documents_scanned = host.txn.stats().documents_scanned;
         if let Some(error) = host.system_error {
             return Err(system_error(self.name(), error));
         }
         let result = finish_result(function, outcome.result, &host.txn);
+        if let Ok(value) = &result {
+            let finished = host.txn.finish();
+            self.query_cache
+                .lock()
+                .insert(key, snapshot_ts, finished.read_set, value.clone());
+        }
         Ok(FunctionResponse {
             result,
             log_lines: outcome.log_lines,
             documents_scanned,
             execution: outcome.cpu_time,
             ts,
+            cached: false,
         })
     }
 
@@ -207,6 +241,7 @@ impl Tenant {
                     documents_scanned,
                     execution: outcome.cpu_time,
                     ts: host.txn.snapshot().ts.0,
+                    cached: false,
                 });
             }
             match self.engine().commit(host.txn.finish()).await {
@@ -217,6 +252,7 @@ impl Tenant {
                         documents_scanned,
                         execution: outcome.cpu_time,
                         ts: ts.0,
+                        cached: false,
                     })
                 }
                 Err(EngineError::Conflict(reason)) if attempt < self.max_attempts() => {

@@ -13,6 +13,7 @@ mod error;
 mod execute;
 mod instance;
 mod push;
+mod query_cache;
 mod syscalls;
 mod tenant;
 

@@ -26,6 +26,7 @@ pub struct Tenant {
     /// Calls holding a JS worker; bounded per tenant so one tenant cannot take them all.
     running: Arc<Semaphore>,
     max_attempts: usize,
+    pub(crate) query_cache: Mutex<crate::query_cache::QueryCache>,
     /// Taken by mutations retrying after a conflict (see `run_mutation`).
     retry_lock: tokio::sync::Mutex<()>,
     rejected: AtomicU64,
@@ -41,6 +42,7 @@ pub struct TenantStats {
     pub rejected_calls: u64,
     pub deployment_generation: u64,
     pub functions: usize,
+    pub cached_queries: usize,
 }
 
 impl Tenant {
@@ -70,6 +72,10 @@ impl Tenant {
             running: Arc::new(Semaphore::new(config.max_running_per_tenant.max(1))),
             max_attempts: config.max_mutation_attempts.max(1),
             retry_lock: tokio::sync::Mutex::new(()),
+            query_cache: Mutex::new(crate::query_cache::QueryCache::new(
+                config.query_cache_entries,
+                config.query_cache_max_result_bytes,
+            )),
             rejected: AtomicU64::new(0),
             config: config.clone(),
         }))
@@ -155,6 +161,7 @@ impl Tenant {
             rejected_calls: self.rejected.load(Ordering::Relaxed),
             deployment_generation: deployment.generation,
             functions: deployment.functions.len(),
+            cached_queries: self.query_cache.lock().len(),
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::committer::{
 use crate::cursor::CursorCodec;
 use crate::error::EngineError;
 use crate::metrics::{EngineMetrics, EngineStats};
+use crate::read_set::ReadSet;
 use crate::snapshot::Snapshot;
 use crate::transaction::{FinishedTransaction, Transaction, TransactionLimits};
 use crate::undo_log::UndoLog;
@@ -237,6 +238,13 @@ impl TenantEngine {
             resident_bytes: snapshot.resident_bytes(),
             latest_ts: snapshot.ts.0,
         }
+    }
+
+    /// Whether nothing committed after `ts` touched `read_set` (so a query result read at
+    /// `ts` is still the result at the latest snapshot). `false` when the write log no
+    /// longer reaches back to `ts`.
+    pub fn unchanged_since(&self, ts: Timestamp, read_set: &ReadSet) -> bool {
+        self.write_log.lock().conflict(ts, read_set).is_none()
     }
 
     /// Number of write-log entries retained (diagnostics).

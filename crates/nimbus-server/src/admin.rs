@@ -63,7 +63,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                 "residentDocuments": e.documents, "residentBytes": e.resident_bytes, "latestTs": e.latest_ts,
                 "inflightCalls": stats.inflight_calls, "inflightMax": stats.inflight_max,
                 "rejectedCalls": stats.rejected_calls, "deploymentGeneration": stats.deployment_generation,
-                "functions": stats.functions,
+                "functions": stats.functions, "cachedQueries": stats.cached_queries,
             }))
             .into_response())
         }

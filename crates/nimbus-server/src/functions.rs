@@ -155,15 +155,17 @@ pub(crate) async fn handle(
         }
     };
     let micros = response.execution.as_micros();
-    tracing::info!(tenant = tenant.name(), path = %function_path, status, scanned = response.documents_scanned, micros = micros as u64, "call");
+    tracing::info!(tenant = tenant.name(), path = %function_path, status, scanned = response.documents_scanned, micros = micros as u64, cached = response.cached, "call");
     let mut http = axum::Json(body).into_response();
     let headers = http.headers_mut();
+    let cache = if response.cached { "hit" } else { "miss" };
     for (name, value) in [
         (
             "nimbus-documents-scanned",
             response.documents_scanned.to_string(),
         ),
         ("nimbus-execution-us", micros.to_string()),
+        ("nimbus-query-cache", cache.to_string()),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);

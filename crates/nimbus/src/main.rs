@@ -53,6 +53,9 @@ enum Command {
         /// served from storage.
         #[arg(long, default_value_t = 256)]
         tenant_memory_mib: usize,
+        /// Query results cached per tenant (0 disables the query cache).
+        #[arg(long, default_value_t = 1024)]
+        query_cache_entries: usize,
     },
     /// Manage tenants of a running server.
     Tenant {
@@ -93,6 +96,7 @@ fn main() -> Result<()> {
             function_cpu_ms,
             function_memory_mib,
             tenant_memory_mib,
+            query_cache_entries,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -115,6 +119,7 @@ fn main() -> Result<()> {
             config.pool.limits.cpu_time = Duration::from_millis(function_cpu_ms.max(1));
             config.pool.limits.memory_bytes = function_memory_mib.max(1) << 20;
             config.engine.memory_budget_bytes = tenant_memory_mib << 20;
+            config.query_cache_entries = query_cache_entries;
             let server = ServerConfig {
                 domain,
                 max_request_bytes,
