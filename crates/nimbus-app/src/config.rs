@@ -30,6 +30,10 @@ pub struct NimbusConfig {
     pub max_mutation_attempts: usize,
     /// How long a staged (started, not finished) push is kept.
     pub staged_push_ttl: Duration,
+    /// Most tenants active in memory at once (each holds its engine, committer task and
+    /// storage connections). Activating one more first closes the least recently used
+    /// idle tenant; if every active tenant is busy, the activation fails with 503.
+    pub max_active_tenants: usize,
     /// Query results cached per tenant (0 disables the cache); the least recently used
     /// entry is evicted when full.
     pub query_cache_entries: usize,
@@ -52,6 +56,7 @@ impl NimbusConfig {
             pool,
             max_mutation_attempts: 32,
             staged_push_ttl: Duration::from_secs(600),
+            max_active_tenants: 1000,
             query_cache_entries: 1024,
             query_cache_max_result_bytes: 256 << 10,
         }

@@ -44,6 +44,8 @@ pub struct Nimbus {
     pool: Arc<JsPool>,
     /// Active tenants. Activation holds the async lock so a tenant is opened once.
     active: AsyncMutex<HashMap<String, Arc<Tenant>>>,
+    /// Logical clock for least-recently-used eviction of idle tenants.
+    clock: std::sync::atomic::AtomicU64,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -97,6 +99,7 @@ impl Nimbus {
             storage,
             pool,
             active: AsyncMutex::new(HashMap::new()),
+            clock: std::sync::atomic::AtomicU64::new(0),
             config,
         };
         nimbus.finish_interrupted()?;
@@ -223,12 +226,39 @@ impl Nimbus {
 
     /// The active tenant, activating it if needed.
     pub async fn tenant(&self, name: &str) -> Result<Arc<Tenant>, AppError> {
+        use std::sync::atomic::Ordering;
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         let mut active = self.active.lock().await;
         if let Some(tenant) = active.get(name) {
+            tenant.last_used.store(now, Ordering::Relaxed);
             return Ok(tenant.clone());
         }
         if self.catalog.get(name)?.is_none() {
             return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        if active.len() >= self.config.max_active_tenants.max(1) {
+            // Close the least recently used tenant nobody is using (only the map holds
+            // it). Its committer finishes what is queued, then its storage closes.
+            let idle = active
+                .iter()
+                .filter(|(_, t)| Arc::strong_count(t) == 1)
+                .min_by_key(|(_, t)| t.last_used.load(Ordering::Relaxed))
+                .map(|(n, _)| n.clone());
+            match idle {
+                Some(evicted) => {
+                    active.remove(&evicted);
+                    tracing::debug!(tenant = %evicted, "closed an idle tenant to stay within max_active_tenants");
+                }
+                None => {
+                    return Err(AppError::Unavailable {
+                        tenant: name.to_string(),
+                        detail: format!(
+                            "all {} active tenants are busy; retry shortly",
+                            self.config.max_active_tenants
+                        ),
+                    })
+                }
+            }
         }
         let storage = self.storage.clone();
         let namespace = name.to_string();
@@ -240,6 +270,9 @@ impl Nimbus {
             .await
             .map_err(|e| AppError::from_engine(name, e))?;
         let tenant = Tenant::activate(name, engine, self.pool.clone(), &self.config).await?;
+        tenant
+            .last_used
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         active.insert(name.to_string(), tenant.clone());
         Ok(tenant)
     }

@@ -30,6 +30,8 @@ pub struct Tenant {
     /// Taken by mutations retrying after a conflict (see `run_mutation`).
     retry_lock: tokio::sync::Mutex<()>,
     rejected: AtomicU64,
+    /// Logical time of the last activation lookup (for idle eviction).
+    pub(crate) last_used: AtomicU64,
     pub(crate) config: NimbusConfig,
 }
 
@@ -77,6 +79,7 @@ impl Tenant {
                 config.query_cache_max_result_bytes,
             )),
             rejected: AtomicU64::new(0),
+            last_used: AtomicU64::new(0),
             config: config.clone(),
         }))
     }

@@ -53,6 +53,9 @@ enum Command {
         /// served from storage.
         #[arg(long, default_value_t = 256)]
         tenant_memory_mib: usize,
+        /// Most tenants active in memory at once; idle ones beyond it are closed (LRU).
+        #[arg(long, default_value_t = 1000)]
+        max_active_tenants: usize,
         /// Query results cached per tenant (0 disables the query cache).
         #[arg(long, default_value_t = 1024)]
         query_cache_entries: usize,
@@ -97,6 +100,7 @@ fn main() -> Result<()> {
             function_memory_mib,
             tenant_memory_mib,
             query_cache_entries,
+            max_active_tenants,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -120,6 +124,7 @@ fn main() -> Result<()> {
             config.pool.limits.memory_bytes = function_memory_mib.max(1) << 20;
             config.engine.memory_budget_bytes = tenant_memory_mib << 20;
             config.query_cache_entries = query_cache_entries;
+            config.max_active_tenants = max_active_tenants.max(1);
             let server = ServerConfig {
                 domain,
                 max_request_bytes,

@@ -1,0 +1,92 @@
+//! The instance: tenant lifecycle, admin keys, and the bound on active tenants.
+
+use nimbus_app::{AppError, Nimbus, NimbusConfig};
+
+async fn nimbus(dir: &std::path::Path, max_active: usize) -> std::sync::Arc<Nimbus> {
+    let mut config = NimbusConfig::new(dir.to_path_buf(), "http://127.0.0.1:1".into());
+    config.admin_key = Some("instance-key".into());
+    config.max_active_tenants = max_active;
+    config.pool.workers = 1;
+    match Nimbus::open(config).await {
+        Ok(n) => n,
+        Err(e) => panic!("open: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn tenants_keys_and_the_active_bound() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let nimbus = nimbus(dir.path(), 2).await;
+    assert!(nimbus.check_instance_admin_key("instance-key").is_ok());
+    assert!(matches!(
+        nimbus.check_instance_admin_key("nope"),
+        Err(AppError::Unauthenticated)
+    ));
+    assert!(matches!(
+        nimbus.create_tenant("Bad_Name").await,
+        Err(AppError::InvalidTenantName(_))
+    ));
+
+    let mut keys = Vec::new();
+    for name in ["t1", "t2", "t3"] {
+        let created = nimbus
+            .create_tenant(name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(created.url, format!("http://127.0.0.1:1/t/{name}"));
+        keys.push(created.admin_key);
+    }
+    assert!(matches!(
+        nimbus.create_tenant("t1").await,
+        Err(AppError::TenantExists(_))
+    ));
+    assert!(nimbus.check_tenant_admin_key("t1", &keys[0]).await.is_ok());
+    assert!(matches!(
+        nimbus.check_tenant_admin_key("t2", &keys[0]).await,
+        Err(AppError::Forbidden(_))
+    ));
+    assert!(matches!(
+        nimbus.check_tenant_admin_key("t1", "t1|wrong").await,
+        Err(AppError::Unauthenticated)
+    ));
+
+    for name in ["t1", "t2", "t3", "t1"] {
+        let tenant = nimbus.tenant(name).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tenant.name(), name);
+        drop(tenant);
+        assert!(
+            nimbus.active_tenants().await.len() <= 2,
+            "never more than max_active_tenants active"
+        );
+    }
+    // A tenant in use is never evicted: with both slots held, a third activation is refused.
+    let a = nimbus.tenant("t1").await.unwrap_or_else(|e| panic!("{e}"));
+    let b = nimbus.tenant("t2").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        nimbus.tenant("t3").await,
+        Err(AppError::Unavailable { .. })
+    ));
+    drop((a, b));
+    assert!(nimbus.tenant("t3").await.is_ok());
+
+    nimbus
+        .delete_tenant("t2")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        nimbus.tenant("t2").await,
+        Err(AppError::TenantNotFound(_))
+    ));
+    assert!(
+        !dir.path().join("tenants/t2.sqlite3").exists(),
+        "the tenant's file is gone"
+    );
+    let names: Vec<String> = nimbus
+        .list_tenants()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, vec!["t1".to_string(), "t3".to_string()]);
+}
