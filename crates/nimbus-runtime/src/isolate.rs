@@ -264,13 +264,7 @@ impl Isolate {
     }
 
     fn interpret(&mut self, inv: &Invocation, outcome: &Json) -> Result<String, FunctionError> {
-        let text = |key: &str| {
-            outcome
-                .get(key)
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
+        let text = |key: &str| outcome_text(outcome, key);
         match outcome.get("kind").and_then(Json::as_str) {
             Some("ok") => Ok(text("value")),
             Some("convexError") => Err(FunctionError::ConvexError {
@@ -279,7 +273,9 @@ impl Isolate {
             }),
             Some("uncaught") => {
                 let message = text("message");
-                if message.contains("out of memory") {
+                // When QuickJS cannot even allocate the out-of-memory error it throws `null`;
+                // a function that itself throws `null` is reported the same way.
+                if message.contains("out of memory") || message == "Uncaught null" {
                     self.broken = true;
                     Err(FunctionError::OutOfMemory {
                         limit_bytes: self.limits.memory_bytes,
@@ -332,6 +328,27 @@ fn dispatch(slot: &HostSlot, op: &str, args: &str, is_async: bool) -> String {
     }
 }
 
+/// A string field of an outcome object (empty when absent).
+fn outcome_text(outcome: &Json, key: &str) -> String {
+    outcome
+        .get(key)
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl Isolate {
+    /// Runs a push-time entry point (no database, a generous CPU budget) and returns its
+    /// outcome object.
+    fn run_at_push(
+        &mut self,
+        start: impl FnOnce(&rquickjs::Ctx<'_>) -> rquickjs::Result<()>,
+    ) -> Result<Json, RuntimeError> {
+        let (_, result, _) = self.run_entry(Box::new(NoDatabase), ANALYSIS_CPU_TIME, 1, 0.0, start);
+        result.map(|(outcome, _)| outcome).map_err(analysis_failure)
+    }
+}
+
 fn analysis_failure(error: FunctionError) -> RuntimeError {
     RuntimeError::Analyze(match error {
         FunctionError::Timeout { .. } => {
@@ -361,19 +378,11 @@ pub fn analyze_modules(
     } else {
         ""
     };
-    let (_, result, _) =
-        isolate.run_entry(Box::new(NoDatabase), ANALYSIS_CPU_TIME, 1, 0.0, |ctx| {
-            let analyze: Function = ctx.globals().get("__nimbus_analyze")?;
-            analyze.call::<_, ()>((paths_json.as_str(), crons))
-        });
-    let (outcome, _) = result.map_err(analysis_failure)?;
-    let text = |key: &str| {
-        outcome
-            .get(key)
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let outcome = isolate.run_at_push(|ctx| {
+        let analyze: Function = ctx.globals().get("__nimbus_analyze")?;
+        analyze.call::<_, ()>((paths_json.as_str(), crons))
+    })?;
+    let text = |key: &str| outcome_text(&outcome, key);
     match outcome.get("kind").and_then(Json::as_str) {
         Some("ok") => {}
         Some("moduleError") => {
@@ -449,19 +458,11 @@ pub fn evaluate_schema(
         env: Arc::new(BTreeMap::new()),
     };
     let mut isolate = Isolate::new(&modules, limits).map_err(RuntimeError::Analyze)?;
-    let (_, result, _) =
-        isolate.run_entry(Box::new(NoDatabase), ANALYSIS_CPU_TIME, 1, 0.0, |ctx| {
-            let schema: Function = ctx.globals().get("__nimbus_schema")?;
-            schema.call::<_, ()>(("schema.js",))
-        });
-    let (outcome, _) = result.map_err(analysis_failure)?;
-    let text = |key: &str| {
-        outcome
-            .get(key)
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let outcome = isolate.run_at_push(|ctx| {
+        let schema: Function = ctx.globals().get("__nimbus_schema")?;
+        schema.call::<_, ()>(("schema.js",))
+    })?;
+    let text = |key: &str| outcome_text(&outcome, key);
     match outcome.get("kind").and_then(Json::as_str) {
         Some("ok") => Ok(text("value")),
         Some(_) => Err(RuntimeError::Analyze(format!(

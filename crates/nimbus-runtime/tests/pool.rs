@@ -1,0 +1,295 @@
+//! The runtime's contract, with small modules shaped like what the Convex library
+//! registers (`isQuery` + `invokeQuery(argsJson)` etc.): syscalls through the host,
+//! `ConvexError`, log lines, determinism, CPU and memory limits, and that one tenant
+//! hitting a limit does not stop another.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_runtime::{
+    analyze_modules, FunctionError, FunctionKind, Invocation, JsPool, ModuleSet, PoolConfig,
+    RuntimeLimits, SyscallError, SyscallHost,
+};
+
+const APP: &str = r#"
+import { helper } from "./_deps/util.js";
+function register(kind, handler, extra = {}) {
+  const f = { [kind]: true, isPublic: true, exportArgs: () => '{"type":"any"}', exportReturns: () => "null", ...extra };
+  f.invokeQuery = f.invokeMutation = async (argsJson) => JSON.stringify(await handler(JSON.parse(argsJson)[0]));
+  return f;
+}
+export const echo = register("isQuery", async (args) => {
+  const doc = JSON.parse(await Convex.asyncSyscall("1.0/get", JSON.stringify({ id: args.id })));
+  console.log("got", doc, 42);
+  return { doc, helper: helper(), env: process.env.GREETING ?? null };
+});
+export const write = register("isMutation", async (args) => JSON.parse(await Convex.asyncSyscall("1.0/insert", JSON.stringify(args))));
+export const fail = register("isQuery", async () => {
+  const e = new Error('{"code":7}');
+  e.name = "ConvexError";
+  e.data = '{"code":7}';
+  e[Symbol.for("ConvexError")] = true;
+  throw e;
+});
+export const failSyscall = register("isQuery", async () => {
+  try {
+    await Convex.asyncSyscall("1.0/boom", "{}");
+    return "no error";
+  } catch (e) {
+    return { message: e.message, data: e.data };
+  }
+});
+export const random = register("isQuery", async () => [Math.random(), Date.now(), new Date().getTime()]);
+export const spin = register("isQuery", async () => { while (true) {} });
+export const hog = register("isQuery", async () => { const a = []; while (true) a.push("x".repeat(1024)); });
+export const recurse = register("isQuery", async () => { const f = (n) => f(n + 1) + 1; return f(0); });
+export const internalOne = register("isMutation", async () => 1, { isPublic: undefined, isInternal: true });
+export const notAFunction = 5;
+"#;
+
+fn modules(generation: u64) -> ModuleSet {
+    let mut map = BTreeMap::new();
+    map.insert("app.js".to_string(), APP.to_string());
+    map.insert(
+        "_deps/util.js".to_string(),
+        "export const helper = () => 'from a chunk';".to_string(),
+    );
+    let mut env = BTreeMap::new();
+    env.insert("GREETING".to_string(), "hi".to_string());
+    ModuleSet {
+        generation,
+        modules: Arc::new(map),
+        env: Arc::new(env),
+    }
+}
+
+/// Records syscalls and answers a few of them.
+#[derive(Default)]
+struct FakeHost {
+    calls: Vec<String>,
+}
+
+impl SyscallHost for FakeHost {
+    fn syscall(&mut self, op: &str, args: &str) -> Result<String, SyscallError> {
+        self.async_syscall(op, args)
+    }
+    fn async_syscall(&mut self, op: &str, args: &str) -> Result<String, SyscallError> {
+        self.calls.push(format!("{op} {args}"));
+        match op {
+            "1.0/get" => Ok(r#"{"_id":"abc","n":1}"#.to_string()),
+            "1.0/insert" => Ok(r#"{"_id":"new"}"#.to_string()),
+            _ => Err(SyscallError {
+                message: format!("no such op {op}"),
+                data_json: Some(r#"{"op":"x"}"#.into()),
+            }),
+        }
+    }
+}
+
+fn pool(workers: usize) -> JsPool {
+    let config = PoolConfig {
+        workers,
+        queue_capacity: 16,
+        isolates_per_worker: 4,
+        limits: RuntimeLimits {
+            memory_bytes: 32 << 20,
+            cpu_time: Duration::from_millis(300),
+            max_stack_bytes: 256 << 10,
+        },
+    };
+    JsPool::new(config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn call(tenant: &str, export: &str, kind: FunctionKind, args: &str, seed: u64) -> Invocation {
+    Invocation {
+        tenant: Arc::from(tenant),
+        modules: modules(1),
+        module_path: "app.js".into(),
+        export_name: export.into(),
+        kind,
+        args_json: args.into(),
+        rng_seed: seed,
+        now_ms: 1_700_000_000_000.0,
+        request_id: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn queries_call_syscalls_log_and_read_env() {
+    let pool = pool(2);
+    let (host, outcome) = pool
+        .invoke(
+            call("a", "echo", FunctionKind::Query, r#"[{"id":"abc"}]"#, 1),
+            FakeHost::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let value = outcome.result.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        value,
+        r#"{"doc":{"_id":"abc","n":1},"helper":"from a chunk","env":"hi"}"#
+    );
+    assert_eq!(host.calls, vec![r#"1.0/get {"id":"abc"}"#.to_string()]);
+    assert_eq!(
+        outcome.log_lines,
+        vec!["[LOG] 'got' { _id: 'abc', n: 1 } 42".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn errors_are_classified() {
+    let pool = pool(2);
+    let run = |export: &'static str, kind| {
+        pool.invoke(call("a", export, kind, "[{}]", 1), FakeHost::default())
+    };
+    let (_, o) = run("fail", FunctionKind::Query)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    match o.result {
+        Err(FunctionError::ConvexError { data_json, message }) => {
+            assert_eq!(data_json, r#"{"code":7}"#);
+            assert!(message.starts_with("Uncaught ConvexError"), "{message}");
+        }
+        other => panic!("expected ConvexError, got {other:?}"),
+    }
+    let (_, o) = run("failSyscall", FunctionKind::Query)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A failed syscall rejects with an Error carrying `data` (the Convex library turns that
+    // into a ConvexError); here the module catches it and returns both.
+    assert_eq!(
+        o.result.ok().as_deref(),
+        Some(r#"{"message":"no such op 1.0/boom","data":{"op":"x"}}"#)
+    );
+    let (_, o) = run("echo", FunctionKind::Mutation)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(o.result, Err(FunctionError::WrongKind { .. })),
+        "{:?}",
+        o.result
+    );
+    let (_, o) = run("missing", FunctionKind::Query)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(o.result, Err(FunctionError::ExportNotFound { .. })),
+        "{:?}",
+        o.result
+    );
+    let (_, o) = run("recurse", FunctionKind::Query)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(o.result, Err(FunctionError::Uncaught { .. })),
+        "deep recursion fails cleanly: {:?}",
+        o.result
+    );
+}
+
+#[tokio::test]
+async fn randomness_and_time_are_deterministic_per_seed() {
+    let pool = pool(1);
+    let mut results = Vec::new();
+    for seed in [7, 7, 8] {
+        let (_, o) = pool
+            .invoke(
+                call("a", "random", FunctionKind::Query, "[{}]", seed),
+                FakeHost::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        results.push(o.result.unwrap_or_else(|e| panic!("{e}")));
+    }
+    assert_eq!(results[0], results[1], "same seed, same values");
+    assert_ne!(results[0], results[2], "another seed, other values");
+    assert!(
+        results[0].contains("1700000000000,1700000000000"),
+        "{}",
+        results[0]
+    );
+}
+
+#[tokio::test]
+async fn limits_fail_one_call_and_other_tenants_carry_on() {
+    let pool = Arc::new(pool(2));
+    let spinner = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.invoke(
+                call("noisy", "spin", FunctionKind::Query, "[{}]", 1),
+                FakeHost::default(),
+            )
+            .await
+        })
+    };
+    // While one worker spins, the other serves another tenant.
+    for _ in 0..5 {
+        let (_, o) = pool
+            .invoke(
+                call("quiet", "echo", FunctionKind::Query, r#"[{"id":"abc"}]"#, 1),
+                FakeHost::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.result.is_ok(), "{:?}", o.result);
+    }
+    let (_, o) = spinner
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(o.result, Err(FunctionError::Timeout { .. })),
+        "{:?}",
+        o.result
+    );
+
+    let (_, o) = pool
+        .invoke(
+            call("noisy", "hog", FunctionKind::Query, "[{}]", 1),
+            FakeHost::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(o.result, Err(FunctionError::OutOfMemory { .. })),
+        "{:?}",
+        o.result
+    );
+    // The tenant that hit its limits gets a fresh runtime and works again.
+    let (_, o) = pool
+        .invoke(
+            call("noisy", "echo", FunctionKind::Query, r#"[{"id":"abc"}]"#, 1),
+            FakeHost::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(o.result.is_ok(), "{:?}", o.result);
+}
+
+#[test]
+fn analysis_lists_registered_functions() {
+    let analysis =
+        analyze_modules(&modules(1), &RuntimeLimits::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut names: Vec<(String, FunctionKind, bool)> = analysis
+        .functions
+        .iter()
+        .map(|f| {
+            (
+                f.name.clone(),
+                f.kind,
+                f.visibility == nimbus_runtime::Visibility::Public,
+            )
+        })
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(names.len(), 9, "{names:?}");
+    assert!(names.contains(&("internalOne".to_string(), FunctionKind::Mutation, false)));
+    assert!(names.contains(&("echo".to_string(), FunctionKind::Query, true)));
+    assert!(!names.iter().any(|n| n.0 == "notAFunction"));
+    assert!(analysis
+        .functions
+        .iter()
+        .all(|f| f.module_path == "app.js" && f.args_json == r#"{"type":"any"}"#));
+}
