@@ -4,6 +4,8 @@
 #
 #   bash scripts/bench.sh            # 10 s per run, 64 connections
 #   DURATION=30 CONNECTIONS=64 bash scripts/bench.sh
+#   SMOKE=1 bash scripts/bench.sh    # CI: a few seconds, checks every request succeeded,
+#                                    # never speed; does not touch BENCHMARKS.md
 #
 # It builds release binaries, starts `nimbus serve` on 127.0.0.1 with a temporary data
 # dir, creates tenant `bench`, pushes examples/pos with the official CLI, seeds a shop and
@@ -14,6 +16,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
+if [ -n "${SMOKE:-}" ]; then
+  DURATION=2; CONNECTIONS=4; PRODUCTS=20
+fi
 DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-64}"
 OUT="${OUT:-$REPO_ROOT/target-bench}"
@@ -95,7 +100,25 @@ start_server --query-cache-entries 0
 cleanup
 trap - EXIT INT TERM
 log "rusqlite baseline"
-"$BENCH" sqlite --duration-secs "$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))" --group "$CONNECTIONS" >"$OUT/sqlite.json"
+"$BENCH" sqlite --duration-secs "$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))" --group "$CONNECTIONS" >"$OUT/sqlite.json" 2>>"$OUT/sqlite.log"
+
+if [ -n "${SMOKE:-}" ]; then
+  node - "$OUT" <<'JS'
+const fs = require("fs"); const path = require("path");
+let failed = false;
+for (const f of ["mutation.json", "query.json", "query-uncached.json"]) {
+  const r = JSON.parse(fs.readFileSync(path.join(process.argv[2], f), "utf8"));
+  const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
+  console.log(`${f}: ${r.requests} requests, ${errors} errors`);
+  if (r.requests === 0 || errors > 0) failed = true;
+}
+const s = JSON.parse(fs.readFileSync(path.join(process.argv[2], "sqlite.json"), "utf8"));
+if (s.indexed_reads.requests === 0) failed = true;
+if (failed) { console.error("bench smoke: a run had errors or no requests"); process.exit(1); }
+JS
+  ok "bench smoke passed (every request succeeded)"
+  exit 0
+fi
 
 node - "$OUT" "$CONNECTIONS" "$DURATION" <<'JS'
 const fs = require("fs"); const os = require("os"); const path = require("path");

@@ -85,3 +85,4 @@ step npm-ci-e2e npm_ci "$REPO_ROOT/tests/e2e"
 step npm-ci-pos npm_ci "$REPO_ROOT/examples/pos"
 step typecheck typecheck_apps
 step e2e e2e_tests
+step bench-smoke env SMOKE=1 bash "$REPO_ROOT/scripts/bench.sh"
