@@ -15,6 +15,10 @@ use crate::error::AppError;
 use crate::syscalls::{IdsOf, TxnHost};
 use crate::tenant::Tenant;
 
+/// Attempts (the first plus jittered retries) a mutation makes before its retries take
+/// turns under the tenant's retry lock.
+const OPTIMISTIC_ATTEMPTS: usize = 3;
+
 /// Who is calling: clients may call public functions only; the tenant admin may call
 /// internal ones too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,8 +215,8 @@ impl Tenant {
         args: Value,
     ) -> Result<FunctionResponse, AppError> {
         let mut attempt = 0;
-        // Held from the first conflict on: conflicting retries of this tenant run one at a
-        // time, so a hot document cannot starve a mutation through endless stampedes.
+        // Held from the OPTIMISTIC_ATTEMPTS-th conflict on: such retries of this tenant run one
+        // at a time, so a hot document cannot starve a mutation through endless stampedes.
         let mut retry_turn: Option<tokio::sync::MutexGuard<'_, ()>> = None;
         loop {
             attempt += 1;
@@ -257,7 +261,12 @@ impl Tenant {
                 }
                 Err(EngineError::Conflict(reason)) if attempt < self.max_attempts() => {
                     tracing::debug!(tenant = self.name(), %name, attempt, %reason, elapsed_us = started.elapsed().as_micros() as u64, "mutation conflict, retrying");
-                    if retry_turn.is_none() {
+                    if attempt < OPTIMISTIC_ATTEMPTS {
+                        // Most conflicts are two writers meeting once: back off a little,
+                        // at random, and try again on a fresh snapshot.
+                        let jitter_us = rand::random::<u64>() % (1_000 * attempt as u64);
+                        tokio::time::sleep(Duration::from_micros(jitter_us)).await;
+                    } else if retry_turn.is_none() {
                         retry_turn = Some(self.retry_lock().lock().await);
                     }
                     continue;
