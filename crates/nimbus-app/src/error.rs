@@ -32,6 +32,9 @@ pub enum AppError {
     /// A push that cannot be applied (bad module, schema mismatch); shown by the CLI.
     #[error("{message}")]
     PushFailed { code: &'static str, message: String },
+    /// `query_at_ts` asked for a snapshot outside the retained window.
+    #[error("{0}")]
+    SnapshotUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +53,7 @@ impl AppError {
             AppError::Overloaded { .. } => "Overloaded",
             AppError::Unavailable { .. } => "TenantUnavailable",
             AppError::PushFailed { code, .. } => code,
+            AppError::SnapshotUnavailable(_) => "SnapshotUnavailable",
             AppError::Internal(_) => "InternalServerError",
         }
     }
@@ -62,7 +66,8 @@ impl AppError {
             AppError::InvalidTenantName(_)
             | AppError::BadRequest(_)
             | AppError::InvalidValue(_)
-            | AppError::PushFailed { .. } => 400,
+            | AppError::PushFailed { .. }
+            | AppError::SnapshotUnavailable(_) => 400,
             AppError::Unauthenticated => 401,
             AppError::Forbidden(_) => 403,
             AppError::Overloaded { .. } => 429,

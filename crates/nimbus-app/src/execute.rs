@@ -135,7 +135,10 @@ impl Tenant {
         let args = parse_args(&request.args)?;
         let _inflight = self.admit_call()?;
         match function.info.kind {
-            FunctionKind::Query => self.run_query(&deployment, &function, &name, args).await,
+            FunctionKind::Query => {
+                self.run_query(&deployment, &function, &name, args, request.at_ts)
+                    .await
+            }
             FunctionKind::Mutation => self.run_mutation(&deployment, &function, &name, args).await,
             FunctionKind::Action => Ok(FunctionResponse::failure(
                 "UnsupportedFunctionKind",
@@ -151,8 +154,23 @@ impl Tenant {
         function: &Arc<CompiledFunction>,
         name: &str,
         args: Value,
+        at_ts: Option<u64>,
     ) -> Result<FunctionResponse, AppError> {
-        let txn = self.engine().begin();
+        let txn = match at_ts {
+            None => self.engine().begin(),
+            Some(ts) => match self.engine().snapshot_at(nimbus_types::Timestamp(ts)) {
+                Some(snapshot) => self.engine().begin_at(snapshot),
+                None => {
+                    return Err(AppError::SnapshotUnavailable(format!(
+                        "the snapshot at timestamp {ts} is not available: Nimbus keeps the last \
+                         {} snapshots of up to {} s (latest is {})",
+                        self.config.engine.recent_snapshots,
+                        self.config.engine.write_log_age.as_secs(),
+                        self.latest_ts()
+                    )))
+                }
+            },
+        };
         let snapshot_ts = txn.snapshot().ts;
         let ts = snapshot_ts.0;
         if let Err(message) = check_args(function, &args, &txn) {
@@ -169,12 +187,16 @@ impl Tenant {
             args: nimbus_types::json::encode(&args).to_string(),
         };
         let engine = self.engine().clone();
-        let hit = self
-            .query_cache
-            .lock()
-            .get(&key, snapshot_ts, |since, read_set| {
-                engine.unchanged_since(since, read_set)
-            });
+        // The cache holds results at the latest snapshot; reads at a past one bypass it.
+        let hit = match at_ts {
+            Some(_) => None,
+            None => self
+                .query_cache
+                .lock()
+                .get(&key, snapshot_ts, |since, read_set| {
+                    engine.unchanged_since(since, read_set)
+                }),
+        };
         if let Some(value) = hit {
             return Ok(FunctionResponse {
                 result: Ok(value),
@@ -191,7 +213,7 @@ impl Tenant {
             return Err(system_error(self.name(), error));
         }
         let result = finish_result(function, outcome.result, &host.txn);
-        if let Ok(value) = &result {
+        if let (Ok(value), None) = (&result, at_ts) {
             let finished = host.txn.finish();
             self.query_cache
                 .lock()

@@ -71,6 +71,46 @@ pub struct CommitNotice {
     pub keys: Arc<Vec<(IndexNumber, Vec<u8>)>>,
 }
 
+/// The last published snapshots, newest last, bounded by count and age.
+pub(crate) struct RecentSnapshots {
+    entries: std::collections::VecDeque<(std::time::Instant, Arc<Snapshot>)>,
+    max: usize,
+    max_age: std::time::Duration,
+}
+
+impl RecentSnapshots {
+    pub fn new(max: usize, max_age: std::time::Duration) -> Self {
+        RecentSnapshots {
+            entries: std::collections::VecDeque::new(),
+            max: max.max(1),
+            max_age,
+        }
+    }
+
+    pub fn push(&mut self, snapshot: Arc<Snapshot>) {
+        let now = std::time::Instant::now();
+        self.entries.push_back((now, snapshot));
+        while self.entries.len() > self.max
+            || self
+                .entries
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > self.max_age)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The newest snapshot at or before `ts`, if the window reaches back that far.
+    pub fn at(&self, ts: Timestamp) -> Option<Arc<Snapshot>> {
+        self.entries
+            .iter()
+            .rev()
+            .map(|(_, s)| s)
+            .find(|s| s.ts <= ts)
+            .cloned()
+    }
+}
+
 pub(crate) struct CommitterState {
     pub store: Arc<dyn TenantStore>,
     pub published: Arc<RwLock<Arc<Snapshot>>>,
@@ -82,6 +122,7 @@ pub(crate) struct CommitterState {
     pub undo: Arc<crate::undo_log::UndoLog>,
     /// Above this many resident bytes the tenant switches to paged serving.
     pub memory_budget: usize,
+    pub recent: Arc<parking_lot::Mutex<RecentSnapshots>>,
 }
 
 enum Reply {
@@ -250,7 +291,9 @@ async fn process_batch(
         .write_log
         .lock()
         .append(ts, keys.as_ref().clone(), catalog_changed);
-    *state.published.write() = Arc::new(working);
+    let published = Arc::new(working);
+    state.recent.lock().push(published.clone());
+    *state.published.write() = published;
     let _ = state.ts_sender.send(ts);
     let _ = state.notices.send(CommitNotice { ts, keys });
     for reply in replies {

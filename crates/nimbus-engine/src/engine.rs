@@ -41,6 +41,9 @@ pub struct EngineConfig {
     pub transaction: TransactionLimits,
     /// Capacity of the commit-notice channel; a lagging subscriber is told it lagged.
     pub notice_capacity: usize,
+    /// Recent published snapshots kept for reads at a past timestamp (`query_at_ts`):
+    /// at most this many, and none older than `write_log_age`.
+    pub recent_snapshots: usize,
     /// Memory budget for a tenant's resident data, in bytes. A tenant whose data is
     /// larger is served from storage (paged) instead, with bounded memory.
     pub memory_budget_bytes: usize,
@@ -59,6 +62,7 @@ impl Default for EngineConfig {
             write_log_age: Duration::from_secs(30),
             transaction: TransactionLimits::default(),
             notice_capacity: 1024,
+            recent_snapshots: 64,
             memory_budget_bytes: 256 << 20,
             undo_log_entries: 200_000,
             undo_log_age: Duration::from_secs(30),
@@ -79,6 +83,7 @@ pub struct TenantEngine {
     config: EngineConfig,
     cursor_codec: CursorCodec,
     write_log: Arc<Mutex<WriteLog>>,
+    recent: Arc<Mutex<crate::committer::RecentSnapshots>>,
 }
 
 impl TenantEngine {
@@ -97,7 +102,13 @@ impl TenantEngine {
                 .await
                 .map_err(|e| EngineError::User(format!("loading failed: {e}")))??;
         let start_ts = snapshot.ts;
-        let published = Arc::new(RwLock::new(Arc::new(snapshot)));
+        let snapshot = Arc::new(snapshot);
+        let recent = Arc::new(Mutex::new(crate::committer::RecentSnapshots::new(
+            config.recent_snapshots,
+            config.write_log_age,
+        )));
+        recent.lock().push(snapshot.clone());
+        let published = Arc::new(RwLock::new(snapshot));
         let (sender, receiver) = mpsc::channel(config.admission_queue.max(1));
         let (ts_sender, ts_receiver) = watch::channel(start_ts);
         let (notices, _) = broadcast::channel(config.notice_capacity.max(1));
@@ -117,6 +128,7 @@ impl TenantEngine {
             metrics: metrics.clone(),
             undo,
             memory_budget: config.memory_budget_bytes,
+            recent: recent.clone(),
         };
         tokio::spawn(committer::run(receiver, state));
         Ok(Arc::new(TenantEngine {
@@ -130,6 +142,7 @@ impl TenantEngine {
             cursor_codec: CursorCodec::new(cursor_secret),
             config,
             write_log,
+            recent,
         }))
     }
 
@@ -140,6 +153,19 @@ impl TenantEngine {
     /// The latest published snapshot. Never waits for the committer.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.published.read().clone()
+    }
+
+    /// The snapshot as of `ts` (the newest one at or before it), if `ts` is within the
+    /// window of recent snapshots and not after the latest.
+    pub fn snapshot_at(&self, ts: Timestamp) -> Option<Arc<Snapshot>> {
+        let latest = self.snapshot();
+        if ts == latest.ts {
+            return Some(latest);
+        }
+        if ts > latest.ts {
+            return None;
+        }
+        self.recent.lock().at(ts)
     }
 
     /// Timestamp of the latest published snapshot.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use nimbus_app::{Caller, FunctionKind, FunctionRequest, Tenant};
-use nimbus_types::json::{encode, encode_clean, encode_u64};
+use nimbus_types::json::{decode_u64, encode, encode_clean, encode_u64};
 use serde_json::{json, Value as Json};
 
 use crate::{ApiError, AppState, Incoming};
@@ -88,13 +88,7 @@ pub(crate) async fn handle(
         "/api/query_ts" => {
             return Ok(axum::Json(json!({"ts": encode_u64(tenant.latest_ts())})).into_response());
         }
-        "/api/query_at_ts" => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "SnapshotUnavailable",
-                "Nimbus serves queries at the latest snapshot only; /api/query_at_ts is not supported yet",
-            ))
-        }
+        "/api/query_at_ts" => (Some(FunctionKind::Query), Format::Clean, None),
         _ => match path.strip_prefix("/api/run/") {
             Some(run) => match run.rsplit_once('/') {
                 Some((module, export)) if !module.is_empty() && !export.is_empty() => {
@@ -124,12 +118,25 @@ pub(crate) async fn handle(
     };
     let format = parse_format(&body, default_format)?;
     let caller = caller(state, tenant, incoming).await?;
+    let at_ts = match path {
+        "/api/query_at_ts" => match body.get("ts").and_then(Json::as_str) {
+            Some(ts) => {
+                Some(decode_u64(ts).map_err(|e| ApiError::bad_json(format!("invalid ts: {e}")))?)
+            }
+            None => {
+                return Err(ApiError::bad_json(
+                    "missing \"ts\": a timestamp from /api/query_ts",
+                ))
+            }
+        },
+        _ => None,
+    };
     let request = FunctionRequest {
         path: function_path.clone(),
         args: body.get("args").cloned().unwrap_or(Json::Null),
         kind,
         caller,
-        at_ts: None,
+        at_ts,
     };
     let response = tenant.run(request).await?;
     let encode_value = |v: &nimbus_types::Value| match format {
