@@ -1,8 +1,9 @@
 //! `nimbus-bench`: load generator and baselines for Nimbus.
 //!
-//! - `http`: closed-loop load against one tenant over HTTP: C connections, each sending
-//!   its next request as soon as the previous answer arrives, for a bounded time after a
-//!   warm-up. Latency per request goes into an HdrHistogram. Any non-success answer is
+//! - `http`: load against one tenant over HTTP for a bounded time after a warm-up, over C
+//!   connections: closed-loop (each connection sends as soon as its previous answer
+//!   arrives) or, with `--rate`, open-loop (a fixed schedule; latency counted from each
+//!   request's intended send time, so coordinated omission cannot hide stalls). Latency per request goes into an HdrHistogram. Any non-success answer is
 //!   counted by kind and fails the run's `errors` check.
 //! - `sqlite`: the same durable work done in-process with rusqlite (WAL,
 //!   `synchronous=FULL`): single-row transactions (one fsync each), grouped
@@ -54,6 +55,12 @@ enum Command {
         product: Vec<String>,
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// Open loop: total requests per second, spread evenly over the connections.
+        /// Latency is measured from each request's intended send time, so a stall shows
+        /// up in the percentiles instead of silently lowering the send rate. Without it the
+        /// run is closed-loop (each connection sends as soon as its previous answer arrives).
+        #[arg(long)]
+        rate: Option<f64>,
         #[arg(long, default_value_t = 2)]
         warmup_secs: u64,
         #[arg(long, default_value_t = 10)]
@@ -80,6 +87,7 @@ fn main() -> Result<()> {
             shop,
             product,
             connections,
+            rate,
             warmup_secs,
             duration_secs,
         } => {
@@ -92,6 +100,7 @@ fn main() -> Result<()> {
                 shop,
                 product,
                 connections: connections.max(1),
+                rate: rate.filter(|r| r.is_finite() && *r > 0.0),
                 warmup: Duration::from_secs(warmup_secs),
                 duration: Duration::from_secs(duration_secs.clamp(1, 600)),
             }))?;
@@ -120,6 +129,7 @@ struct HttpRun {
     shop: String,
     product: Vec<String>,
     connections: usize,
+    rate: Option<f64>,
     warmup: Duration,
     duration: Duration,
 }
@@ -184,6 +194,12 @@ async fn http_load(run: HttpRun) -> Result<Json> {
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(run.connections);
+    // Open loop: each connection sends every `interval`, staggered across connections.
+    let interval = run
+        .rate
+        .map(|rate| Duration::from_secs_f64(run.connections as f64 / rate));
+    let schedule_start = tokio::time::Instant::now();
+    let connections_f64 = run.connections as f64;
     for connection in 0..run.connections {
         let (client, target, bodies) = (client.clone(), target.clone(), bodies.clone());
         let (measuring, stop, completed) = (measuring.clone(), stop.clone(), completed.clone());
@@ -192,11 +208,24 @@ async fn http_load(run: HttpRun) -> Result<Json> {
             let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
             let mut count = 0u64;
             let mut next = connection.wrapping_mul(7919);
+            let mut intended = interval
+                .map(|every| schedule_start + every.mul_f64(connection as f64 / connections_f64));
             while !stop.load(Ordering::Relaxed) {
+                let scheduled = match (&mut intended, interval) {
+                    (Some(at), Some(every)) => {
+                        let this = *at;
+                        *at += every;
+                        // A late request goes out at once; its latency still counts from
+                        // when it should have been sent.
+                        tokio::time::sleep_until(this).await;
+                        Some(this.into_std())
+                    }
+                    _ => None,
+                };
                 // A cheap deterministic spread over the bodies (products).
                 next = next.wrapping_mul(1_103_515_245).wrapping_add(12_345);
                 let body = &bodies[(next >> 8) % bodies.len()];
-                let started = Instant::now();
+                let started = scheduled.unwrap_or_else(Instant::now);
                 let outcome = client
                     .post(&target)
                     .header("content-type", "application/json")
@@ -275,6 +304,8 @@ async fn http_load(run: HttpRun) -> Result<Json> {
     result["kind"] = json!("http");
     result["workload"] = json!(format!("{:?}", run.workload).to_lowercase());
     result["connections"] = json!(run.connections);
+    result["mode"] = json!(if run.rate.is_some() { "open" } else { "closed" });
+    result["target_rate_per_sec"] = json!(run.rate);
     result["duration_secs"] = json!(elapsed.as_secs_f64());
     result["errors"] = json!(errors);
     Ok(result)
