@@ -180,23 +180,21 @@ impl Tenant {
                 ts,
             ));
         }
-        let key = crate::query_cache::CacheKey {
+        // The cache holds results at the latest snapshot; reads at a past one bypass it.
+        let key = at_ts.is_none().then(|| crate::query_cache::CacheKey {
             generation: deployment.generation,
             module: function.info.module_path.clone(),
             export: function.info.name.clone(),
             args: nimbus_types::json::encode(&args).to_string(),
-        };
+        });
         let engine = self.engine().clone();
-        // The cache holds results at the latest snapshot; reads at a past one bypass it.
-        let hit = match at_ts {
-            Some(_) => None,
-            None => self
-                .query_cache
+        let hit = key.as_ref().and_then(|key| {
+            self.query_cache
                 .lock()
-                .get(&key, snapshot_ts, |since, read_set| {
+                .get(key, snapshot_ts, |since, read_set| {
                     engine.unchanged_since(since, read_set)
-                }),
-        };
+                })
+        });
         if let Some(value) = hit {
             return Ok(FunctionResponse {
                 result: Ok(value),
@@ -213,7 +211,7 @@ impl Tenant {
             return Err(system_error(self.name(), error));
         }
         let result = finish_result(function, outcome.result, &host.txn);
-        if let (Ok(value), None) = (&result, at_ts) {
+        if let (Ok(value), Some(key)) = (&result, key) {
             let finished = host.txn.finish();
             self.query_cache
                 .lock()
