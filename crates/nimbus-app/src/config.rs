@@ -39,6 +39,12 @@ pub struct NimbusConfig {
     pub query_cache_entries: usize,
     /// Larger query results (by Convex size) are not cached.
     pub query_cache_max_result_bytes: usize,
+    /// Bounds of live queries (subscriptions per connection and per tenant).
+    pub live: crate::live::LiveLimits,
+    /// Mutations sent over live sessions remembered per tenant (by session and request
+    /// ID) so a client re-sending one after a reconnect gets the first run's answer
+    /// instead of running it twice; the oldest is forgotten when full.
+    pub live_request_dedup_entries: usize,
 }
 
 impl NimbusConfig {
@@ -59,6 +65,8 @@ impl NimbusConfig {
             max_active_tenants: 1000,
             query_cache_entries: 1024,
             query_cache_max_result_bytes: 256 << 10,
+            live: crate::live::LiveLimits::default(),
+            live_request_dedup_entries: 4096,
         }
     }
 }

@@ -21,7 +21,7 @@ const OPTIMISTIC_ATTEMPTS: usize = 3;
 
 /// Who is calling: clients may call public functions only; the tenant admin may call
 /// internal ones too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Caller {
     Client,
     Admin,
@@ -94,44 +94,17 @@ impl Tenant {
     pub async fn run(&self, request: FunctionRequest) -> Result<FunctionResponse, AppError> {
         let deployment = self.deployment();
         let ts_now = self.latest_ts();
-        let Some((module, export)) = canonical_path(&request.path) else {
-            return Ok(FunctionResponse::failure(
-                "FunctionNotFound",
-                format!("Invalid function path {:?}", request.path),
-                ts_now,
-            ));
-        };
-        let name = display_name(&module, &export);
-        let function = deployment
-            .functions
-            .get(&(module.clone(), export.clone()))
-            .cloned();
-        let function = match function {
-            Some(f) if f.info.public || request.caller == Caller::Admin => f,
-            _ => {
-                return Ok(FunctionResponse::failure(
-                    "FunctionNotFound",
-                    format!(
-                        "Could not find public function for '{name}'. Did you forget to run \
-                         `npx convex dev` or `npx convex deploy`?"
-                    ),
-                    ts_now,
-                ))
-            }
-        };
-        if let Some(expected) = request.kind {
-            if expected != function.info.kind {
-                return Ok(FunctionResponse::failure(
-                    "InvalidFunctionKind",
-                    format!(
-                        "Trying to execute {name} as {}, but it is defined as {}.",
-                        kind_label(expected),
-                        kind_label(function.info.kind)
-                    ),
-                    ts_now,
-                ));
-            }
-        }
+        let (function, name) =
+            match resolve(&deployment, &request.path, request.kind, request.caller) {
+                Ok(found) => found,
+                Err(failure) => {
+                    return Ok(FunctionResponse::failure(
+                        failure.code,
+                        failure.message,
+                        ts_now,
+                    ))
+                }
+            };
         let args = parse_args(&request.args)?;
         let _inflight = self.admit_call()?;
         match function.info.kind {
@@ -146,6 +119,53 @@ impl Tenant {
                 ts_now,
             )),
         }
+    }
+
+    /// Evaluates a query for a live subscription at a given snapshot: its result (or
+    /// failure), log lines, and read set. A failed query still has a read set (what it
+    /// read before failing); an infrastructure failure is returned as the error.
+    pub(crate) async fn evaluate_live(
+        &self,
+        path: &str,
+        args: &Value,
+        caller: Caller,
+        snapshot: Arc<nimbus_engine::Snapshot>,
+    ) -> Result<LiveEvaluation, AppError> {
+        let deployment = self.deployment();
+        let (function, name) = match resolve(&deployment, path, Some(FunctionKind::Query), caller) {
+            Ok(found) => found,
+            Err(failure) => {
+                return Ok(LiveEvaluation {
+                    result: Err(failure),
+                    log_lines: Vec::new(),
+                    read_set: nimbus_engine::ReadSet::default(),
+                })
+            }
+        };
+        let txn = self.engine().begin_at(snapshot);
+        if let Err(message) = check_args(&function, args, &txn) {
+            return Ok(LiveEvaluation {
+                result: Err(FunctionFailure {
+                    code: "ArgumentValidationError",
+                    message,
+                    data: None,
+                }),
+                log_lines: Vec::new(),
+                read_set: txn.finish().read_set,
+            });
+        }
+        let (host, outcome) = self
+            .execute(&deployment, &function, &name, args.clone(), txn)
+            .await?;
+        if let Some(error) = host.system_error {
+            return Err(system_error(self.name(), error));
+        }
+        let result = finish_result(&function, outcome.result, &host.txn);
+        Ok(LiveEvaluation {
+            result,
+            log_lines: outcome.log_lines,
+            read_set: host.txn.finish().read_set,
+        })
     }
 
     async fn run_query(
@@ -358,8 +378,62 @@ fn system_error(tenant: &str, error: EngineError) -> AppError {
     }
 }
 
+/// A live query's evaluation (see [`Tenant::evaluate_live`]).
+pub(crate) struct LiveEvaluation {
+    pub result: Result<Value, FunctionFailure>,
+    pub log_lines: Vec<String>,
+    pub read_set: nimbus_engine::ReadSet,
+}
+
+/// Finds a callable function: it exists, the caller may call it, and it is of the kind the
+/// endpoint expects. Returns it with its display name (`module:export`).
+fn resolve(
+    deployment: &crate::deployment::Deployment,
+    path: &str,
+    kind: Option<FunctionKind>,
+    caller: Caller,
+) -> Result<(Arc<CompiledFunction>, String), FunctionFailure> {
+    let fail = |code, message| FunctionFailure {
+        code,
+        message,
+        data: None,
+    };
+    let Some((module, export)) = canonical_path(path) else {
+        return Err(fail(
+            "FunctionNotFound",
+            format!("Invalid function path {path:?}"),
+        ));
+    };
+    let name = display_name(&module, &export);
+    let function = match deployment.functions.get(&(module, export)) {
+        Some(f) if f.info.public || caller == Caller::Admin => f.clone(),
+        _ => {
+            return Err(fail(
+                "FunctionNotFound",
+                format!(
+                    "Could not find public function for '{name}'. Did you forget to run \
+                     `npx convex dev` or `npx convex deploy`?"
+                ),
+            ))
+        }
+    };
+    if let Some(expected) = kind {
+        if expected != function.info.kind {
+            return Err(fail(
+                "InvalidFunctionKind",
+                format!(
+                    "Trying to execute {name} as {}, but it is defined as {}.",
+                    kind_label(expected),
+                    kind_label(function.info.kind)
+                ),
+            ));
+        }
+    }
+    Ok((function, name))
+}
+
 /// Accepts `[argsObject]` (positional form) or a bare object.
-fn parse_args(args: &Json) -> Result<Value, AppError> {
+pub fn parse_args(args: &Json) -> Result<Value, AppError> {
     let object = match args {
         Json::Array(items) if items.len() == 1 => &items[0],
         Json::Array(items) if items.is_empty() => return Ok(Value::Object(Default::default())),

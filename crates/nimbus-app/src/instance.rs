@@ -10,7 +10,7 @@ use nimbus_runtime::JsPool;
 use nimbus_storage::{StorageBackend, StorageError};
 use nimbus_storage_sqlite::{SqliteBackend, SqliteConfig};
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::OnceCell;
 
 use crate::catalog::{TenantCatalog, TenantRow};
 use crate::config::NimbusConfig;
@@ -34,6 +34,9 @@ pub struct TenantInfo {
     pub created_at_ms: u64,
 }
 
+/// A tenant's place in the active map: empty while the tenant is being activated.
+type Slot = Arc<OnceCell<Arc<Tenant>>>;
+
 /// One Nimbus server instance.
 pub struct Nimbus {
     config: NimbusConfig,
@@ -42,8 +45,11 @@ pub struct Nimbus {
     catalog: TenantCatalog,
     storage: Arc<dyn StorageBackend>,
     pool: Arc<JsPool>,
-    /// Active tenants. Activation holds the async lock so a tenant is opened once.
-    active: AsyncMutex<HashMap<String, Arc<Tenant>>>,
+    /// Active tenants, and tenants being activated. The map's lock is held only to look up,
+    /// insert or remove a slot, never across an activation: opening one tenant (storage,
+    /// documents, code) must not stall requests to tenants that are already active. A slot's
+    /// cell makes concurrent requests to the same inactive tenant share one activation.
+    active: parking_lot::Mutex<HashMap<String, Slot>>,
     /// Logical clock for least-recently-used eviction of idle tenants.
     clock: std::sync::atomic::AtomicU64,
 }
@@ -98,7 +104,7 @@ impl Nimbus {
             catalog,
             storage,
             pool,
-            active: AsyncMutex::new(HashMap::new()),
+            active: parking_lot::Mutex::new(HashMap::new()),
             clock: std::sync::atomic::AtomicU64::new(0),
             config,
         };
@@ -211,8 +217,17 @@ impl Nimbus {
         if !self.catalog.set_deleting(name)? {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
-        let removed = self.active.lock().await.remove(name);
-        drop(removed);
+        let removed = self.active.lock().remove(name);
+        if let Some(slot) = removed {
+            // An activation in flight finishes first (the cell serializes initializers), so
+            // its tenant is closed here rather than left running over a deleted namespace.
+            let activated = slot
+                .get_or_try_init(|| async { Err(AppError::TenantNotFound(name.to_string())) })
+                .await;
+            if let Ok(tenant) = activated {
+                tenant.close();
+            }
+        }
         let storage = self.storage.clone();
         let namespace = name.to_string();
         tokio::task::spawn_blocking(move || storage.delete_namespace(&namespace))
@@ -228,38 +243,101 @@ impl Nimbus {
     pub async fn tenant(&self, name: &str) -> Result<Arc<Tenant>, AppError> {
         use std::sync::atomic::Ordering;
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut active = self.active.lock().await;
-        if let Some(tenant) = active.get(name) {
+        let existing = self.active.lock().get(name).cloned();
+        if let Some(slot) = existing {
+            // Active, or being activated by another request: share its activation.
+            let tenant = slot.get_or_try_init(|| self.activate(name, &slot)).await?;
             tenant.last_used.store(now, Ordering::Relaxed);
             return Ok(tenant.clone());
         }
         if self.catalog.get(name)?.is_none() {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
-        if active.len() >= self.config.max_active_tenants.max(1) {
-            // Close the least recently used tenant nobody is using (only the map holds
-            // it). Its committer finishes what is queued, then its storage closes.
-            let idle = active
-                .iter()
-                .filter(|(_, t)| Arc::strong_count(t) == 1)
-                .min_by_key(|(_, t)| t.last_used.load(Ordering::Relaxed))
-                .map(|(n, _)| n.clone());
-            match idle {
-                Some(evicted) => {
-                    active.remove(&evicted);
-                    tracing::debug!(tenant = %evicted, "closed an idle tenant to stay within max_active_tenants");
-                }
+        let (slot, evicted) = {
+            let mut active = self.active.lock();
+            match active.get(name) {
+                // Another request got here between the two lookups.
+                Some(slot) => (slot.clone(), None),
                 None => {
-                    return Err(AppError::Unavailable {
-                        tenant: name.to_string(),
-                        detail: format!(
-                            "all {} active tenants are busy; retry shortly",
-                            self.config.max_active_tenants
-                        ),
-                    })
+                    let evicted = self.make_room(&mut active, name)?;
+                    let slot = Slot::default();
+                    active.insert(name.to_string(), slot.clone());
+                    (slot, evicted)
                 }
             }
+        };
+        drop(evicted);
+        let tenant = slot.get_or_try_init(|| self.activate(name, &slot)).await?;
+        tenant.last_used.store(now, Ordering::Relaxed);
+        Ok(tenant.clone())
+    }
+
+    /// Keeps the active map within `max_active_tenants` before `name` is added. It frees a
+    /// slot no request holds: one whose activation failed, else the least recently used
+    /// tenant nobody is using (its committer finishes what is queued, then its storage
+    /// closes). Tenants being activated count towards the bound and are never chosen.
+    /// Returns the freed slot, for the caller to drop after releasing the map's lock.
+    fn make_room(
+        &self,
+        active: &mut HashMap<String, Slot>,
+        name: &str,
+    ) -> Result<Option<Slot>, AppError> {
+        use std::sync::atomic::Ordering;
+        if active.len() < self.config.max_active_tenants.max(1) {
+            return Ok(None);
         }
+        let idle = active
+            .iter()
+            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+            .filter_map(|(n, slot)| match slot.get() {
+                None => Some((n, 0)),
+                Some(t) if Arc::strong_count(t) == 1 => {
+                    Some((n, t.last_used.load(Ordering::Relaxed)))
+                }
+                Some(_) => None,
+            })
+            .min_by_key(|(_, last_used)| *last_used)
+            .map(|(n, _)| n.clone());
+        match idle {
+            Some(evicted) => {
+                tracing::debug!(tenant = %evicted, "closing an idle tenant to stay within max_active_tenants");
+                Ok(active.remove(&evicted))
+            }
+            None => Err(AppError::Unavailable {
+                tenant: name.to_string(),
+                detail: format!(
+                    "all {} active tenants are busy; retry shortly",
+                    self.config.max_active_tenants
+                ),
+            }),
+        }
+    }
+
+    fn slot_is_current(&self, name: &str, slot: &Slot) -> bool {
+        self.active
+            .lock()
+            .get(name)
+            .is_some_and(|s| Arc::ptr_eq(s, slot))
+    }
+
+    /// Opens a tenant's storage, engine and runtime for `slot`; runs inside the slot's cell,
+    /// so one activation per slot runs at a time. A failure leaves the slot empty and the
+    /// next request tries afresh. A slot that left the map (the tenant was deleted) is not
+    /// activated, and a tenant opened while its slot left is closed again: deletion waits
+    /// on the cell, so it never removes a namespace under a running activation.
+    async fn activate(&self, name: &str, slot: &Slot) -> Result<Arc<Tenant>, AppError> {
+        if !self.slot_is_current(name, slot) {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        let tenant = self.open_tenant(name).await?;
+        if !self.slot_is_current(name, slot) {
+            tenant.close();
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        Ok(tenant)
+    }
+
+    async fn open_tenant(&self, name: &str) -> Result<Arc<Tenant>, AppError> {
         let storage = self.storage.clone();
         let namespace = name.to_string();
         let store = tokio::task::spawn_blocking(move || storage.open_namespace(&namespace))
@@ -269,12 +347,7 @@ impl Nimbus {
         let engine = TenantEngine::open(name, store, self.config.engine.clone())
             .await
             .map_err(|e| AppError::from_engine(name, e))?;
-        let tenant = Tenant::activate(name, engine, self.pool.clone(), &self.config).await?;
-        tenant
-            .last_used
-            .store(now, std::sync::atomic::Ordering::Relaxed);
-        active.insert(name.to_string(), tenant.clone());
-        Ok(tenant)
+        Tenant::activate(name, engine, self.pool.clone(), &self.config).await
     }
 
     /// Checks a tenant admin key (`<tenant>|<secret>`) for `tenant`.
@@ -308,12 +381,20 @@ impl Nimbus {
 
     /// Drops every active tenant; committers finish what is queued.
     pub async fn shutdown(&self) {
-        self.active.lock().await.clear();
+        let slots: Vec<Slot> = self.active.lock().drain().map(|(_, slot)| slot).collect();
+        for tenant in slots.iter().filter_map(|slot| slot.get()) {
+            tenant.close();
+        }
     }
 
     /// Names of tenants active in memory.
     pub async fn active_tenants(&self) -> Vec<String> {
-        self.active.lock().await.keys().cloned().collect()
+        self.active
+            .lock()
+            .iter()
+            .filter(|(_, slot)| slot.initialized())
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 }
 

@@ -8,10 +8,12 @@
 
 mod catalog;
 mod config;
+mod dedup;
 mod deployment;
 mod error;
 mod execute;
 mod instance;
+mod live;
 mod push;
 mod query_cache;
 mod syscalls;
@@ -20,8 +22,9 @@ mod tenant;
 pub use config::NimbusConfig;
 pub use deployment::{FunctionInfo, ModuleHash};
 pub use error::AppError;
-pub use execute::{Caller, FunctionFailure, FunctionRequest, FunctionResponse};
+pub use execute::{parse_args, Caller, FunctionFailure, FunctionRequest, FunctionResponse};
 pub use instance::{CreatedTenant, Nimbus, TenantInfo};
+pub use live::{Drained, LiveLimits, LiveResult, LiveSession, LiveStats, QueryId, SubscribeError};
 pub use nimbus_runtime::FunctionKind;
 pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
 pub use tenant::{Tenant, TenantStats};

@@ -33,6 +33,13 @@ pub struct Tenant {
     /// Logical time of the last activation lookup (for idle eviction).
     pub(crate) last_used: AtomicU64,
     pub(crate) config: NimbusConfig,
+    live: Arc<crate::live::LiveQueries>,
+    /// Mutations over live sessions recently run, for exactly-once replays.
+    pub(crate) recent_requests: Mutex<crate::dedup::RecentRequests>,
+    /// Set when the tenant is deleted or the server shuts down: live sessions close.
+    closed: tokio::sync::watch::Sender<bool>,
+    /// Bumped to make every live session of the tenant close (clients reconnect).
+    disconnect: tokio::sync::watch::Sender<u64>,
 }
 
 /// Counters of one tenant for diagnostics.
@@ -45,6 +52,7 @@ pub struct TenantStats {
     pub deployment_generation: u64,
     pub functions: usize,
     pub cached_queries: usize,
+    pub live: crate::live::LiveStats,
 }
 
 impl Tenant {
@@ -80,6 +88,12 @@ impl Tenant {
             )),
             rejected: AtomicU64::new(0),
             last_used: AtomicU64::new(0),
+            live: Arc::new(crate::live::LiveQueries::new(config.live.clone())),
+            recent_requests: Mutex::new(crate::dedup::RecentRequests::new(
+                config.live_request_dedup_entries,
+            )),
+            closed: tokio::sync::watch::channel(false).0,
+            disconnect: tokio::sync::watch::channel(0).0,
             config: config.clone(),
         }))
     }
@@ -114,6 +128,36 @@ impl Tenant {
 
     pub(crate) fn set_deployment(&self, deployment: Arc<Deployment>) {
         *self.deployment.write() = deployment;
+        self.live.code_changed();
+    }
+
+    pub(crate) fn live(&self) -> &Arc<crate::live::LiveQueries> {
+        &self.live
+    }
+
+    /// Resolves to `true` once the tenant is closed (deleted, or the server stopping);
+    /// long-lived connections watch it and end.
+    pub fn closed_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    /// Changes when the operator asks every live session to close (see
+    /// [`Tenant::disconnect_live_sessions`]).
+    pub fn disconnect_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.disconnect.subscribe()
+    }
+
+    /// Closes every live session of the tenant; clients reconnect and re-subscribe.
+    /// Returns how many sessions were open.
+    pub fn disconnect_live_sessions(&self) -> u64 {
+        let open = self.live.stats().sessions;
+        self.disconnect.send_modify(|n| *n += 1);
+        open
+    }
+
+    /// Closes the tenant's live sessions and stops its live-query registry.
+    pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// The engine, for transports that need commit notices (live queries).
@@ -165,6 +209,7 @@ impl Tenant {
             deployment_generation: deployment.generation,
             functions: deployment.functions.len(),
             cached_queries: self.query_cache.lock().len(),
+            live: self.live.stats(),
         }
     }
 }

@@ -90,3 +90,61 @@ async fn tenants_keys_and_the_active_bound() {
         .collect();
     assert_eq!(names, vec!["t1".to_string(), "t3".to_string()]);
 }
+
+/// Concurrent requests to an inactive tenant share one activation; a deletion racing
+/// activations leaves neither an active tenant nor its file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_activations_share_one_tenant_and_deletion_wins() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let nimbus = nimbus(dir.path(), 8).await;
+    for name in ["a", "b"] {
+        nimbus
+            .create_tenant(name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let nimbus = nimbus.clone();
+        tasks.spawn(async move { nimbus.tenant("a").await });
+    }
+    let mut opened = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let tenant = joined
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        opened.push(tenant);
+    }
+    assert!(
+        opened.iter().all(|t| std::sync::Arc::ptr_eq(t, &opened[0])),
+        "every request got the same activation"
+    );
+    assert_eq!(nimbus.active_tenants().await, vec!["a".to_string()]);
+    drop(opened);
+
+    for _ in 0..8 {
+        let nimbus = nimbus.clone();
+        tasks.spawn(async move { nimbus.tenant("b").await });
+    }
+    nimbus
+        .delete_tenant("b")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    while let Some(joined) = tasks.join_next().await {
+        // Each racing request either got the tenant before the deletion or "not found".
+        match joined.unwrap_or_else(|e| panic!("{e}")) {
+            Ok(tenant) => assert_eq!(tenant.name(), "b"),
+            Err(AppError::TenantNotFound(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert!(matches!(
+        nimbus.tenant("b").await,
+        Err(AppError::TenantNotFound(_))
+    ));
+    assert_eq!(nimbus.active_tenants().await, vec!["a".to_string()]);
+    assert!(
+        !dir.path().join("tenants/b.sqlite3").exists(),
+        "the deleted tenant's file is gone"
+    );
+}

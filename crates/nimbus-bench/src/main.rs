@@ -1,58 +1,84 @@
-//! `nimbus-bench`: load generator and baselines for Nimbus.
+//! `nimbus-bench`: load generator, scenarios and baselines for Nimbus.
 //!
-//! - `http`: load against one tenant over HTTP for a bounded time after a warm-up, over C
-//!   connections: closed-loop (each connection sends as soon as its previous answer
-//!   arrives) or, with `--rate`, open-loop (a fixed schedule; latency counted from each
-//!   request's intended send time, so coordinated omission cannot hide stalls). Latency per request goes into an HdrHistogram. Any non-success answer is
-//!   counted by kind and fails the run's `errors` check.
-//! - `sqlite`: the same durable work done in-process with rusqlite (WAL,
-//!   `synchronous=FULL`): single-row transactions (one fsync each), grouped
-//!   transactions (N rows per fsync, what group commit does), and indexed range reads of
-//!   10 rows. The ceiling of the SQLite backend on this machine.
-//!
-//! Both print one JSON object on stdout (documented in BENCHMARKS.md) and a progress
-//! line per second on stderr. Targets are 127.0.0.1 only; every loop stops by itself.
+//! Load (`http`, `noisy`, `cold`) goes over real HTTP to servers on this machine; each run
+//! has a warm-up, a bounded duration and a progress line per second on stderr, and prints
+//! one JSON object on stdout (documented in BENCHMARKS.md). Setup commands (`seed`,
+//! `provision`, `pocketbase-setup`) write a targets file the load commands read. `sqlite`
+//! is the in-process rusqlite baseline. `report` turns a directory of results into the
+//! Markdown of BENCHMARKS.md; `check` fails if any result has errors or no requests.
+//! Targets are 127.0.0.1 only; every loop stops by itself.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod cold;
+mod live;
+mod load;
+mod noisy;
+mod provision;
+mod report;
+mod sqlite;
+mod stats;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use hdrhistogram::Histogram;
-use serde_json::{json, Value as Json};
+use clap::{Parser, Subcommand};
+use serde_json::Value as Json;
+
+use workload::{System, Target, TargetsFile, Workload};
 
 #[derive(Parser)]
-#[command(name = "nimbus-bench", about = "Nimbus load generator and baselines")]
+#[command(
+    name = "nimbus-bench",
+    about = "Nimbus load generator, scenarios and baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-enum Workload {
-    /// `orders:create` with one line item (a durable mutation: 1 read, 1 patch, 2 inserts).
-    Mutation,
-    /// `orders:listOpen` with limit 10 (an indexed range query on the composite index).
-    Query,
+/// The timing options shared by load runs.
+#[derive(clap::Args, Clone, Copy)]
+struct Timing {
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// The measured window (1..600 s).
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+}
+
+impl Timing {
+    fn warmup(self) -> Duration {
+        Duration::from_secs(self.warmup_secs.min(60))
+    }
+    fn duration(self) -> Duration {
+        Duration::from_secs(self.duration_secs.clamp(1, 600))
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Closed-loop HTTP load against a tenant with examples/pos pushed and seeded.
+    /// HTTP load against one or more seeded targets (Nimbus tenants or PocketBase).
     Http {
-        /// Tenant URL, e.g. http://127.0.0.1:3210/t/bench
+        /// Targets file (from `seed`, `provision` or `pocketbase-setup`).
+        #[arg(long, conflicts_with = "url")]
+        targets: Option<PathBuf>,
+        /// Use only the first N targets of the file.
         #[arg(long)]
-        url: String,
-        #[arg(long, value_enum)]
-        workload: Workload,
-        /// Shop ID (from the seeding step).
+        tenants: Option<usize>,
+        /// One tenant URL instead of a targets file, e.g. http://127.0.0.1:3210/t/bench
+        #[arg(long, requires = "shop")]
+        url: Option<String>,
+        /// Shop ID (with --url).
         #[arg(long)]
-        shop: String,
-        /// Product IDs, comma-separated; each order picks one at random, as a shop's
-        /// orders spread over its catalogue (one hot product would serialize every order).
+        shop: Option<String>,
+        /// Product IDs, comma-separated (with --url); each order picks one at random.
         #[arg(long, value_delimiter = ',')]
         product: Vec<String>,
+        #[arg(long, value_enum, default_value_t = System::Nimbus)]
+        system: System,
+        #[arg(long, value_enum)]
+        workload: Workload,
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Open loop: total requests per second, spread evenly over the connections.
@@ -61,10 +87,151 @@ enum Command {
         /// run is closed-loop (each connection sends as soon as its previous answer arrives).
         #[arg(long)]
         rate: Option<f64>,
-        #[arg(long, default_value_t = 2)]
-        warmup_secs: u64,
-        #[arg(long, default_value_t = 10)]
-        duration_secs: u64,
+        /// A name for the run (progress lines and JSON `label`).
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Noisy neighbour: the first target's steady open-loop traffic alone, then while the
+    /// second target floods the server.
+    Noisy {
+        #[arg(long)]
+        targets: PathBuf,
+        #[arg(long, value_enum, default_value_t = Workload::Query)]
+        steady_workload: Workload,
+        /// The steady tenant's requests per second (open loop).
+        #[arg(long, default_value_t = 200.0)]
+        steady_rate: f64,
+        #[arg(long, default_value_t = 8)]
+        steady_connections: usize,
+        #[arg(long, value_enum, default_value_t = Workload::Mutation)]
+        neighbour_workload: Workload,
+        /// The neighbour's connections (closed loop).
+        #[arg(long, default_value_t = 64)]
+        neighbour_connections: usize,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Subscription fan-out over WebSockets: one `products:get` subscription per seeded
+    /// product of every target tenant, while an open-loop writer restocks random products;
+    /// reports commit → notification latency and evaluations per commit.
+    Live {
+        #[arg(long)]
+        targets: PathBuf,
+        /// Server base URL, e.g. http://127.0.0.1:3210 (for the tenants' counters).
+        #[arg(long)]
+        base: String,
+        /// Instance admin key (default: $NIMBUS_ADMIN_KEY).
+        #[arg(long, env = "NIMBUS_ADMIN_KEY")]
+        admin_key: String,
+        /// Sockets per tenant; the tenant's subscriptions are spread over them.
+        #[arg(long, default_value_t = 1)]
+        connections_per_tenant: usize,
+        /// Commits per second (open loop), each into one subscription's range.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Seeds one tenant that has examples/pos and writes a targets file.
+    Seed {
+        /// Tenant URL, e.g. http://127.0.0.1:3210/t/bench
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "bench")]
+        name: String,
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+        /// Open orders created so `orders:listOpen` reads a full page of 10.
+        #[arg(long, default_value_t = 20)]
+        open_orders: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Creates tenants `<prefix>000..` through the admin API (progress on stderr), pushes
+    /// code to the first ones by replaying a start_push request the official CLI wrote, and
+    /// seeds them. Writes a targets file; prints a JSON summary with the timings.
+    Provision {
+        /// Server URL, e.g. http://127.0.0.1:3299
+        #[arg(long)]
+        base: String,
+        /// The instance admin key.
+        #[arg(long, env = "NIMBUS_ADMIN_KEY", hide_env_values = true)]
+        admin_key: String,
+        #[arg(long, default_value = "t")]
+        prefix: String,
+        #[arg(long)]
+        count: usize,
+        /// Requests in flight while creating, pushing and seeding.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// The body `npx convex deploy --push-all-modules --write-push-request P` wrote to
+        /// `P.json`.
+        #[arg(long, requires = "push_count")]
+        push_request: Option<PathBuf>,
+        /// How many of the new tenants get the code (and are seeded).
+        #[arg(long)]
+        push_count: Option<usize>,
+        #[arg(long, default_value_t = 20)]
+        products: usize,
+        #[arg(long, default_value_t = 20)]
+        open_orders: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Cold activation: first-request latency to registered but inactive tenants, and the
+    /// server's resident memory.
+    Cold {
+        #[arg(long)]
+        base: String,
+        #[arg(long, env = "NIMBUS_ADMIN_KEY", hide_env_values = true)]
+        admin_key: String,
+        /// Targets file from `provision` (pushed tenants first).
+        #[arg(long)]
+        targets: PathBuf,
+        /// The server's process ID, to read its resident memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Tenants with code queried one at a time (each twice).
+        #[arg(long, default_value_t = 200)]
+        pushed_sequential: usize,
+        /// Tenants without code activated one at a time (each twice).
+        #[arg(long, default_value_t = 500)]
+        sequential: usize,
+        /// Further tenants with code queried `connections` at a time.
+        #[arg(long, default_value_t = 800)]
+        pushed_concurrent: usize,
+        /// Further tenants without code activated `connections` at a time.
+        #[arg(long, default_value_t = 2000)]
+        concurrent: usize,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// The server's --max-active-tenants, recorded in the JSON.
+        #[arg(long)]
+        max_active_tenants: Option<u64>,
+        /// How long the restarted server took to become healthy, recorded in the JSON.
+        #[arg(long)]
+        restart_ms: Option<f64>,
+    },
+    /// Sets up PocketBase collections equivalent to examples/pos, seeds them and writes a
+    /// targets file. Needs a superuser (`pocketbase superuser upsert EMAIL PASS`).
+    PocketbaseSetup {
+        /// PocketBase URL, e.g. http://127.0.0.1:3390
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "POCKETBASE_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+        #[arg(long, default_value_t = 20)]
+        open_orders: usize,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The same durable writes and indexed reads in-process with rusqlite.
     Sqlite {
@@ -77,343 +244,298 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         readers: usize,
     },
+    /// Prints the Markdown results section of BENCHMARKS.md from a results directory.
+    Report {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The command that produced the results (shown in the report).
+        #[arg(long)]
+        command: String,
+        /// A sentence added under the machine description.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Fails unless every result in the directory has requests and no errors.
+    Check {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn print(value: &Json) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn read_targets(path: &std::path::Path, limit: Option<usize>) -> Result<(System, Vec<Target>)> {
+    let file = TargetsFile::read(path)?;
+    let mut targets: Vec<Target> = file
+        .targets
+        .into_iter()
+        .filter(|t| t.shop.is_some())
+        .collect();
+    if let Some(n) = limit {
+        if targets.len() < n {
+            bail!(
+                "{} has {} seeded targets, {n} wanted",
+                path.display(),
+                targets.len()
+            );
+        }
+        targets.truncate(n);
+    }
+    Ok((file.system, targets))
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Http {
+            targets,
+            tenants,
             url,
-            workload,
             shop,
             product,
+            system,
+            workload,
             connections,
             rate,
-            warmup_secs,
-            duration_secs,
+            label,
+            timing,
         } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let result = runtime.block_on(http_load(HttpRun {
-                url,
+            let (system, targets) = match (targets, url) {
+                (Some(path), None) => read_targets(&path, tenants)?,
+                (None, Some(url)) => (
+                    system,
+                    vec![Target {
+                        name: url.rsplit('/').next().unwrap_or("tenant").to_string(),
+                        url,
+                        admin_key: None,
+                        shop,
+                        products: product,
+                    }],
+                ),
+                _ => bail!("give --targets FILE or --url"),
+            };
+            let label = label.unwrap_or_else(|| format!("{} {}", system.name(), workload.name()));
+            let result = runtime()?.block_on(load::run(load::LoadSpec {
+                label,
+                system,
                 workload,
-                shop,
-                product,
-                connections: connections.max(1),
+                targets,
+                connections,
                 rate: rate.filter(|r| r.is_finite() && *r > 0.0),
-                warmup: Duration::from_secs(warmup_secs),
-                duration: Duration::from_secs(duration_secs.clamp(1, 600)),
+                warmup: timing.warmup(),
+                duration: timing.duration(),
             }))?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
-            Ok(())
+            print(&result)
+        }
+        Command::Noisy {
+            targets,
+            steady_workload,
+            steady_rate,
+            steady_connections,
+            neighbour_workload,
+            neighbour_connections,
+            timing,
+        } => {
+            let (_, targets) = read_targets(&targets, Some(2))?;
+            let mut targets = targets.into_iter();
+            let (Some(steady), Some(neighbour)) = (targets.next(), targets.next()) else {
+                bail!("noisy needs two seeded tenants");
+            };
+            if !(steady_rate.is_finite() && steady_rate > 0.0) {
+                bail!("--steady-rate must be positive");
+            }
+            let result = runtime()?.block_on(noisy::run(noisy::Noisy {
+                steady,
+                neighbour,
+                steady_workload,
+                steady_rate,
+                steady_connections: steady_connections.max(1),
+                neighbour_workload,
+                neighbour_connections: neighbour_connections.max(1),
+                warmup: timing.warmup(),
+                duration: timing.duration(),
+            }))?;
+            print(&result)
+        }
+        Command::Live {
+            targets,
+            base,
+            admin_key,
+            connections_per_tenant,
+            rate,
+            timing,
+        } => {
+            let (_, targets) = read_targets(&targets, None)?;
+            if !(rate.is_finite() && rate > 0.0) {
+                bail!("--rate must be positive");
+            }
+            let result = runtime()?.block_on(live::run(live::LiveOptions {
+                base: base.trim_end_matches('/').to_string(),
+                admin_key,
+                targets,
+                connections_per_tenant: connections_per_tenant.max(1),
+                rate,
+                warmup: timing.warmup(),
+                duration: timing.duration(),
+            }))?;
+            print(&result)
+        }
+        Command::Seed {
+            url,
+            name,
+            products,
+            open_orders,
+            concurrency,
+            out,
+        } => {
+            let target = Target {
+                name,
+                url,
+                admin_key: None,
+                shop: None,
+                products: Vec::new(),
+            };
+            let seeded = runtime()?.block_on(async {
+                let client = provision::client()?;
+                provision::seed(&client, target, products, open_orders, concurrency).await
+            })?;
+            TargetsFile::new(System::Nimbus, vec![seeded]).write(&out)
+        }
+        Command::Provision {
+            base,
+            admin_key,
+            prefix,
+            count,
+            concurrency,
+            push_request,
+            push_count,
+            products,
+            open_orders,
+            out,
+        } => {
+            let push = match (push_request, push_count) {
+                (Some(path), Some(n)) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let body: Json = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    Some((body, n))
+                }
+                _ => None,
+            };
+            let (targets, summary) =
+                runtime()?.block_on(provision::provision(provision::Provision {
+                    base,
+                    admin_key,
+                    prefix,
+                    count,
+                    concurrency: concurrency.max(1),
+                    push,
+                    products,
+                    open_orders,
+                }))?;
+            TargetsFile::new(System::Nimbus, targets).write(&out)?;
+            print(&summary)
+        }
+        Command::Cold {
+            base,
+            admin_key,
+            targets,
+            server_pid,
+            pushed_sequential,
+            sequential,
+            pushed_concurrent,
+            concurrent,
+            connections,
+            max_active_tenants,
+            restart_ms,
+        } => {
+            let file = TargetsFile::read(&targets)?;
+            let connections = connections.max(1);
+            let phase = |name, with_code, tenants, concurrency| cold::Phase {
+                name,
+                with_code,
+                tenants,
+                concurrency,
+            };
+            let phases = vec![
+                phase(
+                    "first query, tenants with code, one at a time",
+                    true,
+                    pushed_sequential,
+                    1,
+                ),
+                phase(
+                    "activation, tenants without code, one at a time",
+                    false,
+                    sequential,
+                    1,
+                ),
+                phase(
+                    "first query, tenants with code, concurrently",
+                    true,
+                    pushed_concurrent,
+                    connections,
+                ),
+                phase(
+                    "activation, tenants without code, concurrently",
+                    false,
+                    concurrent,
+                    connections,
+                ),
+            ];
+            let result = runtime()?.block_on(cold::run(cold::Cold {
+                base,
+                admin_key,
+                targets: file.targets,
+                server_pid,
+                phases,
+                max_active_tenants,
+                restart_ms,
+            }))?;
+            print(&result)
+        }
+        Command::PocketbaseSetup {
+            url,
+            email,
+            password,
+            products,
+            open_orders,
+            out,
+        } => {
+            let target = runtime()?.block_on(provision::pocketbase_setup(
+                &url,
+                &email,
+                &password,
+                products,
+                open_orders,
+            ))?;
+            TargetsFile::new(System::Pocketbase, vec![target]).write(&out)
         }
         Command::Sqlite {
             duration_secs,
             group,
             readers,
         } => {
-            let result = sqlite_baseline(
+            let result = sqlite::baseline(
                 Duration::from_secs(duration_secs.clamp(1, 600)),
                 group.max(1),
                 readers.max(1),
             )?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            print(&result)
+        }
+        Command::Report { dir, command, note } => {
+            print!("{}", report::render(&dir, &command, note.as_deref())?);
             Ok(())
         }
+        Command::Check { dir } => report::check(&dir),
     }
-}
-
-struct HttpRun {
-    url: String,
-    workload: Workload,
-    shop: String,
-    product: Vec<String>,
-    connections: usize,
-    rate: Option<f64>,
-    warmup: Duration,
-    duration: Duration,
-}
-
-fn summary(histogram: &Histogram<u64>, count: u64, elapsed: Duration) -> Json {
-    let ms = |micros: u64| micros as f64 / 1000.0;
-    json!({
-        "requests": count,
-        "throughput_per_sec": (count as f64 / elapsed.as_secs_f64()).round(),
-        "latency_ms": {
-            "p50": ms(histogram.value_at_quantile(0.50)),
-            "p95": ms(histogram.value_at_quantile(0.95)),
-            "p99": ms(histogram.value_at_quantile(0.99)),
-            "max": ms(histogram.max()),
-        },
-    })
-}
-
-fn new_histogram() -> Result<Histogram<u64>> {
-    // Microseconds, 1 µs .. 60 s, 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")
-}
-
-async fn http_load(run: HttpRun) -> Result<Json> {
-    if !run.url.starts_with("http://127.") && !run.url.starts_with("http://localhost") {
-        bail!(
-            "load tests target this machine only (http://127.x or http://localhost), not {}",
-            run.url
-        );
-    }
-    if run.workload == Workload::Mutation && run.product.is_empty() {
-        bail!("the mutation workload needs --product");
-    }
-    let endpoint = match run.workload {
-        Workload::Mutation => "mutation",
-        Workload::Query => "query",
-    };
-    // Request bodies prepared up front: the generator shares the CPU with the server.
-    let bodies: Vec<Vec<u8>> = match run.workload {
-        Workload::Mutation => run
-            .product
-            .iter()
-            .map(|product| {
-                serde_json::to_vec(
-                    &json!({"path": "orders:create", "format": "convex_encoded_json",
-                    "args": [{"shopId": run.shop, "items": [{"productId": product, "qty": 1.0}]}]}),
-                )
-            })
-            .collect::<Result<_, _>>()?,
-        Workload::Query => vec![serde_json::to_vec(
-            &json!({"path": "orders:listOpen", "format": "convex_encoded_json",
-            "args": [{"shopId": run.shop, "limit": 10.0}]}),
-        )?],
-    };
-    let target = format!("{}/api/{endpoint}", run.url.trim_end_matches('/'));
-    let bodies = Arc::new(bodies);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(run.connections)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let completed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(run.connections);
-    // Open loop: each connection sends every `interval`, staggered across connections.
-    let interval = run
-        .rate
-        .map(|rate| Duration::from_secs_f64(run.connections as f64 / rate));
-    let schedule_start = tokio::time::Instant::now();
-    let connections_f64 = run.connections as f64;
-    for connection in 0..run.connections {
-        let (client, target, bodies) = (client.clone(), target.clone(), bodies.clone());
-        let (measuring, stop, completed) = (measuring.clone(), stop.clone(), completed.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = new_histogram()?;
-            let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
-            let mut count = 0u64;
-            let mut next = connection.wrapping_mul(7919);
-            let mut intended = interval
-                .map(|every| schedule_start + every.mul_f64(connection as f64 / connections_f64));
-            while !stop.load(Ordering::Relaxed) {
-                let scheduled = match (&mut intended, interval) {
-                    (Some(at), Some(every)) => {
-                        let this = *at;
-                        *at += every;
-                        // A late request goes out at once; its latency still counts from
-                        // when it should have been sent.
-                        tokio::time::sleep_until(this).await;
-                        Some(this.into_std())
-                    }
-                    _ => None,
-                };
-                // A cheap deterministic spread over the bodies (products).
-                next = next.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                let body = &bodies[(next >> 8) % bodies.len()];
-                let started = scheduled.unwrap_or_else(Instant::now);
-                let outcome = client
-                    .post(&target)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                let kind = match outcome {
-                    Ok(response) if response.status().is_success() => {
-                        let text = response.bytes().await.unwrap_or_default();
-                        match serde_json::from_slice::<Json>(&text) {
-                            Ok(v) if v["status"] == "success" => None,
-                            Ok(v) => Some(format!(
-                                "function:{}",
-                                v["errorCode"].as_str().unwrap_or("unknown")
-                            )),
-                            Err(_) => Some("bad-json".to_string()),
-                        }
-                    }
-                    Ok(response) => Some(format!("http-{}", response.status().as_u16())),
-                    Err(e) if e.is_timeout() => Some("timeout".into()),
-                    Err(_) => Some("connection".into()),
-                };
-                if measuring.load(Ordering::Relaxed) {
-                    let micros = u64::try_from(started.elapsed().as_micros())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
-                    histogram.record(micros.min(60_000_000))?;
-                    count += 1;
-                    completed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(kind) = kind {
-                        *errors.entry(kind).or_default() += 1;
-                    }
-                }
-            }
-            anyhow::Ok((histogram, count, errors))
-        }));
-    }
-    tokio::time::sleep(run.warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    let mut last = 0;
-    while started.elapsed() < run.duration {
-        tokio::time::sleep(
-            Duration::from_secs(1).min(
-                run.duration
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1)),
-            ),
-        )
-        .await;
-        let now = completed.load(Ordering::Relaxed);
-        eprintln!(
-            "[{:>3}s] {:?}: {} req/s",
-            started.elapsed().as_secs(),
-            run.workload,
-            now - last
-        );
-        last = now;
-    }
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut histogram = new_histogram()?;
-    let mut count = 0;
-    let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
-    for task in tasks {
-        let (h, c, e) = task.await??;
-        histogram.add(&h)?;
-        count += c;
-        for (k, v) in e {
-            *errors.entry(k).or_default() += v;
-        }
-    }
-    let mut result = summary(&histogram, count, elapsed);
-    result["schema_version"] = json!(1);
-    result["kind"] = json!("http");
-    result["workload"] = json!(format!("{:?}", run.workload).to_lowercase());
-    result["connections"] = json!(run.connections);
-    result["mode"] = json!(if run.rate.is_some() { "open" } else { "closed" });
-    result["target_rate_per_sec"] = json!(run.rate);
-    result["duration_secs"] = json!(elapsed.as_secs_f64());
-    result["errors"] = json!(errors);
-    Ok(result)
-}
-
-fn open_db(path: &std::path::Path) -> Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
-         CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, shop TEXT NOT NULL,
-             status TEXT NOT NULL, created_at REAL NOT NULL, body TEXT NOT NULL);
-         CREATE INDEX IF NOT EXISTS by_shop_status_created ON orders (shop, status, created_at);",
-    )?;
-    Ok(conn)
-}
-
-/// Writes rows of the same shape as a Nimbus order for `duration`, `rows_per_txn` rows per
-/// durable transaction, from one thread.
-fn write_run(conn: &rusqlite::Connection, duration: Duration, rows_per_txn: usize) -> Result<Json> {
-    let mut histogram = new_histogram()?;
-    let started = Instant::now();
-    let mut rows = 0u64;
-    let mut txns = 0u64;
-    let body = r#"{"shopId":"k57a0f3y1t2xq9s8w6e4r5t7y9u1i3o5","status":"open","totalCents":1299,"createdAt":1764032400000}"#;
-    while started.elapsed() < duration {
-        let t0 = Instant::now();
-        let tx = conn.unchecked_transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO orders (shop, status, created_at, body) VALUES (?1, 'open', ?2, ?3)",
-            )?;
-            for _ in 0..rows_per_txn {
-                insert.execute(rusqlite::params![
-                    format!("shop{}", rows % 10),
-                    rows as f64,
-                    body
-                ])?;
-                rows += 1;
-            }
-        }
-        tx.commit()?;
-        txns += 1;
-        histogram.record(
-            u64::try_from(t0.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .clamp(1, 60_000_000),
-        )?;
-    }
-    let elapsed = started.elapsed();
-    let mut out = summary(&histogram, txns, elapsed);
-    out["rows_per_txn"] = json!(rows_per_txn);
-    out["rows_per_sec"] = json!((rows as f64 / elapsed.as_secs_f64()).round());
-    Ok(out)
-}
-
-fn sqlite_baseline(duration: Duration, group: usize, readers: usize) -> Result<Json> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("baseline.sqlite3");
-    let conn = open_db(&path)?;
-    eprintln!("rusqlite: single-row durable transactions for {duration:?}");
-    let single = write_run(&conn, duration, 1)?;
-    eprintln!("rusqlite: {group} rows per durable transaction for {duration:?}");
-    let grouped = write_run(&conn, duration, group)?;
-    eprintln!("rusqlite: indexed reads of 10 rows, {readers} threads, for {duration:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
-    for reader in 0..readers {
-        let (path, stop) = (path.clone(), stop.clone());
-        threads.push(std::thread::spawn(move || -> Result<(Histogram<u64>, u64)> {
-            let conn = open_db(&path)?;
-            let mut histogram = new_histogram()?;
-            let mut count = 0u64;
-            let mut statement = conn.prepare(
-                "SELECT body FROM orders WHERE shop = ?1 AND status = 'open' ORDER BY created_at DESC LIMIT 10",
-            )?;
-            while !stop.load(Ordering::Relaxed) {
-                let t0 = Instant::now();
-                let shop = format!("shop{}", (count as usize + reader) % 10);
-                let rows: Vec<String> = statement
-                    .query_map([shop], |r| r.get(0))?
-                    .collect::<std::result::Result<_, _>>()?;
-                if rows.len() != 10 {
-                    bail!("expected 10 rows, got {}", rows.len());
-                }
-                histogram.record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX).clamp(1, 60_000_000))?;
-                count += 1;
-            }
-            Ok((histogram, count))
-        }));
-    }
-    let started = Instant::now();
-    std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let mut histogram = new_histogram()?;
-    let mut count = 0;
-    for thread in threads {
-        let (h, c) = thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
-        histogram.add(&h)?;
-        count += c;
-    }
-    Ok(json!({
-        "schema_version": 1,
-        "kind": "sqlite-baseline",
-        "single_row_txns": single,
-        "grouped_txns": grouped,
-        "indexed_reads": summary(&histogram, count, elapsed),
-    }))
 }

@@ -69,6 +69,8 @@ pub struct CommitNotice {
     pub ts: Timestamp,
     /// Index keys written (old and new keys of every written document).
     pub keys: Arc<Vec<(IndexNumber, Vec<u8>)>>,
+    /// Tables, indexes or the schema changed (readers of the catalog must re-run).
+    pub catalog_changed: bool,
 }
 
 /// The last published snapshots, newest last, bounded by count and age.
@@ -295,7 +297,11 @@ async fn process_batch(
     state.recent.lock().push(published.clone());
     *state.published.write() = published;
     let _ = state.ts_sender.send(ts);
-    let _ = state.notices.send(CommitNotice { ts, keys });
+    let _ = state.notices.send(CommitNotice {
+        ts,
+        keys,
+        catalog_changed,
+    });
     for reply in replies {
         match reply {
             Reply::Commit(r) => {

@@ -17,6 +17,7 @@ mod cursor;
 mod engine;
 pub mod error;
 mod metrics;
+pub mod range_index;
 pub mod read_set;
 pub mod snapshot;
 pub mod transaction;
@@ -27,6 +28,7 @@ pub use committer::{CommitNotice, DeployCheck, DeployOutcome, DeployRequest};
 pub use engine::{EngineConfig, TenantEngine};
 pub use error::{EngineError, ErrorClass};
 pub use metrics::EngineStats;
+pub use range_index::{RangeHandle, RangeIndex};
 pub use read_set::ReadSet;
 pub use snapshot::{ScanEntry, Snapshot};
 pub use transaction::{

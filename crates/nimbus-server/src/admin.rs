@@ -64,20 +64,36 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                 "inflightCalls": stats.inflight_calls, "inflightMax": stats.inflight_max,
                 "rejectedCalls": stats.rejected_calls, "deploymentGeneration": stats.deployment_generation,
                 "functions": stats.functions, "cachedQueries": stats.cached_queries,
+                "live": {
+                    "sessions": stats.live.sessions, "subscriptions": stats.live.subscriptions,
+                    "liveQueries": stats.live.live_queries, "evaluations": stats.live.evaluations,
+                    "rounds": stats.live.rounds, "commitsMatched": stats.live.commits_matched,
+                    "lastRoundEvaluations": stats.live.last_round_evaluations,
+                    "updatesSent": stats.live.updates_sent,
+                    "droppedSessions": stats.live.dropped_sessions,
+                    "publishedTs": stats.live.published_ts,
+                },
             }))
             .into_response())
+        }
+        (&Method::POST, ["admin", "tenants", name, "disconnect"]) => {
+            let closed = state.nimbus.tenant(name).await?.disconnect_live_sessions();
+            Ok(axum::Json(json!({"sessions": closed})).into_response())
         }
         (&Method::DELETE, ["admin", "tenants", name]) => {
             state.nimbus.delete_tenant(name).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        (_, ["admin", "tenants"] | ["admin", "tenants", _] | ["admin", "tenants", _, "stats"]) => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                format!("{} is not allowed on {}", incoming.method, incoming.path),
-            ))
-        }
+        (
+            _,
+            ["admin", "tenants"]
+            | ["admin", "tenants", _]
+            | ["admin", "tenants", _, "stats" | "disconnect"],
+        ) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{} is not allowed on {}", incoming.method, incoming.path),
+        )),
         _ => Err(ApiError::not_found(&incoming.path)),
     }
 }

@@ -11,6 +11,7 @@ mod admin;
 mod error;
 mod functions;
 mod push;
+mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use nimbus_app::{Nimbus, Tenant};
 use serde_json::{json, Value as Json};
 
 pub use error::ApiError;
+pub use sync::SyncConfig;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// How long `stream_function_logs` long-polls before answering.
     pub log_poll_wait: Duration,
+    /// WebSocket sync connections.
+    pub sync: SyncConfig,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +46,7 @@ impl Default for ServerConfig {
             domain: "localhost".into(),
             max_request_bytes: 8 << 20,
             log_poll_wait: Duration::from_secs(10),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -180,25 +185,59 @@ fn is_cli_path(path: &str) -> bool {
         || path == "/api/v1/get_canonical_urls"
 }
 
-async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let path = collapse_slashes(parts.uri.path());
-    if path == "/health" {
-        return Ok(axum::Json(json!({"status": "ok"})).into_response());
-    }
-    let body = read_body(body, &parts.headers, state.config.max_request_bytes).await?;
-    let (route_tenant, rest) = match path.strip_prefix("/t/") {
+/// `/api/sync` (Rust and Python clients) or `/api/<client version>/sync` (npm).
+fn is_sync_path(path: &str) -> bool {
+    path == "/api/sync"
+        || path
+            .strip_prefix("/api/")
+            .and_then(|rest| rest.strip_suffix("/sync"))
+            .is_some_and(|version| !version.is_empty() && !version.contains('/'))
+}
+
+/// Splits `/t/<tenant>/rest` into the tenant and `/rest`; otherwise the tenant comes from
+/// the host name.
+fn route(path: &str, headers: &HeaderMap, domain: &str) -> (Option<String>, String) {
+    match path.strip_prefix("/t/") {
         Some(after) => {
             let (name, rest) = after
                 .split_once('/')
                 .map_or((after, "/".to_string()), |(n, r)| (n, format!("/{r}")));
             (Some(name.to_string()), rest)
         }
-        None => (
-            tenant_from_host(&parts.headers, &state.config.domain),
-            path.clone(),
-        ),
-    };
+        None => (tenant_from_host(headers, domain), path.to_string()),
+    }
+}
+
+async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let path = collapse_slashes(parts.uri.path());
+    if path == "/health" {
+        return Ok(axum::Json(json!({"status": "ok"})).into_response());
+    }
+    let (route_tenant, rest) = route(&path, &parts.headers, &state.config.domain);
+    if is_sync_path(&rest) {
+        let Some(name) = route_tenant else {
+            return Err(ApiError::not_found(&rest));
+        };
+        let tenant = state.nimbus.tenant(&name).await?;
+        use axum::extract::FromRequestParts as _;
+        let upgrade = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "WebSocketUpgradeRequired",
+                    format!("{rest} is the sync protocol's WebSocket endpoint: {rejection}"),
+                )
+            })?;
+        let limit = state.config.sync.max_message_bytes;
+        let state = state.clone();
+        return Ok(upgrade
+            .max_message_size(limit)
+            .max_frame_size(limit)
+            .on_upgrade(move |socket| sync::run(state, tenant, socket)));
+    }
+    let body = read_body(body, &parts.headers, state.config.max_request_bytes).await?;
     let incoming = Incoming {
         method: parts.method,
         path: rest,

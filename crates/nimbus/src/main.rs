@@ -59,6 +59,17 @@ enum Command {
         /// Query results cached per tenant (0 disables the query cache).
         #[arg(long, default_value_t = 1024)]
         query_cache_entries: usize,
+        /// Most live-query subscriptions one WebSocket connection may hold; adds beyond
+        /// it fail with a TooManySubscriptions query error.
+        #[arg(long, default_value_t = 4096)]
+        max_subscriptions_per_connection: usize,
+        /// Most live-query subscriptions of one tenant across its connections.
+        #[arg(long, default_value_t = 100_000)]
+        max_subscriptions_per_tenant: usize,
+        /// Seconds a WebSocket send may block (a client not reading) before the server
+        /// closes that connection.
+        #[arg(long, default_value_t = 30)]
+        sync_send_timeout_secs: u64,
     },
     /// Manage tenants of a running server.
     Tenant {
@@ -101,6 +112,9 @@ fn main() -> Result<()> {
             tenant_memory_mib,
             query_cache_entries,
             max_active_tenants,
+            max_subscriptions_per_connection,
+            max_subscriptions_per_tenant,
+            sync_send_timeout_secs,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -125,9 +139,18 @@ fn main() -> Result<()> {
             config.engine.memory_budget_bytes = tenant_memory_mib << 20;
             config.query_cache_entries = query_cache_entries;
             config.max_active_tenants = max_active_tenants.max(1);
+            config.live = nimbus_app::LiveLimits {
+                max_subscriptions_per_session: max_subscriptions_per_connection,
+                max_subscriptions_per_tenant,
+            };
             let server = ServerConfig {
                 domain,
                 max_request_bytes,
+                sync: nimbus_server::SyncConfig {
+                    max_message_bytes: max_request_bytes,
+                    send_timeout: Duration::from_secs(sync_send_timeout_secs.max(1)),
+                    ..nimbus_server::SyncConfig::default()
+                },
                 ..ServerConfig::default()
             };
             tokio::runtime::Builder::new_multi_thread()

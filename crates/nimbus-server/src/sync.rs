@@ -1,0 +1,670 @@
+//! The Convex sync protocol over WebSocket (`/api/<version>/sync`, `/api/sync`).
+//!
+//! One [`Connection`] per socket. It keeps the client's versions (query set, identity,
+//! timestamp) and answers with `Transition`s built from its [`LiveSession`]: every
+//! Transition carries results that are all current at its `endVersion.ts`.
+//!
+//! - A `ModifyQuerySet` is acknowledged (the query-set version advances) in the first
+//!   Transition that carries a result for every query it added; until then the socket is
+//!   not read further, so at most one change is pending.
+//! - Mutations run in order on a per-connection task. A successful `MutationResponse`
+//!   carries the commit timestamp, and is followed by a Transition whose `ts` reaches it
+//!   once every live query reflects the commit (the client resolves the mutation then).
+//! - Bounds: mutations queued per connection (the socket is not read while full, so TCP
+//!   pushes back), undelivered results (coalesced per query by the session), a send
+//!   timeout (a client that does not read is disconnected), and the message size.
+//! - Protocol errors get a `FatalError` and a close, for this connection only.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use nimbus_app::{
+    AppError, Caller, FunctionKind, FunctionRequest, FunctionResponse, LiveResult, LiveSession,
+    QueryId, Tenant,
+};
+use nimbus_types::json::{encode, encode_u64};
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
+
+use crate::AppState;
+
+/// Settings of sync connections.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Longest a client message may be; a longer one is a protocol error.
+    pub max_message_bytes: usize,
+    /// A send that does not complete within this (the client is not reading) closes the
+    /// connection.
+    pub send_timeout: Duration,
+    /// A `Ping` is sent after this long without other messages.
+    pub ping_interval: Duration,
+    /// Mutations and actions queued per connection; while full, the socket is not read.
+    pub max_queued_requests: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            max_message_bytes: 8 << 20,
+            send_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(15),
+            max_queued_requests: 64,
+        }
+    }
+}
+
+/// The versions a client tracks (`StateVersion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    query_set: u64,
+    identity: u64,
+    ts: u64,
+}
+
+impl Version {
+    fn to_json(self) -> Json {
+        json!({"querySet": self.query_set, "identity": self.identity, "ts": encode_u64(self.ts)})
+    }
+}
+
+/// A query-set or identity change waiting for the first results of its queries.
+struct PendingChange {
+    query_set: u64,
+    identity: u64,
+    awaiting: HashSet<QueryId>,
+    /// Results for awaited queries, held until the change is acknowledged.
+    held: BTreeMap<QueryId, Json>,
+    /// Modifications decided locally (removals, adds refused by a limit).
+    local: Vec<Json>,
+}
+
+struct Request {
+    request_id: u64,
+    kind: FunctionKind,
+    path: String,
+    args: Json,
+    caller: Caller,
+    session_id: Option<String>,
+}
+
+struct Answer {
+    request_id: u64,
+    kind: FunctionKind,
+    outcome: Result<FunctionResponse, AppError>,
+}
+
+/// Why the connection ends.
+enum End {
+    /// The client closed, or the socket failed.
+    Gone,
+    /// Our decision: send `FatalError` (when given) and close with this code and reason.
+    Close {
+        fatal: Option<String>,
+        code: u16,
+        reason: String,
+    },
+}
+
+pub(crate) async fn run(state: AppState, tenant: Arc<Tenant>, socket: WebSocket) {
+    let session = tenant.live_session();
+    let config = state.config.sync.clone();
+    let (requests, queue) = mpsc::channel(config.max_queued_requests.max(1));
+    let (answer_tx, answers) = mpsc::channel(config.max_queued_requests.max(1));
+    let worker = tokio::spawn(run_requests(tenant.clone(), queue, answer_tx));
+    let mut connection = Connection {
+        state,
+        tenant,
+        session,
+        config,
+        socket,
+        version: Version {
+            query_set: 0,
+            identity: 0,
+            ts: 0,
+        },
+        client_query_set: 0,
+        client_identity: 0,
+        caller: Caller::Client,
+        session_id: None,
+        connected: false,
+        queries: HashMap::new(),
+        pending: None,
+        awaiting_ts: None,
+        requests,
+        last_sent: Instant::now(),
+    };
+    let end = connection.serve(answers).await;
+    worker.abort();
+    if let End::Close {
+        fatal,
+        code,
+        reason,
+    } = end
+    {
+        connection.session.record_dropped();
+        tracing::info!(tenant = connection.tenant.name(), code, %reason, "closing a sync connection");
+        if let Some(error) = fatal {
+            let _ = connection
+                .send(json!({"type": "FatalError", "error": error}))
+                .await;
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(truncate(&reason, 120)),
+        }));
+        let _ = tokio::time::timeout(
+            connection.config.send_timeout,
+            connection.socket.send(close),
+        )
+        .await;
+    }
+}
+
+struct Connection {
+    state: AppState,
+    tenant: Arc<Tenant>,
+    session: LiveSession,
+    config: SyncConfig,
+    socket: WebSocket,
+    /// The version of the last Transition sent.
+    version: Version,
+    /// The query-set and identity versions the client has asked for.
+    client_query_set: u64,
+    client_identity: u64,
+    caller: Caller,
+    session_id: Option<String>,
+    connected: bool,
+    /// The client's query set: path and arguments per query ID.
+    queries: HashMap<QueryId, (String, nimbus_types::Value)>,
+    pending: Option<PendingChange>,
+    /// A successful mutation committed at this timestamp; a Transition must reach it.
+    awaiting_ts: Option<u64>,
+    requests: mpsc::Sender<Request>,
+    last_sent: Instant,
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+fn fatal(message: impl Into<String>) -> End {
+    End::Close {
+        fatal: Some(message.into()),
+        code: 1008,
+        reason: "protocol error".into(),
+    }
+}
+
+fn result_json(query_id: QueryId, result: &LiveResult) -> Json {
+    match &result.result {
+        Ok(value) => json!({
+            "type": "QueryUpdated", "queryId": query_id, "value": encode(value),
+            "logLines": result.log_lines, "journal": null,
+        }),
+        Err(failure) => {
+            let mut m = json!({
+                "type": "QueryFailed", "queryId": query_id, "errorMessage": failure.message,
+                "logLines": result.log_lines, "journal": null,
+            });
+            if let Some(data) = &failure.data {
+                m["errorData"] = encode(data);
+            }
+            m
+        }
+    }
+}
+
+fn query_failed(query_id: QueryId, message: String) -> Json {
+    json!({
+        "type": "QueryFailed", "queryId": query_id, "errorMessage": message,
+        "logLines": [], "journal": null,
+    })
+}
+
+fn field_u64(message: &Json, name: &str) -> Result<u64, End> {
+    message
+        .get(name)
+        .and_then(Json::as_u64)
+        .ok_or_else(|| fatal(format!("{name} must be a non-negative integer")))
+}
+
+fn field_str<'a>(message: &'a Json, name: &str) -> Result<&'a str, End> {
+    message
+        .get(name)
+        .and_then(Json::as_str)
+        .ok_or_else(|| fatal(format!("{name} must be a string")))
+}
+
+impl Connection {
+    async fn serve(&mut self, mut answers: mpsc::Receiver<Answer>) -> End {
+        let mut closed = self.tenant.closed_signal();
+        let mut kicked = self.tenant.disconnect_signal();
+        let mut published = self.session.published_watch();
+        let notify = self.session.notifier();
+        let mut ticker = tokio::time::interval(self.config.ping_interval / 3);
+        loop {
+            let can_read = self.pending.is_none() && self.requests.capacity() > 0;
+            let awaiting = self.awaiting_ts;
+            let step = tokio::select! {
+                biased;
+                _ = async { closed.wait_for(|closed| *closed).await.map(|_| ()) } => Err(End::Close {
+                    fatal: None, code: 4040, reason: "TenantNotFound: the tenant was deleted".into(),
+                }),
+                _ = kicked.changed() => Err(End::Close {
+                    fatal: None, code: 1012, reason: "the server closed this connection; reconnect".into(),
+                }),
+                Some(answer) = answers.recv() => self.answer(answer).await,
+                _ = notify.notified() => self.flush(false).await,
+                _ = async { published.wait_for(|p| awaiting.is_some_and(|ts| *p >= ts)).await.map(|_| ()) }, if awaiting.is_some() => {
+                    self.flush(true).await
+                }
+                message = self.socket.recv(), if can_read => self.receive(message).await,
+                _ = ticker.tick() => {
+                    if self.last_sent.elapsed() >= self.config.ping_interval {
+                        self.send(json!({"type": "Ping"})).await
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn send(&mut self, message: Json) -> Result<(), End> {
+        let text = message.to_string();
+        match tokio::time::timeout(
+            self.config.send_timeout,
+            self.socket.send(Message::Text(text.into())),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                self.last_sent = Instant::now();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close {
+                fatal: None,
+                code: 1008,
+                reason: format!(
+                    "SlowConsumer: the client did not read for {} s",
+                    self.config.send_timeout.as_secs()
+                ),
+            }),
+        }
+    }
+
+    /// Sends a Transition with whatever results the session has, acknowledging a pending
+    /// change once all its queries have results. With `force`, sends one even if empty
+    /// (to move the client's timestamp past a mutation's commit).
+    async fn flush(&mut self, force: bool) -> Result<(), End> {
+        let drained = self.session.drain();
+        let mut modifications = Vec::new();
+        for (query_id, result) in &drained.updates {
+            let m = result_json(*query_id, result);
+            match &mut self.pending {
+                Some(change)
+                    if change.awaiting.contains(query_id) || change.held.contains_key(query_id) =>
+                {
+                    change.awaiting.remove(query_id);
+                    change.held.insert(*query_id, m);
+                }
+                _ => modifications.push(m),
+            }
+        }
+        let mut end = Version {
+            ts: self.version.ts.max(drained.ts),
+            ..self.version
+        };
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|change| change.awaiting.is_empty())
+        {
+            if let Some(change) = self.pending.take() {
+                modifications.extend(change.local);
+                modifications.extend(change.held.into_values());
+                end.query_set = change.query_set;
+                end.identity = change.identity;
+            }
+        }
+        let reaches = self.awaiting_ts.is_some_and(|ts| end.ts >= ts);
+        // A Transition that would only move the timestamp is not worth sending, except
+        // the one a mutation's caller waits for.
+        let versions_moved =
+            end.query_set != self.version.query_set || end.identity != self.version.identity;
+        if modifications.is_empty() && !versions_moved && !(force && reaches) {
+            return Ok(());
+        }
+        let updates = modifications
+            .iter()
+            .filter(|m| m["type"] != "QueryRemoved")
+            .count();
+        let transition = json!({
+            "type": "Transition",
+            "startVersion": self.version.to_json(),
+            "endVersion": end.to_json(),
+            "modifications": modifications,
+        });
+        self.send(transition).await?;
+        self.session.record_sent(updates);
+        self.version = end;
+        if reaches {
+            self.awaiting_ts = None;
+        }
+        Ok(())
+    }
+
+    async fn answer(&mut self, answer: Answer) -> Result<(), End> {
+        let kind = match answer.kind {
+            FunctionKind::Action => "ActionResponse",
+            _ => "MutationResponse",
+        };
+        let mut message = json!({"type": kind, "requestId": answer.request_id});
+        match answer.outcome {
+            Ok(response) => {
+                message["logLines"] = json!(response.log_lines);
+                match response.result {
+                    Ok(value) => {
+                        message["success"] = json!(true);
+                        message["result"] = encode(&value);
+                        if answer.kind == FunctionKind::Mutation {
+                            message["ts"] = json!(encode_u64(response.ts));
+                            self.awaiting_ts = Some(self.awaiting_ts.unwrap_or(0).max(response.ts));
+                        }
+                    }
+                    Err(failure) => {
+                        message["success"] = json!(false);
+                        message["result"] = json!(failure.message);
+                        if let Some(data) = &failure.data {
+                            message["errorData"] = encode(data);
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                message["success"] = json!(false);
+                message["result"] = json!(format!("{}: {error}", error.code()));
+                message["logLines"] = json!([]);
+            }
+        }
+        self.send(message).await?;
+        // The Transition reaching the commit follows (see `serve`); if the live queries
+        // already reflect it, send it now.
+        if self
+            .awaiting_ts
+            .is_some_and(|ts| self.session.published_ts() >= ts)
+        {
+            self.flush(true).await?;
+        }
+        Ok(())
+    }
+
+    async fn receive(&mut self, message: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let text = match message {
+            None => return Err(End::Gone),
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("Space limit") {
+                    return Err(fatal(format!(
+                        "the message is larger than the limit of {} bytes",
+                        self.config.max_message_bytes
+                    )));
+                }
+                return Err(End::Gone);
+            }
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                return Err(fatal("binary frames are not part of the sync protocol"))
+            }
+            Some(Ok(Message::Close(_))) => return Err(End::Gone),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+        };
+        if text.len() > self.config.max_message_bytes {
+            return Err(fatal(format!(
+                "the message is larger than the limit of {} bytes",
+                self.config.max_message_bytes
+            )));
+        }
+        let message: Json = serde_json::from_str(text.as_str())
+            .map_err(|e| fatal(format!("the message is not valid JSON: {e}")))?;
+        let Some(kind) = message.get("type").and_then(Json::as_str) else {
+            return Err(fatal("every message needs a string \"type\""));
+        };
+        if !self.connected && kind != "Connect" {
+            return Err(fatal(format!(
+                "the first message must be Connect, got {kind}"
+            )));
+        }
+        match kind {
+            "Connect" => {
+                if self.connected {
+                    return Err(fatal("Connect was already received on this socket"));
+                }
+                self.connected = true;
+                self.session_id = message
+                    .get("sessionId")
+                    .and_then(Json::as_str)
+                    .map(str::to_string);
+                Ok(())
+            }
+            "ModifyQuerySet" => self.modify_query_set(&message).await,
+            "Mutation" | "Action" => {
+                let request_id = field_u64(&message, "requestId")?;
+                let path = field_str(&message, "udfPath")?.to_string();
+                let request = Request {
+                    request_id,
+                    kind: if kind == "Mutation" {
+                        FunctionKind::Mutation
+                    } else {
+                        FunctionKind::Action
+                    },
+                    path,
+                    args: message.get("args").cloned().unwrap_or(Json::Null),
+                    caller: self.caller,
+                    session_id: self.session_id.clone(),
+                };
+                // The socket is read only while the queue has room, so this cannot fail
+                // for lack of space; it fails only if the worker is gone.
+                self.requests.try_send(request).map_err(|_| End::Gone)
+            }
+            "Authenticate" => self.authenticate(&message).await,
+            "Event" => Ok(()),
+            other => Err(fatal(format!("unknown message type {other:?}"))),
+        }
+    }
+
+    async fn modify_query_set(&mut self, message: &Json) -> Result<(), End> {
+        let base = field_u64(message, "baseVersion")?;
+        let new = field_u64(message, "newVersion")?;
+        if base != self.client_query_set || new != base + 1 {
+            return Err(fatal(format!(
+                "query set version out of order: the server is at {}, the message goes from {base} to {new}",
+                self.client_query_set
+            )));
+        }
+        let Some(modifications) = message.get("modifications").and_then(Json::as_array) else {
+            return Err(fatal("modifications must be an array"));
+        };
+        let mut change = PendingChange {
+            query_set: new,
+            identity: self.client_identity,
+            awaiting: HashSet::new(),
+            held: BTreeMap::new(),
+            local: Vec::new(),
+        };
+        for modification in modifications {
+            let query_id = field_u64(modification, "queryId")?;
+            let query_id = QueryId::try_from(query_id)
+                .map_err(|_| fatal(format!("queryId {query_id} is too large")))?;
+            match modification.get("type").and_then(Json::as_str) {
+                Some("Add") => {
+                    if self.queries.contains_key(&query_id) {
+                        return Err(fatal(format!(
+                            "queryId {query_id} is already in the query set"
+                        )));
+                    }
+                    let path = field_str(modification, "udfPath")?.to_string();
+                    match nimbus_app::parse_args(modification.get("args").unwrap_or(&Json::Null))
+                        .map_err(|e| e.to_string())
+                    {
+                        Ok(args) => {
+                            match self.session.add(query_id, &path, args.clone(), self.caller) {
+                                Ok(()) => {
+                                    change.awaiting.insert(query_id);
+                                }
+                                Err(refused) => {
+                                    change
+                                        .local
+                                        .push(query_failed(query_id, refused.to_string()));
+                                }
+                            }
+                            self.queries.insert(query_id, (path, args));
+                        }
+                        Err(message) => {
+                            change.local.push(query_failed(query_id, message));
+                            self.queries
+                                .insert(query_id, (path, nimbus_types::Value::Null));
+                        }
+                    }
+                }
+                Some("Remove") => {
+                    if self.queries.remove(&query_id).is_none() {
+                        return Err(fatal(format!("queryId {query_id} is not in the query set")));
+                    }
+                    self.session.remove(query_id);
+                    change.awaiting.remove(&query_id);
+                    change.held.remove(&query_id);
+                    change
+                        .local
+                        .retain(|m| m["queryId"].as_u64() != Some(u64::from(query_id)));
+                    change
+                        .local
+                        .push(json!({"type": "QueryRemoved", "queryId": query_id}));
+                }
+                _ => return Err(fatal("each modification must be an Add or a Remove")),
+            }
+        }
+        self.client_query_set = new;
+        self.pending = Some(change);
+        self.flush(false).await
+    }
+
+    async fn authenticate(&mut self, message: &Json) -> Result<(), End> {
+        let base = field_u64(message, "baseVersion")?;
+        if base != self.client_identity {
+            return Err(fatal(format!(
+                "identity version out of order: the server is at {}, the message is based on {base}",
+                self.client_identity
+            )));
+        }
+        let caller = match message.get("tokenType").and_then(Json::as_str) {
+            Some("None") => Caller::Client,
+            Some("Admin") => {
+                let key = field_str(message, "value")?;
+                match self
+                    .state
+                    .nimbus
+                    .check_tenant_admin_key(self.tenant.name(), key)
+                    .await
+                {
+                    Ok(()) => Caller::Admin,
+                    Err(error) => return self.auth_error(base, error.to_string()).await,
+                }
+            }
+            Some("User") => {
+                return self
+                    .auth_error(
+                        base,
+                        "user authentication (JWT) is not supported by Nimbus yet; connect \
+                         without a token"
+                            .into(),
+                    )
+                    .await
+            }
+            _ => return Err(fatal("tokenType must be \"User\", \"Admin\" or \"None\"")),
+        };
+        self.client_identity = base + 1;
+        let mut change = PendingChange {
+            query_set: self.client_query_set,
+            identity: self.client_identity,
+            awaiting: HashSet::new(),
+            held: BTreeMap::new(),
+            local: Vec::new(),
+        };
+        if caller != self.caller {
+            // Every query re-runs under the new identity.
+            self.caller = caller;
+            for (query_id, (path, args)) in &self.queries {
+                if self.session.remove(*query_id) {
+                    match self.session.add(*query_id, path, args.clone(), caller) {
+                        Ok(()) => {
+                            change.awaiting.insert(*query_id);
+                        }
+                        Err(refused) => change
+                            .local
+                            .push(query_failed(*query_id, refused.to_string())),
+                    }
+                }
+            }
+        }
+        self.pending = Some(change);
+        self.flush(false).await
+    }
+
+    async fn auth_error(&mut self, base: u64, error: String) -> Result<(), End> {
+        self.send(json!({
+            "type": "AuthError", "error": error, "baseVersion": base, "authUpdateAttempted": true,
+        }))
+        .await?;
+        Err(End::Close {
+            fatal: None,
+            code: 1008,
+            reason: "authentication failed".into(),
+        })
+    }
+}
+
+/// Runs a connection's mutations and actions one at a time, in the order received.
+async fn run_requests(
+    tenant: Arc<Tenant>,
+    mut queue: mpsc::Receiver<Request>,
+    answers: mpsc::Sender<Answer>,
+) {
+    while let Some(request) = queue.recv().await {
+        let function_request = FunctionRequest {
+            path: request.path,
+            args: request.args,
+            kind: Some(request.kind),
+            caller: request.caller,
+            at_ts: None,
+        };
+        let outcome = match (&request.session_id, request.kind) {
+            (Some(session), FunctionKind::Mutation) => tenant
+                .run_once(session, request.request_id, function_request)
+                .await
+                .map(|(response, _)| response),
+            _ => tenant.run(function_request).await,
+        };
+        let answer = Answer {
+            request_id: request.request_id,
+            kind: request.kind,
+            outcome,
+        };
+        if answers.send(answer).await.is_err() {
+            return;
+        }
+    }
+}
