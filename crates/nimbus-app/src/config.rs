@@ -69,4 +69,14 @@ impl NimbusConfig {
             live_request_dedup_entries: 4096,
         }
     }
+
+    /// Sets the number of JavaScript workers and what derives from it: a tenant runs at
+    /// most `workers - 1` calls at once (one worker is always left for other tenants), on
+    /// the default number of home workers.
+    pub fn set_js_workers(&mut self, workers: usize) {
+        let workers = workers.max(1);
+        self.pool.workers = workers;
+        self.max_running_per_tenant = (workers.max(2) - 1).max(1);
+        self.pool.workers_per_tenant = nimbus_runtime::default_workers_per_tenant(workers);
+    }
 }

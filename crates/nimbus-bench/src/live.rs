@@ -2,7 +2,9 @@
 //! speaking the Convex sync protocol, while an open-loop writer commits into them.
 //!
 //! Every tenant of the targets file gets `connections` sockets; each seeded product gets one
-//! `products:get` subscription (distinct ranges: each commit intersects exactly one). The
+//! `products:get` subscription (distinct ranges: each commit intersects exactly one), and
+//! the tenant's first socket also subscribes to its shop's `dashboard:summary` (orders by
+//! status), which no restock touches: it must never be re-evaluated. The
 //! writer restocks random products at `rate` commits/s over HTTP. Latency is matched per
 //! commit by the new stock value the mutation returns and the subscription update carries:
 //! from the mutation's intended send time (open loop) to the update's arrival, and from the
@@ -110,16 +112,36 @@ fn stock_of(value: &Json) -> Option<i64> {
     value.get("stock").and_then(Json::as_f64).map(|s| s as i64)
 }
 
-/// Opens one socket, subscribes to `products`, and feeds updates to the matcher.
-async fn subscriber(
+/// The query ID of a socket's dashboard subscription (product subscriptions use the
+/// product's index, always smaller).
+const DASHBOARD_QUERY_ID: u32 = u32::MAX;
+
+/// One socket's subscriptions.
+struct SocketPlan {
     url: String,
     tenant: usize,
+    /// (query ID, product index)
     products: Vec<(u32, usize)>,
+    /// The shop whose dashboard this socket subscribes to.
+    dashboard_shop: Option<String>,
+}
+
+/// Opens one socket, subscribes as planned, and feeds updates to the matcher. Dashboard
+/// updates after the first result are counted in `dashboard_updates`.
+async fn subscriber(
+    plan: SocketPlan,
     matcher: Arc<Mutex<Matcher>>,
     ready: tokio::sync::mpsc::Sender<()>,
     deadline: Instant,
     product_ids: Arc<Vec<Vec<String>>>,
+    dashboard_updates: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<u64> {
+    let SocketPlan {
+        url,
+        tenant,
+        products,
+        dashboard_shop,
+    } = plan;
     let ws_url = format!("{}/api/1.48.0/sync", url.replacen("http", "ws", 1));
     let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
@@ -127,13 +149,17 @@ async fn subscriber(
     let connect = json!({"type": "Connect", "sessionId": format!("00000000-0000-4000-8000-{:012x}", rand::random::<u32>()),
         "connectionCount": 0, "lastCloseReason": null, "clientTs": 0});
     socket.send(Message::text(connect.to_string())).await?;
-    let adds: Vec<Json> = products
+    let mut adds: Vec<Json> = products
         .iter()
         .map(|(query_id, p)| {
             json!({"type": "Add", "queryId": query_id, "udfPath": "products:get",
             "args": [{"productId": product_ids[tenant][*p]}]})
         })
         .collect();
+    if let Some(shop) = &dashboard_shop {
+        adds.push(json!({"type": "Add", "queryId": DASHBOARD_QUERY_ID,
+            "udfPath": "dashboard:summary", "args": [{"shopId": shop}]}));
+    }
     socket
         .send(Message::text(
             json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": adds}).to_string(),
@@ -156,12 +182,26 @@ async fn subscriber(
         let message: Json = serde_json::from_str(text.as_str())?;
         match message["type"].as_str() {
             Some("Transition") => {
+                let first_results = !initialized;
                 if !initialized && message["endVersion"]["querySet"] == 1 {
                     initialized = true;
                     let _ = ready.send(()).await;
                 }
                 let mut m = matcher.lock();
                 for modification in message["modifications"].as_array().into_iter().flatten() {
+                    if modification["queryId"].as_u64() == Some(u64::from(DASHBOARD_QUERY_ID)) {
+                        match modification["type"].as_str() {
+                            Some("QueryFailed") => {
+                                bail!("the dashboard subscription failed: {modification}")
+                            }
+                            Some("QueryUpdated") if !first_results => {
+                                dashboard_updates
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
                     let Some(product) = modification["queryId"]
                         .as_u64()
                         .and_then(|q| by_query.get(&q))
@@ -210,6 +250,8 @@ pub(crate) async fn run(o: LiveOptions) -> Result<Json> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
     let mut sockets = tokio::task::JoinSet::new();
     let mut socket_count = 0usize;
+    let mut dashboards = 0u64;
+    let dashboard_updates = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for (t, target) in o.targets.iter().enumerate() {
         let per = o
             .connections_per_tenant
@@ -223,14 +265,21 @@ pub(crate) async fn run(o: LiveOptions) -> Result<Json> {
                 continue;
             }
             socket_count += 1;
+            let dashboard_shop = if c == 0 { target.shop.clone() } else { None };
+            dashboards += u64::from(dashboard_shop.is_some());
+            let plan = SocketPlan {
+                url: target.url.clone(),
+                tenant: t,
+                products: mine,
+                dashboard_shop,
+            };
             sockets.spawn(subscriber(
-                target.url.clone(),
-                t,
-                mine,
+                plan,
                 matcher.clone(),
                 ready_tx.clone(),
                 socket_deadline,
                 product_ids.clone(),
+                dashboard_updates.clone(),
             ));
         }
     }
@@ -356,6 +405,8 @@ pub(crate) async fn run(o: LiveOptions) -> Result<Json> {
         "send_to_notify": hist(&m.send_to_notify),
         "ack_to_notify": hist(&m.ack_to_notify),
         "notified_before_ack": m.notified_before_ack,
+        "dashboard_subscriptions": dashboards,
+        "dashboard_updates": dashboard_updates.load(std::sync::atomic::Ordering::Relaxed),
         "unmatched_commits": unmatched,
     }))
 }

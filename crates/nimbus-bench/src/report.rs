@@ -411,8 +411,9 @@ fn live_section(dir: &Path, out: &mut String) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{} WebSockets speaking the Convex sync protocol, one `products:get` subscription per product (each commit intersects exactly one); an open-loop writer restocks random products at {} commits/s over HTTP. Subscribing everything took {} ms. Over {} s: {} commits sent, {} errors; the tenants' counters saw {} evaluations for {} matched commits: **{} evaluations per commit** (target: exactly 1). {} updates arrived before their mutation's acknowledgement; {} commits were never seen notified.\n",
+        "{} WebSockets speaking the Convex sync protocol, one `products:get` subscription per product (each commit intersects exactly one) and one `dashboard:summary` per tenant ({} in all; it reads orders, which no restock writes); an open-loop writer restocks random products at {} commits/s over HTTP. Subscribing everything took {} ms. Over {} s: {} commits sent, {} errors; the tenants' counters saw {} evaluations for {} matched commits: **{} evaluations per commit** (target: exactly 1); dashboard updates after their first result: {} (target: 0). {} updates arrived before their mutation's acknowledgement; {} commits were never seen notified.\n",
         fmt(num(&l, "/sockets")),
+        fmt(num(&l, "/dashboard_subscriptions")),
         fmt(num(&l, "/rate")),
         fmt(num(&l, "/subscribe_ms").map(f64::round)),
         fmt(num(&l, "/measured_secs").map(|s| (s * 10.0).round() / 10.0)),
@@ -421,6 +422,7 @@ fn live_section(dir: &Path, out: &mut String) -> Result<()> {
         fmt(num(&l, "/evaluations")),
         fmt(num(&l, "/commits_matched_by_server")),
         fmt(num(&l, "/evaluations_per_commit")),
+        fmt(num(&l, "/dashboard_updates")),
         fmt(num(&l, "/notified_before_ack")),
         fmt(num(&l, "/unmatched_commits")),
     )?;
@@ -686,7 +688,8 @@ mod tests {
                    "measured_secs": 10.02, "commits_sent": 2000, "errors": 0,
                    "commits_matched_by_server": 2000, "evaluations": 2000,
                    "evaluations_per_commit": 1.0, "send_to_notify": hist.clone(),
-                   "ack_to_notify": hist, "notified_before_ack": 3, "unmatched_commits": 0})
+                   "ack_to_notify": hist, "notified_before_ack": 3, "unmatched_commits": 0,
+                   "dashboard_subscriptions": 100, "dashboard_updates": 0})
             .to_string(),
         )
         .unwrap();
@@ -696,6 +699,10 @@ mod tests {
             "{report}"
         );
         assert!(report.contains("**1 evaluations per commit**"), "{report}");
+        assert!(
+            report.contains("after their first result: 0 (target: 0)"),
+            "{report}"
+        );
         assert!(report.contains("| 400 | 0.35 / 2 / 5.2 / 9 |"), "{report}");
         let phase = |name: &str, concurrency: u64| {
             json!({"name": name, "tenants": 10, "concurrency": concurrency,

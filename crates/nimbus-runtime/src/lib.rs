@@ -50,9 +50,13 @@ impl Default for RuntimeLimits {
 pub struct PoolConfig {
     /// Worker threads.
     pub workers: usize,
-    /// Jobs waiting for a worker; when full, [`JsPool::invoke`] fails at once with
+    /// Jobs waiting for a worker, in all (split evenly over the workers' queues); when a
+    /// call's home workers' queues are full, [`JsPool::invoke`] fails at once with
     /// [`PoolError::QueueFull`].
     pub queue_capacity: usize,
+    /// Workers one tenant's calls may run on (its home workers; see [`JsPool`]). Fewer
+    /// means fewer cached isolates per tenant; more lets one tenant use more cores.
+    pub workers_per_tenant: usize,
     /// Cached tenant runtimes per worker (least recently used ones are dropped).
     pub isolates_per_worker: usize,
     pub limits: RuntimeLimits,
@@ -64,10 +68,17 @@ impl Default for PoolConfig {
         PoolConfig {
             workers: (cores * 2).max(4),
             queue_capacity: 1024,
+            workers_per_tenant: default_workers_per_tenant((cores * 2).max(4)),
             isolates_per_worker: 64,
             limits: RuntimeLimits::default(),
         }
     }
+}
+
+/// Half the workers, at least 2 (or all of them when there are fewer): a busy tenant can
+/// use about half the machine's cores, and each tenant's isolates live on half the workers.
+pub fn default_workers_per_tenant(workers: usize) -> usize {
+    (workers / 2).max(2).min(workers.max(1))
 }
 
 /// The code of one tenant at one push.

@@ -15,9 +15,20 @@ use crate::{
 type Job = Box<dyn FnOnce(&mut WorkerState) + Send>;
 
 /// A fixed pool of JavaScript worker threads shared by all tenants.
+///
+/// Each worker has its own bounded queue, and each tenant a few *home* workers (a window
+/// of `workers_per_tenant` consecutive workers starting at a hash of its name): a call
+/// goes to the home worker with the shortest queue. A worker keeps the isolates of the
+/// tenants it serves, so with a shared queue every worker would end up holding an isolate
+/// of every busy tenant, and with more tenants than a worker caches, calls would keep
+/// paying for a new isolate (loading the tenant's code). With homes, a tenant's isolates
+/// live on `workers_per_tenant` workers, and the cache covers `workers / workers_per_tenant`
+/// times more tenants. A hot tenant still spreads over several workers.
 pub struct JsPool {
-    sender: Option<Sender<Job>>,
+    /// One queue per worker; empty once the pool is shut down.
+    senders: Vec<Sender<Job>>,
     capacity: usize,
+    workers_per_tenant: usize,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -114,11 +125,12 @@ fn worker(receiver: Receiver<Job>, max_cached: usize, limits: RuntimeLimits) {
 
 impl JsPool {
     pub fn new(config: PoolConfig) -> Result<JsPool, RuntimeError> {
-        let capacity = config.queue_capacity.max(1);
-        let (sender, receiver) = bounded::<Job>(capacity);
-        let mut threads = Vec::with_capacity(config.workers.max(1));
-        for n in 0..config.workers.max(1) {
-            let receiver = receiver.clone();
+        let workers = config.workers.max(1);
+        let per_worker = config.queue_capacity.max(1).div_ceil(workers);
+        let mut senders = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for n in 0..workers {
+            let (sender, receiver) = bounded::<Job>(per_worker);
             let limits = config.limits.clone();
             let max_cached = config.isolates_per_worker;
             let thread = std::thread::Builder::new()
@@ -127,18 +139,32 @@ impl JsPool {
                 .stack_size(8 << 20)
                 .spawn(move || worker(receiver, max_cached, limits))
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
+            senders.push(sender);
             threads.push(thread);
         }
         Ok(JsPool {
-            sender: Some(sender),
-            capacity,
+            senders,
+            capacity: per_worker * workers,
+            workers_per_tenant: config.workers_per_tenant.clamp(1, workers),
             threads,
         })
     }
 
     /// Number of calls waiting for a worker.
     pub fn queued(&self) -> usize {
-        self.sender.as_ref().map_or(0, Sender::len)
+        self.senders.iter().map(Sender::len).sum()
+    }
+
+    /// The tenant's home workers: a window of consecutive workers starting at a hash of
+    /// its name (stable for the life of the process).
+    fn homes(&self, tenant: &str) -> impl Iterator<Item = usize> + '_ {
+        use std::hash::{Hash as _, Hasher as _};
+        let workers = self.senders.len();
+        // SipHash with fixed keys: the same tenant always gets the same homes.
+        let mut hasher = std::hash::DefaultHasher::new();
+        tenant.hash(&mut hasher);
+        let start = (hasher.finish() % workers.max(1) as u64) as usize;
+        (0..self.workers_per_tenant).map(move |i| (start + i) % workers)
     }
 
     /// Runs a call on a worker; resolves when it finished.
@@ -148,19 +174,30 @@ impl JsPool {
         host: H,
     ) -> Result<(H, Outcome), PoolError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let inv_tenant = inv.tenant.clone();
         let job: Job = Box::new(move |state: &mut WorkerState| {
             let (host, outcome) = state.run(&inv, Box::new(host));
             if let Some(host) = downcast_host::<H>(host) {
                 let _ = reply.send((host, outcome));
             }
         });
-        let Some(sender) = &self.sender else {
+        if self.senders.is_empty() {
             return Err(PoolError::ShutDown);
-        };
-        match sender.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(PoolError::QueueFull(self.capacity)),
-            Err(TrySendError::Disconnected(_)) => return Err(PoolError::ShutDown),
+        }
+        // The home with the shortest queue first; the others if it filled up meanwhile.
+        let mut homes: Vec<usize> = self.homes(&inv_tenant).collect();
+        homes.sort_by_key(|&w| self.senders[w].len());
+        let mut job = Some(job);
+        for w in homes {
+            let Some(next) = job.take() else { break };
+            match self.senders[w].try_send(next) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) => job = Some(back),
+                Err(TrySendError::Disconnected(_)) => return Err(PoolError::ShutDown),
+            }
+        }
+        if job.is_some() {
+            return Err(PoolError::QueueFull(self.capacity));
         }
         answer.await.map_err(|_| PoolError::WorkerFailed)
     }
@@ -168,7 +205,7 @@ impl JsPool {
 
 impl Drop for JsPool {
     fn drop(&mut self) {
-        self.sender = None;
+        self.senders.clear();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

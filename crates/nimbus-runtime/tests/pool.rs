@@ -64,10 +64,11 @@ fn modules(generation: u64) -> ModuleSet {
     }
 }
 
-/// Records syscalls and answers a few of them.
+/// Records syscalls (and the worker threads they ran on) and answers a few of them.
 #[derive(Default)]
 struct FakeHost {
     calls: Vec<String>,
+    threads: Vec<String>,
 }
 
 impl SyscallHost for FakeHost {
@@ -76,6 +77,12 @@ impl SyscallHost for FakeHost {
     }
     fn async_syscall(&mut self, op: &str, args: &str) -> Result<String, SyscallError> {
         self.calls.push(format!("{op} {args}"));
+        self.threads.push(
+            std::thread::current()
+                .name()
+                .unwrap_or_default()
+                .to_string(),
+        );
         match op {
             "1.0/get" => Ok(r#"{"_id":"abc","n":1}"#.to_string()),
             "1.0/insert" => Ok(r#"{"_id":"new"}"#.to_string()),
@@ -88,8 +95,13 @@ impl SyscallHost for FakeHost {
 }
 
 fn pool(workers: usize) -> JsPool {
+    pool_with_homes(workers, workers)
+}
+
+fn pool_with_homes(workers: usize, workers_per_tenant: usize) -> JsPool {
     let config = PoolConfig {
         workers,
+        workers_per_tenant,
         queue_capacity: 16,
         isolates_per_worker: 4,
         limits: RuntimeLimits {
@@ -266,6 +278,55 @@ async fn limits_fail_one_call_and_other_tenants_carry_on() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(o.result.is_ok(), "{:?}", o.result);
+}
+
+/// A tenant's calls run only on its home workers: a window of `workers_per_tenant`
+/// consecutive workers, so its cached isolates live on those alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_run_on_their_tenants_home_workers() {
+    let pool = Arc::new(pool_with_homes(4, 2));
+    for tenant in ["a", "b", "c", "d", "e"] {
+        let mut calls = tokio::task::JoinSet::new();
+        for seed in 0..8 {
+            let pool = pool.clone();
+            calls.spawn(async move {
+                pool.invoke(
+                    call(
+                        tenant,
+                        "echo",
+                        FunctionKind::Query,
+                        r#"[{"id":"abc"}]"#,
+                        seed,
+                    ),
+                    FakeHost::default(),
+                )
+                .await
+            });
+        }
+        let mut workers = std::collections::BTreeSet::new();
+        while let Some(joined) = calls.join_next().await {
+            let (host, outcome) = joined
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+            let name = host.threads.first().cloned().unwrap_or_default();
+            let n: usize = name
+                .strip_prefix("nimbus-js-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a call ran on thread {name:?}"));
+            workers.insert(n);
+        }
+        assert!(
+            !workers.is_empty() && workers.len() <= 2,
+            "tenant {tenant} ran on workers {workers:?}"
+        );
+        if let [first, second] = workers.iter().copied().collect::<Vec<_>>()[..] {
+            assert!(
+                second == first + 1 || (first == 0 && second == 3),
+                "tenant {tenant}'s homes are not consecutive: {workers:?}"
+            );
+        }
+    }
 }
 
 #[test]

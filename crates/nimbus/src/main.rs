@@ -43,6 +43,10 @@ enum Command {
         /// JavaScript worker threads (default: 2 × cores, at least 4).
         #[arg(long)]
         js_workers: Option<usize>,
+        /// JavaScript workers one tenant's calls may run on, its "home" workers (default:
+        /// half the workers, at least 2). A tenant's cached runtimes live on its homes only.
+        #[arg(long)]
+        js_workers_per_tenant: Option<usize>,
         /// CPU time limit of one function call, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         function_cpu_ms: u64,
@@ -107,6 +111,7 @@ fn main() -> Result<()> {
             public_url,
             max_request_bytes,
             js_workers,
+            js_workers_per_tenant,
             function_cpu_ms,
             function_memory_mib,
             tenant_memory_mib,
@@ -131,8 +136,10 @@ fn main() -> Result<()> {
                 .ok()
                 .filter(|k| !k.is_empty());
             if let Some(workers) = js_workers {
-                config.pool.workers = workers.max(1);
-                config.max_running_per_tenant = (workers.max(2) - 1).max(1);
+                config.set_js_workers(workers);
+            }
+            if let Some(per_tenant) = js_workers_per_tenant {
+                config.pool.workers_per_tenant = per_tenant.clamp(1, config.pool.workers);
             }
             config.pool.limits.cpu_time = Duration::from_millis(function_cpu_ms.max(1));
             config.pool.limits.memory_bytes = function_memory_mib.max(1) << 20;
