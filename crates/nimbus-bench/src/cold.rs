@@ -12,6 +12,10 @@
 //! Beyond `--max-active-tenants` the server closes the least recently used idle tenants.
 //! Resident memory is `VmRSS` of the server process from `/proc/<pid>/status`, read after
 //! each phase.
+//!
+//! Throughout, one tenant with code that is already active (the last of the targets file,
+//! kept out of the phases) is queried open-loop at `active_rate`: its latency alone, then
+//! during each phase, shows whether activating other tenants stalls a serving one.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +45,12 @@ pub(crate) struct Cold {
     pub(crate) max_active_tenants: Option<u64>,
     /// Recorded in the JSON only: how long the restarted server took to answer /health.
     pub(crate) restart_ms: Option<f64>,
+    /// Queries/s to the already active tenant during each phase (0: no probe).
+    pub(crate) active_rate: f64,
 }
+
+/// How long the active tenant is probed alone, before the phases.
+const ACTIVE_ALONE: Duration = Duration::from_secs(3);
 
 /// `(VmRSS, VmHWM)` of a process in KiB.
 pub(crate) fn memory_kib(pid: u32) -> Result<(u64, u64)> {
@@ -118,6 +127,74 @@ impl Probe {
     }
 }
 
+/// A summary (latency percentiles, throughput over `elapsed`, errors by kind).
+fn summarize(outcomes: &[&Outcome], elapsed: Duration) -> Result<Json> {
+    let mut histogram = stats::new_histogram()?;
+    let mut errors = Errors::new();
+    for (latency, error) in outcomes {
+        stats::record(&mut histogram, *latency)?;
+        if let Some(kind) = error {
+            *errors.entry(kind.clone()).or_default() += 1;
+        }
+    }
+    let mut out = stats::summary(&histogram, outcomes.len() as u64, elapsed);
+    out["errors"] = json!(errors);
+    Ok(out)
+}
+
+/// Queries `target` open-loop at `rate` until `stop` turns true; latency runs from each
+/// query's intended send time, so a stall shows however long it lasts.
+async fn probe_active(
+    client: reqwest::Client,
+    target: Target,
+    rate: f64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Json> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    let started = Instant::now();
+    let mut next = started;
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+        let intended = next;
+        next += interval;
+        let request = Probe::Query.request(&client, &target)?;
+        in_flight.spawn(async move {
+            let (_, error) = timed(request, true).await;
+            (intended.elapsed(), error)
+        });
+    }
+    let elapsed = started.elapsed();
+    let mut outcomes = Vec::new();
+    while let Some(done) = in_flight.join_next().await {
+        outcomes.push(done?);
+    }
+    summarize(&outcomes.iter().collect::<Vec<_>>(), elapsed)
+}
+
+/// Runs `work` while probing the active tenant (if any); returns both results.
+async fn with_active_probe<T>(
+    client: &reqwest::Client,
+    active: Option<&Target>,
+    rate: f64,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, Option<Json>)> {
+    let Some(target) = active else {
+        return Ok((work.await?, None));
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let probe = tokio::spawn(probe_active(client.clone(), target.clone(), rate, stop_rx));
+    let result = work.await;
+    let _ = stop_tx.send(true);
+    let probed = probe
+        .await
+        .map_err(|e| anyhow!("the active-tenant probe failed: {e}"))??;
+    Ok((result?, Some(probed)))
+}
+
 /// `{tenants, first_request: {...}, second_request?: {...}}` for one phase.
 async fn phase(
     label: &str,
@@ -146,19 +223,7 @@ async fn phase(
     })
     .await?;
     let elapsed = started.elapsed();
-    let summarize = |outcomes: Vec<&Outcome>| -> Result<Json> {
-        let mut histogram = stats::new_histogram()?;
-        let mut errors = Errors::new();
-        for (latency, error) in &outcomes {
-            stats::record(&mut histogram, *latency)?;
-            if let Some(kind) = error {
-                *errors.entry(kind.clone()).or_default() += 1;
-            }
-        }
-        let mut out = stats::summary(&histogram, outcomes.len() as u64, elapsed);
-        out["errors"] = json!(errors);
-        Ok(out)
-    };
+    let summarize = |outcomes: Vec<&Outcome>| summarize(&outcomes, elapsed);
     let mut out = json!({
         "tenants": n,
         "concurrency": concurrency,
@@ -191,13 +256,23 @@ pub(crate) async fn run(c: Cold) -> Result<Json> {
         }
     };
     // Tenants with code come first in the targets file; each phase takes the next unused ones.
-    let with_code: Vec<Target> = c
+    let mut with_code: Vec<Target> = c
         .targets
         .iter()
         .take_while(|t| t.shop.is_some())
         .cloned()
         .collect();
-    let without_code: Vec<Target> = c.targets[with_code.len()..].to_vec();
+    let registered_with_code = with_code.len();
+    let active = if c.active_rate > 0.0 {
+        Some(
+            with_code
+                .pop()
+                .ok_or_else(|| anyhow!("the active-tenant probe needs a tenant with code"))?,
+        )
+    } else {
+        None
+    };
+    let without_code: Vec<Target> = c.targets[registered_with_code..].to_vec();
     let (mut next_with, mut next_without) = (0, 0);
     for p in &c.phases {
         if p.with_code {
@@ -212,6 +287,22 @@ pub(crate) async fn run(c: Cold) -> Result<Json> {
             with_code.len(),
             without_code.len()
         );
+    }
+    let mut active_alone = None;
+    if let Some(target) = &active {
+        // Activate it, then measure it alone.
+        for _ in 0..3 {
+            let (_, error) = timed(Probe::Query.request(&client, target)?, true).await;
+            if let Some(error) = error {
+                bail!("the active tenant {} failed: {error}", target.name);
+            }
+        }
+        let (_, alone) = with_active_probe(&client, Some(target), c.active_rate, async {
+            tokio::time::sleep(ACTIVE_ALONE).await;
+            Ok(())
+        })
+        .await?;
+        active_alone = alone;
     }
     let (mut next_with, mut next_without, mut activated) = (0, 0, 0);
     let mut last = memory("before any request")?;
@@ -235,15 +326,23 @@ pub(crate) async fn run(c: Cold) -> Result<Json> {
             )
         };
         let one_at_a_time = p.concurrency <= 1;
-        let mut out = phase(
-            p.name,
+        let (mut out, probed) = with_active_probe(
             &client,
-            probe,
-            targets,
-            p.concurrency,
-            one_at_a_time,
+            active.as_ref(),
+            c.active_rate,
+            phase(
+                p.name,
+                &client,
+                probe,
+                targets,
+                p.concurrency,
+                one_at_a_time,
+            ),
         )
         .await?;
+        if let Some(probed) = probed {
+            out["active_tenant"] = probed;
+        }
         activated += p.tenants;
         let now = memory(&format!("after {}", p.name))?;
         out["name"] = json!(p.name);
@@ -267,7 +366,10 @@ pub(crate) async fn run(c: Cold) -> Result<Json> {
         "schema_version": SCHEMA_VERSION,
         "kind": "cold-activation",
         "registered_tenants": c.targets.len(),
-        "registered_with_code": with_code.len(),
+        "registered_with_code": registered_with_code,
+        "active_tenant": active.as_ref().map(|t| t.name.clone()),
+        "active_rate": if active.is_some() { json!(c.active_rate) } else { json!(null) },
+        "active_alone": active_alone,
         "max_active_tenants": c.max_active_tenants,
         "restart_ms": c.restart_ms,
         "rss_kib_before": before,

@@ -215,6 +215,11 @@ enum Command {
         /// How long the restarted server took to become healthy, recorded in the JSON.
         #[arg(long)]
         restart_ms: Option<f64>,
+        /// Queries/s sent open-loop to one already active tenant with code (the last one of
+        /// the targets file) during every phase, to see what activations cost a tenant
+        /// that is serving; 0 turns the probe off.
+        #[arg(long, default_value_t = 50.0)]
+        active_rate: f64,
     },
     /// Sets up PocketBase collections equivalent to examples/pos, seeds them and writes a
     /// targets file. Needs a superuser (`pocketbase superuser upsert EMAIL PASS`).
@@ -457,6 +462,7 @@ fn main() -> Result<()> {
             connections,
             max_active_tenants,
             restart_ms,
+            active_rate,
         } => {
             let file = TargetsFile::read(&targets)?;
             let connections = connections.max(1);
@@ -500,6 +506,7 @@ fn main() -> Result<()> {
                 phases,
                 max_active_tenants,
                 restart_ms,
+                active_rate,
             }))?;
             print(&result)
         }

@@ -480,8 +480,24 @@ fn cold_section(dir: &Path, out: &mut String) -> Result<()> {
         "Server resident memory (VmRSS) right after the restart: {} MiB. Requests to tenants with code run `orders:listOpen` (the first one opens the tenant's storage, loads its documents and code and creates its QuickJS runtime); requests to tenants without code are `GET /admin/tenants/<name>/stats`, which activates the tenant (storage and engine) and runs no function.\n",
         fmt(num(&c, "/rss_kib_before").map(|k| (k / 1024.0).round())),
     )?;
-    writeln!(out, "| phase | tenants | first request: p50 / p95 / p99 / max (ms) | tenants/s over the phase | second request: p50 / p99 (ms) | VmRSS after (MiB) | VmRSS growth per tenant (KiB) | errors |")?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    let probed = !c["active_alone"].is_null();
+    if probed {
+        writeln!(
+            out,
+            "Throughout, tenant `{}` (with code, already active) is queried open-loop at {}/s; alone, before the phases: p50 / p99 / max {} / {} / {} ms. Its latency during each phase is in the last column.\n",
+            c["active_tenant"].as_str().unwrap_or("?"),
+            fmt(num(&c, "/active_rate")),
+            fmt(num(&c, "/active_alone/latency_ms/p50")),
+            fmt(num(&c, "/active_alone/latency_ms/p99")),
+            fmt(num(&c, "/active_alone/latency_ms/max")),
+        )?;
+    }
+    writeln!(out, "| phase | tenants | first request: p50 / p95 / p99 / max (ms) | tenants/s over the phase | second request: p50 / p99 (ms) | VmRSS after (MiB) | VmRSS growth per tenant (KiB) | errors |{}", if probed { " active tenant meanwhile: p50 / p99 / max (ms) |" } else { "" })?;
+    writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|{}",
+        if probed { "---|" } else { "" }
+    )?;
     for phase in c["phases"]
         .as_array()
         .map(Vec::as_slice)
@@ -502,9 +518,23 @@ fn cold_section(dir: &Path, out: &mut String) -> Result<()> {
         if error_total(&phase["second_request"]["errors"]) > 0 {
             errs = format!("{errs}; second: {}", errors(&phase["second_request"]));
         }
+        let a = &phase["active_tenant"];
+        if error_total(&a["errors"]) > 0 {
+            errs = format!("{errs}; active tenant: {}", errors(a));
+        }
+        let active = if probed {
+            format!(
+                " {} / {} / {} |",
+                fmt(num(a, "/latency_ms/p50")),
+                fmt(num(a, "/latency_ms/p99")),
+                fmt(num(a, "/latency_ms/max"))
+            )
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "| {}{} | {} | {} | {} | {second} | {} | {} | {errs} |",
+            "| {}{} | {} | {} | {} | {second} | {} | {} | {errs} |{active}",
             phase["name"].as_str().unwrap_or("?"),
             if num(phase, "/concurrency").unwrap_or(1.0) > 1.0 {
                 format!(" ({} in flight)", fmt(num(phase, "/concurrency")))
@@ -707,12 +737,13 @@ mod tests {
         let phase = |name: &str, concurrency: u64| {
             json!({"name": name, "tenants": 10, "concurrency": concurrency,
                    "first_request": http(10, json!({})), "rss_kib_after": 20480,
-                   "rss_kib_delta_per_tenant": 512})
+                   "rss_kib_delta_per_tenant": 512, "active_tenant": http(50, json!({}))})
         };
         std::fs::write(
             dir.path().join(files::COLD),
             json!({"registered_tenants": 50, "max_active_tenants": 1000, "restart_ms": 12.4,
-                   "rss_kib_before": 8192, "phases": [phase("one", 1), phase("many", 16)]})
+                   "rss_kib_before": 8192, "phases": [phase("one", 1), phase("many", 16)],
+                   "active_tenant": "c0049", "active_rate": 50.0, "active_alone": http(150, json!({}))})
             .to_string(),
         )
         .unwrap();
@@ -722,8 +753,12 @@ mod tests {
             "{report}"
         );
         assert!(
+            report.contains("tenant `c0049` (with code, already active) is queried open-loop at 50/s; alone, before the phases: p50 / p99 / max 1 / 3.5 / 9 ms"),
+            "{report}"
+        );
+        assert!(
             report.contains(
-                "| many (16 in flight) | 10 | 1 / 2 / 3.5 / 9 | 10 | — | 20 | 512 | none |"
+                "| many (16 in flight) | 10 | 1 / 2 / 3.5 / 9 | 10 | — | 20 | 512 | none | 1 / 3.5 / 9 |"
             ),
             "{report}"
         );

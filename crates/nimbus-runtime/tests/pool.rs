@@ -42,7 +42,9 @@ export const failSyscall = register("isQuery", async () => {
 });
 export const random = register("isQuery", async () => [Math.random(), Date.now(), new Date().getTime()]);
 export const spin = register("isQuery", async () => { while (true) {} });
-export const hog = register("isQuery", async () => { const a = []; while (true) a.push("x".repeat(1024)); });
+// Large strings reach the memory limit in a few hundred steps, well inside the CPU limit
+// even on a loaded machine.
+export const hog = register("isQuery", async () => { const a = []; while (true) a.push("x".repeat(1 << 16) + a.length); });
 export const recurse = register("isQuery", async () => { const f = (n) => f(n + 1) + 1; return f(0); });
 export const internalOne = register("isMutation", async () => 1, { isPublic: undefined, isInternal: true });
 export const notAFunction = 5;
