@@ -203,9 +203,17 @@
     return JSON.stringify({ outcome, logs });
   };
   const KINDS = { query: "isQuery", mutation: "isMutation", action: "isAction" };
+  // Module namespaces by path. A context serves one push of one tenant, so a module never
+  // changes under it; skipping the dynamic import() saves its resolution and promise
+  // ticks on every call.
+  const namespaces = new Map();
   g.__nimbus_invoke = (modulePath, exportName, kind, argsJson, requestId) => {
     (async () => {
-      const ns = await import(modulePath);
+      let ns = namespaces.get(modulePath);
+      if (ns === undefined) {
+        ns = await import(modulePath);
+        namespaces.set(modulePath, ns);
+      }
       const f = ns[exportName];
       if (f === undefined || f === null) return { kind: "notFound" };
       const actual = Object.keys(KINDS).find((k) => f[KINDS[k]] === true);
