@@ -34,6 +34,10 @@ pub struct NimbusConfig {
     /// storage connections). Activating one more first closes the least recently used
     /// idle tenant; if every active tenant is busy, the activation fails with 503.
     pub max_active_tenants: usize,
+    /// Tenants opened at once (storage, documents, code). Activations beyond it wait their
+    /// turn, each holding its place in `max_active_tenants`, so a burst of first requests
+    /// to idle tenants cannot take every core from the tenants already serving.
+    pub max_concurrent_activations: usize,
     /// Query results cached per tenant (0 disables the cache); the least recently used
     /// entry is evicted when full.
     pub query_cache_entries: usize,
@@ -45,6 +49,12 @@ pub struct NimbusConfig {
     /// ID) so a client re-sending one after a reconnect gets the first run's answer
     /// instead of running it twice; the oldest is forgotten when full.
     pub live_request_dedup_entries: usize,
+}
+
+/// Half the cores, at least 2.
+fn default_concurrent_activations() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores / 2).max(2)
 }
 
 impl NimbusConfig {
@@ -63,6 +73,7 @@ impl NimbusConfig {
             max_mutation_attempts: 32,
             staged_push_ttl: Duration::from_secs(600),
             max_active_tenants: 1000,
+            max_concurrent_activations: default_concurrent_activations(),
             query_cache_entries: 1024,
             query_cache_max_result_bytes: 256 << 10,
             live: crate::live::LiveLimits::default(),

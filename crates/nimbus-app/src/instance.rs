@@ -50,6 +50,8 @@ pub struct Nimbus {
     /// documents, code) must not stall requests to tenants that are already active. A slot's
     /// cell makes concurrent requests to the same inactive tenant share one activation.
     active: parking_lot::Mutex<HashMap<String, Slot>>,
+    /// Permits to open a tenant (`max_concurrent_activations`).
+    activations: tokio::sync::Semaphore,
     /// Logical clock for least-recently-used eviction of idle tenants.
     clock: std::sync::atomic::AtomicU64,
 }
@@ -105,6 +107,7 @@ impl Nimbus {
             storage,
             pool,
             active: parking_lot::Mutex::new(HashMap::new()),
+            activations: tokio::sync::Semaphore::new(config.max_concurrent_activations.max(1)),
             clock: std::sync::atomic::AtomicU64::new(0),
             config,
         };
@@ -329,7 +332,18 @@ impl Nimbus {
         if !self.slot_is_current(name, slot) {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
-        let tenant = self.open_tenant(name).await?;
+        let permit = self
+            .activations
+            .acquire()
+            .await
+            .map_err(|_| AppError::Internal("the activation semaphore is closed".into()))?;
+        // Deleted while waiting for a permit: nothing to open.
+        if !self.slot_is_current(name, slot) {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        let tenant = self.open_tenant(name).await;
+        drop(permit);
+        let tenant = tenant?;
         if !self.slot_is_current(name, slot) {
             tenant.close();
             return Err(AppError::TenantNotFound(name.to_string()));

@@ -6,6 +6,8 @@ async fn nimbus(dir: &std::path::Path, max_active: usize) -> std::sync::Arc<Nimb
     let mut config = NimbusConfig::new(dir.to_path_buf(), "http://127.0.0.1:1".into());
     config.admin_key = Some("instance-key".into());
     config.max_active_tenants = max_active;
+    // One tenant opens at a time: concurrent activations below wait for each other.
+    config.max_concurrent_activations = 1;
     config.pool.workers = 1;
     match Nimbus::open(config).await {
         Ok(n) => n,

@@ -60,6 +60,10 @@ enum Command {
         /// Most tenants active in memory at once; idle ones beyond it are closed (LRU).
         #[arg(long, default_value_t = 1000)]
         max_active_tenants: usize,
+        /// Tenants opened at once; further first requests to idle tenants wait their turn
+        /// (default: half the cores, at least 2).
+        #[arg(long)]
+        max_concurrent_activations: Option<usize>,
         /// Query results cached per tenant (0 disables the query cache).
         #[arg(long, default_value_t = 1024)]
         query_cache_entries: usize,
@@ -117,6 +121,7 @@ fn main() -> Result<()> {
             tenant_memory_mib,
             query_cache_entries,
             max_active_tenants,
+            max_concurrent_activations,
             max_subscriptions_per_connection,
             max_subscriptions_per_tenant,
             sync_send_timeout_secs,
@@ -146,6 +151,9 @@ fn main() -> Result<()> {
             config.engine.memory_budget_bytes = tenant_memory_mib << 20;
             config.query_cache_entries = query_cache_entries;
             config.max_active_tenants = max_active_tenants.max(1);
+            if let Some(n) = max_concurrent_activations {
+                config.max_concurrent_activations = n.max(1);
+            }
             config.live = nimbus_app::LiveLimits {
                 max_subscriptions_per_session: max_subscriptions_per_connection,
                 max_subscriptions_per_tenant,
