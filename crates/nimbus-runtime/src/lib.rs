@@ -211,7 +211,7 @@ impl FunctionError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    #[error("the JavaScript job queue is full ({0} waiting calls)")]
+    #[error("the JavaScript job queues of this tenant's workers are full ({0} waiting calls)")]
     QueueFull(usize),
     #[error("the JavaScript pool is shut down")]
     ShutDown,

@@ -1,6 +1,7 @@
 //! The worker pool: threads that own tenant isolates and run calls.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -24,10 +25,17 @@ type Job = Box<dyn FnOnce(&mut WorkerState) + Send>;
 /// paying for a new isolate (loading the tenant's code). With homes, a tenant's isolates
 /// live on `workers_per_tenant` workers, and the cache covers `workers / workers_per_tenant`
 /// times more tenants. A hot tenant still spreads over several workers.
+///
+/// "Least busy" counts the call a worker is running, not only its queue: a worker stuck in
+/// a long call (up to the CPU limit) with an empty queue must not look idle.
 pub struct JsPool {
     /// One queue per worker; empty once the pool is shut down.
     senders: Vec<Sender<Job>>,
-    capacity: usize,
+    /// Calls queued or running, per worker: raised before a call is queued, lowered by
+    /// the worker when the call is done.
+    load: Arc<Vec<AtomicUsize>>,
+    /// Calls each worker's queue holds.
+    per_worker: usize,
     workers_per_tenant: usize,
     threads: Vec<JoinHandle<()>>,
 }
@@ -106,7 +114,13 @@ impl WorkerState {
     }
 }
 
-fn worker(receiver: Receiver<Job>, max_cached: usize, limits: RuntimeLimits) {
+fn worker(
+    receiver: Receiver<Job>,
+    load: Arc<Vec<AtomicUsize>>,
+    index: usize,
+    max_cached: usize,
+    limits: RuntimeLimits,
+) {
     let mut state = WorkerState {
         cache: Vec::new(),
         max_cached: max_cached.max(1),
@@ -120,6 +134,7 @@ fn worker(receiver: Receiver<Job>, max_cached: usize, limits: RuntimeLimits) {
             tracing::error!("a JavaScript job panicked; dropping this worker's cached isolates");
             state.cache.clear();
         }
+        load[index].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -129,22 +144,26 @@ impl JsPool {
         let per_worker = config.queue_capacity.max(1).div_ceil(workers);
         let mut senders = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
+        let load: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..workers).map(|_| AtomicUsize::new(0)).collect());
         for n in 0..workers {
             let (sender, receiver) = bounded::<Job>(per_worker);
             let limits = config.limits.clone();
             let max_cached = config.isolates_per_worker;
+            let worker_load = load.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("nimbus-js-{n}"))
                 // QuickJS's own stack limit is set per runtime; give the thread room above it.
                 .stack_size(8 << 20)
-                .spawn(move || worker(receiver, max_cached, limits))
+                .spawn(move || worker(receiver, worker_load, n, max_cached, limits))
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
             senders.push(sender);
             threads.push(thread);
         }
         Ok(JsPool {
             senders,
-            capacity: per_worker * workers,
+            load,
+            per_worker,
             workers_per_tenant: config.workers_per_tenant.clamp(1, workers),
             threads,
         })
@@ -184,20 +203,30 @@ impl JsPool {
         if self.senders.is_empty() {
             return Err(PoolError::ShutDown);
         }
-        // The home with the shortest queue first; the others if it filled up meanwhile.
+        // The least busy home first; the others if its queue filled up meanwhile.
         let mut homes: Vec<usize> = self.homes(&inv_tenant).collect();
-        homes.sort_by_key(|&w| self.senders[w].len());
+        homes.sort_by_key(|&w| self.load[w].load(Ordering::Relaxed));
         let mut job = Some(job);
         for w in homes {
             let Some(next) = job.take() else { break };
+            self.load[w].fetch_add(1, Ordering::Relaxed);
             match self.senders[w].try_send(next) {
                 Ok(()) => break,
-                Err(TrySendError::Full(back)) => job = Some(back),
-                Err(TrySendError::Disconnected(_)) => return Err(PoolError::ShutDown),
+                Err(TrySendError::Full(back)) => {
+                    self.load[w].fetch_sub(1, Ordering::Relaxed);
+                    job = Some(back);
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.load[w].fetch_sub(1, Ordering::Relaxed);
+                    return Err(PoolError::ShutDown);
+                }
             }
         }
         if job.is_some() {
-            return Err(PoolError::QueueFull(self.capacity));
+            // What this tenant's calls could have queued: its homes' queues.
+            return Err(PoolError::QueueFull(
+                self.per_worker * self.workers_per_tenant,
+            ));
         }
         answer.await.map_err(|_| PoolError::WorkerFailed)
     }

@@ -101,6 +101,10 @@ fn pool(workers: usize) -> JsPool {
 }
 
 fn pool_with_homes(workers: usize, workers_per_tenant: usize) -> JsPool {
+    pool_with(workers, workers_per_tenant, Duration::from_millis(300))
+}
+
+fn pool_with(workers: usize, workers_per_tenant: usize, cpu_time: Duration) -> JsPool {
     let config = PoolConfig {
         workers,
         workers_per_tenant,
@@ -108,7 +112,7 @@ fn pool_with_homes(workers: usize, workers_per_tenant: usize) -> JsPool {
         isolates_per_worker: 4,
         limits: RuntimeLimits {
             memory_bytes: 32 << 20,
-            cpu_time: Duration::from_millis(300),
+            cpu_time,
             max_stack_bytes: 256 << 10,
         },
     };
@@ -329,6 +333,53 @@ async fn calls_run_on_their_tenants_home_workers() {
             );
         }
     }
+}
+
+/// A home worker busy with a long call is passed over even though its queue is empty: the
+/// other tenant's calls all finish while the loop still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_home_worker_is_passed_over() {
+    // Two workers, both homes of every tenant; the loop may run for 3 s.
+    let pool = Arc::new(pool_with(2, 2, Duration::from_secs(3)));
+    let spinner = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.invoke(
+                call("noisy", "spin", FunctionKind::Query, "[{}]", 1),
+                FakeHost::default(),
+            )
+            .await
+        })
+    };
+    for seed in 0..5 {
+        let (_, o) = pool
+            .invoke(
+                call(
+                    "quiet",
+                    "echo",
+                    FunctionKind::Query,
+                    r#"[{"id":"abc"}]"#,
+                    seed,
+                ),
+                FakeHost::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(o.result.is_ok(), "{:?}", o.result);
+    }
+    assert!(
+        !spinner.is_finished(),
+        "the quiet tenant's calls waited for the loop to end"
+    );
+    let (_, o) = spinner
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(o.result, Err(FunctionError::Timeout { .. })),
+        "{:?}",
+        o.result
+    );
 }
 
 #[test]
