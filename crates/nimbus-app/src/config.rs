@@ -61,14 +61,15 @@ impl NimbusConfig {
     /// Defaults for a data directory and public URL.
     pub fn new(data_dir: PathBuf, public_url: String) -> Self {
         let pool = PoolConfig::default();
-        let workers = pool.workers.max(1);
-        NimbusConfig {
+        let workers = pool.workers;
+        let mut config = NimbusConfig {
             data_dir,
             public_url,
             admin_key: None,
             engine: EngineConfig::default(),
             max_inflight_per_tenant: 1024,
-            max_running_per_tenant: (workers - 1).max(1),
+            // Derived from the workers below.
+            max_running_per_tenant: 1,
             pool,
             max_mutation_attempts: 32,
             staged_push_ttl: Duration::from_secs(600),
@@ -78,7 +79,9 @@ impl NimbusConfig {
             query_cache_max_result_bytes: 256 << 10,
             live: crate::live::LiveLimits::default(),
             live_request_dedup_entries: 4096,
-        }
+        };
+        config.set_js_workers(workers);
+        config
     }
 
     /// Sets the number of JavaScript workers and what derives from it: a tenant runs at

@@ -246,33 +246,34 @@ impl Nimbus {
     pub async fn tenant(&self, name: &str) -> Result<Arc<Tenant>, AppError> {
         use std::sync::atomic::Ordering;
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        // Active, or being activated by another request: share its activation.
         let existing = self.active.lock().get(name).cloned();
-        if let Some(slot) = existing {
-            // Active, or being activated by another request: share its activation.
-            let tenant = slot.get_or_try_init(|| self.activate(name, &slot)).await?;
-            tenant.last_used.store(now, Ordering::Relaxed);
-            return Ok(tenant.clone());
-        }
-        if self.catalog.get(name)?.is_none() {
-            return Err(AppError::TenantNotFound(name.to_string()));
-        }
-        let (slot, evicted) = {
-            let mut active = self.active.lock();
-            match active.get(name) {
-                // Another request got here between the two lookups.
-                Some(slot) => (slot.clone(), None),
-                None => {
-                    let evicted = self.make_room(&mut active, name)?;
-                    let slot = Slot::default();
-                    active.insert(name.to_string(), slot.clone());
-                    (slot, evicted)
-                }
-            }
+        let slot = match existing {
+            Some(slot) => slot,
+            None => self.new_slot(name)?,
         };
-        drop(evicted);
         let tenant = slot.get_or_try_init(|| self.activate(name, &slot)).await?;
         tenant.last_used.store(now, Ordering::Relaxed);
         Ok(tenant.clone())
+    }
+
+    /// The slot of a registered tenant that is not active, added to the map (making room
+    /// first), or the slot another request added meanwhile.
+    fn new_slot(&self, name: &str) -> Result<Slot, AppError> {
+        if self.catalog.get(name)?.is_none() {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        let mut active = self.active.lock();
+        if let Some(slot) = active.get(name) {
+            return Ok(slot.clone());
+        }
+        let evicted = self.make_room(&mut active, name)?;
+        let slot = Slot::default();
+        active.insert(name.to_string(), slot.clone());
+        drop(active);
+        // The evicted tenant closes outside the map's lock.
+        drop(evicted);
+        Ok(slot)
     }
 
     /// Keeps the active map within `max_active_tenants` before `name` is added. It frees a

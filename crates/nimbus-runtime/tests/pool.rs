@@ -119,6 +119,17 @@ fn pool_with(workers: usize, workers_per_tenant: usize, cpu_time: Duration) -> J
     JsPool::new(config).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `echo` (a query making one syscall) for `tenant`.
+fn echo(tenant: &str, seed: u64) -> Invocation {
+    call(
+        tenant,
+        "echo",
+        FunctionKind::Query,
+        r#"[{"id":"abc"}]"#,
+        seed,
+    )
+}
+
 fn call(tenant: &str, export: &str, kind: FunctionKind, args: &str, seed: u64) -> Invocation {
     Invocation {
         tenant: Arc::from(tenant),
@@ -137,10 +148,7 @@ fn call(tenant: &str, export: &str, kind: FunctionKind, args: &str, seed: u64) -
 async fn queries_call_syscalls_log_and_read_env() {
     let pool = pool(2);
     let (host, outcome) = pool
-        .invoke(
-            call("a", "echo", FunctionKind::Query, r#"[{"id":"abc"}]"#, 1),
-            FakeHost::default(),
-        )
+        .invoke(echo("a", 1), FakeHost::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let value = outcome.result.unwrap_or_else(|e| panic!("{e}"));
@@ -245,16 +253,7 @@ async fn loop_beside_quiet_calls(pool: &Arc<JsPool>) -> bool {
     };
     for seed in 0..5 {
         let (_, o) = pool
-            .invoke(
-                call(
-                    "quiet",
-                    "echo",
-                    FunctionKind::Query,
-                    r#"[{"id":"abc"}]"#,
-                    seed,
-                ),
-                FakeHost::default(),
-            )
+            .invoke(echo("quiet", seed), FakeHost::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(o.result.is_ok(), "{:?}", o.result);
@@ -292,10 +291,7 @@ async fn limits_fail_one_call_and_other_tenants_carry_on() {
     );
     // The tenant that hit its limits gets a fresh runtime and works again.
     let (_, o) = pool
-        .invoke(
-            call("noisy", "echo", FunctionKind::Query, r#"[{"id":"abc"}]"#, 1),
-            FakeHost::default(),
-        )
+        .invoke(echo("noisy", 1), FakeHost::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(o.result.is_ok(), "{:?}", o.result);
@@ -310,19 +306,7 @@ async fn calls_run_on_their_tenants_home_workers() {
         let mut calls = tokio::task::JoinSet::new();
         for seed in 0..8 {
             let pool = pool.clone();
-            calls.spawn(async move {
-                pool.invoke(
-                    call(
-                        tenant,
-                        "echo",
-                        FunctionKind::Query,
-                        r#"[{"id":"abc"}]"#,
-                        seed,
-                    ),
-                    FakeHost::default(),
-                )
-                .await
-            });
+            calls.spawn(async move { pool.invoke(echo(tenant, seed), FakeHost::default()).await });
         }
         let mut workers = std::collections::BTreeSet::new();
         while let Some(joined) = calls.join_next().await {
