@@ -365,16 +365,13 @@ fn apply_writes(
                 before: write.old.clone(),
             });
         }
-        let index_writes =
-            working.apply_write(*id, write.table, write.old.as_ref(), write.new.clone());
-        for index_write in &index_writes {
-            match index_write {
-                IndexWrite::Insert { index, key, .. } | IndexWrite::Delete { index, key } => {
-                    touched.push((*index, key.clone()));
-                }
-                IndexWrite::DropIndex { .. } => {}
-            }
-        }
+        let index_writes = working.apply_write(
+            *id,
+            write.table,
+            write.old.as_ref(),
+            write.new.clone(),
+            Some(touched),
+        );
         storage.indexes.extend(index_writes);
     }
 }

@@ -255,39 +255,60 @@ impl Snapshot {
 
     /// Applies one document write. `old` is the document's current state (the committer
     /// knows it: every write of an existing document was preceded by a read that the
-    /// conflict check validated). Returns the index writes for storage and the write log.
+    /// conflict check validated). Returns the index writes storage needs (an entry whose
+    /// key did not change is not rewritten) and adds every key the write touched, changed
+    /// or not, to `touched` (the write log: a query that read the document through an
+    /// unchanged key must still see the change) when given one.
     pub(crate) fn apply_write(
         &mut self,
         id: DocumentId,
         table: TableNumber,
         old: Option<&Document>,
         new: Option<Document>,
+        mut touched: Option<&mut Vec<(IndexNumber, Vec<u8>)>>,
     ) -> Vec<IndexWrite> {
+        let mut touch = |index: IndexNumber, key: &Vec<u8>| {
+            if let Some(touched) = touched.as_deref_mut() {
+                touched.push((index, key.clone()));
+            }
+        };
         let index_infos: Vec<IndexInfo> = self.catalog.table_indexes(table).cloned().collect();
         let mut writes = Vec::with_capacity(index_infos.len() * 2);
+        // Unchanged keys: the resident map must point at the new body, storage keeps them.
+        let mut rewritten = Vec::new();
         for info in &index_infos {
             let old_key = old.map(|d| document_key(&info.fields, d));
             let new_key = new.as_ref().map(|d| document_key(&info.fields, d));
-            if let Some(old_key) = &old_key {
-                if new_key.as_ref() != Some(old_key) {
-                    writes.push(IndexWrite::Delete {
+            match (old_key, new_key) {
+                (Some(old_key), Some(new_key)) if old_key == new_key => {
+                    touch(info.number, &new_key);
+                    rewritten.push(IndexWrite::Insert {
                         index: info.number,
-                        key: old_key.clone(),
+                        key: new_key,
+                        id,
                     });
                 }
-            }
-            // An unchanged key is written again too: the resident map must point at the
-            // new document body (storage treats an insert of an existing key as replace).
-            if let Some(key) = new_key {
-                writes.push(IndexWrite::Insert {
-                    index: info.number,
-                    key,
-                    id,
-                });
+                (old_key, new_key) => {
+                    if let Some(key) = old_key {
+                        touch(info.number, &key);
+                        writes.push(IndexWrite::Delete {
+                            index: info.number,
+                            key,
+                        });
+                    }
+                    if let Some(key) = new_key {
+                        touch(info.number, &key);
+                        writes.push(IndexWrite::Insert {
+                            index: info.number,
+                            key,
+                            id,
+                        });
+                    }
+                }
             }
         }
         if let Source::Resident(r) = &mut self.source {
-            for write in &writes {
+            for write in writes.iter().chain(&rewritten) {
                 let map = match write {
                     IndexWrite::Insert { index, .. } | IndexWrite::Delete { index, .. } => {
                         r.indexes.entry(*index).or_default()
@@ -385,7 +406,7 @@ impl Snapshot {
 
     /// Loads a document at open time (no write log, no storage writes).
     pub(crate) fn load_document(&mut self, id: DocumentId, table: TableNumber, doc: Document) {
-        let _ = self.apply_write(id, table, None, Some(doc));
+        let _ = self.apply_write(id, table, None, Some(doc), None);
     }
 
     /// Switches to paged serving (the tenant outgrew its memory budget).

@@ -246,12 +246,9 @@ impl Transaction {
                 number
             }
         };
-        let id = DocumentId {
-            table: table_number,
-            internal: rand::random(),
-        };
-        let id_text = self.encode_id(id);
         let creation_time = self.next_creation_time();
+        let id = DocumentId::new_time_ordered(table_number, creation_time as u64, rand::random());
+        let id_text = self.encode_id(id);
         fields.insert("_id".to_string(), Value::String(id_text));
         fields.insert("_creationTime".to_string(), Value::Float64(creation_time));
         self.put(id, table_number, None, Some(Arc::new(fields)));

@@ -15,11 +15,27 @@ use crate::error::TypesError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TableNumber(pub u32);
 
-/// A document's identity: its table and its 16 random bytes.
+/// A document's identity: its table and 16 bytes (see [`DocumentId::new_time_ordered`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DocumentId {
     pub table: TableNumber,
     pub internal: [u8; 16],
+}
+
+impl DocumentId {
+    /// A new ID: the first 6 internal bytes are the creation time in milliseconds
+    /// (big-endian), the other 10 are random. Storage keeps documents and the `by_id` index
+    /// in ID order, so time-ordered IDs put new documents next to each other: a group
+    /// commit of many inserts dirties a few pages at the right edge of each B-tree instead
+    /// of one random page per document. 80 random bits keep IDs unique and unguessable
+    /// enough to be no easier to forge than to look up (IDs are not secrets in Convex
+    /// either; the creation time is a visible field anyway).
+    pub fn new_time_ordered(table: TableNumber, creation_ms: u64, random: [u8; 10]) -> Self {
+        let mut internal = [0u8; 16];
+        internal[..6].copy_from_slice(&creation_ms.to_be_bytes()[2..]);
+        internal[6..].copy_from_slice(&random);
+        DocumentId { table, internal }
+    }
 }
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -175,6 +191,17 @@ mod tests {
             internal: [0; 16],
         });
         assert_eq!(short.len(), 31);
+    }
+
+    #[test]
+    fn new_ids_sort_by_creation_time() {
+        let table = TableNumber(3);
+        let earlier = DocumentId::new_time_ordered(table, 1_764_000_000_000, [0xff; 10]);
+        let later = DocumentId::new_time_ordered(table, 1_764_000_000_001, [0; 10]);
+        assert!(earlier < later, "the time prefix decides the order");
+        assert_eq!(&later.internal[6..], &[0; 10]);
+        let codec = IdCodec::new(5);
+        assert_eq!(codec.decode(&codec.encode(later)), Ok(later));
     }
 
     #[test]
