@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nimbus_engine::{EngineError, ErrorClass};
 use nimbus_runtime::{FunctionError, FunctionKind, Invocation};
-use nimbus_types::json::decode;
+use nimbus_types::json::{decode, SharedValue};
 use nimbus_types::{TypesError, Value};
 use serde_json::Value as Json;
 
@@ -54,7 +54,8 @@ pub struct FunctionFailure {
 /// The outcome of a call that reached the function.
 #[derive(Debug, Clone)]
 pub struct FunctionResponse {
-    pub result: Result<Value, FunctionFailure>,
+    /// Shared: a cached query result is served to many callers, rendered to JSON once.
+    pub result: Result<Arc<SharedValue>, FunctionFailure>,
     pub log_lines: Vec<String>,
     pub documents_scanned: u64,
     pub execution: Duration,
@@ -205,7 +206,7 @@ impl Tenant {
             generation: deployment.generation,
             module: function.info.module_path.clone(),
             export: function.info.name.clone(),
-            args: nimbus_types::json::encode(&args).to_string(),
+            args: serde_json::to_string(&nimbus_types::json::Encoded(&args)).unwrap_or_default(),
         });
         let engine = self.engine().clone();
         let hit = key.as_ref().and_then(|key| {
@@ -230,7 +231,8 @@ impl Tenant {
         if let Some(error) = host.system_error {
             return Err(system_error(self.name(), error));
         }
-        let result = finish_result(function, outcome.result, &host.txn);
+        let result = finish_result(function, outcome.result, &host.txn)
+            .map(|value| Arc::new(SharedValue::new(value)));
         if let (Ok(value), Some(key)) = (&result, key) {
             let finished = host.txn.finish();
             self.query_cache
@@ -276,7 +278,8 @@ impl Tenant {
                 return Err(system_error(self.name(), error));
             }
             let documents_scanned = host.txn.stats().documents_scanned;
-            let result = finish_result(function, outcome.result, &host.txn);
+            let result = finish_result(function, outcome.result, &host.txn)
+                .map(|value| Arc::new(SharedValue::new(value)));
             if result.is_err() {
                 // A failed mutation writes nothing: its transaction is dropped here.
                 return Ok(FunctionResponse {

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use nimbus_engine::ReadSet;
-use nimbus_types::{Timestamp, Value};
+use nimbus_types::json::SharedValue;
+use nimbus_types::Timestamp;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct CacheKey {
@@ -29,7 +30,8 @@ struct Entry {
     /// The result is known correct at this timestamp.
     ts: Timestamp,
     read_set: Arc<ReadSet>,
-    value: Value,
+    /// Shared with the responses serving it, which render its JSON once.
+    value: Arc<SharedValue>,
     last_used: u64,
 }
 
@@ -56,7 +58,7 @@ impl QueryCache {
         key: &CacheKey,
         latest: Timestamp,
         unchanged: impl FnOnce(Timestamp, &ReadSet) -> bool,
-    ) -> Option<Value> {
+    ) -> Option<Arc<SharedValue>> {
         self.clock += 1;
         let entry = self.entries.get_mut(key)?;
         if entry.ts < latest && !unchanged(entry.ts, &entry.read_set) {
@@ -68,8 +70,14 @@ impl QueryCache {
         Some(entry.value.clone())
     }
 
-    pub fn insert(&mut self, key: CacheKey, ts: Timestamp, read_set: ReadSet, value: Value) {
-        if self.capacity == 0 || value.size() > self.max_result_bytes {
+    pub fn insert(
+        &mut self,
+        key: CacheKey,
+        ts: Timestamp,
+        read_set: ReadSet,
+        value: Arc<SharedValue>,
+    ) {
+        if self.capacity == 0 || value.value().size() > self.max_result_bytes {
             return;
         }
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {

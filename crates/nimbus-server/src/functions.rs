@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use nimbus_app::{Caller, FunctionKind, FunctionRequest, Tenant};
-use nimbus_types::json::{decode_u64, encode, encode_clean, encode_u64};
+use nimbus_app::{Caller, FunctionKind, FunctionRequest, FunctionResponse, Tenant};
+use nimbus_types::json::{decode_u64, encode, encode_u64};
 use serde_json::{json, Value as Json};
 
 use crate::{ApiError, AppState, Incoming};
@@ -139,31 +139,17 @@ pub(crate) async fn handle(
         at_ts,
     };
     let response = tenant.run(request).await?;
-    let encode_value = |v: &nimbus_types::Value| match format {
-        Format::Encoded => encode(v),
-        Format::Clean => encode_clean(v),
-    };
-    let status;
-    let body = match &response.result {
-        Ok(value) => {
-            status = "success";
-            json!({"status": "success", "value": encode_value(value), "logLines": response.log_lines})
-        }
-        Err(failure) => {
-            status = failure.code;
-            let mut body = json!({
-                "status": "error", "errorMessage": failure.message, "errorCode": failure.code,
-                "logLines": response.log_lines,
-            });
-            if let Some(data) = &failure.data {
-                body["errorData"] = encode(data);
-            }
-            body
-        }
-    };
+    let (status, body) = response_body(&response, format);
     let micros = response.execution.as_micros();
     tracing::info!(tenant = tenant.name(), path = %function_path, status, scanned = response.documents_scanned, micros = micros as u64, cached = response.cached, "call");
-    let mut http = axum::Json(body).into_response();
+    let mut http = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
     let headers = http.headers_mut();
     let cache = if response.cached { "hit" } else { "miss" };
     for (name, value) in [
@@ -179,4 +165,45 @@ pub(crate) async fn handle(
         }
     }
     Ok(http)
+}
+
+/// The JSON body of a function call's answer, written directly (a cached query's value
+/// text is rendered once and copied into every answer that serves it). Returns the status
+/// for the log line and the body.
+fn response_body(response: &FunctionResponse, format: Format) -> (&'static str, Vec<u8>) {
+    match &response.result {
+        Ok(value) => {
+            let text = match format {
+                Format::Encoded => value.encoded_json(),
+                Format::Clean => value.clean_json(),
+            };
+            let mut body = Vec::with_capacity(text.len() + 64);
+            body.extend_from_slice(br#"{"status":"success","value":"#);
+            body.extend_from_slice(text.as_bytes());
+            body.extend_from_slice(br#","logLines":"#);
+            write_json(&mut body, &response.log_lines);
+            body.push(b'}');
+            ("success", body)
+        }
+        Err(failure) => {
+            let mut body = json!({
+                "status": "error", "errorMessage": failure.message, "errorCode": failure.code,
+                "logLines": response.log_lines,
+            });
+            if let Some(data) = &failure.data {
+                body["errorData"] = encode(data);
+            }
+            let mut bytes = Vec::new();
+            write_json(&mut bytes, &body);
+            (failure.code, bytes)
+        }
+    }
+}
+
+fn write_json(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    // Writing strings and JSON trees into a Vec cannot fail.
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        tracing::error!(error = %e, "serializing a response failed");
+        out.extend_from_slice(b"null");
+    }
 }

@@ -379,7 +379,7 @@ impl Connection {
                 match response.result {
                     Ok(value) => {
                         message["success"] = json!(true);
-                        message["result"] = encode(&value);
+                        message["result"] = encode(value.value());
                         if answer.kind == FunctionKind::Mutation {
                             message["ts"] = json!(encode_u64(response.ts));
                             self.awaiting_ts = Some(self.awaiting_ts.unwrap_or(0).max(response.ts));

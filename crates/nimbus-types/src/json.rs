@@ -187,6 +187,129 @@ pub fn encode_clean(value: &Value) -> Json {
     }
 }
 
+/// Serializes a value as convex-JSON straight to a writer: the same text as
+/// `encode(value).to_string()`, without building the intermediate JSON tree (results are
+/// written once per response; the tree cost an allocation per field).
+pub struct Encoded<'a>(pub &'a Value);
+
+/// Serializes a value as clean JSON straight to a writer (see [`Encoded`]; the same text as
+/// `encode_clean(value).to_string()`).
+pub struct Clean<'a>(pub &'a Value);
+
+impl serde::Serialize for Encoded<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let special = |serializer: S, key: &str, text: String| {
+            let mut map = serializer.serialize_map(Some(1))?;
+            map.serialize_entry(key, &text)?;
+            map.end()
+        };
+        match self.0 {
+            Value::Null => serializer.serialize_unit(),
+            Value::Boolean(b) => serializer.serialize_bool(*b),
+            Value::Int64(i) => special(serializer, "$integer", STANDARD.encode(i.to_le_bytes())),
+            Value::Float64(f) if f.is_finite() && !(*f == 0.0 && f.is_sign_negative()) => {
+                serializer.serialize_f64(*f)
+            }
+            Value::Float64(f) => special(serializer, "$float", STANDARD.encode(f.to_le_bytes())),
+            Value::String(text) => serializer.serialize_str(text),
+            Value::Bytes(b) => special(serializer, "$bytes", STANDARD.encode(b)),
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Encoded(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (key, value) in fields {
+                    map.serialize_entry(key, &Encoded(value))?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl serde::Serialize for Clean<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Null => serializer.serialize_unit(),
+            Value::Boolean(b) => serializer.serialize_bool(*b),
+            Value::Int64(i) => serializer.collect_str(i),
+            Value::Float64(f) if f.is_finite() => serializer.serialize_f64(*f),
+            Value::Float64(f) if f.is_nan() => serializer.serialize_str("NaN"),
+            Value::Float64(f) if *f > 0.0 => serializer.serialize_str("Infinity"),
+            Value::Float64(_) => serializer.serialize_str("-Infinity"),
+            Value::String(text) => serializer.serialize_str(text),
+            Value::Bytes(b) => serializer.serialize_str(&STANDARD.encode(b)),
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Clean(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (key, value) in fields {
+                    map.serialize_entry(key, &Clean(value))?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// A function result shared by every response that serves it (a cached query result is
+/// served many times): the value, and its JSON texts, each rendered on first use.
+#[derive(Debug)]
+pub struct SharedValue {
+    value: Value,
+    encoded: std::sync::OnceLock<Box<str>>,
+    clean: std::sync::OnceLock<Box<str>>,
+}
+
+impl SharedValue {
+    pub fn new(value: Value) -> SharedValue {
+        SharedValue {
+            value,
+            encoded: std::sync::OnceLock::new(),
+            clean: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The convex-JSON text (as [`Encoded`]).
+    pub fn encoded_json(&self) -> &str {
+        self.encoded.get_or_init(|| to_text(&Encoded(&self.value)))
+    }
+
+    /// The clean JSON text (as [`Clean`]).
+    pub fn clean_json(&self) -> &str {
+        self.clean.get_or_init(|| to_text(&Clean(&self.value)))
+    }
+}
+
+impl PartialEq for SharedValue {
+    fn eq(&self, other: &SharedValue) -> bool {
+        self.value == other.value
+    }
+}
+
+fn to_text(value: &impl serde::Serialize) -> Box<str> {
+    // Serializing a `Value` cannot fail: keys are strings and every float is finite or
+    // written as a special/string.
+    serde_json::to_string(value)
+        .unwrap_or_else(|e| format!("{{\"$error\":{:?}}}", e.to_string()))
+        .into_boxed_str()
+}
+
 /// Encodes a u64 the way the sync protocol and `/api/query_ts` carry timestamps.
 pub fn encode_u64(ts: u64) -> String {
     STANDARD.encode(ts.to_le_bytes())
@@ -206,6 +329,45 @@ pub fn decode_u64(text: &str) -> Result<u64, TypesError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn direct_serialization_writes_the_same_text_as_the_json_tree() {
+        let mut object = Object::new();
+        object.insert("b".into(), Value::Float64(1.0));
+        object.insert("a".into(), Value::String("quote \" and \u{1F600}".into()));
+        object.insert("_id".into(), Value::Int64(-7));
+        let samples = vec![
+            Value::Null,
+            Value::Boolean(true),
+            Value::Int64(i64::MIN),
+            Value::Float64(0.1),
+            Value::Float64(-0.0),
+            Value::Float64(1e300),
+            Value::Float64(f64::NAN),
+            Value::Float64(f64::INFINITY),
+            Value::Float64(f64::NEG_INFINITY),
+            Value::String(String::new()),
+            Value::Bytes(vec![0, 1, 255]),
+            Value::Array(vec![]),
+            Value::Object(Object::new()),
+            Value::Array(vec![Value::Object(object.clone()), Value::Null]),
+            Value::Object(object),
+        ];
+        for value in samples {
+            let shared = SharedValue::new(value.clone());
+            assert_eq!(
+                shared.encoded_json(),
+                encode(&value).to_string(),
+                "{value:?}"
+            );
+            assert_eq!(
+                shared.clean_json(),
+                encode_clean(&value).to_string(),
+                "{value:?}"
+            );
+            assert_eq!(shared.value(), &value);
+        }
+    }
 
     #[test]
     fn integers_round_trip_as_documented() {
