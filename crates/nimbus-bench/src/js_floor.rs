@@ -1,0 +1,245 @@
+//! The JavaScript floor: what one `examples/pos` function call costs in QuickJS alone.
+//!
+//! The modules are the official CLI's bundle (from its push request), run by Nimbus's own
+//! runtime (`nimbus-runtime::JsPool`, one worker) against a host that answers every syscall
+//! at once with canned documents of the right shape: no HTTP, no engine, no storage. The
+//! time per call is therefore the least a call can cost on this machine, and one core's
+//! calls/s the most it can serve, whatever the rest of the server does. Beside each Convex
+//! function runs a hand-written module making the same syscalls without the Convex library,
+//! to show how much of the floor is the library's per-call work.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use nimbus_runtime::{
+    FunctionKind, Invocation, JsPool, ModuleSet, PoolConfig, SyscallError, SyscallHost,
+};
+use serde_json::{json, Value as Json};
+
+use crate::stats;
+
+const SHOP: &str = "k1730cz1fq2zj16zpm5e7n4v8s7ay9rb";
+const PRODUCT: &str = "jd7a3kx0s8r2f1m9y4q6t5v0bn7h2c3e";
+const ORDER: &str = "m572a1bq5cz9v6q2d0qn2y1ka97ay9rc";
+/// Documents a `listOpen` query stream yields (the benchmark's `limit`).
+const LIST_ROWS: usize = 10;
+
+/// Syscalls made without the Convex library: the same database work as `orders:listOpen`
+/// and `orders:create`, written directly against the `Convex` global.
+const DIRECT: &str = r#"
+const call = async (op, args) => JSON.parse(await Convex.asyncSyscall(op, JSON.stringify(args)));
+function register(kind, handler) {
+  const f = { [kind]: true, isPublic: true };
+  f.invokeQuery = f.invokeMutation = async (argsJson) => JSON.stringify(await handler(JSON.parse(argsJson)[0]));
+  return f;
+}
+export const listOpen = register("isQuery", async (args) => {
+  const { queryId } = await call("1.0/queryStream", { query: { source: { type: "IndexRange", indexName: "orders.by_shop_status_created", range: [], order: "desc" }, operators: [{ limit: args.limit }] }, version: "1" });
+  const out = [];
+  for (;;) {
+    const { value, done } = await call("1.0/queryStreamNext", { queryId });
+    if (done) break;
+    out.push(value);
+  }
+  return out;
+});
+export const create = register("isMutation", async (args) => {
+  const line = args.items[0];
+  const product = await call("1.0/get", { id: line.productId, table: "products" });
+  const { _id } = await call("1.0/insert", { table: "orders", value: { shopId: args.shopId, status: "open", createdAt: Date.now(), totalCents: product.priceCents } });
+  await call("1.0/shallowMerge", { id: product._id, value: { stock: product.stock - line.qty } });
+  await call("1.0/insert", { table: "orderItems", value: { orderId: _id, productId: product._id, qty: line.qty, priceCents: product.priceCents } });
+  return { orderId: _id, totalCents: product.priceCents, createdAt: Date.now() };
+});
+"#;
+
+/// Answers every syscall at once, with documents shaped like the real host's answers.
+struct InstantHost {
+    rows_left: usize,
+}
+
+fn order_doc(n: usize) -> String {
+    format!(
+        r#"{{"_creationTime":1764000000000.5,"_id":"{ORDER}","createdAt":{},"shopId":"{SHOP}","status":"open","totalCents":1200}}"#,
+        1_764_000_000_000u64 + n as u64
+    )
+}
+
+fn product_doc() -> String {
+    format!(
+        r#"{{"_creationTime":1764000000000.5,"_id":"{PRODUCT}","name":"Product 1","priceCents":250,"shopId":"{SHOP}","sku":"SKU-1","stock":1000000}}"#
+    )
+}
+
+impl SyscallHost for InstantHost {
+    fn syscall(&mut self, op: &str, args: &str) -> Result<String, SyscallError> {
+        self.async_syscall(op, args)
+    }
+
+    fn async_syscall(&mut self, op: &str, _args: &str) -> Result<String, SyscallError> {
+        Ok(match op {
+            "1.0/queryStream" => {
+                self.rows_left = LIST_ROWS;
+                r#"{"queryId":1}"#.to_string()
+            }
+            "1.0/queryStreamNext" if self.rows_left == 0 => r#"{"value":null,"done":true}"#.into(),
+            "1.0/queryStreamNext" => {
+                self.rows_left -= 1;
+                format!(r#"{{"value":{},"done":false}}"#, order_doc(self.rows_left))
+            }
+            "1.0/queryCleanup" => "true".into(),
+            "1.0/get" | "1.0/shallowMerge" => product_doc(),
+            "1.0/insert" => format!(r#"{{"_id":"{ORDER}"}}"#),
+            other => {
+                return Err(SyscallError {
+                    message: format!("js-floor: unexpected syscall {other}"),
+                    data_json: None,
+                })
+            }
+        })
+    }
+}
+
+/// The function modules of a push request written by `npx convex deploy
+/// --write-push-request`.
+fn modules_of_push_request(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let request: Json = serde_json::from_str(&text).context("the push request is not JSON")?;
+    let modules = request
+        .pointer("/appDefinition/changedModules")
+        .and_then(Json::as_array)
+        .ok_or_else(|| anyhow!("{}: no appDefinition.changedModules", path.display()))?;
+    let mut out = BTreeMap::new();
+    for module in modules {
+        let (Some(path), Some(source)) = (
+            module.get("path").and_then(Json::as_str),
+            module.get("source").and_then(Json::as_str),
+        ) else {
+            bail!("a module without path or source");
+        };
+        out.insert(path.to_string(), source.to_string());
+    }
+    if !out.contains_key("orders.js") {
+        bail!("{}: no orders.js (is this examples/pos?)", path.display());
+    }
+    Ok(out)
+}
+
+struct Case {
+    label: &'static str,
+    module: &'static str,
+    export: &'static str,
+    kind: FunctionKind,
+    args: String,
+}
+
+/// Runs `calls` calls of each function (after `calls / 10` warm-up calls) and returns the
+/// JSON result (`kind: "js-floor"`).
+pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
+    let mut modules = modules_of_push_request(push_request)?;
+    modules.insert("direct.js".to_string(), DIRECT.to_string());
+    let modules = ModuleSet {
+        generation: 1,
+        modules: Arc::new(modules),
+        env: Arc::new(BTreeMap::new()),
+    };
+    let pool = JsPool::new(PoolConfig {
+        workers: 1,
+        workers_per_tenant: 1,
+        ..PoolConfig::default()
+    })?;
+    let list_args = json!([{"shopId": SHOP, "limit": LIST_ROWS as f64}]).to_string();
+    let create_args =
+        json!([{"shopId": SHOP, "items": [{"productId": PRODUCT, "qty": 1.0}]}]).to_string();
+    let cases = [
+        Case {
+            label: "orders:listOpen (Convex library, 10 rows)",
+            module: "orders.js",
+            export: "listOpen",
+            kind: FunctionKind::Query,
+            args: list_args.clone(),
+        },
+        Case {
+            label: "the same syscalls without the Convex library",
+            module: "direct.js",
+            export: "listOpen",
+            kind: FunctionKind::Query,
+            args: list_args,
+        },
+        Case {
+            label: "orders:create (Convex library: get, insert, patch, insert)",
+            module: "orders.js",
+            export: "create",
+            kind: FunctionKind::Mutation,
+            args: create_args.clone(),
+        },
+        Case {
+            label: "the same syscalls without the Convex library",
+            module: "direct.js",
+            export: "create",
+            kind: FunctionKind::Mutation,
+            args: create_args,
+        },
+    ];
+    let mut results = Vec::new();
+    for case in &cases {
+        let invocation = || Invocation {
+            tenant: Arc::from("js-floor"),
+            modules: modules.clone(),
+            module_path: case.module.to_string(),
+            export_name: case.export.to_string(),
+            kind: case.kind,
+            args_json: case.args.clone(),
+            rng_seed: 7,
+            now_ms: 1_764_000_000_000.0,
+            request_id: String::new(),
+        };
+        for _ in 0..(calls / 10).max(1) {
+            let (_, outcome) = pool
+                .invoke(invocation(), InstantHost { rows_left: 0 })
+                .await?;
+            outcome
+                .result
+                .map_err(|e| anyhow!("{} failed: {e}", case.label))?;
+        }
+        let mut histogram = stats::new_histogram()?;
+        let mut busy = Duration::ZERO;
+        let started = Instant::now();
+        for _ in 0..calls {
+            let (_, outcome) = pool
+                .invoke(invocation(), InstantHost { rows_left: 0 })
+                .await?;
+            outcome
+                .result
+                .map_err(|e| anyhow!("{} failed: {e}", case.label))?;
+            stats::record(&mut histogram, outcome.cpu_time)?;
+            busy += outcome.cpu_time;
+        }
+        let elapsed = started.elapsed();
+        let mut summary = stats::summary(&histogram, calls as u64, elapsed);
+        summary["label"] = json!(case.label);
+        summary["function"] = json!(format!(
+            "{}:{}",
+            case.module.trim_end_matches(".js"),
+            case.export
+        ));
+        summary["mean_us"] = json!(busy.as_secs_f64() * 1e6 / calls as f64);
+        summary["calls_per_core_sec"] = json!(calls as f64 / busy.as_secs_f64());
+        eprintln!(
+            "js-floor: {}: {:.0} µs per call in QuickJS",
+            case.label,
+            busy.as_secs_f64() * 1e6 / calls as f64
+        );
+        results.push(summary);
+    }
+    Ok(json!({
+        "schema_version": stats::SCHEMA_VERSION,
+        "kind": "js-floor",
+        "calls": calls,
+        "results": results,
+    }))
+}
