@@ -25,7 +25,9 @@ use crate::error::EngineError;
 use crate::undo_log::{AtSnapshot, UndoLog};
 
 /// One index's entries: encoded key → document.
-pub(crate) type IndexMap = OrdMap<Vec<u8>, (DocumentId, Document)>;
+/// Keys are shared slices: a commit path-copies the map's nodes, and cloning a node then
+/// bumps reference counts instead of allocating and copying every key in it.
+pub(crate) type IndexMap = OrdMap<Arc<[u8]>, (DocumentId, Document)>;
 
 /// An entry returned by a scan: key, document ID, document.
 pub type ScanEntry = (Vec<u8>, DocumentId, Document);
@@ -160,8 +162,8 @@ impl Snapshot {
                 };
                 let bounds = (as_slice_bound(&bounded.start), as_slice_bound(&bounded.end));
                 let iter = map.range::<_, [u8]>(bounds);
-                let pick = |(key, (id, doc)): (&Vec<u8>, &(DocumentId, Document))| {
-                    (key.clone(), *id, doc.clone())
+                let pick = |(key, (id, doc)): (&Arc<[u8]>, &(DocumentId, Document))| {
+                    (key.to_vec(), *id, doc.clone())
                 };
                 Ok(match order {
                     ScanOrder::Ascending => iter.take(limit).map(pick).collect(),
@@ -318,11 +320,11 @@ impl Snapshot {
                 match write {
                     IndexWrite::Insert { key, .. } => {
                         if let Some(doc) = &new {
-                            map.insert(key.clone(), (id, doc.clone()));
+                            map.insert(Arc::from(key.as_slice()), (id, doc.clone()));
                         }
                     }
                     IndexWrite::Delete { key, .. } => {
-                        map.remove(key);
+                        map.remove(key.as_slice());
                     }
                     IndexWrite::DropIndex { .. } => {}
                 }
@@ -356,12 +358,12 @@ impl Snapshot {
                 let mut map = IndexMap::new();
                 for (id, doc) in r.docs.iter().filter(|(id, _)| id.table == info.table) {
                     let key = document_key(&info.fields, doc);
+                    map.insert(Arc::from(key.as_slice()), (*id, doc.clone()));
                     writes.push(IndexWrite::Insert {
                         index: info.number,
-                        key: key.clone(),
+                        key,
                         id: *id,
                     });
-                    map.insert(key, (*id, doc.clone()));
                 }
                 r.indexes.insert(info.number, map);
             }
