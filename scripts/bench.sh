@@ -10,7 +10,8 @@
 #
 # Scenarios, each with a warm-up, a bounded measured window and a progress line per second:
 #   hot       one tenant `bench` (examples/pos pushed with the official CLI, PRODUCTS
-#             products): durable mutations, indexed queries (cached, then uncached)
+#             products): durable mutations, indexed queries (cached closed-loop, cached
+#             open-loop at TARGET_QUERY_RATE/s, uncached)
 #   tenants   TENANTS tenants evenly loaded, same connections (code pushed by replaying the
 #             CLI's push request; TENANT_PRODUCTS products each)
 #   noisy     a steady open-loop tenant alone, then beside a tenant flooding mutations
@@ -34,7 +35,7 @@ if [ -n "${SMOKE:-}" ]; then
   LIVE_TENANTS=3; LIVE_PRODUCTS=10; LIVE_RATE=20
   NOISY_QUERY_RATE=20; NOISY_MUTATION_RATE=10; NEIGHBOUR_CONNECTIONS=4
   COLD_TENANTS=50; COLD_PUSHED=7; COLD_PHASES=(2 10 4 20); COLD_CONNECTIONS=4; COLD_ACTIVE_RATE=10
-  PB_PRODUCTS=20; JS_FLOOR_CALLS=50
+  PB_PRODUCTS=20; JS_FLOOR_CALLS=50; TARGET_QUERY_RATE=200
 fi
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
@@ -59,6 +60,7 @@ COLD_CONNECTIONS="${COLD_CONNECTIONS:-16}"
 MAX_ACTIVE_TENANTS="${MAX_ACTIVE_TENANTS:-1000}"
 PB_PRODUCTS="${PB_PRODUCTS:-$PRODUCTS}"
 JS_FLOOR_CALLS="${JS_FLOOR_CALLS:-2000}"
+TARGET_QUERY_RATE="${TARGET_QUERY_RATE:-25000}"
 PORT="${PORT:-3299}"
 PB_PORT="${PB_PORT:-3390}"
 OUT="${OUT:-$REPO_ROOT/target-bench}"
@@ -118,6 +120,9 @@ load hot-mutation.json --targets "$WORK/hot-targets.json" --workload mutation --
 tenant_stats bench >"$OUT/hot-stats-after.json"
 log "hot tenant: indexed queries (query cache on), $CONNECTIONS connections, ${DURATION}s"
 load hot-query.json --targets "$WORK/hot-targets.json" --workload query --connections "$CONNECTIONS" --label "hot queries"
+log "hot tenant: the same queries open-loop at $TARGET_QUERY_RATE/s (the foundation issue's target rate)"
+load hot-query-target.json --targets "$WORK/hot-targets.json" --workload query --connections "$CONNECTIONS" \
+  --rate "$TARGET_QUERY_RATE" --label "hot queries at $TARGET_QUERY_RATE/s"
 
 # --- many tenants evenly loaded ---------------------------------------------------------
 log "creating $TENANTS tenants with examples/pos and $TENANT_PRODUCTS products each"

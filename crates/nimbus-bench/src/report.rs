@@ -15,6 +15,8 @@ pub(crate) mod files {
     pub(crate) const HOT_MUTATION: &str = "hot-mutation.json";
     pub(crate) const HOT_QUERY: &str = "hot-query.json";
     pub(crate) const HOT_QUERY_UNCACHED: &str = "hot-query-uncached.json";
+    /// The cached queries open-loop at the foundation issue's target rate.
+    pub(crate) const HOT_QUERY_AT_TARGET: &str = "hot-query-target.json";
     pub(crate) const HOT_STATS_BEFORE: &str = "hot-stats-before.json";
     pub(crate) const HOT_STATS_AFTER: &str = "hot-stats-after.json";
     pub(crate) const TENANTS_MUTATION: &str = "tenants-mutation.json";
@@ -170,6 +172,7 @@ fn hot_section(dir: &Path, out: &mut String) -> Result<()> {
     let m = read_json(dir, HOT_MUTATION)?;
     let q = read_json(dir, HOT_QUERY)?;
     let u = read_json(dir, HOT_QUERY_UNCACHED)?;
+    let qt = read_json(dir, HOT_QUERY_AT_TARGET)?;
     let pm = read_json(dir, POCKETBASE_MUTATION)?;
     let pq = read_json(dir, POCKETBASE_QUERY)?;
     let s = read_json(dir, SQLITE)?;
@@ -189,9 +192,14 @@ fn hot_section(dir: &Path, out: &mut String) -> Result<()> {
     )?;
     writeln!(out, "|---|---|---|---|")?;
     let conns = |r: &Json| fmt(num(r, "/connections"));
-    let rows: [(&Option<Json>, String); 5] = [
+    let at_rate = qt
+        .as_ref()
+        .map(|r| fmt(num(r, "/target_rate_per_sec")))
+        .unwrap_or_default();
+    let rows: [(&Option<Json>, String); 6] = [
         (&m, "Nimbus: durable mutations (`orders:create`: read a product, patch its stock, insert the order and its item; fsynced)".into()),
         (&q, "Nimbus: indexed queries (`orders:listOpen`, 10 rows), query cache on (the default; repeated query, so hits)".into()),
+        (&qt, format!("Nimbus: the same cached queries, open loop at {at_rate}/s (the foundation issue's target rate; latency from each request's intended send time)")),
         (&u, "Nimbus: the same queries with `--query-cache-entries 0` (every call runs the function in QuickJS)".into()),
         (&pm, format!("{pb}: the same write as one `/api/batch` transaction (stock decrement, order, item; **not fsynced**, see below)")),
         (&pq, format!("{pb}: list of a shop's 10 newest open orders (filter + sort on a composite index, `skipTotal`)")),
@@ -725,11 +733,21 @@ mod tests {
             .to_string(),
         )
         .unwrap();
+        std::fs::write(
+            dir.path().join(files::HOT_QUERY_AT_TARGET),
+            http(100, json!({})).to_string(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join(files::POCKETBASE_SKIPPED), "no network\n").unwrap();
         let report = render(dir.path(), "bash scripts/bench.sh", Some("Shared machine.")).unwrap();
         assert!(report.contains("Shared machine."), "{report}");
         assert!(
             report.contains("| 100/s | 1 / 2 / 3.5 / 9 | none |"),
+            "{report}"
+        );
+        assert!(
+            report
+                .contains("cached queries, open loop at 50/s (the foundation issue's target rate"),
             "{report}"
         );
         assert!(report.contains("### 3 tenants evenly loaded"), "{report}");
