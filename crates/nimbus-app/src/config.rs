@@ -23,8 +23,10 @@ pub struct NimbusConfig {
     /// Most function calls of one tenant running or waiting for a JS worker at once;
     /// beyond it calls fail with 429 (`Overloaded`) for that tenant only.
     pub max_inflight_per_tenant: usize,
-    /// Most JS workers one tenant may occupy at once, so a tenant stuck in slow code
-    /// cannot take every worker from the others.
+    /// Most calls of one tenant in the JS pool at once (running or waiting at a worker):
+    /// two per home worker, so each home worker has the next call ready when one ends
+    /// instead of idling through a hand-off, while a tenant stuck in slow code holds only
+    /// its home workers and one queued call on each.
     pub max_running_per_tenant: usize,
     /// Most times a mutation is re-run after a write conflict before failing.
     pub max_mutation_attempts: usize,
@@ -84,13 +86,46 @@ impl NimbusConfig {
         config
     }
 
-    /// Sets the number of JavaScript workers and what derives from it: a tenant runs at
-    /// most `workers - 1` calls at once (one worker is always left for other tenants), on
-    /// the default number of home workers.
+    /// Sets the number of JavaScript workers and what derives from it: the default number
+    /// of home workers per tenant, and the tenant's calls in the pool.
     pub fn set_js_workers(&mut self, workers: usize) {
         let workers = workers.max(1);
         self.pool.workers = workers;
-        self.max_running_per_tenant = (workers.max(2) - 1).max(1);
-        self.pool.workers_per_tenant = nimbus_runtime::default_workers_per_tenant(workers);
+        self.set_js_workers_per_tenant(nimbus_runtime::default_workers_per_tenant(workers));
+    }
+
+    /// Sets how many home workers each tenant has (at most all of them), and the tenant's
+    /// calls in the pool with it (two per home worker).
+    pub fn set_js_workers_per_tenant(&mut self, per_tenant: usize) {
+        self.pool.workers_per_tenant = per_tenant.clamp(1, self.pool.workers.max(1));
+        self.max_running_per_tenant = 2 * self.pool.workers_per_tenant;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_limits_derive_from_the_home_workers() {
+        let mut config = NimbusConfig::new(PathBuf::from("/tmp/x"), "http://x".into());
+        config.set_js_workers(4);
+        assert_eq!(config.pool.workers_per_tenant, 2);
+        assert_eq!(
+            config.max_running_per_tenant, 4,
+            "one running, one ready per home"
+        );
+        config.set_js_workers_per_tenant(3);
+        assert_eq!(config.max_running_per_tenant, 6);
+        config.set_js_workers_per_tenant(9);
+        assert_eq!(config.pool.workers_per_tenant, 4, "at most every worker");
+        config.set_js_workers(1);
+        assert_eq!(
+            (
+                config.pool.workers_per_tenant,
+                config.max_running_per_tenant
+            ),
+            (1, 2)
+        );
     }
 }

@@ -144,7 +144,7 @@ fn main() -> Result<()> {
                 config.set_js_workers(workers);
             }
             if let Some(per_tenant) = js_workers_per_tenant {
-                config.pool.workers_per_tenant = per_tenant.clamp(1, config.pool.workers);
+                config.set_js_workers_per_tenant(per_tenant);
             }
             config.pool.limits.cpu_time = Duration::from_millis(function_cpu_ms.max(1));
             config.pool.limits.memory_bytes = function_memory_mib.max(1) << 20;
