@@ -1,8 +1,9 @@
 //! Document IDs.
 //!
 //! Layout (the same shape as Convex's, so IDs look familiar): bytes =
-//! VInt(table number) ‖ 16 random bytes ‖ 2-byte footer, written as lowercase Crockford
-//! base32. The footer is a Fletcher-16 checksum of the preceding bytes XOR a per-tenant
+//! VInt(table number) ‖ 16 internal bytes ‖ 2-byte footer, written as lowercase Crockford
+//! base32. New IDs' internal bytes are a 6-byte creation time then 10 random bytes
+//! ([`DocumentId::new_time_ordered`]); older IDs are 16 random bytes, and both decode alike. The footer is a Fletcher-16 checksum of the preceding bytes XOR a per-tenant
 //! salt, so an ID minted by one tenant fails validation in another (and if the 1 in 65,536
 //! collision happens, the random part still names no document there): cross-tenant reads
 //! are impossible by construction.
