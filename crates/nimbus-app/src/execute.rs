@@ -206,7 +206,7 @@ impl Tenant {
             generation: deployment.generation,
             module: function.info.module_path.clone(),
             export: function.info.name.clone(),
-            args: serde_json::to_string(&nimbus_types::json::Encoded(&args)).unwrap_or_default(),
+            args: nimbus_types::json::encode_text(&args),
         });
         let engine = self.engine().clone();
         let hit = key.as_ref().and_then(|key| {
@@ -337,7 +337,7 @@ impl Tenant {
         args: Value,
         txn: nimbus_engine::Transaction,
     ) -> Result<(TxnHost, nimbus_runtime::Outcome), AppError> {
-        let args_json = Json::Array(vec![nimbus_types::json::encode(&args)]).to_string();
+        let args_json = format!("[{}]", nimbus_types::json::encode_text(&args));
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64() * 1000.0)

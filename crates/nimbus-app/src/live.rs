@@ -283,7 +283,7 @@ impl LiveSession {
     ) -> Result<(), SubscribeError> {
         let key = QueryKey {
             path: path.trim().to_string(),
-            args: nimbus_types::json::encode(&args).to_string(),
+            args: nimbus_types::json::encode_text(&args),
             caller,
         };
         let mut guard = self.live.registry.lock();

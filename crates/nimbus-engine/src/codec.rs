@@ -6,9 +6,7 @@ use nimbus_types::{Document, Object, Value};
 use crate::error::EngineError;
 
 pub(crate) fn serialize_document(doc: &Document) -> Vec<u8> {
-    nimbus_types::json::encode_object(doc)
-        .to_string()
-        .into_bytes()
+    nimbus_types::json::encode_object_text(doc).into_bytes()
 }
 
 pub(crate) fn decode_document(body: &[u8]) -> Result<Object, EngineError> {

@@ -221,15 +221,42 @@ impl serde::Serialize for Encoded<'_> {
                 }
                 seq.end()
             }
-            Value::Object(fields) => {
-                let mut map = serializer.serialize_map(Some(fields.len()))?;
-                for (key, value) in fields {
-                    map.serialize_entry(key, &Encoded(value))?;
-                }
-                map.end()
-            }
+            Value::Object(fields) => EncodedObject(fields).serialize(serializer),
         }
     }
+}
+
+/// Serializes an object's fields as convex-JSON (see [`Encoded`]): documents are stored
+/// in this form.
+pub struct EncodedObject<'a>(pub &'a Object);
+
+impl serde::Serialize for EncodedObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, &Encoded(value))?;
+        }
+        map.end()
+    }
+}
+
+/// The convex-JSON text of a value: `encode(value).to_string()` without the tree.
+pub fn encode_text(value: &Value) -> String {
+    // Writing a `Value` cannot fail (keys are strings, non-finite floats are specials);
+    // the tree is the fallback that can never be wrong.
+    serde_json::to_string(&Encoded(value)).unwrap_or_else(|_| encode(value).to_string())
+}
+
+/// The convex-JSON text of an object: `encode_object(fields).to_string()` without the tree.
+pub fn encode_object_text(fields: &Object) -> String {
+    serde_json::to_string(&EncodedObject(fields))
+        .unwrap_or_else(|_| encode_object(fields).to_string())
+}
+
+/// The clean JSON text of a value: `encode_clean(value).to_string()` without the tree.
+pub fn clean_text(value: &Value) -> String {
+    serde_json::to_string(&Clean(value)).unwrap_or_else(|_| encode_clean(value).to_string())
 }
 
 impl serde::Serialize for Clean<'_> {
@@ -287,12 +314,14 @@ impl SharedValue {
 
     /// The convex-JSON text (as [`Encoded`]).
     pub fn encoded_json(&self) -> &str {
-        self.encoded.get_or_init(|| to_text(&Encoded(&self.value)))
+        self.encoded
+            .get_or_init(|| encode_text(&self.value).into_boxed_str())
     }
 
     /// The clean JSON text (as [`Clean`]).
     pub fn clean_json(&self) -> &str {
-        self.clean.get_or_init(|| to_text(&Clean(&self.value)))
+        self.clean
+            .get_or_init(|| clean_text(&self.value).into_boxed_str())
     }
 }
 
@@ -300,14 +329,6 @@ impl PartialEq for SharedValue {
     fn eq(&self, other: &SharedValue) -> bool {
         self.value == other.value
     }
-}
-
-fn to_text(value: &impl serde::Serialize) -> Box<str> {
-    // Serializing a `Value` cannot fail: keys are strings and every float is finite or
-    // written as a special/string.
-    serde_json::to_string(value)
-        .unwrap_or_else(|e| format!("{{\"$error\":{:?}}}", e.to_string()))
-        .into_boxed_str()
 }
 
 /// Encodes a u64 the way the sync protocol and `/api/query_ts` carry timestamps.
@@ -366,6 +387,12 @@ mod tests {
                 "{value:?}"
             );
             assert_eq!(shared.value(), &value);
+            if let Value::Object(fields) = &value {
+                assert_eq!(
+                    encode_object_text(fields),
+                    encode_object(fields).to_string()
+                );
+            }
         }
     }
 

@@ -304,7 +304,7 @@ fn field<'a>(doc: &'a Object, path: &str) -> Option<&'a Value> {
 fn describe(value: &Option<Value>) -> String {
     match value {
         None => "undefined".into(),
-        Some(v) => crate::json::encode(v).to_string(),
+        Some(v) => crate::json::encode_text(v),
     }
 }
 

@@ -194,7 +194,7 @@ fn parse_field(json: &Json, depth: usize) -> Result<FieldValidator, TypesError> 
 }
 
 fn show(value: &Value) -> String {
-    let text = crate::json::encode(value).to_string();
+    let text = crate::json::encode_text(value);
     if text.len() > 200 {
         format!(
             "{}...",
