@@ -407,6 +407,23 @@ describe("bad input on the socket", () => {
     assert.deepEqual(reflecting.startVersion, t1.endVersion);
     assert.ok(s.messages.indexOf(response) < s.messages.indexOf(reflecting), "response before transition");
     assert.deepEqual(reflecting.modifications, [{ type: "QueryUpdated", queryId: 7, value: 1, logLines: [], journal: null }]);
+    // The same order for many mutations, three in flight at a time: a Transition whose
+    // timestamp reaches a commit never goes out before that commit's MutationResponse (the
+    // client would layer the optimistic update on top of results that already have it).
+    const tsOf = (m) => Buffer.from(m.type === "Transition" ? m.endVersion.ts : m.ts, "base64").readBigUInt64LE();
+    for (let i = 1; i <= 30; i++) {
+      s.send({ type: "Mutation", requestId: i, udfPath: "counter:increment", args: [{ name: "raw" }] });
+      if (i % 3 === 0) await s.message((m) => m.type === "MutationResponse" && m.requestId === i, `response ${i}`);
+    }
+    const last = await s.message((m) => m.type === "MutationResponse" && m.requestId === 30, "the last response");
+    assert.equal(last.result, 31);
+    await s.message((m) => m.type === "Transition" && tsOf(m) >= tsOf(last), "a transition reaching the last commit");
+    for (let i = 1; i <= 30; i++) {
+      const r = s.messages.find((m) => m.type === "MutationResponse" && m.requestId === i);
+      assert.equal(r.success, true);
+      const early = s.messages.findIndex((m) => m.type === "Transition" && tsOf(m) >= tsOf(r));
+      assert.ok(early > s.messages.indexOf(r), `mutation ${i}: a Transition reached its commit before its response`);
+    }
     // A user JWT is refused with AuthError (Nimbus has no auth providers yet).
     s.send({ type: "Authenticate", baseVersion: 0, tokenType: "User", value: "a.b.c" });
     const authError = await s.message((m) => m.type === "AuthError", "an AuthError");

@@ -10,6 +10,12 @@
 //! - Mutations run in order on a per-connection task. A successful `MutationResponse`
 //!   carries the commit timestamp, and is followed by a Transition whose `ts` reaches it
 //!   once every live query reflects the commit (the client resolves the mutation then).
+//!   No Transition is sent while one of the connection's mutations is queued or running:
+//!   its commit may already be in the live results, and a client that sees a mutation's
+//!   effects before its response applies its optimistic update on top of them. Results
+//!   that arrive meanwhile wait in the session (coalesced per query) and go out right
+//!   after the response, so a client that keeps mutations in flight without pause gets
+//!   its Transitions once the queue drains.
 //! - Bounds: mutations queued per connection (the socket is not read while full, so TCP
 //!   pushes back), undelivered results (coalesced per query by the session), a send
 //!   timeout (a client that does not read is disconnected), and the message size.
@@ -132,6 +138,7 @@ pub(crate) async fn run(state: AppState, tenant: Arc<Tenant>, socket: WebSocket)
         queries: HashMap::new(),
         pending: None,
         awaiting_ts: None,
+        mutations_in_flight: 0,
         requests,
         last_sent: Instant::now(),
     };
@@ -181,6 +188,8 @@ struct Connection {
     pending: Option<PendingChange>,
     /// A successful mutation committed at this timestamp; a Transition must reach it.
     awaiting_ts: Option<u64>,
+    /// Mutations queued or running on this connection whose response is not sent yet.
+    mutations_in_flight: usize,
     requests: mpsc::Sender<Request>,
     last_sent: Instant,
 }
@@ -254,6 +263,7 @@ impl Connection {
         loop {
             let can_read = self.pending.is_none() && self.requests.capacity() > 0;
             let awaiting = self.awaiting_ts;
+            let may_flush = self.mutations_in_flight == 0;
             let step = tokio::select! {
                 biased;
                 _ = async { closed.wait_for(|closed| *closed).await.map(|_| ()) } => Err(End::Close {
@@ -263,8 +273,10 @@ impl Connection {
                     fatal: None, code: 1012, reason: "the server closed this connection; reconnect".into(),
                 }),
                 Some(answer) = answers.recv() => self.answer(answer).await,
-                _ = notify.notified() => self.flush(false).await,
-                _ = async { published.wait_for(|p| awaiting.is_some_and(|ts| *p >= ts)).await.map(|_| ()) }, if awaiting.is_some() => {
+                // Not polled while a mutation is in flight: the notification keeps its
+                // permit and fires once the response is out.
+                _ = notify.notified(), if may_flush => self.flush(false).await,
+                _ = async { published.wait_for(|p| awaiting.is_some_and(|ts| *p >= ts)).await.map(|_| ()) }, if awaiting.is_some() && may_flush => {
                     self.flush(true).await
                 }
                 message = self.socket.recv(), if can_read => self.receive(message).await,
@@ -310,6 +322,11 @@ impl Connection {
     /// change once all its queries have results. With `force`, sends one even if empty
     /// (to move the client's timestamp past a mutation's commit).
     async fn flush(&mut self, force: bool) -> Result<(), End> {
+        if self.mutations_in_flight > 0 {
+            // Deferred until the in-flight mutations are answered (see the module doc);
+            // `answer` flushes when the last one is.
+            return Ok(());
+        }
         let drained = self.session.drain();
         let mut modifications = Vec::new();
         for (query_id, result) in &drained.updates {
@@ -372,6 +389,10 @@ impl Connection {
             FunctionKind::Action => "ActionResponse",
             _ => "MutationResponse",
         };
+        if answer.kind == FunctionKind::Mutation {
+            debug_assert!(self.mutations_in_flight > 0, "an answer to no mutation");
+            self.mutations_in_flight = self.mutations_in_flight.saturating_sub(1);
+        }
         let mut message = json!({"type": kind, "requestId": answer.request_id});
         match answer.outcome {
             Ok(response) => {
@@ -401,15 +422,16 @@ impl Connection {
             }
         }
         self.send(message).await?;
-        // The Transition reaching the commit follows (see `serve`); if the live queries
-        // already reflect it, send it now.
-        if self
-            .awaiting_ts
-            .is_some_and(|ts| self.session.published_ts() >= ts)
-        {
-            self.flush(true).await?;
+        if self.mutations_in_flight > 0 {
+            return Ok(());
         }
-        Ok(())
+        // Results held back while mutations were in flight go out now. The Transition
+        // reaching the commit follows (see `serve`), now if the live queries already
+        // reflect it.
+        let reached = self
+            .awaiting_ts
+            .is_some_and(|ts| self.session.published_ts() >= ts);
+        self.flush(reached).await
     }
 
     async fn receive(&mut self, message: Option<Result<Message, axum::Error>>) -> Result<(), End> {
@@ -476,9 +498,14 @@ impl Connection {
                     caller: self.caller,
                     session_id: self.session_id.clone(),
                 };
+                let is_mutation = request.kind == FunctionKind::Mutation;
                 // The socket is read only while the queue has room, so this cannot fail
                 // for lack of space; it fails only if the worker is gone.
-                self.requests.try_send(request).map_err(|_| End::Gone)
+                self.requests.try_send(request).map_err(|_| End::Gone)?;
+                if is_mutation {
+                    self.mutations_in_flight += 1;
+                }
+                Ok(())
             }
             "Authenticate" => self.authenticate(&message).await,
             "Event" => Ok(()),
