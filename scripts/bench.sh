@@ -11,7 +11,7 @@
 # Scenarios, each with a warm-up, a bounded measured window and a progress line per second:
 #   hot       one tenant `bench` (examples/pos pushed with the official CLI, PRODUCTS
 #             products): durable mutations, indexed queries (cached closed-loop, cached
-#             open-loop at TARGET_QUERY_RATE/s, uncached)
+#             open-loop at TARGET_QUERY_RATE/s, uncached), one-document durable inserts
 #   tenants   TENANTS tenants evenly loaded, same connections (code pushed by replaying the
 #             CLI's push request; TENANT_PRODUCTS products each)
 #   noisy     a steady open-loop tenant alone, then beside a tenant flooding mutations
@@ -123,6 +123,9 @@ load hot-query.json --targets "$WORK/hot-targets.json" --workload query --connec
 log "hot tenant: the same queries open-loop at $TARGET_QUERY_RATE/s (the foundation issue's target rate)"
 load hot-query-target.json --targets "$WORK/hot-targets.json" --workload query --connections "$CONNECTIONS" \
   --rate "$TARGET_QUERY_RATE" --label "hot queries at $TARGET_QUERY_RATE/s"
+# After the queries, so they read the orders the mutation run made (10 of them either way).
+log "hot tenant: one-document durable inserts (orders:open), $CONNECTIONS connections, ${DURATION}s"
+load hot-insert.json --targets "$WORK/hot-targets.json" --workload insert --connections "$CONNECTIONS" --label "hot inserts"
 
 # --- many tenants evenly loaded ---------------------------------------------------------
 log "creating $TENANTS tenants with examples/pos and $TENANT_PRODUCTS products each"
@@ -193,6 +196,8 @@ else
   load pocketbase-mutation.json --targets "$WORK/pb-targets.json" --workload mutation --connections "$CONNECTIONS" --label "PocketBase creates"
   log "PocketBase: indexed lists of 10, $CONNECTIONS connections, ${DURATION}s"
   load pocketbase-query.json --targets "$WORK/pb-targets.json" --workload query --connections "$CONNECTIONS" --label "PocketBase lists"
+  log "PocketBase: one-order record creates, $CONNECTIONS connections, ${DURATION}s"
+  load pocketbase-insert.json --targets "$WORK/pb-targets.json" --workload insert --connections "$CONNECTIONS" --label "PocketBase inserts"
   pocketbase_stop
 fi
 

@@ -233,6 +233,22 @@ describe("orders", () => {
       revenueCents: 0,
     });
   });
+
+  test("open inserts one empty open order; a product ID is not a shop ID", async () => {
+    const shop = await c.mutation(api.shops.create, { name: "Kiosk" });
+    const orderId = await c.mutation(api.orders.open, { shopId: shop });
+    const [order] = await c.query(api.orders.listOpen, { shopId: shop });
+    assert.equal(order._id, orderId);
+    assert.equal(order.status, "open");
+    assert.equal(order.totalCents, 0);
+    assert.deepEqual((await c.query(api.orders.get, { orderId })).items, []);
+    expectFunctionError(
+      assert,
+      await callRaw(url, "mutation", "orders:open", { shopId: products.coffee }),
+      "ArgumentValidationError",
+    );
+    assert.equal((await c.query(api.orders.listOpen, { shopId: shop, limit: 100 })).length, 1);
+  });
 });
 
 test("the demo script runs against the app", { timeout: 120_000 }, async () => {

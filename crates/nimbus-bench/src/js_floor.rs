@@ -54,6 +54,10 @@ export const create = register("isMutation", async (args) => {
   await call("1.0/insert", { table: "orderItems", value: { orderId: _id, productId: product._id, qty: line.qty, priceCents: product.priceCents } });
   return { orderId: _id, totalCents: product.priceCents, createdAt: Date.now() };
 });
+export const open = register("isMutation", async (args) => {
+  const { _id } = await call("1.0/insert", { table: "orders", value: { shopId: args.shopId, status: "open", createdAt: Date.now(), totalCents: 0 } });
+  return _id;
+});
 "#;
 
 /// Answers every syscall at once, with documents shaped like the real host's answers.
@@ -155,6 +159,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
     let list_args = json!([{"shopId": SHOP, "limit": LIST_ROWS as f64}]).to_string();
     let create_args =
         json!([{"shopId": SHOP, "items": [{"productId": PRODUCT, "qty": 1.0}]}]).to_string();
+    let open_args = json!([{ "shopId": SHOP }]).to_string();
     let cases = [
         Case {
             label: "orders:listOpen (Convex library, 10 rows)",
@@ -183,6 +188,20 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "create",
             kind: FunctionKind::Mutation,
             args: create_args,
+        },
+        Case {
+            label: "orders:open (Convex library: one insert)",
+            module: "orders.js",
+            export: "open",
+            kind: FunctionKind::Mutation,
+            args: open_args.clone(),
+        },
+        Case {
+            label: "the same syscall without the Convex library",
+            module: "direct.js",
+            export: "open",
+            kind: FunctionKind::Mutation,
+            args: open_args,
         },
     ];
     let mut results = Vec::new();

@@ -13,6 +13,8 @@ use crate::stats::error_total;
 /// Result files of a full run, as `scripts/bench.sh` names them.
 pub(crate) mod files {
     pub(crate) const HOT_MUTATION: &str = "hot-mutation.json";
+    /// The one-insert mutation (`orders:open`).
+    pub(crate) const HOT_INSERT: &str = "hot-insert.json";
     pub(crate) const HOT_QUERY: &str = "hot-query.json";
     pub(crate) const HOT_QUERY_UNCACHED: &str = "hot-query-uncached.json";
     /// The cached queries open-loop at the foundation issue's target rate.
@@ -28,6 +30,7 @@ pub(crate) mod files {
     pub(crate) const LIVE: &str = "live.json";
     pub(crate) const POCKETBASE_MUTATION: &str = "pocketbase-mutation.json";
     pub(crate) const POCKETBASE_QUERY: &str = "pocketbase-query.json";
+    pub(crate) const POCKETBASE_INSERT: &str = "pocketbase-insert.json";
     /// Text: why PocketBase was not measured.
     pub(crate) const POCKETBASE_SKIPPED: &str = "pocketbase-skipped.txt";
     /// Text: `pocketbase --version`.
@@ -170,14 +173,20 @@ pub(crate) fn render(dir: &Path, command: &str, note: Option<&str>) -> Result<St
 fn hot_section(dir: &Path, out: &mut String) -> Result<()> {
     use files::*;
     let m = read_json(dir, HOT_MUTATION)?;
+    let i = read_json(dir, HOT_INSERT)?;
     let q = read_json(dir, HOT_QUERY)?;
     let u = read_json(dir, HOT_QUERY_UNCACHED)?;
     let qt = read_json(dir, HOT_QUERY_AT_TARGET)?;
     let pm = read_json(dir, POCKETBASE_MUTATION)?;
     let pq = read_json(dir, POCKETBASE_QUERY)?;
+    let pi = read_json(dir, POCKETBASE_INSERT)?;
     let s = read_json(dir, SQLITE)?;
     let skipped = read_text(dir, POCKETBASE_SKIPPED);
-    if [&m, &q, &u, &pm, &pq, &s].iter().all(|r| r.is_none()) && skipped.is_none() {
+    if [&m, &i, &q, &u, &pm, &pi, &pq, &s]
+        .iter()
+        .all(|r| r.is_none())
+        && skipped.is_none()
+    {
         return Ok(());
     }
     let pb = read_text(dir, POCKETBASE_VERSION).unwrap_or_else(|| "PocketBase".into());
@@ -196,12 +205,14 @@ fn hot_section(dir: &Path, out: &mut String) -> Result<()> {
         .as_ref()
         .map(|r| fmt(num(r, "/target_rate_per_sec")))
         .unwrap_or_default();
-    let rows: [(&Option<Json>, String); 6] = [
+    let rows: [(&Option<Json>, String); 8] = [
         (&m, "Nimbus: durable mutations (`orders:create`: read a product, patch its stock, insert the order and its item; fsynced)".into()),
+        (&i, "Nimbus: the smallest durable mutation (`orders:open`: insert one order; fsynced)".into()),
         (&q, "Nimbus: indexed queries (`orders:listOpen`, 10 rows), query cache on (the default; repeated query, so hits)".into()),
         (&qt, format!("Nimbus: the same cached queries, open loop at {at_rate}/s (the foundation issue's target rate; latency from each request's intended send time)")),
         (&u, "Nimbus: the same queries with `--query-cache-entries 0` (every call runs the function in QuickJS)".into()),
         (&pm, format!("{pb}: the same write as one `/api/batch` transaction (stock decrement, order, item; **not fsynced**, see below)")),
+        (&pi, format!("{pb}: the same one-order insert, one record created (**not fsynced**)")),
         (&pq, format!("{pb}: list of a shop's 10 newest open orders (filter + sort on a composite index, `skipTotal`)")),
     ];
     for (result, what) in rows {
@@ -271,6 +282,14 @@ fn hot_section(dir: &Path, out: &mut String) -> Result<()> {
             ratio(p99(&q), p99(&pq)),
             ratio(p99(&u), p99(&pq)),
         )?;
+        if i.is_some() && pi.is_some() {
+            writeln!(
+                out,
+                "One-order inserts: Nimbus {} × PocketBase's throughput at {} × the p99.",
+                ratio(tp(&i), tp(&pi)),
+                ratio(p99(&i), p99(&pi)),
+            )?;
+        }
         writeln!(
             out,
             "PocketBase keeps SQLite in WAL mode with `synchronous=NORMAL`: a commit is written to the WAL but not fsynced (only checkpoints are), so an acknowledged write can be lost on power failure. Nimbus and the rusqlite rows acknowledge a write only after fsync."
@@ -283,9 +302,11 @@ fn hot_section(dir: &Path, out: &mut String) -> Result<()> {
         let at = |p: &str| num(s, p);
         writeln!(
             out,
-            "\nNimbus / rusqlite: mutations {} × the 1-row durable transactions and {} × the grouped rows; queries {} × (cached) and {} × (uncached) the indexed reads.",
+            "\nNimbus / rusqlite: mutations {} × the 1-row durable transactions and {} × the grouped rows, one-order inserts {} × and {} ×; queries {} × (cached) and {} × (uncached) the indexed reads.",
             ratio(tp(&m), at("/single_row_txns/throughput_per_sec")),
             ratio(tp(&m), at("/grouped_txns/rows_per_sec")),
+            ratio(tp(&i), at("/single_row_txns/throughput_per_sec")),
+            ratio(tp(&i), at("/grouped_txns/rows_per_sec")),
             ratio(tp(&q), at("/indexed_reads/throughput_per_sec")),
             ratio(tp(&u), at("/indexed_reads/throughput_per_sec")),
         )?;

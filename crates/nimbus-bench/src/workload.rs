@@ -1,12 +1,13 @@
 //! What one request is, for each system and workload, and how its answer is judged.
 //!
 //! Nimbus runs `examples/pos`: `orders:create` (read a product, patch its stock, insert the
-//! order and its line item: one durable transaction) and `orders:listOpen` (10 rows through
-//! the composite index `by_shop_status_created`). PocketBase gets the closest equivalent its
-//! REST API offers: one `/api/batch` transaction that decrements the product's stock (a
-//! `min: 0` number field, so it fails rather than go negative), creates the order and creates
-//! its item (two relation fields, checked to exist), and a list of a shop's open orders through
-//! an equivalent composite index, newest first, 10 per page, without the total count.
+//! order and its line item: one durable transaction), `orders:open` (insert one empty order:
+//! the smallest durable write) and `orders:listOpen` (10 rows through the composite index
+//! `by_shop_status_created`). PocketBase gets the closest equivalent its REST API offers: one
+//! `/api/batch` transaction that decrements the product's stock (a `min: 0` number field, so
+//! it fails rather than go negative), creates the order and creates its item (two relation
+//! fields, checked to exist); one order record created; and a list of a shop's open orders
+//! through an equivalent composite index, newest first, 10 per page, without the total count.
 
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
@@ -18,6 +19,9 @@ pub(crate) enum Workload {
     /// A durable write: Nimbus `orders:create` with one line item; PocketBase a batch of
     /// stock update + order + item.
     Mutation,
+    /// The smallest durable write, one document: Nimbus `orders:open`; PocketBase one order
+    /// record created.
+    Insert,
     /// An indexed read of 10 rows: Nimbus `orders:listOpen`; PocketBase a filtered,
     /// sorted list.
     Query,
@@ -27,6 +31,7 @@ impl Workload {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Workload::Mutation => "mutation",
+            Workload::Insert => "insert",
             Workload::Query => "query",
         }
     }
@@ -123,6 +128,9 @@ pub(crate) enum Plan {
         shop: String,
         products: Vec<String>,
     },
+    /// A PocketBase order record (its `createdAt` is the time of sending, as Nimbus's
+    /// `orders:open` takes `Date.now()`).
+    PocketbaseOpen { url: String, shop: String },
 }
 
 /// One request ready to send.
@@ -156,6 +164,12 @@ impl Plan {
                     })
                     .collect::<Result<_, _>>()?,
             },
+            (System::Nimbus, Workload::Insert) => Plan::Fixed {
+                method: Method::Post,
+                url: format!("{base}/api/mutation"),
+                bodies: vec![serde_json::to_vec(&json!({"path": "orders:open",
+                    "format": "convex_encoded_json", "args": [{"shopId": shop}]}))?],
+            },
             (System::Nimbus, Workload::Query) => Plan::Fixed {
                 method: Method::Post,
                 url: format!("{base}/api/query"),
@@ -168,6 +182,10 @@ impl Plan {
                 url: format!("{base}/api/batch"),
                 shop,
                 products: target.products.clone(),
+            },
+            (System::Pocketbase, Workload::Insert) => Plan::PocketbaseOpen {
+                url: format!("{base}/api/collections/orders/records"),
+                shop,
             },
             (System::Pocketbase, Workload::Query) => Plan::Fixed {
                 method: Method::Get,
@@ -183,7 +201,9 @@ impl Plan {
     /// The URL every request of this plan goes to.
     pub(crate) fn url(&self) -> &str {
         match self {
-            Plan::Fixed { url, .. } | Plan::PocketbaseOrder { url, .. } => url,
+            Plan::Fixed { url, .. }
+            | Plan::PocketbaseOrder { url, .. }
+            | Plan::PocketbaseOpen { url, .. } => url,
         }
     }
 
@@ -197,14 +217,19 @@ impl Plan {
                     .map(|b| std::borrow::Cow::Borrowed(b.as_slice()))
                     .unwrap_or_default(),
             },
+            Plan::PocketbaseOpen { shop, .. } => {
+                let body = json!({"shop": shop, "status": "open", "createdAt": now_ms(),
+                                  "totalCents": 0});
+                Request {
+                    method: Method::Post,
+                    body: serde_json::to_vec(&body)?.into(),
+                }
+            }
             Plan::PocketbaseOrder { shop, products, .. } => {
                 let Some(product) = products.get(pick % products.len().max(1)) else {
                     bail!("no products to order");
                 };
-                let created_at = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as f64)
-                    .unwrap_or(0.0);
+                let created_at = now_ms();
                 let body = json!({"requests": [
                     {"method": "PATCH", "url": format!("/api/collections/products/records/{product}"),
                      "body": {"stock-": 1}},
@@ -223,6 +248,14 @@ impl Plan {
     }
 }
 
+/// Milliseconds since the Unix epoch (a PocketBase order's `createdAt`).
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as f64)
+        .unwrap_or(0.0)
+}
+
 /// Judges an answer: `None` for success, else the error kind.
 pub(crate) fn classify(system: System, status: u16, body: &[u8]) -> Option<String> {
     if !(200..300).contains(&status) {
@@ -230,12 +263,14 @@ pub(crate) fn classify(system: System, status: u16, body: &[u8]) -> Option<Strin
     }
     match system {
         System::Nimbus => classify_nimbus(body),
-        // A list answers `{items: [...]}`, a batch an array of per-request results.
+        // A list answers `{items: [...]}`, a create the record (with its `id`), a batch an
+        // array of per-request results.
         System::Pocketbase => {
             let Ok(value) = serde_json::from_slice::<Json>(body) else {
                 return Some("bad-json".into());
             };
             let ok = value["items"].is_array()
+                || value["id"].is_string()
                 || value.as_array().is_some_and(|results| {
                     results.iter().all(|r| {
                         r["status"]
@@ -345,6 +380,11 @@ mod tests {
         let body: Json = serde_json::from_slice(&plan.request(7, "x").unwrap().body).unwrap();
         assert_eq!(body["path"], "orders:listOpen");
         assert_eq!(body["args"][0]["limit"], 10.0);
+        let plan = Plan::new(System::Nimbus, Workload::Insert, &target()).unwrap();
+        let body: Json = serde_json::from_slice(&plan.request(3, "x").unwrap().body).unwrap();
+        assert_eq!(plan.url(), "http://127.0.0.1:3299/t/a/api/mutation");
+        assert_eq!(body["path"], "orders:open");
+        assert_eq!(body["args"][0]["shopId"], "s1");
     }
 
     #[test]
@@ -364,6 +404,15 @@ mod tests {
             body["requests"][0]["url"],
             "/api/collections/products/records/p1"
         );
+        let plan = Plan::new(System::Pocketbase, Workload::Insert, &target()).unwrap();
+        assert_eq!(
+            plan.url(),
+            "http://127.0.0.1:3299/t/a/api/collections/orders/records"
+        );
+        let body: Json = serde_json::from_slice(&plan.request(0, "x").unwrap().body).unwrap();
+        assert_eq!(body["shop"], "s1");
+        assert_eq!(body["status"], "open");
+        assert!(body["createdAt"].as_f64().unwrap() > 1.7e12);
     }
 
     #[test]
@@ -394,6 +443,11 @@ mod tests {
         );
         let p = System::Pocketbase;
         assert_eq!(classify(p, 200, br#"{"items":[]}"#), None);
+        assert_eq!(classify(p, 200, br#"{"id":"abc","shop":"s1"}"#), None);
+        assert_eq!(
+            classify(p, 200, br#"{"id":7}"#).as_deref(),
+            Some("bad-answer")
+        );
         assert_eq!(
             classify(p, 200, br#"[{"status":200},{"status":200}]"#),
             None

@@ -77,6 +77,26 @@ export const create = mutation({
 });
 
 /**
+ * Opens an empty order (a ticket at the till, items come later) and returns its ID: a
+ * single insert, the smallest durable write. The shop is not read (its ID is checked by the
+ * validator to be a `shops` ID); use `create` for an order with items and stock checks.
+ *
+ * This is the benchmark's one-document write, the counterpart of a "record create".
+ */
+export const open = mutation({
+  args: { shopId: v.id("shops") },
+  returns: v.id("orders"),
+  handler: async (ctx, { shopId }) => {
+    return await ctx.db.insert("orders", {
+      shopId,
+      status: "open",
+      createdAt: Date.now(),
+      totalCents: 0,
+    });
+  },
+});
+
+/**
  * The newest open orders of a shop, newest first: one index range scan of
  * `by_shop_status_created` (shopId = x, status = "open", since <= createdAt < before).
  *
