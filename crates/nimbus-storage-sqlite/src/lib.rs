@@ -334,83 +334,103 @@ impl SqliteStore {
     }
 }
 
+/// The rows of one batch, inside the writer's open transaction.
+fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), StorageError> {
+    let max_ts: i64 = tx
+        .prepare_cached("SELECT value FROM meta WHERE name = 'max_ts'")
+        .and_then(|mut read| read.query_row([], |r| r.get(0)))
+        .map_err(|e| io("read max_ts", ns, e))?;
+    if batch.ts.0 as i64 <= max_ts {
+        return Err(StorageError::Io(format!(
+            "{ns}: batch timestamp {} is not after the last one ({max_ts})",
+            batch.ts
+        )));
+    }
+    {
+        let mut put_doc = tx
+                .prepare_cached("INSERT OR REPLACE INTO documents (id, table_number, ts, body) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(|e| io("prepare", ns, e))?;
+        let mut del_doc = tx
+            .prepare_cached("DELETE FROM documents WHERE id = ?1")
+            .map_err(|e| io("prepare", ns, e))?;
+        for doc in &batch.documents {
+            let id = id_bytes(&doc.id);
+            match &doc.body {
+                Some(body) => put_doc.execute(params![
+                    &id[..],
+                    doc.table.0 as i64,
+                    batch.ts.0 as i64,
+                    body
+                ]),
+                None => del_doc.execute(params![&id[..]]),
+            }
+            .map_err(|e| io("write document", ns, e))?;
+        }
+        let mut put_entry = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO index_entries (index_number, key, id) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(|e| io("prepare", ns, e))?;
+        let mut del_entry = tx
+            .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1 AND key = ?2")
+            .map_err(|e| io("prepare", ns, e))?;
+        let mut drop_index = tx
+            .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1")
+            .map_err(|e| io("prepare", ns, e))?;
+        for write in &batch.indexes {
+            match write {
+                IndexWrite::Insert { index, key, id } => {
+                    put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]])
+                }
+                IndexWrite::Delete { index, key } => {
+                    del_entry.execute(params![index.0 as i64, key])
+                }
+                IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
+            }
+            .map_err(|e| io("write index entry", ns, e))?;
+        }
+        let mut put_global = tx
+            .prepare_cached("INSERT OR REPLACE INTO globals (name, value) VALUES (?1, ?2)")
+            .map_err(|e| io("prepare", ns, e))?;
+        let mut del_global = tx
+            .prepare_cached("DELETE FROM globals WHERE name = ?1")
+            .map_err(|e| io("prepare", ns, e))?;
+        for (name, value) in &batch.globals {
+            match value {
+                Some(value) => put_global.execute(params![name, value]),
+                None => del_global.execute(params![name]),
+            }
+            .map_err(|e| io("write global", ns, e))?;
+        }
+    }
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'max_ts'")
+        .and_then(|mut update| update.execute(params![batch.ts.0 as i64]))
+        .map_err(|e| io("write max_ts", ns, e))?;
+    Ok(())
+}
+
 impl TenantStore for SqliteStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         let ns = &self.namespace;
-        let mut conn = self.writer.lock();
-        let tx = conn.transaction().map_err(|e| io("begin", ns, e))?;
-        let max_ts: i64 = tx
-            .query_row("SELECT value FROM meta WHERE name = 'max_ts'", [], |r| {
-                r.get(0)
-            })
-            .map_err(|e| io("read max_ts", ns, e))?;
-        if batch.ts.0 as i64 <= max_ts {
-            return Err(StorageError::Io(format!(
-                "{ns}: batch timestamp {} is not after the last one ({max_ts})",
-                batch.ts
-            )));
+        let conn = self.writer.lock();
+        // Every statement of a batch, BEGIN and COMMIT included, is a cached prepared
+        // statement: a group commit parses no SQL (rusqlite's `Transaction` would send
+        // BEGIN and COMMIT as text each time).
+        conn.prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut begin| begin.execute([]))
+            .map_err(|e| io("begin", ns, e))?;
+        let written = write_rows(&conn, ns, batch).and_then(|()| {
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut commit| commit.execute([]))
+                .map(|_| ())
+                .map_err(|e| io("commit", ns, e))
+        });
+        if written.is_err() && !conn.is_autocommit() {
+            // Nothing of the batch may stay pending on the writer connection. The
+            // committer treats the failure as fatal for the tenant either way.
+            let _ = conn.execute_batch("ROLLBACK");
         }
-        {
-            let mut put_doc = tx
-                .prepare_cached("INSERT OR REPLACE INTO documents (id, table_number, ts, body) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(|e| io("prepare", ns, e))?;
-            let mut del_doc = tx
-                .prepare_cached("DELETE FROM documents WHERE id = ?1")
-                .map_err(|e| io("prepare", ns, e))?;
-            for doc in &batch.documents {
-                let id = id_bytes(&doc.id);
-                match &doc.body {
-                    Some(body) => put_doc.execute(params![
-                        &id[..],
-                        doc.table.0 as i64,
-                        batch.ts.0 as i64,
-                        body
-                    ]),
-                    None => del_doc.execute(params![&id[..]]),
-                }
-                .map_err(|e| io("write document", ns, e))?;
-            }
-            let mut put_entry = tx
-                .prepare_cached("INSERT OR REPLACE INTO index_entries (index_number, key, id) VALUES (?1, ?2, ?3)")
-                .map_err(|e| io("prepare", ns, e))?;
-            let mut del_entry = tx
-                .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1 AND key = ?2")
-                .map_err(|e| io("prepare", ns, e))?;
-            let mut drop_index = tx
-                .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1")
-                .map_err(|e| io("prepare", ns, e))?;
-            for write in &batch.indexes {
-                match write {
-                    IndexWrite::Insert { index, key, id } => {
-                        put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]])
-                    }
-                    IndexWrite::Delete { index, key } => {
-                        del_entry.execute(params![index.0 as i64, key])
-                    }
-                    IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
-                }
-                .map_err(|e| io("write index entry", ns, e))?;
-            }
-            let mut put_global = tx
-                .prepare_cached("INSERT OR REPLACE INTO globals (name, value) VALUES (?1, ?2)")
-                .map_err(|e| io("prepare", ns, e))?;
-            let mut del_global = tx
-                .prepare_cached("DELETE FROM globals WHERE name = ?1")
-                .map_err(|e| io("prepare", ns, e))?;
-            for (name, value) in &batch.globals {
-                match value {
-                    Some(value) => put_global.execute(params![name, value]),
-                    None => del_global.execute(params![name]),
-                }
-                .map_err(|e| io("write global", ns, e))?;
-            }
-        }
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE name = 'max_ts'",
-            params![batch.ts.0 as i64],
-        )
-        .map_err(|e| io("write max_ts", ns, e))?;
-        tx.commit().map_err(|e| io("commit", ns, e))
+        written
     }
 
     fn max_ts(&self) -> Result<Timestamp, StorageError> {

@@ -265,6 +265,54 @@ pub fn batches_are_atomic_for_readers(make: Constructor, root: &Path) {
     assert!(checks > 0);
 }
 
+/// A batch that is refused (here: its timestamp is not after the last one) writes none of
+/// its rows, and leaves nothing behind that a later batch could carry in with it.
+pub fn a_refused_batch_writes_nothing(make: Constructor, root: &Path) {
+    let backend = make(root);
+    backend.create_namespace("t").unwrap();
+    let store = backend.open_namespace("t").unwrap();
+    let mut first = batch(5);
+    first.documents.push(put(1, 1, "kept"));
+    store.write(&first).unwrap();
+
+    let mut refused = batch(5);
+    refused.documents.push(put(1, 2, "refused"));
+    refused.indexes.push(IndexWrite::Insert {
+        index: IndexNumber(1),
+        key: vec![2],
+        id: id(1, 2),
+    });
+    refused
+        .globals
+        .push(("g".into(), Some(b"refused".to_vec())));
+    assert!(
+        store.write(&refused).is_err(),
+        "a batch at the same ts is refused"
+    );
+    assert_eq!(store.max_ts().unwrap(), Timestamp(5));
+    assert!(store.get_document(&id(1, 2)).unwrap().is_none());
+
+    let mut next = batch(6);
+    next.documents.push(put(1, 3, "next"));
+    store.write(&next).unwrap();
+    assert_eq!(store.max_ts().unwrap(), Timestamp(6));
+    assert!(store.get_document(&id(1, 3)).unwrap().is_some());
+    assert!(
+        store.get_document(&id(1, 2)).unwrap().is_none(),
+        "the refused rows came in with the next batch"
+    );
+    assert_eq!(store.get_global("g").unwrap(), None);
+    let scan = store
+        .scan_index(IndexNumber(1), &KeyRange::all(), ScanOrder::Ascending, 10)
+        .unwrap();
+    assert!(scan.entries.is_empty());
+    drop(store);
+    drop(backend);
+    let store = make(root).open_namespace("t").unwrap();
+    assert_eq!(store.max_ts().unwrap(), Timestamp(6));
+    assert!(store.get_document(&id(1, 2)).unwrap().is_none());
+}
+
 /// Random operations checked against a `BTreeMap` model.
 pub fn model_based(make: Constructor, root: &Path) {
     let backend = make(root);
@@ -343,7 +391,7 @@ macro_rules! run_conformance_suite {
     ($make:expr) => {
         $crate::run_conformance_suite!(@tests $make;
             namespaces, documents_and_globals, index_ranges, namespaces_are_isolated,
-            batches_are_atomic_for_readers, model_based);
+            batches_are_atomic_for_readers, a_refused_batch_writes_nothing, model_based);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

@@ -135,7 +135,8 @@ pub trait StorageBackend: Send + Sync + 'static {
 
 /// One tenant's namespace.
 pub trait TenantStore: Send + Sync + 'static {
-    /// Applies a batch atomically; returns once it is durable. Committer only.
+    /// Applies a batch atomically; returns once it is durable. Committer only. A batch whose
+    /// `ts` is not after [`TenantStore::max_ts`] is refused and writes nothing.
     fn write(&self, batch: &WriteBatch) -> Result<(), StorageError>;
     /// The `ts` of the last durable batch (0 for a new namespace).
     fn max_ts(&self) -> Result<Timestamp, StorageError>;
