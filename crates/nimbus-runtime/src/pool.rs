@@ -15,6 +15,10 @@ use crate::{
 
 type Job = Box<dyn FnOnce(&mut WorkerState) + Send>;
 
+/// Compare-and-swap attempts to claim the least busy home before settling for a plain
+/// increment (each failed attempt means another call just claimed a worker).
+const CLAIM_ATTEMPTS: usize = 8;
+
 /// A fixed pool of JavaScript worker threads shared by all tenants.
 ///
 /// Each worker has its own bounded queue, and each tenant a few *home* workers (a window
@@ -52,9 +56,25 @@ struct WorkerState {
     max_cached: usize,
     limits: RuntimeLimits,
     clock: u64,
+    /// The pool's load counters and this worker's index in them.
+    load: Arc<Vec<AtomicUsize>>,
+    index: usize,
+    /// Whether the current job already lowered this worker's load.
+    released: bool,
 }
 
 impl WorkerState {
+    /// Lowers this worker's load for the current job. A job calls it before it replies:
+    /// the caller may dispatch its next call the moment the reply arrives, and a worker
+    /// that still counted the finished call would tie with a worker stuck in a long call
+    /// (so the next call could queue behind that one).
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.load[self.index].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn run(
         &mut self,
         inv: &Invocation,
@@ -126,15 +146,19 @@ fn worker(
         max_cached: max_cached.max(1),
         limits,
         clock: 0,
+        load,
+        index,
+        released: false,
     };
     while let Ok(job) = receiver.recv() {
+        state.released = false;
         // A panic fails one call (its reply channel is dropped); the worker carries on
         // with fresh isolates, since a panic may have left one half-updated.
         if catch_unwind(AssertUnwindSafe(|| job(&mut state))).is_err() {
             tracing::error!("a JavaScript job panicked; dropping this worker's cached isolates");
             state.cache.clear();
         }
-        load[index].fetch_sub(1, Ordering::Relaxed);
+        state.release();
     }
 }
 
@@ -186,6 +210,34 @@ impl JsPool {
         (0..self.workers_per_tenant).map(move |i| (start + i) % workers)
     }
 
+    /// Claims the least busy of `homes` (skipping `full`), raising its load. The claim is a
+    /// compare-and-swap against the load that was read, so two calls dispatched at the same
+    /// moment cannot both take a worker for idle: the second sees the first's claim and goes
+    /// elsewhere (else a quiet tenant's call could land behind a long call that was being
+    /// dispatched at the same time). Ties go to the first home in the window.
+    fn claim_least_busy(&self, homes: &[usize], full: &[usize]) -> Option<usize> {
+        let least = || {
+            homes
+                .iter()
+                .filter(|w| !full.contains(w))
+                .map(|&w| (w, self.load[w].load(Ordering::Acquire)))
+                .min_by_key(|&(_, load)| load)
+        };
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (w, seen) = least()?;
+            if self.load[w]
+                .compare_exchange(seen, seen + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(w);
+            }
+        }
+        // Under heavy contention: the least busy as last seen, without the guarantee.
+        let (w, _) = least()?;
+        self.load[w].fetch_add(1, Ordering::AcqRel);
+        Some(w)
+    }
+
     /// Runs a call on a worker; resolves when it finished.
     pub async fn invoke<H: SyscallHost>(
         &self,
@@ -196,6 +248,7 @@ impl JsPool {
         let inv_tenant = inv.tenant.clone();
         let job: Job = Box::new(move |state: &mut WorkerState| {
             let (host, outcome) = state.run(&inv, Box::new(host));
+            state.release();
             if let Some(host) = downcast_host::<H>(host) {
                 let _ = reply.send((host, outcome));
             }
@@ -204,20 +257,20 @@ impl JsPool {
             return Err(PoolError::ShutDown);
         }
         // The least busy home first; the others if its queue filled up meanwhile.
-        let mut homes: Vec<usize> = self.homes(&inv_tenant).collect();
-        homes.sort_by_key(|&w| self.load[w].load(Ordering::Relaxed));
+        let homes: Vec<usize> = self.homes(&inv_tenant).collect();
+        let mut full: Vec<usize> = Vec::new();
         let mut job = Some(job);
-        for w in homes {
+        while let Some(w) = self.claim_least_busy(&homes, &full) {
             let Some(next) = job.take() else { break };
-            self.load[w].fetch_add(1, Ordering::Relaxed);
             match self.senders[w].try_send(next) {
                 Ok(()) => break,
                 Err(TrySendError::Full(back)) => {
-                    self.load[w].fetch_sub(1, Ordering::Relaxed);
+                    self.load[w].fetch_sub(1, Ordering::AcqRel);
+                    full.push(w);
                     job = Some(back);
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    self.load[w].fetch_sub(1, Ordering::Relaxed);
+                    self.load[w].fetch_sub(1, Ordering::AcqRel);
                     return Err(PoolError::ShutDown);
                 }
             }

@@ -237,10 +237,10 @@ async fn randomness_and_time_are_deterministic_per_seed() {
     );
 }
 
-/// Starts an endless loop for tenant "noisy", runs 5 calls of tenant "quiet" meanwhile
-/// (each must succeed), and checks the loop ends in a timeout. Returns whether the loop was
-/// still running when the quiet calls had all finished.
-async fn loop_beside_quiet_calls(pool: &Arc<JsPool>) -> bool {
+/// Starts an endless loop for tenant "noisy", runs `quiet_calls` calls of tenant "quiet"
+/// meanwhile, one after another (each must succeed), and checks the loop ends in a timeout.
+/// Returns whether the loop was still running when the quiet calls had all finished.
+async fn loop_beside_quiet_calls(pool: &Arc<JsPool>, quiet_calls: u64) -> bool {
     let spinner = {
         let pool = pool.clone();
         tokio::spawn(async move {
@@ -251,7 +251,7 @@ async fn loop_beside_quiet_calls(pool: &Arc<JsPool>) -> bool {
             .await
         })
     };
-    for seed in 0..5 {
+    for seed in 0..quiet_calls {
         let (_, o) = pool
             .invoke(echo("quiet", seed), FakeHost::default())
             .await
@@ -275,7 +275,7 @@ async fn loop_beside_quiet_calls(pool: &Arc<JsPool>) -> bool {
 async fn limits_fail_one_call_and_other_tenants_carry_on() {
     let pool = Arc::new(pool(2));
     // While one worker spins, the other serves another tenant.
-    loop_beside_quiet_calls(&pool).await;
+    loop_beside_quiet_calls(&pool, 5).await;
 
     let (_, o) = pool
         .invoke(
@@ -342,8 +342,21 @@ async fn a_busy_home_worker_is_passed_over() {
     // the quiet calls take even on a loaded machine.
     let pool = Arc::new(pool_with(2, 2, Duration::from_secs(3)));
     assert!(
-        loop_beside_quiet_calls(&pool).await,
+        loop_beside_quiet_calls(&pool, 5).await,
         "the quiet tenant's calls waited for the loop to end"
+    );
+}
+
+/// A call sent the moment the previous one's answer arrives must not find its worker still
+/// counting the finished call: tied with the worker stuck in a loop, it could queue behind
+/// the loop (seen in the e2e suite as a bystander mutation waiting the whole loop out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_calls_never_queue_behind_a_long_call() {
+    // 2,000 echo calls take a few hundred milliseconds; the loop may run for 5 s.
+    let pool = Arc::new(pool_with(2, 2, Duration::from_secs(5)));
+    assert!(
+        loop_beside_quiet_calls(&pool, 2_000).await,
+        "a quiet call queued behind the loop"
     );
 }
 
