@@ -73,6 +73,16 @@ describe("insert and get", () => {
     }
   });
 
+  test("floats keep every bit through the server (values a lossy JSON parser rounds)", async () => {
+    // serde_json without `float_roundtrip` parsed each of these one ULP off.
+    const weights = [1796179419381.6663, 1796179140220.3801, 1796179494625.2083, 1796179113957.6355];
+    for (const weight of weights) {
+      const id = await c.mutation(api.items.insert, { group: "floats", n: 1, name: "w", meta: { color: "x", weight } });
+      const doc = await c.query(api.items.get, { id });
+      assert.ok(Object.is(doc.meta.weight, weight), `${weight} came back as ${doc.meta.weight}`);
+    }
+  });
+
   test("int64 and float64 travel as convex-JSON", async () => {
     const res = await callRaw(url, "query", "items:get", { id: gIds.get(7) });
     const value = expectSuccess(assert, res);
@@ -221,7 +231,12 @@ describe("index range queries", () => {
     const newest = (await c.query(api.items.all, { order: "desc", take: 1 }))[0];
     const marker = await c.mutation(api.items.insert, { group: "ct", n: 1, name: "after-newest" });
     const rows = await c.query(api.items.createdAfter, { after: newest._creationTime });
-    assert.deepEqual(rows.map((r) => r._id), [marker]);
+    const seen = (r) => `${r.name} ${r._id} @${r._creationTime}`;
+    assert.deepEqual(
+      rows.map((r) => r._id),
+      [marker],
+      `after the newest row (${seen(newest)}): ${rows.map(seen).join(", ")}`,
+    );
   });
 
   test("full table scan in creation order, asc and desc", async () => {
