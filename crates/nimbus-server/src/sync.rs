@@ -422,12 +422,9 @@ impl Connection {
             }
         }
         self.send(message).await?;
-        if self.mutations_in_flight > 0 {
-            return Ok(());
-        }
-        // Results held back while mutations were in flight go out now. The Transition
-        // reaching the commit follows (see `serve`), now if the live queries already
-        // reflect it.
+        // Results held back while mutations were in flight go out now, if this was the
+        // last one (`flush` defers otherwise). The Transition reaching the commit follows
+        // (see `serve`), now if the live queries already reflect it.
         let reached = self
             .awaiting_ts
             .is_some_and(|ts| self.session.published_ts() >= ts);

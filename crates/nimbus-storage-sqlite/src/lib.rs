@@ -346,62 +346,60 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
             batch.ts
         )));
     }
-    {
-        let mut put_doc = tx
-                .prepare_cached("INSERT OR REPLACE INTO documents (id, table_number, ts, body) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(|e| io("prepare", ns, e))?;
-        let mut del_doc = tx
-            .prepare_cached("DELETE FROM documents WHERE id = ?1")
-            .map_err(|e| io("prepare", ns, e))?;
-        for doc in &batch.documents {
-            let id = id_bytes(&doc.id);
-            match &doc.body {
-                Some(body) => put_doc.execute(params![
-                    &id[..],
-                    doc.table.0 as i64,
-                    batch.ts.0 as i64,
-                    body
-                ]),
-                None => del_doc.execute(params![&id[..]]),
-            }
-            .map_err(|e| io("write document", ns, e))?;
+    let mut put_doc = tx
+        .prepare_cached(
+            "INSERT OR REPLACE INTO documents (id, table_number, ts, body) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(|e| io("prepare", ns, e))?;
+    let mut del_doc = tx
+        .prepare_cached("DELETE FROM documents WHERE id = ?1")
+        .map_err(|e| io("prepare", ns, e))?;
+    for doc in &batch.documents {
+        let id = id_bytes(&doc.id);
+        match &doc.body {
+            Some(body) => put_doc.execute(params![
+                &id[..],
+                doc.table.0 as i64,
+                batch.ts.0 as i64,
+                body
+            ]),
+            None => del_doc.execute(params![&id[..]]),
         }
-        let mut put_entry = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO index_entries (index_number, key, id) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(|e| io("prepare", ns, e))?;
-        let mut del_entry = tx
-            .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1 AND key = ?2")
-            .map_err(|e| io("prepare", ns, e))?;
-        let mut drop_index = tx
-            .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1")
-            .map_err(|e| io("prepare", ns, e))?;
-        for write in &batch.indexes {
-            match write {
-                IndexWrite::Insert { index, key, id } => {
-                    put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]])
-                }
-                IndexWrite::Delete { index, key } => {
-                    del_entry.execute(params![index.0 as i64, key])
-                }
-                IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
+        .map_err(|e| io("write document", ns, e))?;
+    }
+    let mut put_entry = tx
+        .prepare_cached(
+            "INSERT OR REPLACE INTO index_entries (index_number, key, id) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(|e| io("prepare", ns, e))?;
+    let mut del_entry = tx
+        .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1 AND key = ?2")
+        .map_err(|e| io("prepare", ns, e))?;
+    let mut drop_index = tx
+        .prepare_cached("DELETE FROM index_entries WHERE index_number = ?1")
+        .map_err(|e| io("prepare", ns, e))?;
+    for write in &batch.indexes {
+        match write {
+            IndexWrite::Insert { index, key, id } => {
+                put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]])
             }
-            .map_err(|e| io("write index entry", ns, e))?;
+            IndexWrite::Delete { index, key } => del_entry.execute(params![index.0 as i64, key]),
+            IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
         }
-        let mut put_global = tx
-            .prepare_cached("INSERT OR REPLACE INTO globals (name, value) VALUES (?1, ?2)")
-            .map_err(|e| io("prepare", ns, e))?;
-        let mut del_global = tx
-            .prepare_cached("DELETE FROM globals WHERE name = ?1")
-            .map_err(|e| io("prepare", ns, e))?;
-        for (name, value) in &batch.globals {
-            match value {
-                Some(value) => put_global.execute(params![name, value]),
-                None => del_global.execute(params![name]),
-            }
-            .map_err(|e| io("write global", ns, e))?;
+        .map_err(|e| io("write index entry", ns, e))?;
+    }
+    let mut put_global = tx
+        .prepare_cached("INSERT OR REPLACE INTO globals (name, value) VALUES (?1, ?2)")
+        .map_err(|e| io("prepare", ns, e))?;
+    let mut del_global = tx
+        .prepare_cached("DELETE FROM globals WHERE name = ?1")
+        .map_err(|e| io("prepare", ns, e))?;
+    for (name, value) in &batch.globals {
+        match value {
+            Some(value) => put_global.execute(params![name, value]),
+            None => del_global.execute(params![name]),
         }
+        .map_err(|e| io("write global", ns, e))?;
     }
     tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'max_ts'")
         .and_then(|mut update| update.execute(params![batch.ts.0 as i64]))

@@ -458,11 +458,6 @@ mod tests {
         assert_eq!(encode_u64(1000), "6AMAAAAAAAA=");
         assert_eq!(decode_u64("6AMAAAAAAAA="), Ok(1000));
     }
-}
-
-#[cfg(test)]
-mod float_text_tests {
-    use super::*;
 
     /// Every float reaches the engine as the double its text names: JSON text comes from
     /// clients, from QuickJS (syscall arguments, results) and from storage. Parsed one ULP
