@@ -43,6 +43,9 @@ pub struct NimbusConfig {
     /// Query results cached per tenant (0 disables the cache); the least recently used
     /// entry is evicted when full.
     pub query_cache_entries: usize,
+    /// Bytes of cached query results per tenant (results, read sets, keys; estimated); the
+    /// least recently used entries are evicted to stay within it.
+    pub query_cache_max_bytes: usize,
     /// Larger query results (by Convex size) are not cached.
     pub query_cache_max_result_bytes: usize,
     /// Bounds of live queries (subscriptions per connection and per tenant).
@@ -78,6 +81,7 @@ impl NimbusConfig {
             max_active_tenants: 1000,
             max_concurrent_activations: default_concurrent_activations(),
             query_cache_entries: 1024,
+            query_cache_max_bytes: 16 << 20,
             query_cache_max_result_bytes: 256 << 10,
             live: crate::live::LiveLimits::default(),
             live_request_dedup_entries: 4096,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use nimbus_runtime::{FunctionKind, ModuleSet};
+use nimbus_runtime::{CodeId, FunctionKind, ModuleSet};
 use nimbus_types::schema::Schema;
 use nimbus_types::validator::Validator;
 use serde::{Deserialize, Serialize};
@@ -69,8 +69,15 @@ pub(crate) struct CompiledFunction {
 }
 
 /// The active code of a tenant.
+///
+/// **Code identity rule:** what runs is found by [`CodeId`], never by the tenant's name or
+/// a counter: each activated push gets a fresh random one (see [`Deployment::activated`]),
+/// so a runtime, a cached query result or a live query of one push is never used for
+/// another push, nor for a tenant deleted and created again under the same name.
 pub(crate) struct Deployment {
+    /// Pushes activated so far (for people: stats and logs). Not an identity.
     pub generation: u64,
+    pub code_id: CodeId,
     pub modules: Vec<StoredModule>,
     pub module_set: ModuleSet,
     pub functions: HashMap<(String, String), Arc<CompiledFunction>>,
@@ -83,6 +90,10 @@ pub(crate) struct Deployment {
 struct DeploymentRecord {
     format: u32,
     generation: u64,
+    /// Hex of the code identity; absent in records written before it existed (those get a
+    /// fresh one when loaded).
+    #[serde(default)]
+    code_id: Option<String>,
     modules: Vec<StoredModule>,
     functions: Vec<FunctionRecord>,
     schema_json: Option<String>,
@@ -121,8 +132,9 @@ impl Deployment {
     pub fn empty() -> Self {
         Deployment {
             generation: 0,
+            code_id: CodeId::NONE,
             modules: Vec::new(),
-            module_set: module_set(0, &[]),
+            module_set: module_set(CodeId::NONE, &[]),
             functions: HashMap::new(),
             schema: None,
             schema_json: None,
@@ -130,8 +142,11 @@ impl Deployment {
         }
     }
 
+    /// A deployment of analyzed code. `code_id` is [`CodeId::NONE`] until the push is
+    /// activated ([`Deployment::activated`]).
     pub fn build(
         generation: u64,
+        code_id: CodeId,
         modules: Vec<StoredModule>,
         functions: Vec<FunctionInfo>,
         schema_json: Option<String>,
@@ -181,7 +196,8 @@ impl Deployment {
         }
         Ok(Deployment {
             generation,
-            module_set: module_set(generation, &modules),
+            code_id,
+            module_set: module_set(code_id, &modules),
             modules,
             functions: table,
             schema,
@@ -190,10 +206,27 @@ impl Deployment {
         })
     }
 
+    /// This staged push as it is activated: the next generation after `current`, and a
+    /// fresh code identity.
+    pub fn activated(&self, current: &Deployment) -> Deployment {
+        let code_id = CodeId::random();
+        Deployment {
+            generation: current.generation + 1,
+            code_id,
+            modules: self.modules.clone(),
+            module_set: module_set(code_id, &self.modules),
+            functions: self.functions.clone(),
+            schema: self.schema.clone(),
+            schema_json: self.schema_json.clone(),
+            crons_json: self.crons_json.clone(),
+        }
+    }
+
     pub fn to_bytes(&self) -> Result<Vec<u8>, AppError> {
         let record = DeploymentRecord {
             format: DEPLOYMENT_FORMAT,
             generation: self.generation,
+            code_id: Some(format!("{:032x}", self.code_id.0)),
             modules: self.modules.clone(),
             functions: self
                 .functions
@@ -236,8 +269,15 @@ impl Deployment {
                 returns_json: f.returns_json,
             });
         }
+        let code_id = match &record.code_id {
+            Some(hex) => CodeId(u128::from_str_radix(hex, 16).map_err(|e| {
+                AppError::Internal(format!("stored deployment has a bad code id {hex:?}: {e}"))
+            })?),
+            None => CodeId::random(),
+        };
         Deployment::build(
             record.generation,
+            code_id,
             record.modules,
             functions,
             record.schema_json,
@@ -257,13 +297,13 @@ impl Deployment {
     }
 }
 
-fn module_set(generation: u64, modules: &[StoredModule]) -> ModuleSet {
+fn module_set(code_id: CodeId, modules: &[StoredModule]) -> ModuleSet {
     let map: BTreeMap<String, String> = modules
         .iter()
         .map(|m| (m.path.clone(), m.source.clone()))
         .collect();
     ModuleSet {
-        generation,
+        code_id,
         modules: Arc::new(map),
         env: Arc::new(BTreeMap::new()),
     }

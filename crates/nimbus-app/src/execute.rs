@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nimbus_engine::{EngineError, ErrorClass};
+use nimbus_engine::{EngineError, ErrorClass, Snapshot};
 use nimbus_runtime::{FunctionError, FunctionKind, Invocation};
 use nimbus_types::json::{decode, SharedValue};
 use nimbus_types::{TypesError, Value};
 use serde_json::Value as Json;
 
-use crate::deployment::{canonical_path, display_name, CompiledFunction};
+use crate::deployment::{canonical_path, display_name, CompiledFunction, Deployment};
 use crate::error::AppError;
 use crate::syscalls::{IdsOf, TxnHost};
-use crate::tenant::Tenant;
+use crate::tenant::{deployment_of, Tenant};
 
 /// Attempts (the first plus jittered retries) a mutation makes before its retries take
 /// turns under the tenant's retry lock.
@@ -90,52 +90,82 @@ fn kind_label(kind: FunctionKind) -> &'static str {
     }
 }
 
+/// A function resolved in the deployment of the snapshot it will read.
+struct Resolved {
+    snapshot: Arc<Snapshot>,
+    deployment: Arc<Deployment>,
+    function: Arc<CompiledFunction>,
+    name: String,
+}
+
+/// How many times a query re-runs on a fresh snapshot after a conflict inside it (a paged
+/// read at a snapshot the undo log no longer covers) before the call fails with 429.
+const QUERY_CONFLICT_ATTEMPTS: usize = 3;
+
 impl Tenant {
     /// Runs a function call to completion.
     pub async fn run(&self, request: FunctionRequest) -> Result<FunctionResponse, AppError> {
-        let deployment = self.deployment();
-        let ts_now = self.latest_ts();
-        let (function, name) =
-            match resolve(&deployment, &request.path, request.kind, request.caller) {
-                Ok(found) => found,
-                Err(failure) => {
-                    return Ok(FunctionResponse::failure(
-                        failure.code,
-                        failure.message,
-                        ts_now,
-                    ))
-                }
-            };
+        let snapshot = match request.at_ts {
+            None => self.engine().snapshot(),
+            Some(ts) => self.snapshot_at(ts)?,
+        };
+        let resolved = match resolve_at(snapshot, &request.path, request.kind, request.caller) {
+            Ok(resolved) => resolved,
+            Err((failure, ts)) => {
+                return Ok(FunctionResponse::failure(failure.code, failure.message, ts))
+            }
+        };
         let args = parse_args(&request.args)?;
         let _inflight = self.admit_call()?;
-        match function.info.kind {
+        match resolved.function.info.kind {
             FunctionKind::Query => {
-                self.run_query(&deployment, &function, &name, args, request.at_ts)
+                let cacheable = request.at_ts.is_none();
+                self.run_query(resolved, &request.path, request.caller, args, cacheable)
                     .await
             }
-            FunctionKind::Mutation => self.run_mutation(&deployment, &function, &name, args).await,
+            FunctionKind::Mutation => {
+                self.run_mutation(resolved, &request.path, request.caller, args)
+                    .await
+            }
             FunctionKind::Action => Ok(FunctionResponse::failure(
                 "UnsupportedFunctionKind",
-                format!("{name} is an action; Nimbus does not run actions yet"),
-                ts_now,
+                format!(
+                    "{} is an action; Nimbus does not run actions yet",
+                    resolved.name
+                ),
+                resolved.snapshot.ts.0,
             )),
         }
     }
 
-    /// Evaluates a query for a live subscription at a given snapshot: its result (or
-    /// failure), log lines, and read set. A failed query still has a read set (what it
-    /// read before failing); an infrastructure failure is returned as the error.
+    fn snapshot_at(&self, ts: u64) -> Result<Arc<Snapshot>, AppError> {
+        self.engine()
+            .snapshot_at(nimbus_types::Timestamp(ts))
+            .ok_or_else(|| {
+                AppError::SnapshotUnavailable(format!(
+                    "the snapshot at timestamp {ts} is not available: Nimbus keeps the last \
+                     {} snapshots of up to {} s (latest is {})",
+                    self.config.engine.recent_snapshots,
+                    self.config.engine.write_log_age.as_secs(),
+                    self.latest_ts()
+                ))
+            })
+    }
+
+    /// Evaluates a query for a live subscription at a given snapshot, with the code of that
+    /// snapshot: its result (or failure), log lines, and read set. A failed query still has
+    /// a read set (what it read before failing); an infrastructure failure (overload, a
+    /// conflict at a stale snapshot) is returned as the error.
     pub(crate) async fn evaluate_live(
         &self,
         path: &str,
         args: &Value,
         caller: Caller,
-        snapshot: Arc<nimbus_engine::Snapshot>,
+        snapshot: Arc<Snapshot>,
     ) -> Result<LiveEvaluation, AppError> {
-        let deployment = self.deployment();
-        let (function, name) = match resolve(&deployment, path, Some(FunctionKind::Query), caller) {
-            Ok(found) => found,
-            Err(failure) => {
+        let resolved = match resolve_at(snapshot, path, Some(FunctionKind::Query), caller) {
+            Ok(resolved) => resolved,
+            Err((failure, _)) => {
                 return Ok(LiveEvaluation {
                     result: Err(failure),
                     log_lines: Vec::new(),
@@ -143,8 +173,8 @@ impl Tenant {
                 })
             }
         };
-        let txn = self.engine().begin_at(snapshot);
-        if let Err(message) = check_args(&function, args, &txn) {
+        let txn = self.engine().begin_at(resolved.snapshot.clone());
+        if let Err(message) = check_args(&resolved.function, args, &txn) {
             return Ok(LiveEvaluation {
                 result: Err(FunctionFailure {
                     code: "ArgumentValidationError",
@@ -155,13 +185,11 @@ impl Tenant {
                 read_set: txn.finish().read_set,
             });
         }
-        let (host, outcome) = self
-            .execute(&deployment, &function, &name, args.clone(), txn)
-            .await?;
+        let (host, outcome) = self.execute(&resolved, args.clone(), txn).await?;
         if let Some(error) = host.system_error {
             return Err(system_error(self.name(), error));
         }
-        let result = finish_result(&function, outcome.result, &host.txn);
+        let result = finish_result(&resolved.function, outcome.result, &host.txn);
         Ok(LiveEvaluation {
             result,
             log_lines: outcome.log_lines,
@@ -171,89 +199,103 @@ impl Tenant {
 
     async fn run_query(
         &self,
-        deployment: &Arc<crate::deployment::Deployment>,
-        function: &Arc<CompiledFunction>,
-        name: &str,
+        mut resolved: Resolved,
+        path: &str,
+        caller: Caller,
         args: Value,
-        at_ts: Option<u64>,
+        cacheable: bool,
     ) -> Result<FunctionResponse, AppError> {
-        let txn = match at_ts {
-            None => self.engine().begin(),
-            Some(ts) => match self.engine().snapshot_at(nimbus_types::Timestamp(ts)) {
-                Some(snapshot) => self.engine().begin_at(snapshot),
-                None => {
-                    return Err(AppError::SnapshotUnavailable(format!(
-                        "the snapshot at timestamp {ts} is not available: Nimbus keeps the last \
-                         {} snapshots of up to {} s (latest is {})",
-                        self.config.engine.recent_snapshots,
-                        self.config.engine.write_log_age.as_secs(),
-                        self.latest_ts()
-                    )))
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let txn = self.engine().begin_at(resolved.snapshot.clone());
+            let snapshot_ts = txn.snapshot().ts;
+            let ts = snapshot_ts.0;
+            if let Err(message) = check_args(&resolved.function, &args, &txn) {
+                return Ok(FunctionResponse::failure(
+                    "ArgumentValidationError",
+                    message,
+                    ts,
+                ));
+            }
+            // The cache holds results valid at the latest snapshots; reads at a past one
+            // bypass it.
+            let key = cacheable.then(|| {
+                crate::query_cache::CacheKey::new(
+                    resolved.deployment.code_id,
+                    &resolved.function.info.module_path,
+                    &resolved.function.info.name,
+                    &args,
+                )
+            });
+            let engine = self.engine().clone();
+            let hit = key.as_ref().and_then(|key| {
+                self.query_cache
+                    .lock()
+                    .get(key, snapshot_ts, |since, read_set| {
+                        engine.unchanged_since(since, read_set)
+                    })
+            });
+            if let Some(value) = hit {
+                return Ok(FunctionResponse {
+                    result: Ok(value),
+                    log_lines: Vec::new(),
+                    documents_scanned: 0,
+                    execution: Duration::ZERO,
+                    ts,
+                    cached: true,
+                });
+            }
+            let (host, outcome) = self.execute(&resolved, args.clone(), txn).await?;
+            let documents_scanned = host.txn.stats().documents_scanned;
+            if let Some(error) = host.system_error {
+                if error.class() == ErrorClass::Conflict
+                    && cacheable
+                    && attempt < QUERY_CONFLICT_ATTEMPTS
+                {
+                    // The snapshot went stale under a paged read: run again on a fresh one.
+                    resolved = match resolve_at(
+                        self.engine().snapshot(),
+                        path,
+                        Some(FunctionKind::Query),
+                        caller,
+                    ) {
+                        Ok(fresh) => fresh,
+                        Err((failure, ts)) => {
+                            return Ok(FunctionResponse::failure(failure.code, failure.message, ts))
+                        }
+                    };
+                    continue;
                 }
-            },
-        };
-        let snapshot_ts = txn.snapshot().ts;
-        let ts = snapshot_ts.0;
-        if let Err(message) = check_args(function, &args, &txn) {
-            return Ok(FunctionResponse::failure(
-                "ArgumentValidationError",
-                message,
-                ts,
-            ));
-        }
-        // The cache holds results at the latest snapshot; reads at a past one bypass it.
-        let key = at_ts.is_none().then(|| crate::query_cache::CacheKey {
-            generation: deployment.generation,
-            module: function.info.module_path.clone(),
-            export: function.info.name.clone(),
-            args: nimbus_types::json::encode_text(&args),
-        });
-        let engine = self.engine().clone();
-        let hit = key.as_ref().and_then(|key| {
-            self.query_cache
-                .lock()
-                .get(key, snapshot_ts, |since, read_set| {
-                    engine.unchanged_since(since, read_set)
-                })
-        });
-        if let Some(value) = hit {
+                return Err(system_error(self.name(), error));
+            }
+            let result = finish_result(&resolved.function, outcome.result, &host.txn)
+                .map(|value| Arc::new(SharedValue::new(value)));
+            if let (Ok(value), Some(key)) = (&result, key) {
+                let finished = host.txn.finish();
+                self.query_cache
+                    .lock()
+                    .insert(key, snapshot_ts, finished.read_set, value.clone());
+            }
             return Ok(FunctionResponse {
-                result: Ok(value),
-                log_lines: Vec::new(),
-                documents_scanned: 0,
-                execution: Duration::ZERO,
+                result,
+                log_lines: outcome.log_lines,
+                documents_scanned,
+                execution: outcome.cpu_time,
                 ts,
-                cached: true,
+                cached: false,
             });
         }
-        let (host, outcome) = self.execute(deployment, function, name, args, txn).await?;
-        let documents_scanned = host.txn.stats().documents_scanned;
-        if let Some(error) = host.system_error {
-            return Err(system_error(self.name(), error));
-        }
-        let result = finish_result(function, outcome.result, &host.txn)
-            .map(|value| Arc::new(SharedValue::new(value)));
-        if let (Ok(value), Some(key)) = (&result, key) {
-            let finished = host.txn.finish();
-            self.query_cache
-                .lock()
-                .insert(key, snapshot_ts, finished.read_set, value.clone());
-        }
-        Ok(FunctionResponse {
-            result,
-            log_lines: outcome.log_lines,
-            documents_scanned,
-            execution: outcome.cpu_time,
-            ts,
-            cached: false,
-        })
     }
 
+    /// Runs a mutation with bounded retries. Every attempt runs the code of the snapshot it
+    /// reads: after a deploy, a conflicting attempt re-runs under the new code and schema,
+    /// never the old.
     async fn run_mutation(
         &self,
-        deployment: &Arc<crate::deployment::Deployment>,
-        function: &Arc<CompiledFunction>,
-        name: &str,
+        mut resolved: Resolved,
+        path: &str,
+        caller: Caller,
         args: Value,
     ) -> Result<FunctionResponse, AppError> {
         let mut attempt = 0;
@@ -262,8 +304,8 @@ impl Tenant {
         let mut retry_turn: Option<tokio::sync::MutexGuard<'_, ()>> = None;
         loop {
             attempt += 1;
-            let txn = self.engine().begin();
-            if let Err(message) = check_args(function, &args, &txn) {
+            let txn = self.engine().begin_at(resolved.snapshot.clone());
+            if let Err(message) = check_args(&resolved.function, &args, &txn) {
                 return Ok(FunctionResponse::failure(
                     "ArgumentValidationError",
                     message,
@@ -271,28 +313,37 @@ impl Tenant {
                 ));
             }
             let started = Instant::now();
-            let (host, outcome) = self
-                .execute(deployment, function, name, args.clone(), txn)
-                .await?;
-            if let Some(error) = host.system_error {
-                return Err(system_error(self.name(), error));
-            }
+            let (host, outcome) = self.execute(&resolved, args.clone(), txn).await?;
+            let conflict = match host.system_error {
+                Some(EngineError::Conflict(reason)) => Err(EngineError::Conflict(reason)),
+                Some(error) => return Err(system_error(self.name(), error)),
+                None => Ok(()),
+            };
             let documents_scanned = host.txn.stats().documents_scanned;
-            let result = finish_result(function, outcome.result, &host.txn)
-                .map(|value| Arc::new(SharedValue::new(value)));
-            if result.is_err() {
-                // A failed mutation writes nothing: its transaction is dropped here.
-                return Ok(FunctionResponse {
-                    result,
-                    log_lines: outcome.log_lines,
-                    documents_scanned,
-                    execution: outcome.cpu_time,
-                    ts: host.txn.snapshot().ts.0,
-                    cached: false,
-                });
-            }
-            match self.engine().commit(host.txn.finish()).await {
-                Ok(ts) => {
+            let committed = match conflict {
+                Err(conflict) => Err(conflict),
+                Ok(()) => {
+                    let result = finish_result(&resolved.function, outcome.result, &host.txn)
+                        .map(|value| Arc::new(SharedValue::new(value)));
+                    if result.is_err() {
+                        // A failed mutation writes nothing: its transaction is dropped here.
+                        return Ok(FunctionResponse {
+                            result,
+                            log_lines: outcome.log_lines,
+                            documents_scanned,
+                            execution: outcome.cpu_time,
+                            ts: host.txn.snapshot().ts.0,
+                            cached: false,
+                        });
+                    }
+                    self.engine()
+                        .commit(host.txn.finish())
+                        .await
+                        .map(|ts| (ts, result))
+                }
+            };
+            match committed {
+                Ok((ts, result)) => {
                     return Ok(FunctionResponse {
                         result,
                         log_lines: outcome.log_lines,
@@ -303,7 +354,7 @@ impl Tenant {
                     })
                 }
                 Err(EngineError::Conflict(reason)) if attempt < self.max_attempts() => {
-                    tracing::debug!(tenant = self.name(), %name, attempt, %reason, elapsed_us = started.elapsed().as_micros() as u64, "mutation conflict, retrying");
+                    tracing::debug!(tenant = self.name(), name = %resolved.name, attempt, %reason, elapsed_us = started.elapsed().as_micros() as u64, "mutation conflict, retrying");
                     if attempt < OPTIMISTIC_ATTEMPTS {
                         // Most conflicts are two writers meeting once: back off a little,
                         // at random, and try again on a fresh snapshot.
@@ -312,14 +363,27 @@ impl Tenant {
                     } else if retry_turn.is_none() {
                         retry_turn = Some(self.retry_lock().lock().await);
                     }
+                    // The next attempt reads the latest snapshot, with its code.
+                    resolved = match resolve_at(
+                        self.engine().snapshot(),
+                        path,
+                        Some(FunctionKind::Mutation),
+                        caller,
+                    ) {
+                        Ok(fresh) => fresh,
+                        Err((failure, ts)) => {
+                            return Ok(FunctionResponse::failure(failure.code, failure.message, ts))
+                        }
+                    };
                     continue;
                 }
                 Err(EngineError::Conflict(reason)) => {
                     return Err(AppError::Overloaded {
                         tenant: self.name().to_string(),
                         detail: format!(
-                            "{name} conflicted with concurrent writes {attempt} times ({reason}); \
-                             retry later"
+                            "{} conflicted with concurrent writes {attempt} times ({reason}); \
+                             retry later",
+                            resolved.name
                         ),
                         retry_after_secs: 1,
                     })
@@ -331,12 +395,16 @@ impl Tenant {
 
     async fn execute(
         &self,
-        deployment: &Arc<crate::deployment::Deployment>,
-        function: &Arc<CompiledFunction>,
-        name: &str,
+        resolved: &Resolved,
         args: Value,
         txn: nimbus_engine::Transaction,
     ) -> Result<(TxnHost, nimbus_runtime::Outcome), AppError> {
+        let Resolved {
+            deployment,
+            function,
+            name,
+            ..
+        } = resolved;
         let args_json = format!("[{}]", nimbus_types::json::encode_text(&args));
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -357,7 +425,7 @@ impl Tenant {
             txn,
             kind: function.info.kind,
             schema: deployment.schema.clone(),
-            function_name: name.to_string(),
+            function_name: name.clone(),
             system_error: None,
         };
         let _running = self.acquire_worker().await?;
@@ -375,9 +443,13 @@ impl Tenant {
 fn system_error(tenant: &str, error: EngineError) -> AppError {
     match error.class() {
         ErrorClass::Overloaded | ErrorClass::Unavailable => AppError::from_engine(tenant, error),
-        ErrorClass::User | ErrorClass::Conflict | ErrorClass::Internal => {
-            AppError::Internal(error.to_string())
-        }
+        // Transient: the call read a snapshot that went stale; the client retries.
+        ErrorClass::Conflict => AppError::Overloaded {
+            tenant: tenant.to_string(),
+            detail: format!("{error}; retry"),
+            retry_after_secs: 1,
+        },
+        ErrorClass::User | ErrorClass::Internal => AppError::Internal(error.to_string()),
     }
 }
 
@@ -386,6 +458,26 @@ pub(crate) struct LiveEvaluation {
     pub result: Result<Value, FunctionFailure>,
     pub log_lines: Vec<String>,
     pub read_set: nimbus_engine::ReadSet,
+}
+
+/// Resolves a function in the deployment of `snapshot`; a failure comes with the
+/// snapshot's timestamp.
+fn resolve_at(
+    snapshot: Arc<Snapshot>,
+    path: &str,
+    kind: Option<FunctionKind>,
+    caller: Caller,
+) -> Result<Resolved, (FunctionFailure, u64)> {
+    let deployment = deployment_of(&snapshot);
+    match resolve(&deployment, path, kind, caller) {
+        Ok((function, name)) => Ok(Resolved {
+            snapshot,
+            deployment,
+            function,
+            name,
+        }),
+        Err(failure) => Err((failure, snapshot.ts.0)),
+    }
 }
 
 /// Finds a callable function: it exists, the caller may call it, and it is of the kind the

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use nimbus_engine::TenantEngine;
+use nimbus_engine::{EngineError, StoreOpener, TenantEngine};
 use nimbus_runtime::JsPool;
 use nimbus_storage::{StorageBackend, StorageError};
 use nimbus_storage_sqlite::{SqliteBackend, SqliteConfig};
@@ -37,6 +37,14 @@ pub struct TenantInfo {
 /// A tenant's place in the active map: empty while the tenant is being activated.
 type Slot = Arc<OnceCell<Arc<Tenant>>>;
 
+#[derive(Default)]
+struct ActiveTenants {
+    slots: HashMap<String, Slot>,
+    /// Names whose deletion is under way: no slot may be added for them until it is done,
+    /// so an activation can never start (or finish) over a namespace being removed.
+    deleting: std::collections::HashSet<String>,
+}
+
 /// One Nimbus server instance.
 pub struct Nimbus {
     config: NimbusConfig,
@@ -45,11 +53,12 @@ pub struct Nimbus {
     catalog: TenantCatalog,
     storage: Arc<dyn StorageBackend>,
     pool: Arc<JsPool>,
-    /// Active tenants, and tenants being activated. The map's lock is held only to look up,
-    /// insert or remove a slot, never across an activation: opening one tenant (storage,
-    /// documents, code) must not stall requests to tenants that are already active. A slot's
-    /// cell makes concurrent requests to the same inactive tenant share one activation.
-    active: parking_lot::Mutex<HashMap<String, Slot>>,
+    /// Active tenants, tenants being activated, and tenants being deleted. The lock is held
+    /// only to look up, insert or remove, never across an activation: opening one tenant
+    /// (storage, documents, code) must not stall requests to tenants that are already
+    /// active. A slot's cell makes concurrent requests to the same inactive tenant share
+    /// one activation.
+    active: parking_lot::Mutex<ActiveTenants>,
     /// Permits to open a tenant (`max_concurrent_activations`).
     activations: tokio::sync::Semaphore,
     /// Logical clock for least-recently-used eviction of idle tenants.
@@ -106,7 +115,7 @@ impl Nimbus {
             catalog,
             storage,
             pool,
-            active: parking_lot::Mutex::new(HashMap::new()),
+            active: parking_lot::Mutex::new(ActiveTenants::default()),
             activations: tokio::sync::Semaphore::new(config.max_concurrent_activations.max(1)),
             clock: std::sync::atomic::AtomicU64::new(0),
             config,
@@ -214,13 +223,28 @@ impl Nimbus {
         }
     }
 
-    /// Deletes a tenant: invisible at once, then its engine is dropped and its namespace
-    /// removed as a unit.
+    /// Deletes a tenant: invisible at once; then any activation of it finishes and is
+    /// closed, its committer stops after what it already accepted (later writes fail), its
+    /// cached runtimes are dropped, and its namespace is removed as a unit.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), AppError> {
+        // First fence off new activations, then take the slot: an activation that already
+        // looked the tenant up cannot add a slot after this point.
+        let removed = {
+            let mut active = self.active.lock();
+            if !active.deleting.insert(name.to_string()) {
+                return Err(AppError::TenantNotFound(name.to_string()));
+            }
+            active.slots.remove(name)
+        };
+        let result = self.delete_fenced(name, removed).await;
+        self.active.lock().deleting.remove(name);
+        result
+    }
+
+    async fn delete_fenced(&self, name: &str, removed: Option<Slot>) -> Result<(), AppError> {
         if !self.catalog.set_deleting(name)? {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
-        let removed = self.active.lock().remove(name);
         if let Some(slot) = removed {
             // An activation in flight finishes first (the cell serializes initializers), so
             // its tenant is closed here rather than left running over a deleted namespace.
@@ -229,8 +253,10 @@ impl Nimbus {
                 .await;
             if let Ok(tenant) = activated {
                 tenant.close();
+                tenant.engine().shutdown().await;
             }
         }
+        self.pool.forget_tenant(name);
         let storage = self.storage.clone();
         let namespace = name.to_string();
         tokio::task::spawn_blocking(move || storage.delete_namespace(&namespace))
@@ -247,33 +273,42 @@ impl Nimbus {
         use std::sync::atomic::Ordering;
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         // Active, or being activated by another request: share its activation.
-        let existing = self.active.lock().get(name).cloned();
-        let slot = match existing {
-            Some(slot) => slot,
-            None => self.new_slot(name)?,
+        let existing = self.active.lock().slots.get(name).cloned();
+        let (slot, incarnation) = match existing {
+            Some(slot) => (slot, None),
+            None => {
+                let (slot, row) = self.new_slot(name)?;
+                (slot, Some(row))
+            }
         };
-        let tenant = slot.get_or_try_init(|| self.activate(name, &slot)).await?;
+        let tenant = slot
+            .get_or_try_init(|| self.activate(name, &slot, incarnation))
+            .await?;
         tenant.last_used.store(now, Ordering::Relaxed);
         Ok(tenant.clone())
     }
 
     /// The slot of a registered tenant that is not active, added to the map (making room
-    /// first), or the slot another request added meanwhile.
-    fn new_slot(&self, name: &str) -> Result<Slot, AppError> {
-        if self.catalog.get(name)?.is_none() {
+    /// first), or the slot another request added meanwhile; with the catalog row seen (the
+    /// activation checks the tenant is still that one once it is open).
+    fn new_slot(&self, name: &str) -> Result<(Slot, TenantRow), AppError> {
+        let Some(row) = self.catalog.get(name)? else {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        };
+        let mut active = self.active.lock();
+        if active.deleting.contains(name) {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
-        let mut active = self.active.lock();
-        if let Some(slot) = active.get(name) {
-            return Ok(slot.clone());
+        if let Some(slot) = active.slots.get(name) {
+            return Ok((slot.clone(), row));
         }
-        let evicted = self.make_room(&mut active, name)?;
+        let evicted = self.make_room(&mut active.slots, name)?;
         let slot = Slot::default();
-        active.insert(name.to_string(), slot.clone());
+        active.slots.insert(name.to_string(), slot.clone());
         drop(active);
         // The evicted tenant closes outside the map's lock.
         drop(evicted);
-        Ok(slot)
+        Ok((slot, row))
     }
 
     /// Keeps the active map within `max_active_tenants` before `name` is added. It frees a
@@ -320,6 +355,7 @@ impl Nimbus {
     fn slot_is_current(&self, name: &str, slot: &Slot) -> bool {
         self.active
             .lock()
+            .slots
             .get(name)
             .is_some_and(|s| Arc::ptr_eq(s, slot))
     }
@@ -327,9 +363,16 @@ impl Nimbus {
     /// Opens a tenant's storage, engine and runtime for `slot`; runs inside the slot's cell,
     /// so one activation per slot runs at a time. A failure leaves the slot empty and the
     /// next request tries afresh. A slot that left the map (the tenant was deleted) is not
-    /// activated, and a tenant opened while its slot left is closed again: deletion waits
-    /// on the cell, so it never removes a namespace under a running activation.
-    async fn activate(&self, name: &str, slot: &Slot) -> Result<Arc<Tenant>, AppError> {
+    /// activated, and a tenant opened while its slot left, or whose catalog row is no
+    /// longer the one seen before opening (deleted, or deleted and created again), is
+    /// closed again: deletion waits on the cell, so it never removes a namespace under a
+    /// running activation.
+    async fn activate(
+        &self,
+        name: &str,
+        slot: &Slot,
+        incarnation: Option<TenantRow>,
+    ) -> Result<Arc<Tenant>, AppError> {
         if !self.slot_is_current(name, slot) {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
@@ -345,8 +388,16 @@ impl Nimbus {
         let tenant = self.open_tenant(name).await;
         drop(permit);
         let tenant = tenant?;
-        if !self.slot_is_current(name, slot) {
+        let same_tenant = match (self.catalog.get(name)?, incarnation) {
+            (Some(now), Some(seen)) => {
+                now.created_at_ms == seen.created_at_ms && now.key_hash == seen.key_hash
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !same_tenant || !self.slot_is_current(name, slot) {
             tenant.close();
+            tenant.engine().shutdown().await;
             return Err(AppError::TenantNotFound(name.to_string()));
         }
         Ok(tenant)
@@ -355,14 +406,24 @@ impl Nimbus {
     async fn open_tenant(&self, name: &str) -> Result<Arc<Tenant>, AppError> {
         let storage = self.storage.clone();
         let namespace = name.to_string();
-        let store = tokio::task::spawn_blocking(move || storage.open_namespace(&namespace))
-            .await
-            .map_err(|e| AppError::Internal(format!("open task: {e}")))?
-            .map_err(|e| storage_error("opening the tenant's storage", e))?;
-        let engine = TenantEngine::open(name, store, self.config.engine.clone())
-            .await
-            .map_err(|e| AppError::from_engine(name, e))?;
-        Tenant::activate(name, engine, self.pool.clone(), &self.config).await
+        let opener: StoreOpener = Arc::new(move || storage.open_namespace(&namespace));
+        let engine = TenantEngine::open(
+            name,
+            opener,
+            self.config.engine.clone(),
+            crate::tenant::deployment_codec(),
+        )
+        .await
+        .map_err(|e| match e {
+            EngineError::Storage(e) => storage_error("opening the tenant's storage", e),
+            other => AppError::from_engine(name, other),
+        })?;
+        Ok(Tenant::activate(
+            name,
+            engine,
+            self.pool.clone(),
+            &self.config,
+        ))
     }
 
     /// Checks a tenant admin key (`<tenant>|<secret>`) for `tenant`.
@@ -396,7 +457,13 @@ impl Nimbus {
 
     /// Drops every active tenant; committers finish what is queued.
     pub async fn shutdown(&self) {
-        let slots: Vec<Slot> = self.active.lock().drain().map(|(_, slot)| slot).collect();
+        let slots: Vec<Slot> = self
+            .active
+            .lock()
+            .slots
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
         for tenant in slots.iter().filter_map(|slot| slot.get()) {
             tenant.close();
         }
@@ -406,6 +473,7 @@ impl Nimbus {
     pub async fn active_tenants(&self) -> Vec<String> {
         self.active
             .lock()
+            .slots
             .iter()
             .filter(|(_, slot)| slot.initialized())
             .map(|(name, _)| name.clone())

@@ -123,7 +123,8 @@ struct SessionState {
 #[derive(Default)]
 struct Registry {
     published_ts: u64,
-    generation: u64,
+    /// The code the live results were computed with; new code re-runs every query.
+    code: nimbus_runtime::CodeId,
     queries: HashMap<Token, LiveQuery>,
     by_key: HashMap<QueryKey, Token>,
     ranges: RangeIndex<Token>,
@@ -202,11 +203,6 @@ impl LiveQueries {
             published_ts: registry.published_ts,
         }
     }
-
-    /// New code was deployed: every live query re-runs.
-    pub(crate) fn code_changed(&self) {
-        self.wake.notify_one();
-    }
 }
 
 impl Tenant {
@@ -220,7 +216,7 @@ impl Tenant {
             {
                 let mut registry = live.registry.lock();
                 registry.published_ts = start.ts.0;
-                registry.generation = self.deployment().generation;
+                registry.code = crate::tenant::deployment_of(&start).code_id;
             }
             live.published.send_replace(start.ts.0);
             tokio::spawn(run_registry(
@@ -519,11 +515,11 @@ async fn round(
     snapshot: Arc<Snapshot>,
     changes: Changes,
 ) {
-    let generation = tenant.deployment().generation;
+    let code = crate::tenant::deployment_of(&snapshot).code_id;
     let dirty: Vec<(Token, String, Value, Caller)> = {
         let mut registry = live.registry.lock();
         let mut dirty: HashSet<Token> = std::mem::take(&mut registry.unevaluated);
-        if changes.everything || registry.generation != generation {
+        if changes.everything || registry.code != code {
             dirty.extend(registry.queries.keys().copied());
         } else {
             for (index, key) in &changes.keys {
@@ -532,7 +528,7 @@ async fn round(
                 });
             }
         }
-        registry.generation = generation;
+        registry.code = code;
         dirty
             .into_iter()
             .filter_map(|token| {

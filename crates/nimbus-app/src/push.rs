@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nimbus_engine::{DeployRequest, Snapshot};
-use nimbus_runtime::{analyze_modules, evaluate_schema, ModuleSet, RuntimeLimits, Visibility};
+use nimbus_runtime::{
+    analyze_modules, evaluate_schema, CodeId, ModuleSet, RuntimeLimits, Visibility,
+};
 use nimbus_types::schema::Schema;
 use nimbus_types::{Object, Value};
 
@@ -110,9 +112,9 @@ impl Tenant {
     pub async fn start_push(&self, request: PushRequest) -> Result<StagedPush, AppError> {
         let current = self.deployment();
         let modules = assemble_modules(&current, request.modules, &request.unchanged)?;
-        let generation = current.generation + 1;
         let module_set = ModuleSet {
-            generation,
+            // Analysis runs in a runtime of its own, outside the pool's cache.
+            code_id: CodeId::NONE,
             modules: Arc::new(
                 modules
                     .iter()
@@ -150,15 +152,17 @@ impl Tenant {
                 returns_json: f.returns_json,
             })
             .collect();
+        // Generation and code identity are given when the push is activated.
         let deployment = Deployment::build(
-            generation,
+            0,
+            CodeId::NONE,
             modules,
             functions.clone(),
             schema_json.clone(),
             analysis.crons_json.clone(),
         )?;
         let index_changes = index_changes(&self.engine().snapshot(), deployment.schema.as_deref());
-        let token = format!("push-{}-{:016x}", generation, rand::random::<u64>());
+        let token = format!("push-{:032x}", rand::random::<u128>());
         if !request.dry_run {
             self.staged.lock().insert(
                 token.clone(),
@@ -197,13 +201,18 @@ impl Tenant {
         )
     }
 
-    /// Activates a staged push: code, schema and indexes switch in one commit. The
-    /// schema check runs again inside the committer, so no write can slip in between.
+    /// Activates a staged push: code, schema and indexes switch in one commit, which also
+    /// publishes the new deployment with its snapshot (a call always runs the code of the
+    /// snapshot it reads, and a mutation begun under older code conflicts and re-runs under
+    /// the new one). The schema check runs again inside the committer, so no write can slip
+    /// in between.
     pub async fn finish_push(&self, token: &str, dry_run: bool) -> Result<(), AppError> {
         let staged = self.staged_push(token)?;
         if dry_run {
             return Ok(());
         }
+        let _one_at_a_time = self.activation_lock.lock().await;
+        let staged = Arc::new(staged.activated(&self.deployment()));
         let mut indexes: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
         if let Some(schema) = &staged.schema {
             for (table, definition) in &schema.tables {
@@ -221,17 +230,18 @@ impl Tenant {
                 Some(schema) => validate_documents(schema, snapshot).map_err(|(error, _)| error),
                 None => Ok(()),
             })),
+            deployment: Some(staged.clone()),
         };
         match self.engine().deploy(request).await {
             Ok(outcome) => {
                 tracing::info!(
                     tenant = self.name(),
                     generation = staged.generation,
+                    code_id = %staged.code_id,
                     added = ?outcome.added_indexes,
                     removed = ?outcome.removed_indexes,
                     "push activated"
                 );
-                self.set_deployment(staged);
                 self.staged.lock().entries.remove(token);
                 Ok(())
             }

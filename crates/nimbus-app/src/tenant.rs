@@ -3,9 +3,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use nimbus_engine::{DeploymentCodec, DeploymentHandle, Snapshot};
 use nimbus_engine::{EngineStats, TenantEngine};
 use nimbus_runtime::JsPool;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::NimbusConfig;
@@ -13,13 +14,41 @@ use crate::deployment::{Deployment, ModuleHash, DEPLOYMENT_GLOBAL};
 use crate::error::AppError;
 use crate::push::StagedPushes;
 
+/// The deployment a snapshot carries (every snapshot of a tenant engine carries one).
+pub(crate) fn deployment_of(snapshot: &Snapshot) -> Arc<Deployment> {
+    match snapshot.deployment.clone().downcast::<Deployment>() {
+        Ok(deployment) => deployment,
+        Err(_) => {
+            // Only an engine opened without the app's codec could get here.
+            tracing::error!("a snapshot carries no deployment; serving no functions");
+            Arc::new(Deployment::empty())
+        }
+    }
+}
+
+/// How a tenant's engine stores and decodes its deployment.
+pub(crate) fn deployment_codec() -> DeploymentCodec {
+    DeploymentCodec {
+        global: DEPLOYMENT_GLOBAL.to_string(),
+        decode: Arc::new(|bytes| {
+            let deployment = match bytes {
+                Some(bytes) => Deployment::from_bytes(bytes).map_err(|e| e.to_string())?,
+                None => Deployment::empty(),
+            };
+            Ok(Arc::new(deployment) as DeploymentHandle)
+        }),
+    }
+}
+
 /// One tenant, active in this process.
 pub struct Tenant {
     name: Arc<str>,
     engine: Arc<TenantEngine>,
     pool: Arc<JsPool>,
-    deployment: RwLock<Arc<Deployment>>,
     pub(crate) staged: Mutex<StagedPushes>,
+    /// Held while a push is activated, so pushes activate one at a time, each on top of the
+    /// one before (generations and the deployment they replace stay in order).
+    pub(crate) activation_lock: tokio::sync::Mutex<()>,
     /// Calls admitted (running or waiting for a worker); bounded per tenant.
     inflight: Arc<Semaphore>,
     inflight_max: usize,
@@ -52,31 +81,23 @@ pub struct TenantStats {
     pub deployment_generation: u64,
     pub functions: usize,
     pub cached_queries: usize,
+    pub cached_query_bytes: usize,
     pub live: crate::live::LiveStats,
 }
 
 impl Tenant {
-    pub(crate) async fn activate(
+    pub(crate) fn activate(
         name: &str,
         engine: Arc<TenantEngine>,
         pool: Arc<JsPool>,
         config: &NimbusConfig,
-    ) -> Result<Arc<Tenant>, AppError> {
-        let loader = engine.clone();
-        let stored = tokio::task::spawn_blocking(move || loader.get_global(DEPLOYMENT_GLOBAL))
-            .await
-            .map_err(|e| AppError::Internal(format!("loading deployment: {e}")))?
-            .map_err(|e| AppError::from_engine(name, e))?;
-        let deployment = match stored {
-            Some(bytes) => Deployment::from_bytes(&bytes)?,
-            None => Deployment::empty(),
-        };
-        Ok(Arc::new(Tenant {
+    ) -> Arc<Tenant> {
+        Arc::new(Tenant {
             name: Arc::from(name),
             engine,
             pool,
-            deployment: RwLock::new(Arc::new(deployment)),
             staged: Mutex::new(StagedPushes::default()),
+            activation_lock: tokio::sync::Mutex::new(()),
             inflight: Arc::new(Semaphore::new(config.max_inflight_per_tenant.max(1))),
             inflight_max: config.max_inflight_per_tenant.max(1),
             running: Arc::new(Semaphore::new(config.max_running_per_tenant.max(1))),
@@ -84,6 +105,7 @@ impl Tenant {
             retry_lock: tokio::sync::Mutex::new(()),
             query_cache: Mutex::new(crate::query_cache::QueryCache::new(
                 config.query_cache_entries,
+                config.query_cache_max_bytes,
                 config.query_cache_max_result_bytes,
             )),
             rejected: AtomicU64::new(0),
@@ -95,7 +117,7 @@ impl Tenant {
             closed: tokio::sync::watch::channel(false).0,
             disconnect: tokio::sync::watch::channel(0).0,
             config: config.clone(),
-        }))
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -122,13 +144,10 @@ impl Tenant {
         &self.retry_lock
     }
 
+    /// The deployment of the latest snapshot. A call runs the deployment of the snapshot it
+    /// reads ([`deployment_of`]), not this one, which may be newer by then.
     pub(crate) fn deployment(&self) -> Arc<Deployment> {
-        self.deployment.read().clone()
-    }
-
-    pub(crate) fn set_deployment(&self, deployment: Arc<Deployment>) {
-        *self.deployment.write() = deployment;
-        self.live.code_changed();
+        deployment_of(&self.engine.snapshot())
     }
 
     pub(crate) fn live(&self) -> &Arc<crate::live::LiveQueries> {
@@ -201,6 +220,10 @@ impl Tenant {
 
     pub fn stats(&self) -> TenantStats {
         let deployment = self.deployment();
+        let (cached_queries, cached_query_bytes) = {
+            let cache = self.query_cache.lock();
+            (cache.len(), cache.bytes())
+        };
         TenantStats {
             engine: self.engine.stats(),
             inflight_calls: self.inflight_max - self.inflight.available_permits(),
@@ -208,7 +231,8 @@ impl Tenant {
             rejected_calls: self.rejected.load(Ordering::Relaxed),
             deployment_generation: deployment.generation,
             functions: deployment.functions.len(),
-            cached_queries: self.query_cache.lock().len(),
+            cached_queries,
+            cached_query_bytes,
             live: self.live.stats(),
         }
     }

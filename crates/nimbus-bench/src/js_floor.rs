@@ -147,7 +147,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
     let mut modules = modules_of_push_request(push_request)?;
     modules.insert("direct.js".to_string(), DIRECT.to_string());
     let modules = ModuleSet {
-        generation: 1,
+        code_id: nimbus_runtime::CodeId(1),
         modules: Arc::new(modules),
         env: Arc::new(BTreeMap::new()),
     };

@@ -30,13 +30,17 @@ use crate::write_log::WriteLog;
 /// Checks run by the committer against the latest snapshot before a deploy applies.
 pub type DeployCheck = Box<dyn FnOnce(&Snapshot) -> Result<(), String> + Send>;
 
-/// A schema/code change: the wanted user indexes per table, globals to write, and a
-/// check of existing documents. Applied atomically with respect to every mutation.
+/// A schema/code change: the wanted user indexes per table, globals to write, a check of
+/// existing documents, and the deployment the new snapshot carries. Applied atomically with
+/// respect to every mutation: it is committed alone, never in a group with other writes.
 pub struct DeployRequest {
     /// Table → index name → declared fields.
     pub indexes: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub globals: Vec<(String, Option<Vec<u8>>)>,
     pub check: Option<DeployCheck>,
+    /// Published with the snapshot of this deploy's commit (see
+    /// [`crate::DeploymentHandle`]); `None` keeps the current one.
+    pub deployment: Option<crate::DeploymentHandle>,
 }
 
 /// What a deploy changed.
@@ -61,6 +65,20 @@ pub(crate) enum CommitterMessage {
         globals: Vec<(String, Option<Vec<u8>>)>,
         reply: oneshot::Sender<Result<Timestamp, EngineError>>,
     },
+    /// Stop after everything queued before it; see [`crate::TenantEngine::shutdown`].
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+impl CommitterMessage {
+    /// Messages committed alone, in a group of their own: a deploy reads the whole state
+    /// (backfills, schema checks), which for a tenant served from storage is only true
+    /// once the writes before it are durable; and a shutdown must follow them.
+    fn is_barrier(&self) -> bool {
+        matches!(
+            self,
+            CommitterMessage::Deploy { .. } | CommitterMessage::Shutdown { .. }
+        )
+    }
 }
 
 /// Committed change notification (for live queries and diagnostics).
@@ -114,7 +132,7 @@ impl RecentSnapshots {
 }
 
 pub(crate) struct CommitterState {
-    pub store: Arc<dyn TenantStore>,
+    pub store: Arc<RwLock<Arc<dyn TenantStore>>>,
     pub published: Arc<RwLock<Arc<Snapshot>>>,
     pub write_log: Arc<parking_lot::Mutex<WriteLog>>,
     pub max_batch: usize,
@@ -138,16 +156,37 @@ enum Reply {
 pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, state: CommitterState) {
     let mut poisoned: Option<String> = None;
     let mut batch = Vec::with_capacity(state.max_batch);
+    // A barrier taken from the queue while a group was being formed: it starts the next.
+    let mut carried: Option<CommitterMessage> = None;
     loop {
         batch.clear();
-        let Some(first) = rx.recv().await else { break };
+        let first = match carried.take() {
+            Some(message) => message,
+            None => match rx.recv().await {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        if let CommitterMessage::Shutdown { reply } = first {
+            let _ = reply.send(());
+            break;
+        }
+        let alone = first.is_barrier();
         batch.push(first);
-        while batch.len() < state.max_batch {
+        while !alone && batch.len() < state.max_batch {
             match rx.try_recv() {
+                Ok(message) if message.is_barrier() => {
+                    carried = Some(message);
+                    break;
+                }
                 Ok(message) => batch.push(message),
                 Err(_) => break,
             }
         }
+        debug_assert!(
+            batch.len() == 1 || !batch.iter().any(CommitterMessage::is_barrier),
+            "a barrier shares its group"
+        );
         if let Some(reason) = &poisoned {
             for message in batch.drain(..) {
                 refuse(message, EngineError::Poisoned(reason.clone()));
@@ -167,6 +206,9 @@ fn refuse(message: CommitterMessage, error: EngineError) {
         }
         CommitterMessage::Deploy { reply, .. } => {
             let _ = reply.send(Err(error));
+        }
+        CommitterMessage::Shutdown { reply } => {
+            let _ = reply.send(());
         }
     }
 }
@@ -232,6 +274,10 @@ async fn process_batch(
                 storage.globals.extend(globals);
                 replies.push(Reply::Commit(reply));
             }
+            CommitterMessage::Shutdown { reply } => {
+                // Only ever first in a group, where `run` takes it.
+                let _ = reply.send(());
+            }
             CommitterMessage::Deploy { request, reply } => {
                 match apply_deploy(request, &mut working, &mut storage) {
                     Ok(outcome) => {
@@ -254,7 +300,7 @@ async fn process_batch(
         if !working.is_resident() && !pre_images.is_empty() {
             state.undo.append(std::mem::take(&mut pre_images));
         }
-        let store = state.store.clone();
+        let store = state.store.read().clone();
         let started = std::time::Instant::now();
         let write =
             tokio::task::spawn_blocking(move || store.write(&storage).map(|()| storage)).await;
@@ -286,7 +332,7 @@ async fn process_batch(
             budget = state.memory_budget,
             "tenant outgrew its memory budget; serving it from storage from now on"
         );
-        working = working.into_paged(state.store.clone(), state.undo.clone());
+        working = working.into_paged(state.store.read().clone(), state.undo.clone());
     }
     let keys = Arc::new(touched);
     state
@@ -440,5 +486,8 @@ fn apply_deploy(
         .push((CATALOG_GLOBAL.to_string(), Some(catalog.to_bytes()?)));
     storage.globals.extend(request.globals);
     working.set_catalog(Arc::new(catalog));
+    if let Some(deployment) = request.deployment {
+        working.deployment = deployment;
+    }
     Ok(outcome)
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nimbus_storage::{TenantStore, WriteBatch};
+use nimbus_storage::{StorageError, TenantStore, WriteBatch};
 use nimbus_types::{IdCodec, Timestamp};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -70,11 +70,42 @@ impl Default for EngineConfig {
     }
 }
 
-/// One tenant's engine. Cheap to share (`Arc`); dropping the last handle stops the
-/// committer after it finishes the requests already queued.
+/// What the layer above deploys (code, schema, function table): opaque to the engine, and
+/// published with every snapshot, so a transaction always runs the code that belongs to the
+/// catalog it reads, and a deploy switches code, schema and indexes in one step.
+pub type DeploymentHandle = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Opens the tenant's storage namespace: at start, and again to recover after a storage
+/// failure.
+pub type StoreOpener = Arc<dyn Fn() -> Result<Arc<dyn TenantStore>, StorageError> + Send + Sync>;
+
+/// Decodes the stored deployment (`None`: the tenant never deployed).
+pub type DeploymentDecoder =
+    Arc<dyn Fn(Option<&[u8]>) -> Result<DeploymentHandle, String> + Send + Sync>;
+
+/// How the deployment is stored: the global holding it, and how to decode it.
+#[derive(Clone)]
+pub struct DeploymentCodec {
+    pub global: String,
+    pub decode: DeploymentDecoder,
+}
+
+impl DeploymentCodec {
+    /// A codec for engines without deployments (tests, tools): every snapshot carries `()`.
+    pub fn none() -> DeploymentCodec {
+        DeploymentCodec {
+            global: "deployment".to_string(),
+            decode: Arc::new(|_| Ok(Arc::new(()) as DeploymentHandle)),
+        }
+    }
+}
+
+/// One tenant's engine. Cheap to share (`Arc`); [`TenantEngine::shutdown`] stops the
+/// committer after it finishes the requests already queued (dropping the last handle does
+/// the same, without waiting).
 pub struct TenantEngine {
     name: String,
-    store: Arc<dyn TenantStore>,
+    store: Arc<RwLock<Arc<dyn TenantStore>>>,
     published: Arc<RwLock<Arc<Snapshot>>>,
     sender: mpsc::Sender<CommitterMessage>,
     ts_receiver: watch::Receiver<Timestamp>,
@@ -87,20 +118,26 @@ pub struct TenantEngine {
 }
 
 impl TenantEngine {
-    /// Loads the tenant from storage and starts its committer. Blocking I/O runs on the
-    /// blocking pool.
+    /// Opens the tenant's storage, loads it and starts its committer. Blocking I/O runs on
+    /// the blocking pool.
     pub async fn open(
         name: &str,
-        store: Arc<dyn TenantStore>,
+        opener: StoreOpener,
         config: EngineConfig,
+        codec: DeploymentCodec,
     ) -> Result<Arc<TenantEngine>, EngineError> {
-        let loader_store = store.clone();
+        let loader_opener = opener.clone();
         let budget = config.memory_budget_bytes;
         let undo_config = (config.undo_log_entries, config.undo_log_age);
-        let (snapshot, cursor_secret, undo) =
-            tokio::task::spawn_blocking(move || load(loader_store, budget, undo_config))
-                .await
-                .map_err(|e| EngineError::User(format!("loading failed: {e}")))??;
+        let loader_codec = codec.clone();
+        let (store, snapshot, cursor_secret, undo) = tokio::task::spawn_blocking(move || {
+            let store = loader_opener()?;
+            let (snapshot, secret, undo) = load(store.clone(), budget, undo_config, &loader_codec)?;
+            Ok::<_, EngineError>((store, snapshot, secret, undo))
+        })
+        .await
+        .map_err(|e| EngineError::User(format!("loading failed: {e}")))??;
+        let store = Arc::new(RwLock::new(store));
         let start_ts = snapshot.ts;
         let snapshot = Arc::new(snapshot);
         let recent = Arc::new(Mutex::new(crate::committer::RecentSnapshots::new(
@@ -245,7 +282,25 @@ impl TenantEngine {
 
     /// Reads a global from storage (blocking; call from a blocking context or rarely).
     pub fn get_global(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.store.get_global(name)?)
+        let store = self.store.read().clone();
+        Ok(store.get_global(name)?)
+    }
+
+    /// Stops the committer once the requests queued before this call are done (their
+    /// callers are answered as usual), and waits for it. Later commits fail with
+    /// [`EngineError::ShutDown`]. Used before a tenant's storage is deleted, so nothing can
+    /// be acknowledged into a namespace that is going away.
+    pub async fn shutdown(&self) {
+        let (reply, answer) = oneshot::channel();
+        // Waits for room in the queue: the shutdown must get in line even when it is full.
+        if self
+            .sender
+            .send(CommitterMessage::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
     }
 
     /// Counters and gauges.
@@ -279,11 +334,12 @@ impl TenantEngine {
     }
 }
 
-/// Reads the catalog, and every document if they fit the memory budget.
+/// Reads the catalog and the deployment, and every document if they fit the memory budget.
 fn load(
     store: Arc<dyn TenantStore>,
     budget: usize,
     (undo_entries, undo_age): (usize, Duration),
+    codec: &DeploymentCodec,
 ) -> Result<(Snapshot, [u8; 32], Arc<UndoLog>), EngineError> {
     let (salt, cursor_secret) = match store.get_global(SECRETS_GLOBAL)? {
         Some(bytes) if bytes.len() == 34 => {
@@ -327,6 +383,13 @@ fn load(
     let tables: Vec<_> = catalog.tables().map(|t| t.number).collect();
     let catalog = Arc::new(catalog);
     snapshot.set_catalog(catalog.clone());
+    let stored_deployment = store.get_global(&codec.global)?;
+    snapshot.deployment = (codec.decode)(stored_deployment.as_deref()).map_err(|detail| {
+        EngineError::Storage(nimbus_storage::StorageError::Corrupted {
+            namespace: String::new(),
+            detail: format!("the stored deployment cannot be read: {detail}"),
+        })
+    })?;
     let stats = store.stats()?;
     // Stored bodies are JSON text; in memory a document with its index entries takes
     // about as much again, so compare twice the stored size with the budget.
@@ -337,13 +400,14 @@ fn load(
             budget,
             "tenant is larger than its memory budget; serving it from storage"
         );
-        let paged = Snapshot::paged(
+        let mut paged = Snapshot::paged(
             max_ts,
             catalog,
             snapshot.id_codec,
             store.clone(),
             undo.clone(),
         );
+        paged.deployment = snapshot.deployment.clone();
         return Ok((paged, cursor_secret, undo));
     }
     let mut failure: Option<EngineError> = None;

@@ -25,7 +25,7 @@ mod undo_log;
 mod write_log;
 
 pub use committer::{CommitNotice, DeployCheck, DeployOutcome, DeployRequest};
-pub use engine::{EngineConfig, TenantEngine};
+pub use engine::{DeploymentCodec, DeploymentHandle, EngineConfig, StoreOpener, TenantEngine};
 pub use error::{EngineError, ErrorClass};
 pub use metrics::EngineStats;
 pub use range_index::{RangeHandle, RangeIndex};

@@ -58,6 +58,9 @@ pub struct Snapshot {
     pub ts: Timestamp,
     pub catalog: Arc<Catalog>,
     pub id_codec: IdCodec,
+    /// The deployment (code, schema) in force at `ts`: it changes only in the commit that
+    /// changes the catalog for it (see [`crate::DeploymentHandle`]).
+    pub deployment: crate::DeploymentHandle,
     source: Source,
 }
 
@@ -67,6 +70,7 @@ impl Snapshot {
             ts: Timestamp::ZERO,
             catalog: Arc::new(Catalog::default()),
             id_codec,
+            deployment: Arc::new(()),
             source: Source::Resident(Resident {
                 docs: PHashMap::new(),
                 indexes: PHashMap::new(),
@@ -86,6 +90,7 @@ impl Snapshot {
             ts,
             catalog,
             id_codec,
+            deployment: Arc::new(()),
             source: Source::Paged(Paged { store, undo }),
         }
     }
@@ -413,7 +418,9 @@ impl Snapshot {
 
     /// Switches to paged serving (the tenant outgrew its memory budget).
     pub(crate) fn into_paged(self, store: Arc<dyn TenantStore>, undo: Arc<UndoLog>) -> Snapshot {
-        Snapshot::paged(self.ts, self.catalog, self.id_codec, store, undo)
+        let mut paged = Snapshot::paged(self.ts, self.catalog, self.id_codec, store, undo);
+        paged.deployment = self.deployment;
+        paged
     }
 }
 

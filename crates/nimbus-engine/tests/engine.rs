@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nimbus_engine::{DeployRequest, EngineConfig, EngineError, TenantEngine};
+use nimbus_engine::{
+    DeployRequest, DeploymentCodec, EngineConfig, EngineError, StoreOpener, TenantEngine,
+};
 use nimbus_storage::StorageBackend;
 use nimbus_storage_sqlite::{SqliteBackend, SqliteConfig};
 use nimbus_types::query::SerializedQuery;
@@ -25,10 +27,10 @@ async fn open(backend: &SqliteBackend, name: &str, config: EngineConfig) -> Arc<
             .create_namespace(name)
             .unwrap_or_else(|e| panic!("create: {e}"));
     }
-    let store = backend
-        .open_namespace(name)
-        .unwrap_or_else(|e| panic!("open: {e}"));
-    TenantEngine::open(name, store, config)
+    let backend = backend.clone();
+    let namespace = name.to_string();
+    let opener: StoreOpener = Arc::new(move || backend.open_namespace(&namespace));
+    TenantEngine::open(name, opener, config, DeploymentCodec::none())
         .await
         .unwrap_or_else(|e| panic!("engine: {e}"))
 }
@@ -57,6 +59,7 @@ async fn deploy_index(engine: &TenantEngine, table: &str, index: &str, fields: &
             indexes,
             globals: vec![],
             check: None,
+            deployment: None,
         })
         .await
         .unwrap_or_else(|e| panic!("deploy: {e}"));

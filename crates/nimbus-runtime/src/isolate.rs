@@ -29,7 +29,7 @@ type EntryResult = (
     Duration,
 );
 
-/// A tenant's runtime at one code generation. Lives on one worker thread.
+/// A tenant's runtime for one push's code ([`crate::CodeId`]). Lives on one worker thread.
 pub(crate) struct Isolate {
     // Field order matters: the context must drop before its runtime.
     context: Context,
@@ -453,7 +453,7 @@ pub fn evaluate_schema(
     let mut map = BTreeMap::new();
     map.insert("schema.js".to_string(), schema_source.to_string());
     let modules = ModuleSet {
-        generation: 0,
+        code_id: crate::CodeId::NONE,
         modules: Arc::new(map),
         env: Arc::new(BTreeMap::new()),
     };

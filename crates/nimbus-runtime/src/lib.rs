@@ -1,8 +1,9 @@
 //! Runs tenants' Convex functions in QuickJS (via `rquickjs`), in-process.
 //!
 //! - [`JsPool`]: a fixed set of worker threads fed by one bounded job queue. Each worker
-//!   caches one QuickJS runtime+context per (tenant, code generation) in a bounded LRU,
-//!   so a tenant's code never shares a runtime or context with another tenant's.
+//!   caches one QuickJS runtime+context per (tenant, [`CodeId`]) in a bounded LRU, so a
+//!   tenant's code never shares a runtime or context with another tenant's, and a runtime
+//!   built from one push never runs another push's code.
 //! - Every call has a CPU-time limit (the interrupt handler stops the interpreter at the
 //!   deadline) and a memory limit (the runtime's allocator limit); a call that exceeds
 //!   either fails with [`FunctionError::Timeout`] / [`FunctionError::OutOfMemory`], its
@@ -81,11 +82,34 @@ pub fn default_workers_per_tenant(workers: usize) -> usize {
     (workers / 2).max(2).min(workers.max(1))
 }
 
+/// Identifies one activated push of one tenant: random, allocated when the push is
+/// activated, never reused (not by the same tenant, not by a tenant deleted and created
+/// again under the same name). Cached runtimes are found by it, so a runtime is only ever
+/// used for the exact code it was built from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CodeId(pub u128);
+
+impl CodeId {
+    /// A fresh identity (128 random bits).
+    pub fn random() -> CodeId {
+        CodeId(rand::random())
+    }
+
+    /// The identity of "no code pushed yet"; no push ever gets it.
+    pub const NONE: CodeId = CodeId(0);
+}
+
+impl std::fmt::Display for CodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// The code of one tenant at one push.
 #[derive(Debug, Clone)]
 pub struct ModuleSet {
-    /// Changes on every push, so cached runtimes of older code are never used.
-    pub generation: u64,
+    /// Which push this is (see [`CodeId`]).
+    pub code_id: CodeId,
     /// `"orders.js"`, `"_deps/ABC.js"` → ES module source.
     pub modules: Arc<BTreeMap<String, String>>,
     /// `process.env`.

@@ -7,7 +7,7 @@ use rquickjs::loader::{ImportAttributes, Loader, Resolver};
 use rquickjs::module::Declared;
 use rquickjs::{Ctx, Error, Module, Result};
 
-/// Resolves and loads modules of one tenant's code generation.
+/// Resolves and loads the modules of one tenant's push.
 pub(crate) struct ModuleMap {
     pub modules: Arc<BTreeMap<String, String>>,
 }

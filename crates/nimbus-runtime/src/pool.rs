@@ -9,7 +9,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::isolate::{downcast_host, Isolate};
 use crate::{
-    FunctionError, Invocation, Outcome, PoolConfig, PoolError, RuntimeError, RuntimeLimits,
+    CodeId, FunctionError, Invocation, Outcome, PoolConfig, PoolError, RuntimeError, RuntimeLimits,
     SyscallHost,
 };
 
@@ -46,7 +46,7 @@ pub struct JsPool {
 
 struct Cached {
     tenant: Arc<str>,
-    generation: u64,
+    code_id: CodeId,
     isolate: Isolate,
     last_used: u64,
 }
@@ -81,13 +81,12 @@ impl WorkerState {
         host: Box<dyn SyscallHost>,
     ) -> (Box<dyn SyscallHost>, Outcome) {
         self.clock += 1;
-        // Drop this tenant's isolates of older code.
+        // Drop this tenant's isolates of other code (an older push, or a deleted tenant of
+        // the same name). Only the code identity finds an isolate: names are reused.
+        let code_id = inv.modules.code_id;
         self.cache
-            .retain(|c| !(c.tenant == inv.tenant && c.generation != inv.modules.generation));
-        let position = self
-            .cache
-            .iter()
-            .position(|c| c.tenant == inv.tenant && c.generation == inv.modules.generation);
+            .retain(|c| !(c.tenant == inv.tenant && c.code_id != code_id));
+        let position = self.cache.iter().position(|c| c.code_id == code_id);
         let index = match position {
             Some(index) => index,
             None => {
@@ -117,7 +116,7 @@ impl WorkerState {
                 }
                 self.cache.push(Cached {
                     tenant: inv.tenant.clone(),
-                    generation: inv.modules.generation,
+                    code_id,
                     isolate,
                     last_used: 0,
                 });
@@ -191,6 +190,44 @@ impl JsPool {
             workers_per_tenant: config.workers_per_tenant.clamp(1, workers),
             threads,
         })
+    }
+
+    /// Drops every cached isolate of `tenant` (it was deleted). Each worker drops them
+    /// before its next call; a worker whose queue is full drops them when a call of the
+    /// tenant's name reaches it (isolates of other code are dropped then) or when its LRU
+    /// evicts them. Either way a cached isolate is only ever used for the exact code it was
+    /// built from ([`CodeId`]), so this frees memory; it is not what keeps tenants apart.
+    pub fn forget_tenant(&self, tenant: &str) {
+        let tenant: Arc<str> = Arc::from(tenant);
+        for (w, sender) in self.senders.iter().enumerate() {
+            let tenant = tenant.clone();
+            self.load[w].fetch_add(1, Ordering::AcqRel);
+            let job: Job = Box::new(move |state: &mut WorkerState| {
+                state.cache.retain(|c| c.tenant != tenant);
+            });
+            if sender.try_send(job).is_err() {
+                self.load[w].fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Isolates cached on all workers for `tenant` (waits for each worker to answer).
+    pub async fn cached_isolates(&self, tenant: &str) -> Result<usize, PoolError> {
+        let mut total = 0;
+        for (w, sender) in self.senders.iter().enumerate() {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let tenant: Arc<str> = Arc::from(tenant);
+            self.load[w].fetch_add(1, Ordering::AcqRel);
+            let job: Job = Box::new(move |state: &mut WorkerState| {
+                let _ = reply.send(state.cache.iter().filter(|c| c.tenant == tenant).count());
+            });
+            if sender.try_send(job).is_err() {
+                self.load[w].fetch_sub(1, Ordering::AcqRel);
+                return Err(PoolError::QueueFull(self.per_worker));
+            }
+            total += answer.await.map_err(|_| PoolError::WorkerFailed)?;
+        }
+        Ok(total)
     }
 
     /// Number of calls waiting for a worker.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_runtime::{
-    analyze_modules, FunctionError, FunctionKind, Invocation, JsPool, ModuleSet, PoolConfig,
-    RuntimeLimits, SyscallError, SyscallHost,
+    analyze_modules, CodeId, FunctionError, FunctionKind, Invocation, JsPool, ModuleSet,
+    PoolConfig, RuntimeLimits, SyscallError, SyscallHost,
 };
 
 const APP: &str = r#"
@@ -50,7 +50,7 @@ export const internalOne = register("isMutation", async () => 1, { isPublic: und
 export const notAFunction = 5;
 "#;
 
-fn modules(generation: u64) -> ModuleSet {
+fn modules(code: u128) -> ModuleSet {
     let mut map = BTreeMap::new();
     map.insert("app.js".to_string(), APP.to_string());
     map.insert(
@@ -60,7 +60,7 @@ fn modules(generation: u64) -> ModuleSet {
     let mut env = BTreeMap::new();
     env.insert("GREETING".to_string(), "hi".to_string());
     ModuleSet {
-        generation,
+        code_id: CodeId(code),
         modules: Arc::new(map),
         env: Arc::new(env),
     }
@@ -384,4 +384,65 @@ fn analysis_lists_registered_functions() {
         .functions
         .iter()
         .all(|f| f.module_path == "app.js" && f.args_json == r#"{"type":"any"}"#));
+}
+
+/// A module set whose `version` export returns `answer`.
+fn versioned(code: u128, answer: &str) -> ModuleSet {
+    let mut map = BTreeMap::new();
+    map.insert(
+        "app.js".to_string(),
+        APP.replace(
+            "export const random",
+            &format!("export const version = register(\"isQuery\", async () => \"{answer}\");\nexport const random"),
+        ),
+    );
+    map.insert(
+        "_deps/util.js".to_string(),
+        "export const helper = () => 'from a chunk';".to_string(),
+    );
+    ModuleSet {
+        code_id: CodeId(code),
+        modules: Arc::new(map),
+        env: Arc::new(BTreeMap::new()),
+    }
+}
+
+async fn version(pool: &JsPool, tenant: &str, modules: ModuleSet) -> String {
+    let mut invocation = call(tenant, "version", FunctionKind::Query, "[{}]", 1);
+    invocation.modules = modules;
+    let (_, outcome) = pool
+        .invoke(invocation, FakeHost::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    outcome.result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The review's reproduction at the pool's level: a tenant deleted and created again under
+/// the same name pushes new code; its calls must run the new code, not a cached runtime of
+/// the old tenant (runtimes used to be found by name and a per-tenant counter that started
+/// again at the same value).
+#[tokio::test]
+async fn a_runtime_only_ever_runs_the_code_it_was_built_from() {
+    let pool = pool(1);
+    assert_eq!(version(&pool, "re", versioned(11, "v1")).await, r#""v1""#);
+    assert_eq!(version(&pool, "re", versioned(22, "v2")).await, r#""v2""#);
+    // Back to the first code: a fresh runtime of it, never the other one.
+    assert_eq!(version(&pool, "re", versioned(11, "v1")).await, r#""v1""#);
+}
+
+#[tokio::test]
+async fn forgetting_a_tenant_drops_its_runtimes() {
+    let pool = pool_with_homes(2, 2);
+    for seed in 0..4 {
+        pool.invoke(echo("gone", seed), FakeHost::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        pool.invoke(echo("stays", seed), FakeHost::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(pool.cached_isolates("gone").await.unwrap_or(0) >= 1);
+    pool.forget_tenant("gone");
+    assert_eq!(pool.cached_isolates("gone").await.ok(), Some(0));
+    assert!(pool.cached_isolates("stays").await.unwrap_or(0) >= 1);
 }

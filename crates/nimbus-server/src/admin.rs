@@ -64,6 +64,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                 "inflightCalls": stats.inflight_calls, "inflightMax": stats.inflight_max,
                 "rejectedCalls": stats.rejected_calls, "deploymentGeneration": stats.deployment_generation,
                 "functions": stats.functions, "cachedQueries": stats.cached_queries,
+                "cachedQueryBytes": stats.cached_query_bytes,
                 "live": {
                     "sessions": stats.live.sessions, "subscriptions": stats.live.subscriptions,
                     "liveQueries": stats.live.live_queries, "evaluations": stats.live.evaluations,

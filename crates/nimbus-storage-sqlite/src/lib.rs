@@ -47,6 +47,7 @@ impl Default for SqliteConfig {
 }
 
 /// Many namespaces under one root directory.
+#[derive(Clone)]
 pub struct SqliteBackend {
     dir: PathBuf,
     config: SqliteConfig,

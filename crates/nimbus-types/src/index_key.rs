@@ -138,6 +138,17 @@ impl KeyRange {
         KeyRange { start, end }
     }
 
+    /// Bytes of the bound keys (for memory accounting).
+    pub fn key_bytes(&self) -> usize {
+        [&self.start, &self.end]
+            .into_iter()
+            .map(|bound| match bound {
+                Bound::Included(k) | Bound::Excluded(k) => k.len(),
+                Bound::Unbounded => 0,
+            })
+            .sum()
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         let after_start = match &self.start {
             Bound::Unbounded => true,
