@@ -75,7 +75,7 @@ npm_ci "$REPO_ROOT/examples/pos"
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt "$OUT"/*.log "$OUT"/results.md
 WORK="$(mktemp -d)"
-export NIMBUS_ADMIN_KEY="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export NIMBUS_ADMIN_KEY="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 BASE="http://127.0.0.1:$PORT"
 SERVER=""
 DATA=""

@@ -343,10 +343,9 @@ describe("bad input on the socket", () => {
       s.connect();
       s.send({ type: "ModifyQuerySet", baseVersion: 5, newVersion: 6, modifications: [] });
     }, /out of order/],
-    ["removing a query that is not there", (s) => {
-      s.connect();
-      s.send({ type: "ModifyQuerySet", baseVersion: 0, newVersion: 1, modifications: [{ type: "Remove", queryId: 9 }] });
-    }, /not in the query set/],
+    ["a sessionId that is not 1 to 64 of [A-Za-z0-9_-]", (s) => {
+      s.send({ type: "Connect", sessionId: "not a session id!", connectionCount: 0, lastCloseReason: null, clientTs: 0 });
+    }, /^InvalidSessionId/],
   ];
   for (const [name, act, pattern] of cases) {
     test(`${name} → FatalError and close for that socket only`, async () => {

@@ -36,6 +36,11 @@ pub struct NimbusConfig {
     /// storage connections). Activating one more first closes the least recently used
     /// idle tenant; if every active tenant is busy, the activation fails with 503.
     pub max_active_tenants: usize,
+    /// Memory budget of all active tenants together, in bytes (each counted by
+    /// [`crate::Tenant::memory_bytes`]). Activating a tenant first closes idle tenants to
+    /// stay within it; when every active tenant is busy, the activation fails with 503. A
+    /// tenant opening with less room left than its own budget is served from storage.
+    pub instance_memory_bytes: usize,
     /// Tenants opened at once (storage, documents, code). Activations beyond it wait their
     /// turn, each holding its place in `max_active_tenants`, so a burst of first requests
     /// to idle tenants cannot take every core from the tenants already serving.
@@ -54,6 +59,27 @@ pub struct NimbusConfig {
     /// ID) so a client re-sending one after a reconnect gets the first run's answer
     /// instead of running it twice; the oldest is forgotten when full.
     pub live_request_dedup_entries: usize,
+}
+
+/// Half the machine's memory (from /proc/meminfo), or 4 GiB when it cannot be read.
+fn default_instance_memory() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                })
+        });
+    match total_kib {
+        Some(kib) => (kib << 10) / 2,
+        None => 4 << 30,
+    }
 }
 
 /// Half the cores, at least 2.
@@ -79,6 +105,7 @@ impl NimbusConfig {
             max_mutation_attempts: 32,
             staged_push_ttl: Duration::from_secs(600),
             max_active_tenants: 1000,
+            instance_memory_bytes: default_instance_memory(),
             max_concurrent_activations: default_concurrent_activations(),
             query_cache_entries: 1024,
             query_cache_max_bytes: 16 << 20,

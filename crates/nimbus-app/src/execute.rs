@@ -527,6 +527,13 @@ fn resolve(
     Ok((function, name))
 }
 
+/// Decodes arguments kept as convex-JSON text (by [`nimbus_types::json::encode_text`]).
+pub(crate) fn decode_args_text(text: &str) -> Result<Value, AppError> {
+    let json: Json = serde_json::from_str(text)
+        .map_err(|e| AppError::Internal(format!("stored arguments are not JSON: {e}")))?;
+    decode(&json).map_err(|e| AppError::Internal(format!("stored arguments: {e}")))
+}
+
 /// Accepts `[argsObject]` (positional form) or a bare object.
 pub fn parse_args(args: &Json) -> Result<Value, AppError> {
     let object = match args {

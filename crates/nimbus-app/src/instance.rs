@@ -65,6 +65,14 @@ pub struct Nimbus {
     clock: std::sync::atomic::AtomicU64,
 }
 
+/// What an active tenant is counted at before it holds data: its engine, committer,
+/// storage connections and their page caches, JS runtimes on its home workers, maps.
+/// An estimate; [`Tenant::memory_bytes`] adds what it holds on top.
+pub const TENANT_BASE_BYTES: usize = 4 << 20;
+
+/// Shortest instance admin key accepted (a generated one has 61 characters).
+pub const MIN_ADMIN_KEY_LEN: usize = 32;
+
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -89,18 +97,40 @@ fn storage_error(context: &str, e: StorageError) -> AppError {
 impl Nimbus {
     /// Opens (or initializes) the data directory and starts the shared JS pool.
     pub async fn open(config: NimbusConfig) -> Result<Arc<Nimbus>, AppError> {
+        let private = |path: &std::path::Path| {
+            nimbus_storage_sqlite::make_private(path).map_err(|e| {
+                AppError::Internal(format!("cannot make {} private: {e}", path.display()))
+            })
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             AppError::Internal(format!(
                 "cannot create data dir {}: {e}",
                 config.data_dir.display()
             ))
         })?;
+        private(&config.data_dir)?;
         let admin_key_path = config.data_dir.join("admin_key");
         let admin_key = match &config.admin_key {
+            Some(key) if key.len() < MIN_ADMIN_KEY_LEN => {
+                return Err(AppError::BadRequest(format!(
+                    "the instance admin key is too short: it has {} characters, it needs at \
+                     least {MIN_ADMIN_KEY_LEN} (for example 32 random hex digits)",
+                    key.len()
+                )))
+            }
             Some(key) => key.clone(),
             None => load_or_create_admin_key(&admin_key_path)?,
         };
-        let catalog = TenantCatalog::open(&config.data_dir.join("nimbus.sqlite3"))?;
+        let catalog_path = config.data_dir.join("nimbus.sqlite3");
+        nimbus_storage_sqlite::create_private_file(&catalog_path)
+            .map_err(|e| AppError::Internal(format!("creating {}: {e}", catalog_path.display())))?;
+        for file in ["nimbus.sqlite3", "nimbus.sqlite3-wal", "nimbus.sqlite3-shm"] {
+            let path = config.data_dir.join(file);
+            if path.exists() {
+                private(&path)?;
+            }
+        }
+        let catalog = TenantCatalog::open(&catalog_path)?;
         let storage: Arc<dyn StorageBackend> = Arc::new(
             SqliteBackend::new(config.data_dir.clone(), SqliteConfig::default())
                 .map_err(|e| storage_error("opening SQLite storage", e))?,
@@ -306,50 +336,92 @@ impl Nimbus {
         let slot = Slot::default();
         active.slots.insert(name.to_string(), slot.clone());
         drop(active);
-        // The evicted tenant closes outside the map's lock.
+        // Evicted tenants close outside the map's lock.
         drop(evicted);
         Ok((slot, row))
     }
 
-    /// Keeps the active map within `max_active_tenants` before `name` is added. It frees a
-    /// slot no request holds: one whose activation failed, else the least recently used
-    /// tenant nobody is using (its committer finishes what is queued, then its storage
-    /// closes). Tenants being activated count towards the bound and are never chosen.
-    /// Returns the freed slot, for the caller to drop after releasing the map's lock.
+    /// Keeps the active map within `max_active_tenants` and the instance's memory budget
+    /// before `name` is added (counted at [`TENANT_BASE_BYTES`], what a tenant holds before
+    /// it has data). It frees slots no request holds: ones whose activation failed, else
+    /// the least recently used tenants nobody is using (each one's committer finishes what
+    /// is queued, then its storage closes). Tenants being activated count towards the
+    /// bounds and are never chosen. When nothing can be freed, the activation is shed with
+    /// 503. Returns the freed slots, for the caller to drop after releasing the map's lock.
     fn make_room(
         &self,
         active: &mut HashMap<String, Slot>,
         name: &str,
-    ) -> Result<Option<Slot>, AppError> {
+    ) -> Result<Vec<Slot>, AppError> {
         use std::sync::atomic::Ordering;
-        if active.len() < self.config.max_active_tenants.max(1) {
-            return Ok(None);
-        }
-        let idle = active
-            .iter()
-            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-            .filter_map(|(n, slot)| match slot.get() {
-                None => Some((n, 0)),
-                Some(t) if Arc::strong_count(t) == 1 => {
-                    Some((n, t.last_used.load(Ordering::Relaxed)))
-                }
-                Some(_) => None,
-            })
-            .min_by_key(|(_, last_used)| *last_used)
-            .map(|(n, _)| n.clone());
-        match idle {
-            Some(evicted) => {
-                tracing::debug!(tenant = %evicted, "closing an idle tenant to stay within max_active_tenants");
-                Ok(active.remove(&evicted))
+        let memory = |active: &HashMap<String, Slot>| -> usize {
+            active
+                .values()
+                .map(|slot| slot.get().map_or(TENANT_BASE_BYTES, |t| t.memory_bytes()))
+                .sum::<usize>()
+        };
+        let mut used = memory(active);
+        let mut freed = Vec::new();
+        loop {
+            let over_count = active.len() >= self.config.max_active_tenants.max(1);
+            let over_memory = used + TENANT_BASE_BYTES > self.config.instance_memory_bytes;
+            if !over_count && !over_memory {
+                return Ok(freed);
             }
-            None => Err(AppError::Unavailable {
-                tenant: name.to_string(),
-                detail: format!(
-                    "all {} active tenants are busy; retry shortly",
-                    self.config.max_active_tenants
-                ),
-            }),
+            let idle = active
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .filter_map(|(n, slot)| match slot.get() {
+                    None => Some((n, 0)),
+                    Some(t) if Arc::strong_count(t) == 1 => {
+                        Some((n, t.last_used.load(Ordering::Relaxed)))
+                    }
+                    Some(_) => None,
+                })
+                .min_by_key(|(_, last_used)| *last_used)
+                .map(|(n, _)| n.clone());
+            let Some(evicted) = idle else {
+                let detail = if over_count {
+                    format!(
+                        "all {} active tenants are busy; retry shortly",
+                        self.config.max_active_tenants
+                    )
+                } else {
+                    format!(
+                        "the instance is at its memory budget ({} MiB in use by {} active \
+                         tenants, all busy); retry shortly",
+                        used >> 20,
+                        active.len()
+                    )
+                };
+                return Err(AppError::Unavailable {
+                    tenant: name.to_string(),
+                    detail,
+                });
+            };
+            tracing::debug!(tenant = %evicted, over_count, over_memory, "closing an idle tenant to make room");
+            if let Some(slot) = active.remove(&evicted) {
+                used =
+                    used.saturating_sub(slot.get().map_or(TENANT_BASE_BYTES, |t| t.memory_bytes()));
+                freed.push(slot);
+            }
         }
+    }
+
+    /// The memory budget of a tenant opening now: its own budget, or what is left of the
+    /// instance's when that is less (a large tenant is then served from storage).
+    fn engine_config_for_activation(&self) -> nimbus_engine::EngineConfig {
+        let used: usize = self
+            .active
+            .lock()
+            .slots
+            .values()
+            .map(|slot| slot.get().map_or(TENANT_BASE_BYTES, |t| t.memory_bytes()))
+            .sum();
+        let left = self.config.instance_memory_bytes.saturating_sub(used);
+        let mut config = self.config.engine.clone();
+        config.memory_budget_bytes = config.memory_budget_bytes.min(left);
+        config
     }
 
     fn slot_is_current(&self, name: &str, slot: &Slot) -> bool {
@@ -410,7 +482,7 @@ impl Nimbus {
         let engine = TenantEngine::open(
             name,
             opener,
-            self.config.engine.clone(),
+            self.engine_config_for_activation(),
             crate::tenant::deployment_codec(),
         )
         .await

@@ -23,8 +23,11 @@ pub use config::NimbusConfig;
 pub use deployment::{FunctionInfo, ModuleHash};
 pub use error::AppError;
 pub use execute::{parse_args, Caller, FunctionFailure, FunctionRequest, FunctionResponse};
-pub use instance::{CreatedTenant, Nimbus, TenantInfo};
-pub use live::{Drained, LiveLimits, LiveResult, LiveSession, LiveStats, QueryId, SubscribeError};
+pub use instance::{CreatedTenant, Nimbus, TenantInfo, MIN_ADMIN_KEY_LEN, TENANT_BASE_BYTES};
+pub use live::{
+    subscription_cost, Drained, LiveLimits, LiveResult, LiveSession, LiveStats, QueryId,
+    SubscribeError, TooManySessions,
+};
 pub use nimbus_runtime::FunctionKind;
 pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
 pub use tenant::{Tenant, TenantStats};

@@ -14,12 +14,17 @@
 //! their pending updates and `published_ts` under the same lock the registry publishes
 //! under, so what a session drains is always one consistent snapshot.
 //!
-//! **Bounds.** Subscriptions per session and per tenant are capped (an add beyond a cap
-//! fails that query with a clear message). A session's undelivered updates are coalesced
-//! per query — a slow consumer holds at most one pending result per subscription, never
-//! an unbounded queue. Evaluations run on the tenant's bounded JS worker slots.
+//! **Bounds.** Sessions per tenant are capped ([`LiveLimits::max_sessions`]). Subscriptions
+//! are capped in number and in estimated bytes per session, per client address and per
+//! tenant: an add beyond a cap fails that query with a clear message and is not kept. A
+//! subscription's estimated cost is [`subscription_cost`]: its key is held once (shared by
+//! identical subscriptions), and its read set's bounds usually repeat its arguments. A
+//! session's undelivered updates are coalesced per query — a slow consumer holds at most
+//! one pending result per subscription, never an unbounded queue. Evaluations run on the
+//! tenant's bounded JS worker slots.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -46,22 +51,42 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// re-runs everything instead (the notice normally follows within microseconds).
 const NOTICE_WAIT: Duration = Duration::from_secs(1);
 
-/// Bounds of live queries.
+/// Bounds of live queries. Bytes are estimated with [`subscription_cost`].
 #[derive(Debug, Clone)]
 pub struct LiveLimits {
+    /// Sessions (connections) one tenant may have open; further ones are refused.
+    pub max_sessions: usize,
     /// Subscriptions one session (connection) may hold; further adds fail.
     pub max_subscriptions_per_session: usize,
+    pub max_subscription_bytes_per_session: usize,
+    /// Subscriptions the sessions from one client address may hold in one tenant, so one
+    /// client cannot take the whole tenant's allowance from the others.
+    pub max_subscriptions_per_address: usize,
+    pub max_subscription_bytes_per_address: usize,
     /// Subscriptions all sessions of one tenant may hold together; further adds fail.
     pub max_subscriptions_per_tenant: usize,
+    pub max_subscription_bytes_per_tenant: usize,
 }
 
 impl Default for LiveLimits {
     fn default() -> Self {
         LiveLimits {
+            max_sessions: 10_000,
             max_subscriptions_per_session: 4096,
+            max_subscription_bytes_per_session: 2 << 20,
+            max_subscriptions_per_address: 10_000,
+            max_subscription_bytes_per_address: 16 << 20,
             max_subscriptions_per_tenant: 100_000,
+            max_subscription_bytes_per_tenant: 64 << 20,
         }
     }
+}
+
+/// Estimated bytes one subscription makes the server hold: the key (path and arguments)
+/// once, their usual echo in the read set's range bounds twice, and the maps' entries.
+pub fn subscription_cost(path: &str, args_json: &str) -> usize {
+    const ENTRIES: usize = 256;
+    ENTRIES + path.len() + 3 * args_json.len()
 }
 
 /// A query result as subscribers see it.
@@ -78,6 +103,8 @@ pub struct LiveStats {
     pub sessions: u64,
     /// Subscriptions across sessions.
     pub subscriptions: u64,
+    /// Their estimated bytes ([`subscription_cost`]).
+    pub subscription_bytes: u64,
     /// Distinct live queries (identical subscriptions share one).
     pub live_queries: u64,
     /// Query evaluations done for subscriptions, in total.
@@ -96,6 +123,9 @@ pub struct LiveStats {
     pub published_ts: u64,
 }
 
+/// What makes two subscriptions the same live query. Held once per live query (the
+/// registry's maps share it); the arguments are kept only as text and decoded for each
+/// evaluation.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct QueryKey {
     path: String,
@@ -105,16 +135,25 @@ struct QueryKey {
 }
 
 struct LiveQuery {
-    key: QueryKey,
-    args: Value,
+    key: Arc<QueryKey>,
     /// `None` until the first evaluation is published.
     result: Option<Arc<LiveResult>>,
     ranges: Vec<RangeHandle>,
     subscribers: HashSet<(SessionId, QueryId)>,
 }
 
+/// What one client address holds in a tenant.
+#[derive(Default, Clone, Copy)]
+struct Usage {
+    subscriptions: usize,
+    bytes: usize,
+}
+
 struct SessionState {
-    subscriptions: HashMap<QueryId, Token>,
+    address: IpAddr,
+    /// Each subscription's live query and estimated cost.
+    subscriptions: HashMap<QueryId, (Token, usize)>,
+    bytes: usize,
     /// Results not yet taken by the session, newest per query.
     pending: BTreeMap<QueryId, Arc<LiveResult>>,
     notify: Arc<Notify>,
@@ -126,12 +165,15 @@ struct Registry {
     /// The code the live results were computed with; new code re-runs every query.
     code: nimbus_runtime::CodeId,
     queries: HashMap<Token, LiveQuery>,
-    by_key: HashMap<QueryKey, Token>,
+    by_key: HashMap<Arc<QueryKey>, Token>,
     ranges: RangeIndex<Token>,
     /// Live queries waiting for their first evaluation or a retry.
     unevaluated: HashSet<Token>,
     sessions: HashMap<SessionId, SessionState>,
+    /// Per client address; an entry exists while the address holds a subscription.
+    addresses: HashMap<IpAddr, Usage>,
     subscriptions: usize,
+    bytes: usize,
     next_token: Token,
     next_session: SessionId,
 }
@@ -169,11 +211,36 @@ pub enum SubscribeError {
     )]
     SessionFull(usize),
     #[error(
+        "SubscriptionsTooLarge: this connection's subscriptions would hold more than {0} \
+         bytes (their function paths and arguments); remove some or send smaller arguments"
+    )]
+    SessionTooLarge(usize),
+    #[error(
+        "TooManySubscriptions: connections from this client address already hold {0} \
+         subscriptions to this tenant, the most one address may hold"
+    )]
+    AddressFull(usize),
+    #[error(
+        "SubscriptionsTooLarge: connections from this client address would hold more than \
+         {0} bytes of subscriptions to this tenant"
+    )]
+    AddressTooLarge(usize),
+    #[error(
         "TooManySubscriptions: the tenant already has {0} subscriptions across its \
          connections, the most it may hold"
     )]
     TenantFull(usize),
+    #[error(
+        "SubscriptionsTooLarge: the tenant's subscriptions would hold more than {0} bytes \
+         across its connections"
+    )]
+    TenantTooLarge(usize),
 }
+
+/// Why a live session could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("TooManyConnections: the tenant already has {0} live connections, the most it may have")]
+pub struct TooManySessions(pub usize);
 
 impl LiveQueries {
     pub(crate) fn new(limits: LiveLimits) -> Self {
@@ -187,12 +254,18 @@ impl LiveQueries {
         }
     }
 
+    /// Estimated bytes of the tenant's subscriptions.
+    pub fn bytes(&self) -> usize {
+        self.registry.lock().bytes
+    }
+
     pub fn stats(&self) -> LiveStats {
         let registry = self.registry.lock();
         let c = &self.counters;
         LiveStats {
             sessions: registry.sessions.len() as u64,
             subscriptions: registry.subscriptions as u64,
+            subscription_bytes: registry.bytes as u64,
             live_queries: registry.queries.len() as u64,
             evaluations: c.evaluations.load(Ordering::Relaxed),
             rounds: c.rounds.load(Ordering::Relaxed),
@@ -206,10 +279,13 @@ impl LiveQueries {
 }
 
 impl Tenant {
-    /// Opens a live session (one per connection), starting the tenant's registry task on
-    /// first use.
-    pub fn live_session(self: &Arc<Self>) -> LiveSession {
+    /// Opens a live session (one per connection) for a client at `address`, starting the
+    /// tenant's registry task on first use.
+    pub fn live_session(self: &Arc<Self>, address: IpAddr) -> Result<LiveSession, TooManySessions> {
         let live = self.live().clone();
+        if live.registry.lock().sessions.len() >= live.limits.max_sessions {
+            return Err(TooManySessions(live.limits.max_sessions));
+        }
         live.started.call_once(|| {
             let notices = self.engine().subscribe();
             let start = self.engine().snapshot();
@@ -234,19 +310,21 @@ impl Tenant {
             registry.sessions.insert(
                 id,
                 SessionState {
+                    address,
                     subscriptions: HashMap::new(),
+                    bytes: 0,
                     pending: BTreeMap::new(),
                     notify: notify.clone(),
                 },
             );
             id
         };
-        LiveSession {
+        Ok(LiveSession {
             live,
             id,
             notify,
             published: self.live().published.subscribe(),
-        }
+        })
     }
 }
 
@@ -269,73 +347,74 @@ pub struct LiveSession {
 
 impl LiveSession {
     /// Subscribes `query_id` to a query. Its first result arrives through
-    /// [`LiveSession::drain`] (at once if an identical query is already live).
+    /// [`LiveSession::drain`] (at once if an identical query is already live). A refused
+    /// subscription leaves nothing behind.
     pub fn add(
         &self,
         query_id: QueryId,
         path: &str,
-        args: Value,
+        args: &Value,
         caller: Caller,
     ) -> Result<(), SubscribeError> {
         let key = QueryKey {
             path: path.trim().to_string(),
-            args: nimbus_types::json::encode_text(&args),
+            args: nimbus_types::json::encode_text(args),
             caller,
         };
+        let mut registry = self.live.registry.lock();
+        registry.subscribe(&self.live, self.id, query_id, key)
+    }
+
+    /// Re-subscribes every subscription of the session under a new identity (every query
+    /// re-runs); returns the ones refused (they are dropped).
+    pub fn resubscribe_all(&self, caller: Caller) -> Vec<(QueryId, SubscribeError)> {
         let mut guard = self.live.registry.lock();
         let registry = &mut *guard;
-        let Some(session) = registry.sessions.get(&self.id) else {
-            return Ok(()); // unreachable while the session exists
-        };
-        if session.subscriptions.contains_key(&query_id) {
-            return Err(SubscribeError::DuplicateQueryId(query_id));
-        }
-        if session.subscriptions.len() >= self.live.limits.max_subscriptions_per_session {
-            return Err(SubscribeError::SessionFull(
-                self.live.limits.max_subscriptions_per_session,
-            ));
-        }
-        if registry.subscriptions >= self.live.limits.max_subscriptions_per_tenant {
-            return Err(SubscribeError::TenantFull(
-                self.live.limits.max_subscriptions_per_tenant,
-            ));
-        }
-        let token = match registry.by_key.get(&key) {
-            Some(token) => *token,
-            None => {
-                let token = registry.next_token;
-                registry.next_token += 1;
-                registry.by_key.insert(key.clone(), token);
-                registry.queries.insert(
-                    token,
-                    LiveQuery {
-                        key,
-                        args,
-                        result: None,
-                        ranges: Vec::new(),
-                        subscribers: HashSet::new(),
-                    },
-                );
-                registry.unevaluated.insert(token);
-                self.live.wake.notify_one();
-                token
-            }
-        };
-        let query = registry.queries.get_mut(&token);
-        let current = query.and_then(|q| {
-            q.subscribers.insert((self.id, query_id));
-            q.result.clone()
-        });
-        registry.subscriptions += 1;
-        if let Some(session) = registry.sessions.get_mut(&self.id) {
-            session.subscriptions.insert(query_id, token);
-            if let Some(result) = current {
-                // Current at `published_ts`, like everything else the session drains.
-                session.pending.insert(query_id, result);
-                self.notify.notify_one();
+        let current: Vec<(QueryId, Arc<QueryKey>)> = registry
+            .sessions
+            .get(&self.id)
+            .map(|s| {
+                s.subscriptions
+                    .iter()
+                    .filter_map(|(query_id, (token, _))| {
+                        Some((*query_id, registry.queries.get(token)?.key.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut refused = Vec::new();
+        for (query_id, key) in current {
+            registry.unsubscribe(self.id, query_id);
+            let key = QueryKey {
+                caller,
+                ..(*key).clone()
+            };
+            if let Err(error) = registry.subscribe(&self.live, self.id, query_id, key) {
+                refused.push((query_id, error));
             }
         }
-        Ok(())
+        refused
+    }
+
+    /// The query IDs subscribed on this session.
+    pub fn query_ids(&self) -> Vec<QueryId> {
+        self.live
+            .registry
+            .lock()
+            .sessions
+            .get(&self.id)
+            .map(|s| s.subscriptions.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `query_id` is subscribed on this session.
+    pub fn has(&self, query_id: QueryId) -> bool {
+        self.live
+            .registry
+            .lock()
+            .sessions
+            .get(&self.id)
+            .is_some_and(|s| s.subscriptions.contains_key(&query_id))
     }
 
     /// Unsubscribes `query_id`; false if it was not subscribed.
@@ -405,15 +484,114 @@ impl Drop for LiveSession {
 }
 
 impl Registry {
+    fn subscribe(
+        &mut self,
+        live: &LiveQueries,
+        session: SessionId,
+        query_id: QueryId,
+        key: QueryKey,
+    ) -> Result<(), SubscribeError> {
+        let limits = &live.limits;
+        let cost = subscription_cost(&key.path, &key.args);
+        let Some(state) = self.sessions.get(&session) else {
+            return Ok(()); // unreachable while the session exists
+        };
+        if state.subscriptions.contains_key(&query_id) {
+            return Err(SubscribeError::DuplicateQueryId(query_id));
+        }
+        if state.subscriptions.len() >= limits.max_subscriptions_per_session {
+            return Err(SubscribeError::SessionFull(
+                limits.max_subscriptions_per_session,
+            ));
+        }
+        if state.bytes + cost > limits.max_subscription_bytes_per_session {
+            return Err(SubscribeError::SessionTooLarge(
+                limits.max_subscription_bytes_per_session,
+            ));
+        }
+        let address = state.address;
+        let usage = self.addresses.get(&address).copied().unwrap_or_default();
+        if usage.subscriptions >= limits.max_subscriptions_per_address {
+            return Err(SubscribeError::AddressFull(
+                limits.max_subscriptions_per_address,
+            ));
+        }
+        if usage.bytes + cost > limits.max_subscription_bytes_per_address {
+            return Err(SubscribeError::AddressTooLarge(
+                limits.max_subscription_bytes_per_address,
+            ));
+        }
+        if self.subscriptions >= limits.max_subscriptions_per_tenant {
+            return Err(SubscribeError::TenantFull(
+                limits.max_subscriptions_per_tenant,
+            ));
+        }
+        if self.bytes + cost > limits.max_subscription_bytes_per_tenant {
+            return Err(SubscribeError::TenantTooLarge(
+                limits.max_subscription_bytes_per_tenant,
+            ));
+        }
+        let token = match self.by_key.get(&key) {
+            Some(token) => *token,
+            None => {
+                let token = self.next_token;
+                self.next_token += 1;
+                let key = Arc::new(key);
+                self.by_key.insert(key.clone(), token);
+                self.queries.insert(
+                    token,
+                    LiveQuery {
+                        key,
+                        result: None,
+                        ranges: Vec::new(),
+                        subscribers: HashSet::new(),
+                    },
+                );
+                self.unevaluated.insert(token);
+                live.wake.notify_one();
+                token
+            }
+        };
+        let current = self.queries.get_mut(&token).and_then(|q| {
+            q.subscribers.insert((session, query_id));
+            q.result.clone()
+        });
+        self.subscriptions += 1;
+        self.bytes += cost;
+        let usage = self.addresses.entry(address).or_default();
+        usage.subscriptions += 1;
+        usage.bytes += cost;
+        if let Some(state) = self.sessions.get_mut(&session) {
+            state.subscriptions.insert(query_id, (token, cost));
+            state.bytes += cost;
+            if let Some(result) = current {
+                // Current at `published_ts`, like everything else the session drains.
+                state.pending.insert(query_id, result);
+                state.notify.notify_one();
+            }
+        }
+        Ok(())
+    }
+
     fn unsubscribe(&mut self, session: SessionId, query_id: QueryId) -> bool {
         let Some(state) = self.sessions.get_mut(&session) else {
             return false;
         };
         state.pending.remove(&query_id);
-        let Some(token) = state.subscriptions.remove(&query_id) else {
+        let Some((token, cost)) = state.subscriptions.remove(&query_id) else {
             return false;
         };
+        state.bytes -= cost;
+        let address = state.address;
         self.subscriptions -= 1;
+        self.bytes -= cost;
+        if let Some(usage) = self.addresses.get_mut(&address) {
+            usage.subscriptions -= 1;
+            usage.bytes -= cost;
+            if usage.subscriptions == 0 {
+                self.addresses.remove(&address);
+            }
+        }
         let orphaned = match self.queries.get_mut(&token) {
             Some(query) => {
                 query.subscribers.remove(&(session, query_id));
@@ -426,7 +604,7 @@ impl Registry {
                 for handle in &query.ranges {
                     self.ranges.remove(handle);
                 }
-                self.by_key.remove(&query.key);
+                self.by_key.remove(&*query.key);
             }
             self.unevaluated.remove(&token);
         }
@@ -516,7 +694,7 @@ async fn round(
     changes: Changes,
 ) {
     let code = crate::tenant::deployment_of(&snapshot).code_id;
-    let dirty: Vec<(Token, String, Value, Caller)> = {
+    let dirty: Vec<(Token, Arc<QueryKey>)> = {
         let mut registry = live.registry.lock();
         let mut dirty: HashSet<Token> = std::mem::take(&mut registry.unevaluated);
         if changes.everything || registry.code != code {
@@ -531,18 +709,22 @@ async fn round(
         registry.code = code;
         dirty
             .into_iter()
-            .filter_map(|token| {
-                let q = registry.queries.get(&token)?;
-                Some((token, q.key.path.clone(), q.args.clone(), q.key.caller))
-            })
+            .filter_map(|token| Some((token, registry.queries.get(&token)?.key.clone())))
             .collect()
     };
     let mut evaluations = tokio::task::JoinSet::new();
-    for (token, path, args, caller) in dirty {
+    for (token, key) in dirty {
         let tenant = tenant.clone();
         let snapshot = snapshot.clone();
         evaluations.spawn(async move {
-            let outcome = tenant.evaluate_live(&path, &args, caller, snapshot).await;
+            let outcome = match crate::execute::decode_args_text(&key.args) {
+                Ok(args) => {
+                    tenant
+                        .evaluate_live(&key.path, &args, key.caller, snapshot)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
             (token, outcome)
         });
     }

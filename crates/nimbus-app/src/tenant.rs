@@ -218,6 +218,16 @@ impl Tenant {
             })
     }
 
+    /// Estimated memory the tenant holds: a base ([`crate::instance::TENANT_BASE_BYTES`])
+    /// plus its resident documents, cached query results and live subscriptions. What the
+    /// instance's memory budget counts.
+    pub fn memory_bytes(&self) -> usize {
+        crate::instance::TENANT_BASE_BYTES
+            + self.engine.snapshot().resident_bytes()
+            + self.query_cache.lock().bytes()
+            + self.live.bytes()
+    }
+
     pub fn stats(&self) -> TenantStats {
         let deployment = self.deployment();
         let (cached_queries, cached_query_bytes) = {

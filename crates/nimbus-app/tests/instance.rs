@@ -4,7 +4,7 @@ use nimbus_app::{AppError, Nimbus, NimbusConfig};
 
 async fn nimbus(dir: &std::path::Path, max_active: usize) -> std::sync::Arc<Nimbus> {
     let mut config = NimbusConfig::new(dir.to_path_buf(), "http://127.0.0.1:1".into());
-    config.admin_key = Some("instance-key".into());
+    config.admin_key = Some("instance-key-0123456789abcdef0123456789".into());
     config.max_active_tenants = max_active;
     // One tenant opens at a time: concurrent activations below wait for each other.
     config.max_concurrent_activations = 1;
@@ -19,7 +19,9 @@ async fn nimbus(dir: &std::path::Path, max_active: usize) -> std::sync::Arc<Nimb
 async fn tenants_keys_and_the_active_bound() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let nimbus = nimbus(dir.path(), 2).await;
-    assert!(nimbus.check_instance_admin_key("instance-key").is_ok());
+    assert!(nimbus
+        .check_instance_admin_key("instance-key-0123456789abcdef0123456789")
+        .is_ok());
     assert!(matches!(
         nimbus.check_instance_admin_key("nope"),
         Err(AppError::Unauthenticated)
@@ -257,4 +259,46 @@ async fn a_deleted_tenant_acknowledges_no_more_writes() {
         write_one(&held).await,
         Err(nimbus_engine::EngineError::ShutDown)
     ));
+}
+
+/// The instance memory budget bounds what activations can make the server hold, whatever
+/// `max_active_tenants` says: idle tenants are closed to make room, and with every active
+/// tenant busy an activation is shed with 503.
+#[tokio::test]
+async fn activations_respect_the_instance_memory_budget() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut config = NimbusConfig::new(dir.path().to_path_buf(), "http://127.0.0.1:1".into());
+    config.admin_key = Some("instance-key-0123456789abcdef0123456789".into());
+    config.max_active_tenants = 100;
+    // Room for two empty tenants, not three.
+    config.instance_memory_bytes = 2 * nimbus_app::TENANT_BASE_BYTES + (1 << 20);
+    config.pool.workers = 1;
+    let nimbus = Nimbus::open(config).await.unwrap_or_else(|e| panic!("{e}"));
+    for name in ["m1", "m2", "m3"] {
+        nimbus
+            .create_tenant(name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let a = nimbus.tenant("m1").await.unwrap_or_else(|e| panic!("{e}"));
+    let b = nimbus.tenant("m2").await.unwrap_or_else(|e| panic!("{e}"));
+    match nimbus.tenant("m3").await {
+        Err(AppError::Unavailable { detail, .. }) => {
+            assert!(detail.contains("memory budget"), "{detail}")
+        }
+        other => panic!(
+            "expected 503 at the memory budget, got {:?}",
+            other.map(|t| t.name().to_string())
+        ),
+    }
+    drop(a);
+    let c = nimbus.tenant("m3").await.unwrap_or_else(|e| panic!("{e}"));
+    let mut active = nimbus.active_tenants().await;
+    active.sort();
+    assert_eq!(
+        active,
+        vec!["m2".to_string(), "m3".to_string()],
+        "the idle m1 was closed"
+    );
+    drop((b, c));
 }

@@ -404,6 +404,7 @@ fn load(
             max_ts,
             catalog,
             snapshot.id_codec,
+            store.table_counts()?,
             store.clone(),
             undo.clone(),
         );

@@ -61,6 +61,8 @@ pub struct Snapshot {
     /// The deployment (code, schema) in force at `ts`: it changes only in the commit that
     /// changes the catalog for it (see [`crate::DeploymentHandle`]).
     pub deployment: crate::DeploymentHandle,
+    /// Documents per table at `ts` (kept by every write, so `count` reads no documents).
+    counts: PHashMap<TableNumber, u64>,
     source: Source,
 }
 
@@ -71,6 +73,7 @@ impl Snapshot {
             catalog: Arc::new(Catalog::default()),
             id_codec,
             deployment: Arc::new(()),
+            counts: PHashMap::new(),
             source: Source::Resident(Resident {
                 docs: PHashMap::new(),
                 indexes: PHashMap::new(),
@@ -79,10 +82,12 @@ impl Snapshot {
         }
     }
 
+    /// A snapshot served from storage; `counts` are the documents per table at `ts`.
     pub(crate) fn paged(
         ts: Timestamp,
         catalog: Arc<Catalog>,
         id_codec: IdCodec,
+        counts: impl IntoIterator<Item = (TableNumber, u64)>,
         store: Arc<dyn TenantStore>,
         undo: Arc<UndoLog>,
     ) -> Self {
@@ -91,8 +96,14 @@ impl Snapshot {
             catalog,
             id_codec,
             deployment: Arc::new(()),
+            counts: counts.into_iter().collect(),
             source: Source::Paged(Paged { store, undo }),
         }
+    }
+
+    /// Documents of `table` at this snapshot.
+    pub fn table_count(&self, table: TableNumber) -> u64 {
+        self.counts.get(&table).copied().unwrap_or(0)
     }
 
     /// Whether this snapshot is served from memory.
@@ -234,32 +245,6 @@ impl Snapshot {
         Ok(entries)
     }
 
-    /// Number of entries of an index at this snapshot.
-    pub fn index_len(&self, index: IndexNumber) -> Result<usize, EngineError> {
-        match &self.source {
-            Source::Resident(r) => Ok(r.indexes.get(&index).map_or(0, OrdMap::len)),
-            Source::Paged(_) => {
-                const BATCH: usize = 1024;
-                let mut count = 0;
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let batch = self.scan(
-                        index,
-                        &KeyRange::all(),
-                        ScanOrder::Ascending,
-                        after.as_deref(),
-                        BATCH,
-                    )?;
-                    count += batch.len();
-                    match batch.last() {
-                        Some((key, _, _)) if batch.len() == BATCH => after = Some(key.clone()),
-                        _ => return Ok(count),
-                    }
-                }
-            }
-        }
-    }
-
     /// Applies one document write. `old` is the document's current state (the committer
     /// knows it: every write of an existing document was preceded by a read that the
     /// conflict check validated). Returns the index writes storage needs (an entry whose
@@ -279,6 +264,15 @@ impl Snapshot {
                 touched.push((index, key.clone()));
             }
         };
+        match (old.is_some(), new.is_some()) {
+            (false, true) => *self.counts.entry(table).or_insert(0) += 1,
+            (true, false) => {
+                let count = self.counts.entry(table).or_insert(0);
+                debug_assert!(*count > 0, "a delete from an empty table");
+                *count = count.saturating_sub(1);
+            }
+            _ => {}
+        }
         let index_infos: Vec<IndexInfo> = self.catalog.table_indexes(table).cloned().collect();
         let mut writes = Vec::with_capacity(index_infos.len() * 2);
         // Unchanged keys: the resident map must point at the new body, storage keeps them.
@@ -418,7 +412,14 @@ impl Snapshot {
 
     /// Switches to paged serving (the tenant outgrew its memory budget).
     pub(crate) fn into_paged(self, store: Arc<dyn TenantStore>, undo: Arc<UndoLog>) -> Snapshot {
-        let mut paged = Snapshot::paged(self.ts, self.catalog, self.id_codec, store, undo);
+        let mut paged = Snapshot::paged(
+            self.ts,
+            self.catalog,
+            self.id_codec,
+            self.counts,
+            store,
+            undo,
+        );
         paged.deployment = self.deployment;
         paged
     }

@@ -20,13 +20,20 @@ use crate::error::EngineError;
 use crate::read_set::ReadSet;
 use crate::snapshot::{narrowed, Snapshot};
 
-/// Bounds of one transaction. Exceeding one fails the function with a clear error.
+/// Bounds of one transaction. Exceeding one fails the function with a clear error. The
+/// read bounds are what keeps a call's memory outside the JavaScript heap small (a page of
+/// results is built in Rust, before the runtime's memory limit sees it), and they match
+/// Convex's own per-function limits.
 #[derive(Debug, Clone)]
 pub struct TransactionLimits {
     /// Most documents one transaction may write.
     pub max_writes: usize,
-    /// Most index entries one transaction may visit (reads).
-    pub max_scanned: usize,
+    /// Most documents one transaction may read: index entries visited by queries and
+    /// pages (whether or not a filter kept them), and documents found by `get`.
+    pub max_documents_read: usize,
+    /// Most bytes of documents (Convex size) one transaction may read, counted like
+    /// `max_documents_read`.
+    pub max_bytes_read: usize,
     /// Most queries open at once.
     pub max_open_queries: usize,
 }
@@ -35,7 +42,8 @@ impl Default for TransactionLimits {
     fn default() -> Self {
         TransactionLimits {
             max_writes: 16_000,
-            max_scanned: 1_000_000,
+            max_documents_read: 16_384,
+            max_bytes_read: 8 << 20,
             max_open_queries: 1_000,
         }
     }
@@ -56,6 +64,8 @@ pub struct PendingWrite {
 pub struct TransactionStats {
     /// Index entries visited by queries and gets (whether or not a filter kept them).
     pub documents_scanned: u64,
+    /// Bytes (Convex size) of the documents counted in `documents_scanned`.
+    pub bytes_read: u64,
     /// Documents inserted, patched, replaced or deleted.
     pub documents_written: u64,
 }
@@ -138,6 +148,19 @@ pub struct Transaction {
     last_creation_time: f64,
     cursor_codec: CursorCodec,
     created_tables: Vec<String>,
+    journal: Journal,
+}
+
+/// A live query's page boundary (Convex's query journal): the end cursor its first page
+/// keeps across re-runs, so rows never shift between pages.
+#[derive(Default)]
+struct Journal {
+    /// The end cursor to use when the first paginated query gives none.
+    end_cursor: Option<String>,
+    /// Whether a paginated query ran.
+    used: bool,
+    /// The first page's end cursor.
+    page_end: Option<String>,
 }
 
 impl Transaction {
@@ -160,6 +183,7 @@ impl Transaction {
             last_creation_time: 0.0,
             cursor_codec,
             created_tables: Vec::new(),
+            journal: Journal::default(),
         }
     }
 
@@ -208,7 +232,6 @@ impl Transaction {
 
     /// Reads a document by ID (`db.get`). Records the read.
     pub fn get(&mut self, id: &DocumentId) -> Result<Option<Document>, EngineError> {
-        self.count_scanned(1)?;
         if let Some(table) = self.catalog.table_name(id.table) {
             if let Ok(info) = self.catalog.resolve_index(table, BY_ID) {
                 let key = id_key(&self.encode_id(*id));
@@ -218,10 +241,12 @@ impl Transaction {
         } else {
             self.depend_on_catalog();
         }
-        if let Some(pending) = self.writes.get(id) {
-            return Ok(pending.new.clone());
-        }
-        self.snapshot.get(id)
+        let found = match self.writes.get(id) {
+            Some(pending) => pending.new.clone(),
+            None => self.snapshot.get(id)?,
+        };
+        self.count_read(found.as_ref())?;
+        Ok(found)
     }
 
     fn depend_on_catalog(&mut self) {
@@ -371,12 +396,23 @@ impl Transaction {
         Ok(())
     }
 
-    fn count_scanned(&mut self, n: u64) -> Result<(), EngineError> {
-        self.stats.documents_scanned += n;
-        if self.stats.documents_scanned > self.limits.max_scanned as u64 {
+    /// Counts one read (a visited index entry, or a `get`) against the read limits.
+    fn count_read(&mut self, doc: Option<&Document>) -> Result<(), EngineError> {
+        self.stats.documents_scanned += 1;
+        self.stats.bytes_read += doc.map_or(0, |d| Value::object_size(d) as u64);
+        if self.stats.documents_scanned > self.limits.max_documents_read as u64 {
             return Err(EngineError::User(format!(
-                "Too many documents read in one function: the limit is {}",
-                self.limits.max_scanned
+                "Too many documents read in one function: the limit is {} (index entries \
+                 visited by queries and documents read by get); read fewer, e.g. with an \
+                 index range or a smaller page",
+                self.limits.max_documents_read
+            )));
+        }
+        if self.stats.bytes_read > self.limits.max_bytes_read as u64 {
+            return Err(EngineError::User(format!(
+                "Too many bytes read in one function: the limit is {} bytes of documents; \
+                 read fewer or smaller documents, e.g. with a smaller page",
+                self.limits.max_bytes_read
             )));
         }
         Ok(())
@@ -600,7 +636,7 @@ impl Transaction {
         } else {
             from_writes
         };
-        self.count_scanned(1)?;
+        self.count_read(next.as_ref().map(|(_, doc)| doc))?;
         Ok(next)
     }
 
@@ -666,8 +702,15 @@ impl Transaction {
 
     /// `queryPage`: one page of a paginated query.
     ///
-    /// Without `end_cursor` the page holds up to `page_size` documents; with it, every
-    /// document up to and including the end cursor's position.
+    /// Without an end cursor the page holds up to `page_size` documents; with one, every
+    /// document up to and including the end cursor's position, and its continue cursor is
+    /// the end cursor. The first paginated query of a transaction takes its end cursor from
+    /// the transaction's journal when the caller gives none (a live query re-running keeps
+    /// its page boundaries), and records its page's end as the journal.
+    ///
+    /// Whatever happens, the part of the range the page covered is recorded in the read set
+    /// (a failure part-way, such as a read limit, included), so a mutation that catches the
+    /// error still commits only against what it saw.
     pub fn page(
         &mut self,
         query: &SerializedQuery,
@@ -675,6 +718,14 @@ impl Transaction {
         end_cursor: Option<&str>,
         page_size: usize,
     ) -> Result<Page, EngineError> {
+        let first_page = !self.journal.used;
+        self.journal.used = true;
+        let journaled = if first_page && end_cursor.is_none() {
+            self.journal.end_cursor.clone()
+        } else {
+            None
+        };
+        let end_cursor = end_cursor.or(journaled.as_deref());
         if page_size == 0 && end_cursor.is_none() {
             return Err(EngineError::User(
                 "NoDocumentsForPagination: paginationOpts.numItems must be greater than 0".into(),
@@ -702,37 +753,19 @@ impl Transaction {
         let start_key = state.last_key.clone();
         let mut documents = Vec::new();
         let mut last_position = start_key.clone();
-        let mut reached_end = state.done;
-        while !reached_end {
-            if end.is_none() && documents.len() >= page_size {
-                break;
-            }
-            let Some((key, doc)) = self.next_raw(&mut state)? else {
-                reached_end = true;
-                break;
-            };
-            if let Some(CursorPosition::After(end_key)) = &end {
-                let beyond = match state.plan.order {
-                    ScanOrder::Ascending => key > *end_key,
-                    ScanOrder::Descending => key < *end_key,
-                };
-                if beyond {
-                    last_position = Some(end_key.clone());
-                    break;
-                }
-            }
-            state.last_key = Some(key.clone());
-            last_position = Some(key);
-            if self.passes(&state.plan.filters, &doc)? {
-                documents.push(doc);
-            }
-        }
+        let scanned = self.scan_page(
+            &mut state,
+            end.as_ref(),
+            page_size,
+            &mut documents,
+            &mut last_position,
+        );
+        let reached_end = matches!(scanned, Ok(true));
         // Record the covered part of the range: from the start cursor to the last
         // position (or to the end of the range).
         if let Some(index) = state.plan.index {
-            let range = &state.plan.range;
             let covered = covered_between(
-                range,
+                &state.plan.range,
                 state.plan.order,
                 start_key.as_deref(),
                 if reached_end {
@@ -743,22 +776,81 @@ impl Transaction {
             );
             self.read_set.record(index, covered);
         }
-        let continue_position = if reached_end {
-            CursorPosition::End
-        } else {
-            match last_position {
+        scanned?;
+        let continue_position = match end {
+            // The page ends exactly at its end cursor.
+            Some(end) => end,
+            None if reached_end => CursorPosition::End,
+            None => match last_position {
                 Some(key) => CursorPosition::After(key),
                 None => CursorPosition::Start,
-            }
+            },
         };
+        let is_done = continue_position == CursorPosition::End;
+        let continue_cursor = self.cursor_codec.encode(&continue_position, &fingerprint);
+        if first_page {
+            self.journal.page_end = Some(continue_cursor.clone());
+        }
         Ok(Page {
             documents,
-            continue_cursor: self.cursor_codec.encode(&continue_position, &fingerprint),
-            is_done: reached_end,
+            continue_cursor,
+            is_done,
         })
     }
 
-    /// Number of documents in a table (`count`).
+    /// The scan of [`Transaction::page`]: fills `documents` and moves `last_position`;
+    /// returns whether the end of the range was reached.
+    fn scan_page(
+        &mut self,
+        state: &mut QueryCursor,
+        end: Option<&CursorPosition>,
+        page_size: usize,
+        documents: &mut Vec<Document>,
+        last_position: &mut Option<Vec<u8>>,
+    ) -> Result<bool, EngineError> {
+        if state.done {
+            return Ok(true);
+        }
+        loop {
+            if end.is_none() && documents.len() >= page_size {
+                return Ok(false);
+            }
+            let Some((key, doc)) = self.next_raw(state)? else {
+                return Ok(true);
+            };
+            if let Some(CursorPosition::After(end_key)) = end {
+                let beyond = match state.plan.order {
+                    ScanOrder::Ascending => key > *end_key,
+                    ScanOrder::Descending => key < *end_key,
+                };
+                if beyond {
+                    *last_position = Some(end_key.clone());
+                    return Ok(false);
+                }
+            }
+            state.last_key = Some(key.clone());
+            *last_position = Some(key);
+            if self.passes(&state.plan.filters, &doc)? {
+                documents.push(doc);
+            }
+        }
+    }
+
+    /// Sets the end cursor the transaction's first paginated query uses when its caller
+    /// gives none (a live query's journal).
+    pub fn set_journal(&mut self, end_cursor: Option<String>) {
+        self.journal.end_cursor = end_cursor;
+    }
+
+    /// The end cursor of the transaction's first page, if it read one (the live query's
+    /// new journal).
+    pub fn page_end(&self) -> Option<&str> {
+        self.journal.page_end.as_deref()
+    }
+
+    /// Number of documents in a table (`count`): kept per table by every commit, so it
+    /// reads no documents and does not count against the read limits. It depends on the
+    /// whole table, so any write to it invalidates the read.
     pub fn count(&mut self, table: &str) -> Result<u64, EngineError> {
         let Some(info) = self.catalog.table(table) else {
             self.depend_on_catalog();
@@ -767,7 +859,7 @@ impl Transaction {
         let number = info.number;
         let index = self.catalog.resolve_index(table, BY_ID)?.number;
         self.read_set.record(index, KeyRange::all());
-        let mut count = self.snapshot.index_len(index)? as i64;
+        let mut count = self.snapshot.table_count(number) as i64;
         for (id, write) in &self.writes {
             if id.table != number {
                 continue;

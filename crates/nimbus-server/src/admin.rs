@@ -19,7 +19,10 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match key {
-        Some(key) => state.nimbus.check_instance_admin_key(key)?,
+        Some(key) => {
+            let check = async { state.nimbus.check_instance_admin_key(key) };
+            state.authenticate(incoming.client, check).await?
+        }
         None => {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -67,6 +70,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                 "cachedQueryBytes": stats.cached_query_bytes,
                 "live": {
                     "sessions": stats.live.sessions, "subscriptions": stats.live.subscriptions,
+                    "subscriptionBytes": stats.live.subscription_bytes,
                     "liveQueries": stats.live.live_queries, "evaluations": stats.live.evaluations,
                     "rounds": stats.live.rounds, "commitsMatched": stats.live.commits_matched,
                     "lastRoundEvaluations": stats.live.last_round_evaluations,

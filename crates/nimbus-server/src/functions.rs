@@ -45,8 +45,10 @@ async fn caller(
     };
     if let Some(key) = incoming.admin_key(None) {
         state
-            .nimbus
-            .check_tenant_admin_key(tenant.name(), &key)
+            .authenticate(
+                incoming.client,
+                state.nimbus.check_tenant_admin_key(tenant.name(), &key),
+            )
             .await?;
         return Ok(Caller::Admin);
     }

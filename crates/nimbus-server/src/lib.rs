@@ -10,9 +10,11 @@
 mod admin;
 mod error;
 mod functions;
+mod limits;
 mod push;
 mod sync;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +40,14 @@ pub struct ServerConfig {
     pub log_poll_wait: Duration,
     /// WebSocket sync connections.
     pub sync: SyncConfig,
+    /// Open WebSocket connections one client address may have, across every tenant;
+    /// further upgrades get 429 `TooManyConnections`.
+    pub max_connections_per_address: usize,
+    /// Failed admin authentications one client address may make in `auth_failure_window`;
+    /// beyond, its admin requests get 429 `TooManyFailedAuthentications` until the window
+    /// ends.
+    pub max_auth_failures: u32,
+    pub auth_failure_window: Duration,
 }
 
 impl Default for ServerConfig {
@@ -47,22 +57,57 @@ impl Default for ServerConfig {
             max_request_bytes: 8 << 20,
             log_poll_wait: Duration::from_secs(10),
             sync: SyncConfig::default(),
+            max_connections_per_address: 1000,
+            max_auth_failures: 20,
+            auth_failure_window: Duration::from_secs(60),
         }
     }
 }
+
+/// Client addresses whose failed authentications are remembered at once.
+const MAX_TRACKED_AUTH_ADDRESSES: usize = 100_000;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub nimbus: Arc<Nimbus>,
     pub config: Arc<ServerConfig>,
+    pub connections: Arc<limits::ConnectionLimiter>,
+    pub auth_failures: Arc<limits::AuthFailures>,
 }
 
-/// The whole HTTP service.
+impl AppState {
+    /// Runs an admin-key check for a request from `client` under the per-address limit of
+    /// failed authentications: refused while the address is locked out, and a wrong key is
+    /// counted.
+    pub async fn authenticate<T>(
+        &self,
+        client: IpAddr,
+        check: impl std::future::Future<Output = Result<T, nimbus_app::AppError>>,
+    ) -> Result<T, ApiError> {
+        self.auth_failures.check(client)?;
+        let result = check.await;
+        if matches!(result, Err(nimbus_app::AppError::Unauthenticated)) {
+            self.auth_failures.record_failure(client);
+        }
+        Ok(result?)
+    }
+}
+
+/// The whole HTTP service. Serve it with client addresses
+/// (`into_make_service_with_connect_info::<SocketAddr>`, as [`serve`] does): per-address
+/// limits count requests without one as coming from 0.0.0.0.
 pub fn router(nimbus: Arc<Nimbus>, config: ServerConfig) -> Router {
-    Router::new().fallback(handle).with_state(AppState {
+    let state = AppState {
         nimbus,
+        connections: limits::ConnectionLimiter::new(config.max_connections_per_address),
+        auth_failures: Arc::new(limits::AuthFailures::new(
+            config.max_auth_failures,
+            config.auth_failure_window,
+            MAX_TRACKED_AUTH_ADDRESSES,
+        )),
         config: Arc::new(config),
-    })
+    };
+    Router::new().fallback(handle).with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.
@@ -79,9 +124,12 @@ pub async fn serve(
             tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
@@ -93,6 +141,8 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
 
 /// A parsed request: what every handler needs.
 pub(crate) struct Incoming {
+    /// The client's address (for per-address limits).
+    pub client: IpAddr,
     pub method: Method,
     /// Path after the tenant prefix, with repeated slashes collapsed.
     pub path: String,
@@ -218,6 +268,10 @@ fn route(path: &str, headers: &HeaderMap, domain: &str) -> (Option<String>, Stri
 
 async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
+    let client = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
     let path = collapse_slashes(parts.uri.path());
     if path == "/health" {
         return Ok(axum::Json(json!({"status": "ok"})).into_response());
@@ -228,6 +282,17 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
             return Err(ApiError::not_found(&rest));
         };
         let tenant = state.nimbus.tenant(&name).await?;
+        // Counted before the upgrade, so a client over a limit gets a plain 429.
+        let slot = state.connections.acquire(client)?;
+        let session = tenant.live_session(client).map_err(|full| {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyConnections",
+                full.to_string(),
+            );
+            error.retry_after_secs = Some(5);
+            error
+        })?;
         use axum::extract::FromRequestParts as _;
         let upgrade = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, state)
             .await
@@ -243,10 +308,11 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         return Ok(upgrade
             .max_message_size(limit)
             .max_frame_size(limit)
-            .on_upgrade(move |socket| sync::run(state, tenant, socket)));
+            .on_upgrade(move |socket| sync::run(state, tenant, session, slot, client, socket)));
     }
     let body = read_body(body, &parts.headers, state.config.max_request_bytes).await?;
     let incoming = Incoming {
+        client,
         method: parts.method,
         path: rest,
         query: parts.uri.query().map(str::to_string),
@@ -271,6 +337,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
 /// key) or the key's own tenant.
 pub(crate) async fn tenant_for_key(
     state: &AppState,
+    client: IpAddr,
     route_tenant: Option<&str>,
     key: Option<String>,
 ) -> Result<Arc<Tenant>, ApiError> {
@@ -285,9 +352,15 @@ pub(crate) async fn tenant_for_key(
         Some(name) => {
             // A missing tenant is a 404 before it is a key problem.
             state.nimbus.tenant_info(name).await?;
-            state.nimbus.check_tenant_admin_key(name, &key).await?;
+            state
+                .authenticate(client, state.nimbus.check_tenant_admin_key(name, &key))
+                .await?;
             Ok(state.nimbus.tenant(name).await?)
         }
-        None => Ok(state.nimbus.tenant_for_admin_key(&key).await?),
+        None => {
+            state
+                .authenticate(client, state.nimbus.tenant_for_admin_key(&key))
+                .await
+        }
     }
 }

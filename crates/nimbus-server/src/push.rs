@@ -27,7 +27,13 @@ pub(crate) async fn handle(
     incoming: &Incoming,
 ) -> Result<Response, ApiError> {
     let body = incoming.json()?;
-    let tenant = tenant_for_key(state, route_tenant, incoming.admin_key(Some(&body))).await?;
+    let tenant = tenant_for_key(
+        state,
+        incoming.client,
+        route_tenant,
+        incoming.admin_key(Some(&body)),
+    )
+    .await?;
     match incoming.path.as_str() {
         "/api/v1/get_canonical_urls" => {
             let url = state.nimbus.tenant_url(tenant.name());

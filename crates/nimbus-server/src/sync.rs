@@ -21,7 +21,7 @@
 //!   timeout (a client that does not read is disconnected), and the message size.
 //! - Protocol errors get a `FatalError` and a close, for this connection only.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,14 +113,37 @@ enum End {
     },
 }
 
-pub(crate) async fn run(state: AppState, tenant: Arc<Tenant>, socket: WebSocket) {
-    let session = tenant.live_session();
+/// Longest `sessionId` accepted in `Connect` (the official clients send a UUID, 36
+/// characters). The session ID is kept with every remembered mutation, so it is bounded.
+pub(crate) const MAX_SESSION_ID_LEN: usize = 64;
+
+/// Whether `id` is a session ID this server keeps: 1 to 64 of `[A-Za-z0-9_-]`.
+fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_SESSION_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Serves one upgraded socket. `session` and `_slot` were taken before the upgrade (so a
+/// tenant or address over its connection limit is refused with a plain HTTP 429); both are
+/// released when the connection ends.
+pub(crate) async fn run(
+    state: AppState,
+    tenant: Arc<Tenant>,
+    session: LiveSession,
+    _slot: crate::limits::ConnectionSlot,
+    client: std::net::IpAddr,
+    socket: WebSocket,
+) {
     let config = state.config.sync.clone();
     let (requests, queue) = mpsc::channel(config.max_queued_requests.max(1));
     let (answer_tx, answers) = mpsc::channel(config.max_queued_requests.max(1));
     let worker = tokio::spawn(run_requests(tenant.clone(), queue, answer_tx));
     let mut connection = Connection {
         state,
+        client,
         tenant,
         session,
         config,
@@ -135,7 +158,6 @@ pub(crate) async fn run(state: AppState, tenant: Arc<Tenant>, socket: WebSocket)
         caller: Caller::Client,
         session_id: None,
         connected: false,
-        queries: HashMap::new(),
         pending: None,
         awaiting_ts: None,
         mutations_in_flight: 0,
@@ -166,11 +188,27 @@ pub(crate) async fn run(state: AppState, tenant: Arc<Tenant>, socket: WebSocket)
             connection.socket.send(close),
         )
         .await;
+        // Read (and drop) what the client still sends until it answers the close, for a
+        // short while: closing a TCP connection with unread data resets it, and the reset
+        // can destroy the FatalError and close frame before the client reads them.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(message)) = connection.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
+/// How long a connection the server closes keeps reading for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 struct Connection {
     state: AppState,
+    /// The client's address (admin authentications count against it).
+    client: std::net::IpAddr,
     tenant: Arc<Tenant>,
     session: LiveSession,
     config: SyncConfig,
@@ -183,8 +221,6 @@ struct Connection {
     caller: Caller,
     session_id: Option<String>,
     connected: bool,
-    /// The client's query set: path and arguments per query ID.
-    queries: HashMap<QueryId, (String, nimbus_types::Value)>,
     pending: Option<PendingChange>,
     /// A successful mutation committed at this timestamp; a Transition must reach it.
     awaiting_ts: Option<u64>,
@@ -473,10 +509,16 @@ impl Connection {
                     return Err(fatal("Connect was already received on this socket"));
                 }
                 self.connected = true;
-                self.session_id = message
-                    .get("sessionId")
-                    .and_then(Json::as_str)
-                    .map(str::to_string);
+                self.session_id = match message.get("sessionId") {
+                    None | Some(Json::Null) => None,
+                    Some(Json::String(id)) if valid_session_id(id) => Some(id.clone()),
+                    Some(_) => {
+                        return Err(fatal(format!(
+                            "InvalidSessionId: sessionId must be 1 to {MAX_SESSION_ID_LEN} \
+                             characters of [A-Za-z0-9_-] (the official clients send a UUID)"
+                        )))
+                    }
+                };
                 Ok(())
             }
             "ModifyQuerySet" => self.modify_query_set(&message).await,
@@ -535,39 +577,33 @@ impl Connection {
                 .map_err(|_| fatal(format!("queryId {query_id} is too large")))?;
             match modification.get("type").and_then(Json::as_str) {
                 Some("Add") => {
-                    if self.queries.contains_key(&query_id) {
+                    if self.session.has(query_id) {
                         return Err(fatal(format!(
                             "queryId {query_id} is already in the query set"
                         )));
                     }
-                    let path = field_str(modification, "udfPath")?.to_string();
-                    match nimbus_app::parse_args(modification.get("args").unwrap_or(&Json::Null))
-                        .map_err(|e| e.to_string())
-                    {
-                        Ok(args) => {
-                            match self.session.add(query_id, &path, args.clone(), self.caller) {
-                                Ok(()) => {
-                                    change.awaiting.insert(query_id);
-                                }
-                                Err(refused) => {
-                                    change
-                                        .local
-                                        .push(query_failed(query_id, refused.to_string()));
-                                }
-                            }
-                            self.queries.insert(query_id, (path, args));
+                    let path = field_str(modification, "udfPath")?;
+                    // A refused query (bad arguments, a limit) is answered with QueryFailed
+                    // and not kept: the client keeps it in its own set, and its later Remove
+                    // is acknowledged like any other.
+                    let added =
+                        nimbus_app::parse_args(modification.get("args").unwrap_or(&Json::Null))
+                            .map_err(|e| e.to_string())
+                            .and_then(|args| {
+                                self.session
+                                    .add(query_id, path, &args, self.caller)
+                                    .map_err(|refused| refused.to_string())
+                            });
+                    match added {
+                        Ok(()) => {
+                            change.awaiting.insert(query_id);
                         }
-                        Err(message) => {
-                            change.local.push(query_failed(query_id, message));
-                            self.queries
-                                .insert(query_id, (path, nimbus_types::Value::Null));
-                        }
+                        Err(message) => change.local.push(query_failed(query_id, message)),
                     }
                 }
                 Some("Remove") => {
-                    if self.queries.remove(&query_id).is_none() {
-                        return Err(fatal(format!("queryId {query_id} is not in the query set")));
-                    }
+                    // Removing a query the server does not hold (refused when added) is
+                    // acknowledged all the same.
                     self.session.remove(query_id);
                     change.awaiting.remove(&query_id);
                     change.held.remove(&query_id);
@@ -598,14 +634,11 @@ impl Connection {
             Some("None") => Caller::Client,
             Some("Admin") => {
                 let key = field_str(message, "value")?;
-                match self
-                    .state
-                    .nimbus
-                    .check_tenant_admin_key(self.tenant.name(), key)
-                    .await
-                {
+                let state = self.state.clone();
+                let check = state.nimbus.check_tenant_admin_key(self.tenant.name(), key);
+                match state.authenticate(self.client, check).await {
                     Ok(()) => Caller::Admin,
-                    Err(error) => return self.auth_error(base, error.to_string()).await,
+                    Err(error) => return self.auth_error(base, error.message).await,
                 }
             }
             Some("User") => {
@@ -631,17 +664,12 @@ impl Connection {
         if caller != self.caller {
             // Every query re-runs under the new identity.
             self.caller = caller;
-            for (query_id, (path, args)) in &self.queries {
-                if self.session.remove(*query_id) {
-                    match self.session.add(*query_id, path, args.clone(), caller) {
-                        Ok(()) => {
-                            change.awaiting.insert(*query_id);
-                        }
-                        Err(refused) => change
-                            .local
-                            .push(query_failed(*query_id, refused.to_string())),
-                    }
-                }
+            let refused = self.session.resubscribe_all(caller);
+            for query_id in self.session.query_ids() {
+                change.awaiting.insert(query_id);
+            }
+            for (query_id, error) in refused {
+                change.local.push(query_failed(query_id, error.to_string()));
             }
         }
         self.pending = Some(change);

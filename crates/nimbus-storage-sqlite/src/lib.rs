@@ -86,12 +86,37 @@ fn check_name(namespace: &str) -> Result<(), StorageError> {
     }
 }
 
+/// Makes a file or directory private to the server's user (0600 / 0700): tenants' data is
+/// never readable by other local users, whatever the process umask.
+pub fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = if path.is_dir() { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Creates an empty file with mode 0600 unless it exists. SQLite gives a database's `-wal`
+/// and `-shm` files the mode of the database file, so they come out private too.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl SqliteBackend {
-    /// Opens the root directory, creating `tenants/` and removing leftovers of
-    /// interrupted deletions.
+    /// Opens the root directory, creating `tenants/` (private to the server's user) and
+    /// removing leftovers of interrupted deletions.
     pub fn new(root: PathBuf, config: SqliteConfig) -> Result<Self, StorageError> {
         let dir = root.join("tenants");
         std::fs::create_dir_all(&dir)
+            .and_then(|()| make_private(&dir))
             .map_err(|e| StorageError::Io(format!("creating {}: {e}", dir.display())))?;
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| StorageError::Io(format!("reading {}: {e}", dir.display())))?;
@@ -150,6 +175,8 @@ impl StorageBackend for SqliteBackend {
         if path.exists() {
             return Err(StorageError::NamespaceExists(namespace.to_string()));
         }
+        create_private_file(&path)
+            .map_err(|e| StorageError::Io(format!("{namespace}: create: {e}")))?;
         let conn = open_connection(&path, namespace, true, self.config.cache_kib)?;
         conn.execute_batch(&format!(
             "BEGIN;
@@ -171,6 +198,13 @@ impl StorageBackend for SqliteBackend {
         let path = self.path(namespace);
         if !path.exists() {
             return Err(StorageError::NamespaceNotFound(namespace.to_string()));
+        }
+        // Files written by versions that did not make them private.
+        for file in std::iter::once(path.clone()).chain(sidecars(&path)) {
+            if file.exists() {
+                make_private(&file)
+                    .map_err(|e| StorageError::Io(format!("{namespace}: chmod: {e}")))?;
+            }
         }
         let writer = open_connection(&path, namespace, false, self.config.cache_kib)?;
         let version: i64 = writer
@@ -597,6 +631,22 @@ impl TenantStore for SqliteStore {
             documents: documents as u64,
             body_bytes: bytes as u64,
         })
+    }
+
+    fn table_counts(&self) -> Result<Vec<(TableNumber, u64)>, StorageError> {
+        let mut reader = self.reader();
+        let conn = reader.conn()?;
+        let mut statement = conn
+            .prepare_cached("SELECT table_number, COUNT(*) FROM documents GROUP BY table_number")
+            .map_err(|e| io("prepare", &self.namespace, e))?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| io("table counts", &self.namespace, e))?;
+        rows.map(|row| {
+            row.map(|(table, count)| (TableNumber(table as u32), count as u64))
+                .map_err(|e| io("table counts", &self.namespace, e))
+        })
+        .collect()
     }
 }
 

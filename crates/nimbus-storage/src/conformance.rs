@@ -113,6 +113,20 @@ pub fn documents_and_globals(make: Constructor, root: &Path) {
         .unwrap();
     assert_eq!(seen, vec![id(1, 1)]);
     assert_eq!(store.stats().unwrap().documents, 2);
+    let mut counts = store.table_counts().unwrap();
+    counts.sort();
+    assert_eq!(
+        counts.iter().map(|(_, n)| n).sum::<u64>(),
+        2,
+        "table counts add up to the documents: {counts:?}"
+    );
+    assert_eq!(
+        counts
+            .iter()
+            .find(|(t, _)| *t == TableNumber(1))
+            .map(|(_, n)| *n),
+        Some(1)
+    );
     assert!(
         store.write(&batch(11)).is_err(),
         "a batch must be newer than the last one"

@@ -161,6 +161,8 @@ pub trait TenantStore: Send + Sync + 'static {
     ) -> Result<IndexScan, StorageError>;
     /// Number of documents and their total body bytes (for memory budgeting).
     fn stats(&self) -> Result<NamespaceStats, StorageError>;
+    /// Documents per table, for tables that have any.
+    fn table_counts(&self) -> Result<Vec<(TableNumber, u64)>, StorageError>;
 }
 
 /// Result of [`TenantStore::scan_index`].

@@ -77,13 +77,16 @@ impl Value {
             Value::String(s) => 2 + s.len(),
             Value::Bytes(b) => 2 + b.len(),
             Value::Array(items) => 2 + items.iter().map(Value::size).sum::<usize>(),
-            Value::Object(fields) => {
-                2 + fields
-                    .iter()
-                    .map(|(k, v)| k.len() + 1 + v.size())
-                    .sum::<usize>()
-            }
+            Value::Object(fields) => Value::object_size(fields),
         }
+    }
+
+    /// Size of an object's fields as Convex measures it ([`Value::size`] of the object).
+    pub fn object_size(fields: &Object) -> usize {
+        2 + fields
+            .iter()
+            .map(|(k, v)| k.len() + 1 + v.size())
+            .sum::<usize>()
     }
 
     /// Nesting depth: 1 for scalars, 1 + the deepest child for arrays and objects.

@@ -60,6 +60,12 @@ enum Command {
         /// Most tenants active in memory at once; idle ones beyond it are closed (LRU).
         #[arg(long, default_value_t = 1000)]
         max_active_tenants: usize,
+        /// Memory budget of all active tenants together, in MiB (each counted as 4 MiB
+        /// plus its resident data, cached results and subscriptions). Activations close idle
+        /// tenants to stay within it, or get 503 when all are busy (default: half the
+        /// machine's memory).
+        #[arg(long)]
+        max_memory_mib: Option<usize>,
         /// Tenants opened at once; further first requests to idle tenants wait their turn
         /// (default: half the cores, at least 2).
         #[arg(long)]
@@ -67,13 +73,42 @@ enum Command {
         /// Query results cached per tenant (0 disables the query cache).
         #[arg(long, default_value_t = 1024)]
         query_cache_entries: usize,
+        /// Memory for cached query results per tenant, in MiB (least recently used
+        /// results are evicted).
+        #[arg(long, default_value_t = 16)]
+        query_cache_mib: usize,
+        /// Most live WebSocket connections per tenant; further upgrades get 429.
+        #[arg(long, default_value_t = 10_000)]
+        max_connections_per_tenant: usize,
+        /// Most live WebSocket connections per client address, across tenants; further
+        /// upgrades get 429.
+        #[arg(long, default_value_t = 1000)]
+        max_connections_per_address: usize,
         /// Most live-query subscriptions one WebSocket connection may hold; adds beyond
         /// it fail with a TooManySubscriptions query error.
         #[arg(long, default_value_t = 4096)]
         max_subscriptions_per_connection: usize,
+        /// Estimated memory of one connection's subscriptions, in KiB (function paths and
+        /// arguments); adds beyond it fail with a SubscriptionsTooLarge query error.
+        #[arg(long, default_value_t = 2048)]
+        max_subscription_kib_per_connection: usize,
+        /// Most live-query subscriptions the connections of one client address may hold
+        /// in one tenant.
+        #[arg(long, default_value_t = 10_000)]
+        max_subscriptions_per_address: usize,
+        /// Estimated memory of one client address's subscriptions in one tenant, in KiB.
+        #[arg(long, default_value_t = 16 * 1024)]
+        max_subscription_kib_per_address: usize,
         /// Most live-query subscriptions of one tenant across its connections.
         #[arg(long, default_value_t = 100_000)]
         max_subscriptions_per_tenant: usize,
+        /// Estimated memory of one tenant's subscriptions, in KiB.
+        #[arg(long, default_value_t = 64 * 1024)]
+        max_subscription_kib_per_tenant: usize,
+        /// Failed admin authentications one client address may make per minute; beyond,
+        /// its admin requests get 429 until the minute is over.
+        #[arg(long, default_value_t = 20)]
+        max_auth_failures_per_minute: u32,
         /// Seconds a WebSocket send may block (a client not reading) before the server
         /// closes that connection.
         #[arg(long, default_value_t = 30)]
@@ -120,10 +155,19 @@ fn main() -> Result<()> {
             function_memory_mib,
             tenant_memory_mib,
             query_cache_entries,
+            query_cache_mib,
             max_active_tenants,
+            max_memory_mib,
             max_concurrent_activations,
+            max_connections_per_tenant,
+            max_connections_per_address,
             max_subscriptions_per_connection,
+            max_subscription_kib_per_connection,
+            max_subscriptions_per_address,
+            max_subscription_kib_per_address,
             max_subscriptions_per_tenant,
+            max_subscription_kib_per_tenant,
+            max_auth_failures_per_minute,
             sync_send_timeout_secs,
         } => {
             tracing_subscriber::fmt()
@@ -140,6 +184,17 @@ fn main() -> Result<()> {
             config.admin_key = std::env::var("NIMBUS_ADMIN_KEY")
                 .ok()
                 .filter(|k| !k.is_empty());
+            if let Some(key) = &config.admin_key {
+                if key.len() < nimbus_app::MIN_ADMIN_KEY_LEN {
+                    bail!(
+                        "NIMBUS_ADMIN_KEY is too short ({} characters): the instance admin key \
+                         needs at least {} (e.g. `openssl rand -hex 16`), or unset it and the \
+                         server generates one into <data-dir>/admin_key",
+                        key.len(),
+                        nimbus_app::MIN_ADMIN_KEY_LEN
+                    );
+                }
+            }
             if let Some(workers) = js_workers {
                 config.set_js_workers(workers);
             }
@@ -150,17 +205,29 @@ fn main() -> Result<()> {
             config.pool.limits.memory_bytes = function_memory_mib.max(1) << 20;
             config.engine.memory_budget_bytes = tenant_memory_mib << 20;
             config.query_cache_entries = query_cache_entries;
+            config.query_cache_max_bytes = query_cache_mib << 20;
             config.max_active_tenants = max_active_tenants.max(1);
+            if let Some(mib) = max_memory_mib {
+                config.instance_memory_bytes = mib.max(1) << 20;
+            }
             if let Some(n) = max_concurrent_activations {
                 config.max_concurrent_activations = n.max(1);
             }
             config.live = nimbus_app::LiveLimits {
+                max_sessions: max_connections_per_tenant.max(1),
                 max_subscriptions_per_session: max_subscriptions_per_connection,
+                max_subscription_bytes_per_session: max_subscription_kib_per_connection << 10,
+                max_subscriptions_per_address,
+                max_subscription_bytes_per_address: max_subscription_kib_per_address << 10,
                 max_subscriptions_per_tenant,
+                max_subscription_bytes_per_tenant: max_subscription_kib_per_tenant << 10,
             };
             let server = ServerConfig {
                 domain,
                 max_request_bytes,
+                max_connections_per_address: max_connections_per_address.max(1),
+                max_auth_failures: max_auth_failures_per_minute.max(1),
+                auth_failure_window: Duration::from_secs(60),
                 sync: nimbus_server::SyncConfig {
                     max_message_bytes: max_request_bytes,
                     send_timeout: Duration::from_secs(sync_send_timeout_secs.max(1)),

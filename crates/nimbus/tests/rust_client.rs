@@ -71,7 +71,11 @@ fn ensure_host_resolves(host: &str) {
 async fn start_server() -> Server {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let admin_key = format!("rust-test-{}", std::process::id());
+    // At least 32 characters, as the server requires of NIMBUS_ADMIN_KEY.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let admin_key = format!("rust-test-{}-{nanos:032x}", std::process::id());
     let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
         .args([
             "serve",
