@@ -55,10 +55,6 @@ pub struct NimbusConfig {
     pub query_cache_max_result_bytes: usize,
     /// Bounds of live queries (subscriptions per connection and per tenant).
     pub live: crate::live::LiveLimits,
-    /// Mutations sent over live sessions remembered per tenant (by session and request
-    /// ID) so a client re-sending one after a reconnect gets the first run's answer
-    /// instead of running it twice; the oldest is forgotten when full.
-    pub live_request_dedup_entries: usize,
 }
 
 /// Half the machine's memory (from /proc/meminfo), or 4 GiB when it cannot be read.
@@ -111,7 +107,6 @@ impl NimbusConfig {
             query_cache_max_bytes: 16 << 20,
             query_cache_max_result_bytes: 256 << 10,
             live: crate::live::LiveLimits::default(),
-            live_request_dedup_entries: 4096,
         };
         config.set_js_workers(workers);
         config

@@ -4,7 +4,7 @@
 
 use nimbus_engine::EngineError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AppError {
     #[error("tenant {0:?} does not exist")]

@@ -105,6 +105,16 @@ const QUERY_CONFLICT_ATTEMPTS: usize = 3;
 impl Tenant {
     /// Runs a function call to completion.
     pub async fn run(&self, request: FunctionRequest) -> Result<FunctionResponse, AppError> {
+        self.run_with_receipt(request, None).await
+    }
+
+    /// Runs a function call; a mutation that writes also stores a receipt of its result
+    /// under `receipt` in the same commit (see `dedup.rs`).
+    pub(crate) async fn run_with_receipt(
+        &self,
+        request: FunctionRequest,
+        receipt: Option<Vec<u8>>,
+    ) -> Result<FunctionResponse, AppError> {
         let snapshot = match request.at_ts {
             None => self.engine().snapshot(),
             Some(ts) => self.snapshot_at(ts)?,
@@ -124,7 +134,7 @@ impl Tenant {
                     .await
             }
             FunctionKind::Mutation => {
-                self.run_mutation(resolved, &request.path, request.caller, args)
+                self.run_mutation(resolved, &request.path, request.caller, args, receipt)
                     .await
             }
             FunctionKind::Action => Ok(FunctionResponse::failure(
@@ -297,6 +307,7 @@ impl Tenant {
         path: &str,
         caller: Caller,
         args: Value,
+        receipt: Option<Vec<u8>>,
     ) -> Result<FunctionResponse, AppError> {
         let mut attempt = 0;
         // Held from the OPTIMISTIC_ATTEMPTS-th conflict on: such retries of this tenant run one
@@ -336,10 +347,14 @@ impl Tenant {
                             cached: false,
                         });
                     }
-                    self.engine()
-                        .commit(host.txn.finish())
-                        .await
-                        .map(|ts| (ts, result))
+                    let mut finished = host.txn.finish();
+                    if let (Some(key), Ok(value)) = (&receipt, &result) {
+                        finished.receipt = Some(nimbus_storage::Receipt {
+                            key: key.clone(),
+                            body: crate::dedup::receipt_body(value.value()),
+                        });
+                    }
+                    self.engine().commit(finished).await.map(|ts| (ts, result))
                 }
             };
             match committed {

@@ -28,6 +28,7 @@ pub use live::{
     subscription_cost, Drained, LiveLimits, LiveResult, LiveSession, LiveStats, QueryId,
     SubscribeError, TooManySessions,
 };
+pub use nimbus_engine::{StorageHealth, StorageState};
 pub use nimbus_runtime::FunctionKind;
 pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
 pub use tenant::{Tenant, TenantStats};

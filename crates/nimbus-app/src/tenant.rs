@@ -63,8 +63,8 @@ pub struct Tenant {
     pub(crate) last_used: AtomicU64,
     pub(crate) config: NimbusConfig,
     live: Arc<crate::live::LiveQueries>,
-    /// Mutations over live sessions recently run, for exactly-once replays.
-    pub(crate) recent_requests: Mutex<crate::dedup::RecentRequests>,
+    /// Runs of mutations sent over live sessions, for copies re-sent meanwhile.
+    pub(crate) in_flight: Mutex<crate::dedup::InFlight>,
     /// Set when the tenant is deleted or the server shuts down: live sessions close.
     closed: tokio::sync::watch::Sender<bool>,
     /// Bumped to make every live session of the tenant close (clients reconnect).
@@ -82,6 +82,8 @@ pub struct TenantStats {
     pub functions: usize,
     pub cached_queries: usize,
     pub cached_query_bytes: usize,
+    /// What the instance memory budget counts for this tenant ([`Tenant::memory_bytes`]).
+    pub memory_bytes: usize,
     pub live: crate::live::LiveStats,
 }
 
@@ -111,9 +113,7 @@ impl Tenant {
             rejected: AtomicU64::new(0),
             last_used: AtomicU64::new(0),
             live: Arc::new(crate::live::LiveQueries::new(config.live.clone())),
-            recent_requests: Mutex::new(crate::dedup::RecentRequests::new(
-                config.live_request_dedup_entries,
-            )),
+            in_flight: Mutex::new(crate::dedup::InFlight::default()),
             closed: tokio::sync::watch::channel(false).0,
             disconnect: tokio::sync::watch::channel(0).0,
             config: config.clone(),
@@ -243,6 +243,7 @@ impl Tenant {
             functions: deployment.functions.len(),
             cached_queries,
             cached_query_bytes,
+            memory_bytes: self.memory_bytes(),
             live: self.live.stats(),
         }
     }

@@ -9,9 +9,12 @@
 //! commit, and it is where write throughput comes from.
 //!
 //! **Invariants:** a caller is answered `Ok` only after its writes are durable; a
-//! snapshot is published only after the batch that produced it is durable; after a
-//! storage failure the committer refuses every later request (the tenant is poisoned),
-//! because the batch may or may not be on disk.
+//! snapshot is published only after the batch that produced it is durable. After a
+//! storage failure the batch may or may not be on disk, so the committer refuses every
+//! request (503) until it has reopened the storage and reloaded the tenant from what is
+//! durable there: it retries by itself with backoff (and at once when an operator asks),
+//! and publishes the reloaded state as a new snapshot that every older transaction
+//! conflicts with.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -120,6 +123,12 @@ impl RecentSnapshots {
         }
     }
 
+    /// Forgets every snapshot but `snapshot` (the tenant was reloaded from storage).
+    pub fn restart_with(&mut self, snapshot: Arc<Snapshot>) {
+        self.entries.clear();
+        self.push(snapshot);
+    }
+
     /// The newest snapshot at or before `ts`, if the window reaches back that far.
     pub fn at(&self, ts: Timestamp) -> Option<Arc<Snapshot>> {
         self.entries
@@ -133,6 +142,14 @@ impl RecentSnapshots {
 
 pub(crate) struct CommitterState {
     pub store: Arc<RwLock<Arc<dyn TenantStore>>>,
+    /// Reloads the tenant after a storage failure.
+    pub loader: crate::engine::Loader,
+    pub health: watch::Sender<crate::metrics::StorageHealth>,
+    /// Notified by an operator's reopen request.
+    pub reopen_now: Arc<tokio::sync::Notify>,
+    pub receipt_ttl: std::time::Duration,
+    /// When expired receipts were last removed.
+    pub last_expiry: std::time::Instant,
     pub published: Arc<RwLock<Arc<Snapshot>>>,
     pub write_log: Arc<parking_lot::Mutex<WriteLog>>,
     pub max_batch: usize,
@@ -153,12 +170,47 @@ enum Reply {
     ),
 }
 
-pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, state: CommitterState) {
-    let mut poisoned: Option<String> = None;
+/// First wait after a storage failure before reopening; doubles up to [`REOPEN_MAX`].
+const REOPEN_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const REOPEN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a batch also removes expired receipts.
+const RECEIPT_EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, mut state: CommitterState) {
     let mut batch = Vec::with_capacity(state.max_batch);
     // A barrier taken from the queue while a group was being formed: it starts the next.
     let mut carried: Option<CommitterMessage> = None;
+    let mut backoff = REOPEN_FIRST;
     loop {
+        if state.health.borrow().state != crate::metrics::StorageState::Ok {
+            // Failed: refuse what arrives, and reopen when the backoff ends (or at once
+            // when asked).
+            let reason = state.health.borrow().last_error.clone().unwrap_or_default();
+            if let Some(message) = carried.take() {
+                if refuse_or_stop(message, &reason) {
+                    break;
+                }
+            }
+            tokio::select! {
+                message = rx.recv() => match message {
+                    Some(message) => {
+                        if refuse_or_stop(message, &reason) {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep(backoff) => {}
+                _ = state.reopen_now.notified() => {}
+            }
+            if recover(&mut state).await {
+                backoff = REOPEN_FIRST;
+            } else {
+                backoff = (backoff * 2).min(REOPEN_MAX);
+            }
+            continue;
+        }
         batch.clear();
         let first = match carried.take() {
             Some(message) => message,
@@ -187,16 +239,80 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, state: Committ
             batch.len() == 1 || !batch.iter().any(CommitterMessage::is_barrier),
             "a barrier shares its group"
         );
-        if let Some(reason) = &poisoned {
-            for message in batch.drain(..) {
-                refuse(message, EngineError::Poisoned(reason.clone()));
-            }
-            continue;
-        }
-        if let Err(reason) = process_batch(&mut batch, &state).await {
-            poisoned = Some(reason);
+        if process_batch(&mut batch, &mut state).await.is_err() {
+            backoff = REOPEN_FIRST;
         }
     }
+}
+
+/// Refuses `message` while the storage is failed; true for a shutdown (stop the loop).
+fn refuse_or_stop(message: CommitterMessage, reason: &str) -> bool {
+    let stop = matches!(message, CommitterMessage::Shutdown { .. });
+    refuse(message, EngineError::Poisoned(reason.to_string()));
+    stop
+}
+
+/// Reopens the storage and reloads the tenant from what is durable there. A probe write
+/// first proves the storage takes writes again (a disk still full fails it). On success the
+/// reloaded state is published as a new snapshot; every transaction begun before it
+/// conflicts (the write log restarts there) and live queries re-run. Returns whether the
+/// tenant is healthy again.
+async fn recover(state: &mut CommitterState) -> bool {
+    use crate::metrics::StorageState;
+    state.health.send_modify(|health| {
+        health.state = StorageState::Recovering;
+        health.reopen_attempts += 1;
+    });
+    let loader = state.loader.clone();
+    let reloaded = tokio::task::spawn_blocking(move || {
+        let store = (loader.opener)()?;
+        let probe = store.max_ts()?.next_after(Timestamp::wall_clock_ns());
+        store.write(&WriteBatch {
+            ts: probe,
+            ..WriteBatch::default()
+        })?;
+        drop(store);
+        loader.load()
+    })
+    .await;
+    let (store, snapshot, undo) = match reloaded {
+        Ok(Ok(loaded)) => (loaded.store, loaded.snapshot, loaded.undo),
+        Ok(Err(e)) => return reopen_failed(state, e.to_string()),
+        Err(join) => return reopen_failed(state, format!("reopen task failed: {join}")),
+    };
+    let ts = snapshot.ts;
+    debug_assert!(
+        ts > state.published.read().ts,
+        "a reloaded snapshot is newer than anything published"
+    );
+    *state.store.write() = store;
+    state.undo = undo;
+    let published = Arc::new(snapshot);
+    state.write_log.lock().restart_at(ts);
+    state.recent.lock().restart_with(published.clone());
+    *state.published.write() = published;
+    let _ = state.ts_sender.send(ts);
+    let _ = state.notices.send(CommitNotice {
+        ts,
+        keys: Arc::new(Vec::new()),
+        catalog_changed: true,
+    });
+    tracing::warn!(%ts, "storage reopened after a failure; the tenant accepts writes again");
+    state.health.send_modify(|health| {
+        health.state = StorageState::Ok;
+        health.last_error = None;
+        health.recoveries += 1;
+    });
+    true
+}
+
+fn reopen_failed(state: &CommitterState, error: String) -> bool {
+    tracing::warn!(%error, "reopening the storage failed; retrying with backoff");
+    state.health.send_modify(|health| {
+        health.state = crate::metrics::StorageState::Failed;
+        health.last_error = Some(error);
+    });
+    false
 }
 
 fn refuse(message: CommitterMessage, error: EngineError) {
@@ -213,10 +329,11 @@ fn refuse(message: CommitterMessage, error: EngineError) {
     }
 }
 
-/// Processes one group. Returns `Err(reason)` when storage failed (poison the tenant).
+/// Processes one group. Returns `Err(reason)` when storage failed (the health is then
+/// failed: the tenant refuses writes until it is reopened).
 async fn process_batch(
     batch: &mut Vec<CommitterMessage>,
-    state: &CommitterState,
+    state: &mut CommitterState,
 ) -> Result<(), String> {
     let base = state.published.read().clone();
     let ts = base.ts.next_after(Timestamp::wall_clock_ns());
@@ -267,6 +384,7 @@ async fn process_batch(
                     &mut touched,
                     &mut pre_images,
                 );
+                storage.receipts.extend(txn.receipt);
                 commits += 1;
                 replies.push(Reply::Commit(reply));
             }
@@ -295,6 +413,11 @@ async fn process_batch(
         return Ok(());
     }
     if !storage.is_empty() {
+        if state.last_expiry.elapsed() >= RECEIPT_EXPIRY_EVERY {
+            state.last_expiry = std::time::Instant::now();
+            let ttl_ns = u64::try_from(state.receipt_ttl.as_nanos()).unwrap_or(u64::MAX);
+            storage.expire_receipts_before = Some(Timestamp(ts.0.saturating_sub(ttl_ns)));
+        }
         // Pre-images go in before the rows they describe become visible in storage, so a
         // paged reader never sees a newer row without its pre-image.
         if !working.is_resident() && !pre_images.is_empty() {
@@ -311,14 +434,29 @@ async fn process_batch(
             Err(join) => Some(format!("storage writer task failed: {join}")),
         };
         if let Some(reason) = failure {
-            tracing::error!(%reason, "storage write failed; the tenant refuses writes until reopened");
+            tracing::error!(%reason, "storage write failed; the tenant refuses writes until its storage is reopened");
+            // Failed before anyone hears of it: a caller told "unavailable" finds the tenant
+            // failed.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            state.health.send_modify(|health| {
+                health.state = crate::metrics::StorageState::Failed;
+                health.last_error = Some(reason.clone());
+                health.failed_at_ms = Some(now_ms);
+                health.reopen_attempts = 0;
+            });
+            let answer = format!(
+                "{reason} (the write may or may not have been applied; a mutation re-sent with \
+                 the same session and request ID after recovery is answered exactly once)"
+            );
             for reply in replies {
                 match reply {
                     Reply::Commit(r) => {
-                        let _ = r.send(Err(EngineError::Poisoned(reason.clone())));
+                        let _ = r.send(Err(EngineError::Poisoned(answer.clone())));
                     }
                     Reply::Deploy(r, _) => {
-                        let _ = r.send(Err(EngineError::Poisoned(reason.clone())));
+                        let _ = r.send(Err(EngineError::Poisoned(answer.clone())));
                     }
                 }
             }

@@ -15,7 +15,7 @@ use crate::committer::{
 };
 use crate::cursor::CursorCodec;
 use crate::error::EngineError;
-use crate::metrics::{EngineMetrics, EngineStats};
+use crate::metrics::{EngineMetrics, EngineStats, StorageHealth, StorageState};
 use crate::read_set::ReadSet;
 use crate::snapshot::Snapshot;
 use crate::transaction::{FinishedTransaction, Transaction, TransactionLimits};
@@ -51,6 +51,8 @@ pub struct EngineConfig {
     /// a snapshot older than the window is retried on a fresh snapshot.
     pub undo_log_entries: usize,
     pub undo_log_age: Duration,
+    /// How long a mutation's receipt (its answer, for re-sent copies) is kept.
+    pub receipt_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +68,7 @@ impl Default for EngineConfig {
             memory_budget_bytes: 256 << 20,
             undo_log_entries: 200_000,
             undo_log_age: Duration::from_secs(30),
+            receipt_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -115,6 +118,45 @@ pub struct TenantEngine {
     cursor_codec: CursorCodec,
     write_log: Arc<Mutex<WriteLog>>,
     recent: Arc<Mutex<crate::committer::RecentSnapshots>>,
+    health: watch::Receiver<StorageHealth>,
+    reopen_now: Arc<tokio::sync::Notify>,
+}
+
+/// How the committer reloads a tenant after a storage failure.
+#[derive(Clone)]
+pub(crate) struct Loader {
+    pub opener: StoreOpener,
+    pub codec: DeploymentCodec,
+    pub memory_budget: usize,
+    pub undo_entries: usize,
+    pub undo_age: Duration,
+}
+
+/// A tenant as loaded from its storage.
+pub(crate) struct Loaded {
+    pub store: Arc<dyn TenantStore>,
+    pub snapshot: Snapshot,
+    pub cursor_secret: [u8; 32],
+    pub undo: Arc<UndoLog>,
+}
+
+impl Loader {
+    /// Opens the store and loads the tenant from it (blocking).
+    pub fn load(&self) -> Result<Loaded, EngineError> {
+        let store = (self.opener)()?;
+        let (snapshot, cursor_secret, undo) = load(
+            store.clone(),
+            self.memory_budget,
+            (self.undo_entries, self.undo_age),
+            &self.codec,
+        )?;
+        Ok(Loaded {
+            store,
+            snapshot,
+            cursor_secret,
+            undo,
+        })
+    }
 }
 
 impl TenantEngine {
@@ -126,17 +168,22 @@ impl TenantEngine {
         config: EngineConfig,
         codec: DeploymentCodec,
     ) -> Result<Arc<TenantEngine>, EngineError> {
-        let loader_opener = opener.clone();
-        let budget = config.memory_budget_bytes;
-        let undo_config = (config.undo_log_entries, config.undo_log_age);
-        let loader_codec = codec.clone();
-        let (store, snapshot, cursor_secret, undo) = tokio::task::spawn_blocking(move || {
-            let store = loader_opener()?;
-            let (snapshot, secret, undo) = load(store.clone(), budget, undo_config, &loader_codec)?;
-            Ok::<_, EngineError>((store, snapshot, secret, undo))
-        })
-        .await
-        .map_err(|e| EngineError::User(format!("loading failed: {e}")))??;
+        let loader = Loader {
+            opener,
+            codec,
+            memory_budget: config.memory_budget_bytes,
+            undo_entries: config.undo_log_entries,
+            undo_age: config.undo_log_age,
+        };
+        let first_load = loader.clone();
+        let Loaded {
+            store,
+            snapshot,
+            cursor_secret,
+            undo,
+        } = tokio::task::spawn_blocking(move || first_load.load())
+            .await
+            .map_err(|e| EngineError::User(format!("loading failed: {e}")))??;
         let store = Arc::new(RwLock::new(store));
         let start_ts = snapshot.ts;
         let snapshot = Arc::new(snapshot);
@@ -155,6 +202,8 @@ impl TenantEngine {
             config.write_log_entries,
             config.write_log_age,
         )));
+        let (health_sender, health) = watch::channel(StorageHealth::default());
+        let reopen_now = Arc::new(tokio::sync::Notify::new());
         let state = CommitterState {
             store: store.clone(),
             published: published.clone(),
@@ -166,6 +215,11 @@ impl TenantEngine {
             undo,
             memory_budget: config.memory_budget_bytes,
             recent: recent.clone(),
+            loader,
+            health: health_sender,
+            reopen_now: reopen_now.clone(),
+            receipt_ttl: config.receipt_ttl,
+            last_expiry: std::time::Instant::now(),
         };
         tokio::spawn(committer::run(receiver, state));
         Ok(Arc::new(TenantEngine {
@@ -180,6 +234,8 @@ impl TenantEngine {
             config,
             write_log,
             recent,
+            health,
+            reopen_now,
         }))
     }
 
@@ -318,7 +374,58 @@ impl TenantEngine {
             documents: snapshot.resident_documents(),
             resident_bytes: snapshot.resident_bytes(),
             latest_ts: snapshot.ts.0,
+            storage: self.health.borrow().clone(),
         }
+    }
+
+    /// The storage's health.
+    pub fn storage_health(&self) -> StorageHealth {
+        self.health.borrow().clone()
+    }
+
+    /// Asks the committer to reopen failed storage now instead of at its next backoff, and
+    /// waits (up to `wait`) for that attempt; answers the health after it. A healthy tenant
+    /// is left alone.
+    pub async fn reopen(&self, wait: Duration) -> StorageHealth {
+        let mut health = self.health.clone();
+        let before = {
+            let current = health.borrow_and_update();
+            if current.state == StorageState::Ok {
+                return current.clone();
+            }
+            current.reopen_attempts
+        };
+        self.reopen_now.notify_one();
+        let _ = tokio::time::timeout(
+            wait,
+            // An attempt counts once it is over (it is counted when it starts).
+            health.wait_for(|h| {
+                h.state == StorageState::Ok
+                    || (h.reopen_attempts > before && h.state != StorageState::Recovering)
+            }),
+        )
+        .await;
+        let current = health.borrow().clone();
+        current
+    }
+
+    /// The receipt stored under `key` (a mutation's answer, see [`nimbus_storage::Receipt`])
+    /// and the timestamp of the commit that wrote it. Refused while the storage is failed:
+    /// whether the failed batch became durable is known only once it is reopened.
+    pub async fn receipt(&self, key: Vec<u8>) -> Result<Option<(Timestamp, Vec<u8>)>, EngineError> {
+        let health = self.storage_health();
+        if health.state != StorageState::Ok {
+            return Err(EngineError::Poisoned(
+                health
+                    .last_error
+                    .unwrap_or_else(|| "the storage is being reopened".into()),
+            ));
+        }
+        let store = self.store.read().clone();
+        tokio::task::spawn_blocking(move || store.get_receipt(&key))
+            .await
+            .map_err(|e| EngineError::Storage(StorageError::Io(format!("receipt read: {e}"))))?
+            .map_err(EngineError::from)
     }
 
     /// Whether nothing committed after `ts` touched `read_set` (so a query result read at
@@ -335,7 +442,7 @@ impl TenantEngine {
 }
 
 /// Reads the catalog and the deployment, and every document if they fit the memory budget.
-fn load(
+pub(crate) fn load(
     store: Arc<dyn TenantStore>,
     budget: usize,
     (undo_entries, undo_age): (usize, Duration),

@@ -28,8 +28,9 @@ pub enum EngineError {
     /// The tenant's engine was shut down (tenant deleted or server stopping).
     #[error("the tenant is shutting down")]
     ShutDown,
-    /// The tenant refuses writes after an earlier storage failure.
-    #[error("the tenant's storage failed earlier and it refuses writes until reopened: {0}")]
+    /// The tenant's storage failed; it refuses writes until it is reopened (which it
+    /// retries by itself).
+    #[error("the tenant's storage failed and it refuses writes until it is reopened (retried automatically): {0}")]
     Poisoned(String),
 }
 

@@ -25,9 +25,11 @@ mod undo_log;
 mod write_log;
 
 pub use committer::{CommitNotice, DeployCheck, DeployOutcome, DeployRequest};
-pub use engine::{DeploymentCodec, DeploymentHandle, EngineConfig, StoreOpener, TenantEngine};
+pub use engine::{
+    DeploymentCodec, DeploymentDecoder, DeploymentHandle, EngineConfig, StoreOpener, TenantEngine,
+};
 pub use error::{EngineError, ErrorClass};
-pub use metrics::EngineStats;
+pub use metrics::{EngineStats, StorageHealth, StorageState};
 pub use range_index::{RangeHandle, RangeIndex};
 pub use read_set::ReadSet;
 pub use snapshot::{ScanEntry, Snapshot};

@@ -28,8 +28,44 @@ impl EngineMetrics {
     }
 }
 
-/// A point-in-time copy of the counters plus gauges.
+/// Whether the tenant's storage accepts writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StorageState {
+    /// Writes are accepted.
+    #[default]
+    Ok,
+    /// A write failed; writes are refused (503) and the storage is reopened with backoff.
+    Failed,
+    /// A reopen is in progress.
+    Recovering,
+}
+
+impl StorageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageState::Ok => "ok",
+            StorageState::Failed => "failed",
+            StorageState::Recovering => "recovering",
+        }
+    }
+}
+
+/// The storage's health, as the committer last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageHealth {
+    pub state: StorageState,
+    /// The error of the last failed write or reopen, until a reopen succeeds.
+    pub last_error: Option<String>,
+    /// When the storage last failed (milliseconds since the Unix epoch).
+    pub failed_at_ms: Option<u64>,
+    /// Reopen attempts since the last failure.
+    pub reopen_attempts: u64,
+    /// Failures recovered from since the tenant was activated.
+    pub recoveries: u64,
+}
+
+/// A point-in-time copy of the counters plus gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub commits: u64,
     pub batches: u64,
@@ -41,4 +77,5 @@ pub struct EngineStats {
     pub documents: usize,
     pub resident_bytes: usize,
     pub latest_ts: u64,
+    pub storage: StorageHealth,
 }

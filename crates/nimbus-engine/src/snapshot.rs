@@ -132,7 +132,9 @@ impl Snapshot {
         match &self.source {
             Source::Resident(r) => Ok(r.docs.get(id).cloned()),
             Source::Paged(p) => {
-                self.check_undo_window(p)?;
+                // Storage first, then the undo log: the committer logs a pre-image before
+                // the write it describes reaches storage, so a row seen newer than the
+                // snapshot always has its pre-image by the time the log is read.
                 let stored = p.store.get_document(id)?;
                 if let Some(stored) = &stored {
                     if stored.ts <= self.ts {
@@ -140,23 +142,14 @@ impl Snapshot {
                     }
                 }
                 match p.undo.at(id, self.ts) {
-                    AtSnapshot::Was(before) => Ok(before),
-                    AtSnapshot::Unchanged if stored.is_none() => Ok(None),
-                    AtSnapshot::Unchanged => Err(EngineError::Conflict(
+                    None => Err(undo_window_passed()),
+                    Some(AtSnapshot::Was(before)) => Ok(before),
+                    Some(AtSnapshot::Unchanged) if stored.is_none() => Ok(None),
+                    Some(AtSnapshot::Unchanged) => Err(EngineError::Conflict(
                         "a document newer than the snapshot has no pre-image".into(),
                     )),
                 }
             }
-        }
-    }
-
-    fn check_undo_window(&self, paged: &Paged) -> Result<(), EngineError> {
-        if paged.undo.covers(self.ts) {
-            Ok(())
-        } else {
-            Err(EngineError::Conflict(
-                "the snapshot is older than the undo log window".into(),
-            ))
         }
     }
 
@@ -190,6 +183,17 @@ impl Snapshot {
         }
     }
 
+    /// A scan of a tenant served from storage, at this snapshot's `ts`.
+    ///
+    /// Storage holds only the latest state and moves on while the scan runs; the undo log
+    /// holds the state at `ts` of every document written since. Storage is read *first*
+    /// and the log *after*: the committer logs a batch's pre-images before the batch
+    /// reaches storage, so every document changed after `ts` that the storage pages
+    /// reflect is in the log as read afterwards. Every document the log names is then
+    /// taken from the log (its state at `ts`, or absent), never from storage, whatever
+    /// state of it the storage pages showed; the other rows from storage are unchanged
+    /// since `ts`. (Reading the log first missed a commit landing between the two reads:
+    /// its row was skipped as too new and its pre-image was not in the log read earlier.)
     fn scan_paged(
         &self,
         paged: &Paged,
@@ -198,51 +202,80 @@ impl Snapshot {
         order: ScanOrder,
         limit: usize,
     ) -> Result<Vec<ScanEntry>, EngineError> {
-        self.check_undo_window(paged)?;
         let Some(info) = self.catalog.index(index) else {
             return Ok(Vec::new());
         };
-        // Documents written after the snapshot, with their state at the snapshot.
-        let changed = paged.undo.changed_since(info.table, self.ts);
-        let mut entries: Vec<ScanEntry> = Vec::with_capacity(limit.min(1024));
-        for (id, before) in &changed {
-            if let Some(doc) = before {
-                let key = document_key(&info.fields, doc);
-                if bounded.contains(&key) {
-                    entries.push((key, *id, doc.clone()));
-                }
-            }
-        }
-        // Rows unchanged since the snapshot. Rows newer than it are skipped (their state
-        // at the snapshot came from the undo log), so fetch until `limit` survive.
-        let mut range = bounded.clone();
-        let mut taken = 0;
+        let before = |a: &[u8], b: &[u8]| match order {
+            ScanOrder::Ascending => a < b,
+            ScanOrder::Descending => a > b,
+        };
+        // Storage rows fetched so far, and whether the range is exhausted.
+        let mut rows: Vec<(Vec<u8>, nimbus_storage::StoredDocument)> = Vec::new();
+        let mut exhausted = false;
+        let mut want = limit.max(1);
         loop {
-            let want = (limit - taken.min(limit)).max(1) + changed.len();
-            let scan = paged.store.scan_index(index, &range, order, want)?;
-            let fetched = scan.entries.len();
-            let mut last_key = None;
-            for (key, stored) in scan.entries {
-                last_key = Some(key.clone());
-                if stored.ts > self.ts {
+            let range = match rows.last() {
+                Some((last, _)) => narrowed(bounded, order, Some(last)),
+                None => bounded.clone(),
+            };
+            if !exhausted {
+                let fetch = want.saturating_sub(rows.len()).max(1);
+                let scan = paged.store.scan_index(index, &range, order, fetch)?;
+                exhausted = scan.entries.len() < fetch;
+                rows.extend(scan.entries);
+            }
+            let changed = paged
+                .undo
+                .changed_since(info.table, self.ts)
+                .ok_or_else(undo_window_passed)?;
+            let mut entries: Vec<ScanEntry> = Vec::with_capacity(rows.len().min(limit));
+            for (key, stored) in &rows {
+                if changed.contains_key(&stored.id) {
                     continue;
                 }
-                let doc = Arc::new(decode_document(&stored.body)?);
-                entries.push((key, stored.id, doc));
-                taken += 1;
+                debug_assert!(
+                    stored.ts <= self.ts,
+                    "a row newer than the snapshot has no pre-image"
+                );
+                if stored.ts > self.ts {
+                    return Err(EngineError::Conflict(
+                        "a document newer than the snapshot has no pre-image".into(),
+                    ));
+                }
+                entries.push((
+                    key.clone(),
+                    stored.id,
+                    Arc::new(decode_document(&stored.body)?),
+                ));
             }
-            if fetched < want || taken >= limit {
-                break;
+            for (id, state) in &changed {
+                if let Some(doc) = state {
+                    let key = document_key(&info.fields, doc);
+                    if bounded.contains(&key) {
+                        entries.push((key, *id, doc.clone()));
+                    }
+                }
             }
-            let Some(last) = last_key else { break };
-            range = narrowed(&range, order, Some(&last));
+            entries.sort_by(|a, b| match order {
+                ScanOrder::Ascending => a.0.cmp(&b.0),
+                ScanOrder::Descending => b.0.cmp(&a.0),
+            });
+            // Entries up to the last storage row fetched are complete; beyond it only when
+            // storage has no more rows in the range.
+            let complete = match (exhausted, rows.last()) {
+                (true, _) | (false, None) => entries.len(),
+                (false, Some((last, _))) => entries
+                    .iter()
+                    .take_while(|(key, _, _)| !before(last, key))
+                    .count(),
+            };
+            if complete >= limit || exhausted {
+                entries.truncate(complete.min(limit));
+                return Ok(entries);
+            }
+            // Rows the log replaced thinned the page out: fetch more.
+            want = rows.len() + (limit - complete).max(changed.len()).max(8);
         }
-        match order {
-            ScanOrder::Ascending => entries.sort_by(|a, b| a.0.cmp(&b.0)),
-            ScanOrder::Descending => entries.sort_by(|a, b| b.0.cmp(&a.0)),
-        }
-        entries.truncate(limit);
-        Ok(entries)
     }
 
     /// Applies one document write. `old` is the document's current state (the committer
@@ -423,6 +456,10 @@ impl Snapshot {
         paged.deployment = self.deployment;
         paged
     }
+}
+
+fn undo_window_passed() -> EngineError {
+    EngineError::Conflict("the snapshot is older than the undo log window".into())
 }
 
 /// Memory accounting for one document: its Convex size plus a rough per-entry overhead for

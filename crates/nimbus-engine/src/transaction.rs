@@ -883,6 +883,7 @@ impl Transaction {
             read_set: self.read_set,
             stats: self.stats,
             created_tables: self.created_tables,
+            receipt: None,
         }
     }
 }
@@ -895,6 +896,8 @@ pub struct FinishedTransaction {
     pub read_set: ReadSet,
     pub stats: TransactionStats,
     pub created_tables: Vec<String>,
+    /// Written in the same batch as the writes (a mutation that must run exactly once).
+    pub receipt: Option<nimbus_storage::Receipt>,
 }
 
 /// A position in a paginated query.

@@ -77,14 +77,14 @@ impl UndoLog {
         }
     }
 
-    /// Whether reads at `ts` can still be reconstructed.
-    pub fn covers(&self, ts: Timestamp) -> bool {
-        ts >= self.inner.read().floor
-    }
-
-    /// The state of `id` at snapshot `ts`, as far as the log knows.
-    pub fn at(&self, id: &DocumentId, ts: Timestamp) -> AtSnapshot {
+    /// The state of `id` at snapshot `ts`, as far as the log knows; `None` when the log no
+    /// longer reaches back to `ts` (checked under the same lock as the lookup, so entries
+    /// dropped meanwhile cannot go unnoticed).
+    pub fn at(&self, id: &DocumentId, ts: Timestamp) -> Option<AtSnapshot> {
         let inner = self.inner.read();
+        if ts < inner.floor {
+            return None;
+        }
         // The earliest write after `ts` holds the state at `ts`. Newest entries are at the
         // back and readers are usually at the latest snapshot, so scan backwards.
         let mut found = None;
@@ -96,19 +96,23 @@ impl UndoLog {
                 found = Some(image.before.clone());
             }
         }
-        match found {
+        Some(match found {
             Some(before) => AtSnapshot::Was(before),
             None => AtSnapshot::Unchanged,
-        }
+        })
     }
 
-    /// Documents of `table` written after `ts`, each with its state at `ts`.
+    /// Documents of `table` written after `ts`, each with its state at `ts`; `None` when
+    /// the log no longer reaches back to `ts` (checked under the lock of the read).
     pub fn changed_since(
         &self,
         table: TableNumber,
         ts: Timestamp,
-    ) -> Vec<(DocumentId, Option<Document>)> {
+    ) -> Option<std::collections::HashMap<DocumentId, Option<Document>>> {
         let inner = self.inner.read();
+        if ts < inner.floor {
+            return None;
+        }
         let mut states: std::collections::HashMap<DocumentId, Option<Document>> =
             std::collections::HashMap::new();
         for (image, _) in inner.entries.iter().rev() {
@@ -120,6 +124,6 @@ impl UndoLog {
                 states.insert(image.id, image.before.clone());
             }
         }
-        states.into_iter().collect()
+        Some(states)
     }
 }

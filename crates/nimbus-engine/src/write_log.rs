@@ -65,6 +65,13 @@ impl WriteLog {
         }
     }
 
+    /// Forgets everything: only transactions at `ts` or later can be checked (the tenant
+    /// was reloaded from storage at `ts`).
+    pub fn restart_at(&mut self, ts: Timestamp) {
+        self.entries.clear();
+        self.floor_ts = ts;
+    }
+
     /// Why a transaction at `snapshot_ts` with `read_set` must not commit, if it must not.
     pub fn conflict(&self, snapshot_ts: Timestamp, read_set: &ReadSet) -> Option<String> {
         if snapshot_ts < self.floor_ts {

@@ -7,6 +7,19 @@ use serde_json::{json, Value as Json};
 
 use crate::{ApiError, AppState, Incoming};
 
+fn storage_json(health: &nimbus_app::StorageHealth) -> Json {
+    json!({
+        "state": health.state.as_str(),
+        "lastError": health.last_error,
+        "failedAt": health.failed_at_ms,
+        "reopenAttempts": health.reopen_attempts,
+        "recoveries": health.recoveries,
+    })
+}
+
+/// How long `POST .../reopen` waits for the reopen attempt it asks for.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn info_json(info: &TenantInfo) -> Json {
     json!({"name": info.name, "url": info.url, "createdAt": info.created_at_ms})
 }
@@ -64,6 +77,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                 "storageWriteMicros": e.write_micros, "rejectedOverload": e.rejected_overload,
                 "commitQueueDepth": e.queue_depth, "commitQueueCapacity": e.queue_capacity,
                 "residentDocuments": e.documents, "residentBytes": e.resident_bytes, "latestTs": e.latest_ts,
+                "storage": storage_json(&e.storage), "memoryBytes": stats.memory_bytes,
                 "inflightCalls": stats.inflight_calls, "inflightMax": stats.inflight_max,
                 "rejectedCalls": stats.rejected_calls, "deploymentGeneration": stats.deployment_generation,
                 "functions": stats.functions, "cachedQueries": stats.cached_queries,
@@ -81,6 +95,11 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
             }))
             .into_response())
         }
+        (&Method::POST, ["admin", "tenants", name, "reopen"]) => {
+            let tenant = state.nimbus.tenant(name).await?;
+            let health = tenant.engine_handle().reopen(REOPEN_WAIT).await;
+            Ok(axum::Json(json!({"name": name, "storage": storage_json(&health)})).into_response())
+        }
         (&Method::POST, ["admin", "tenants", name, "disconnect"]) => {
             let closed = state.nimbus.tenant(name).await?.disconnect_live_sessions();
             Ok(axum::Json(json!({"sessions": closed})).into_response())
@@ -93,7 +112,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
             _,
             ["admin", "tenants"]
             | ["admin", "tenants", _]
-            | ["admin", "tenants", _, "stats" | "disconnect"],
+            | ["admin", "tenants", _, "stats" | "disconnect" | "reopen"],
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",

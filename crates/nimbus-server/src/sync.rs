@@ -93,6 +93,9 @@ struct Request {
     args: Json,
     caller: Caller,
     session_id: Option<String>,
+    /// The session connected before (`connectionCount` > 0): the request may be a copy of
+    /// one sent on an earlier socket.
+    may_be_resent: bool,
 }
 
 struct Answer {
@@ -157,6 +160,7 @@ pub(crate) async fn run(
         client_identity: 0,
         caller: Caller::Client,
         session_id: None,
+        reconnected: false,
         connected: false,
         pending: None,
         awaiting_ts: None,
@@ -220,6 +224,8 @@ struct Connection {
     client_identity: u64,
     caller: Caller,
     session_id: Option<String>,
+    /// `Connect` said `connectionCount` > 0: the session had sockets before this one.
+    reconnected: bool,
     connected: bool,
     pending: Option<PendingChange>,
     /// A successful mutation committed at this timestamp; a Transition must reach it.
@@ -266,6 +272,14 @@ fn result_json(query_id: QueryId, result: &LiveResult) -> Json {
             m
         }
     }
+}
+
+/// System errors a client should retry: overload, an unavailable tenant, a server bug.
+fn is_transient(error: &AppError) -> bool {
+    matches!(
+        error,
+        AppError::Overloaded { .. } | AppError::Unavailable { .. } | AppError::Internal(_)
+    )
 }
 
 fn query_failed(query_id: QueryId, message: String) -> Json {
@@ -428,6 +442,18 @@ impl Connection {
         if answer.kind == FunctionKind::Mutation {
             debug_assert!(self.mutations_in_flight > 0, "an answer to no mutation");
             self.mutations_in_flight = self.mutations_in_flight.saturating_sub(1);
+            if let Err(error) = &answer.outcome {
+                if is_transient(error) {
+                    // The mutation may or may not have run (a storage failure's batch may
+                    // be durable): closing the socket makes the client reconnect and
+                    // re-send it, and the copy is answered exactly once (`run_once`).
+                    return Err(End::Close {
+                        fatal: None,
+                        code: 1011,
+                        reason: format!("{}: {error}", error.code()),
+                    });
+                }
+            }
         }
         let mut message = json!({"type": kind, "requestId": answer.request_id});
         match answer.outcome {
@@ -509,6 +535,10 @@ impl Connection {
                     return Err(fatal("Connect was already received on this socket"));
                 }
                 self.connected = true;
+                self.reconnected = message
+                    .get("connectionCount")
+                    .and_then(Json::as_u64)
+                    .is_none_or(|count| count > 0);
                 self.session_id = match message.get("sessionId") {
                     None | Some(Json::Null) => None,
                     Some(Json::String(id)) if valid_session_id(id) => Some(id.clone()),
@@ -536,6 +566,7 @@ impl Connection {
                     args: message.get("args").cloned().unwrap_or(Json::Null),
                     caller: self.caller,
                     session_id: self.session_id.clone(),
+                    may_be_resent: self.reconnected,
                 };
                 let is_mutation = request.kind == FunctionKind::Mutation;
                 // The socket is read only while the queue has room, so this cannot fail
@@ -705,7 +736,12 @@ async fn run_requests(
         };
         let outcome = match (&request.session_id, request.kind) {
             (Some(session), FunctionKind::Mutation) => tenant
-                .run_once(session, request.request_id, function_request)
+                .run_once(
+                    session,
+                    request.request_id,
+                    request.may_be_resent,
+                    function_request,
+                )
                 .await
                 .map(|(response, _)| response),
             _ => tenant.run(function_request).await,

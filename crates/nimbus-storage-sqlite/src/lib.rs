@@ -4,7 +4,9 @@
 //! - `documents(id BLOB PRIMARY KEY, table_number, ts, body)` — `id` is the table number
 //!   (4 bytes, big-endian) followed by the 16 internal bytes, so a table is contiguous,
 //! - `index_entries(index_number, key, id)` keyed by `(index_number, key)`,
-//! - `globals(name, value)` and `meta(name, value)` (`max_ts`, `format_version`).
+//! - `globals(name, value)` and `meta(name, value)` (`max_ts`, `format_version`),
+//! - `receipts(key, ts, body)` with an index on `ts` (for expiry); added after format 1
+//!   came out, so it is created when missing whenever a namespace is opened.
 //!
 //! Durability: WAL with `synchronous = FULL`; each [`TenantStore::write`] is one
 //! transaction, so one fsync covers a whole group commit. Concurrency: one writer
@@ -25,6 +27,12 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// On-disk format written by this version.
 const FORMAT_VERSION: i64 = 1;
+
+/// The receipts table, created by `create_namespace` and, for namespaces created before it
+/// existed, by `open_namespace`.
+const RECEIPTS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS receipts (key BLOB PRIMARY KEY, \
+     ts INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS receipts_by_ts ON receipts (ts);";
 
 /// Tunables of the backend.
 #[derive(Debug, Clone)]
@@ -186,6 +194,7 @@ impl StorageBackend for SqliteBackend {
                  id BLOB NOT NULL, PRIMARY KEY (index_number, key)) WITHOUT ROWID;
              CREATE TABLE globals (name TEXT PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             {RECEIPTS_SCHEMA}
              INSERT INTO meta VALUES ('format_version', {FORMAT_VERSION}), ('max_ts', 0);
              COMMIT;"
         ))
@@ -222,6 +231,9 @@ impl StorageBackend for SqliteBackend {
                 ),
             });
         }
+        writer
+            .execute_batch(RECEIPTS_SCHEMA)
+            .map_err(|e| io("create receipts", namespace, e))?;
         let mut readers = Vec::with_capacity(self.config.read_connections.max(1));
         for _ in 0..self.config.read_connections.max(1) {
             readers.push(open_connection(
@@ -233,6 +245,8 @@ impl StorageBackend for SqliteBackend {
         }
         Ok(Arc::new(SqliteStore {
             namespace: namespace.to_string(),
+            path,
+            cache_kib: self.config.cache_kib,
             writer: Mutex::new(writer),
             readers: Mutex::new(readers),
             reader_returned: Condvar::new(),
@@ -282,6 +296,8 @@ impl StorageBackend for SqliteBackend {
 /// One open namespace.
 struct SqliteStore {
     namespace: String,
+    path: PathBuf,
+    cache_kib: usize,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
@@ -436,6 +452,21 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
         }
         .map_err(|e| io("write global", ns, e))?;
     }
+    if !batch.receipts.is_empty() {
+        let mut put_receipt = tx
+            .prepare_cached("INSERT OR REPLACE INTO receipts (key, ts, body) VALUES (?1, ?2, ?3)")
+            .map_err(|e| io("prepare", ns, e))?;
+        for receipt in &batch.receipts {
+            put_receipt
+                .execute(params![receipt.key, batch.ts.0 as i64, receipt.body])
+                .map_err(|e| io("write receipt", ns, e))?;
+        }
+    }
+    if let Some(before) = batch.expire_receipts_before {
+        tx.prepare_cached("DELETE FROM receipts WHERE ts < ?1")
+            .and_then(|mut expire| expire.execute(params![before.0 as i64]))
+            .map_err(|e| io("expire receipts", ns, e))?;
+    }
     tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'max_ts'")
         .and_then(|mut update| update.execute(params![batch.ts.0 as i64]))
         .map_err(|e| io("write max_ts", ns, e))?;
@@ -445,7 +476,7 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
 impl TenantStore for SqliteStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         let ns = &self.namespace;
-        let conn = self.writer.lock();
+        let mut conn = self.writer.lock();
         // Every statement of a batch, BEGIN and COMMIT included, is a cached prepared
         // statement: a group commit parses no SQL (rusqlite's `Transaction` would send
         // BEGIN and COMMIT as text each time).
@@ -459,9 +490,18 @@ impl TenantStore for SqliteStore {
                 .map_err(|e| io("commit", ns, e))
         });
         if written.is_err() && !conn.is_autocommit() {
-            // Nothing of the batch may stay pending on the writer connection. The
-            // committer treats the failure as fatal for the tenant either way.
-            let _ = conn.execute_batch("ROLLBACK");
+            // Nothing of the batch may stay pending on the writer connection (the committer
+            // refuses writes until it reopens the storage either way). A connection that
+            // cannot even roll back (a full disk, an I/O error) is replaced, so it holds no
+            // lock that would block the reopened store's writer.
+            if conn.execute_batch("ROLLBACK").is_err() {
+                match open_connection(&self.path, ns, false, self.cache_kib) {
+                    Ok(fresh) => *conn = fresh,
+                    Err(e) => {
+                        tracing::warn!(namespace = %ns, error = %e, "cannot replace a failed writer connection")
+                    }
+                }
+            }
         }
         written
     }
@@ -631,6 +671,20 @@ impl TenantStore for SqliteStore {
             documents: documents as u64,
             body_bytes: bytes as u64,
         })
+    }
+
+    fn get_receipt(&self, key: &[u8]) -> Result<Option<(Timestamp, Vec<u8>)>, StorageError> {
+        let mut reader = self.reader();
+        reader
+            .conn()?
+            .prepare_cached("SELECT ts, body FROM receipts WHERE key = ?1")
+            .and_then(|mut read| {
+                read.query_row(params![key], |r| {
+                    Ok((Timestamp(r.get::<_, i64>(0)? as u64), r.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(|e| io("read receipt", &self.namespace, e))
     }
 
     fn table_counts(&self) -> Result<Vec<(TableNumber, u64)>, StorageError> {

@@ -327,6 +327,53 @@ pub fn a_refused_batch_writes_nothing(make: Constructor, root: &Path) {
     assert!(store.get_document(&id(1, 2)).unwrap().is_none());
 }
 
+/// Receipts are written with their batch (atomically, durably), read back with its `ts`,
+/// replaced by a later write of the same key, and expired by `ts`.
+pub fn receipts(make: Constructor, root: &Path) {
+    use crate::Receipt;
+    let backend = make(root);
+    backend.create_namespace("t").unwrap();
+    let store = backend.open_namespace("t").unwrap();
+    let receipt = |key: &str, body: &str| Receipt {
+        key: key.as_bytes().to_vec(),
+        body: body.as_bytes().to_vec(),
+    };
+    let mut first = batch(10);
+    first.documents.push(put(1, 1, "with a receipt"));
+    first.receipts.push(receipt("s1/0", "answer 0"));
+    store.write(&first).unwrap();
+    let mut second = batch(20);
+    second.receipts.push(receipt("s1/1", "answer 1"));
+    store.write(&second).unwrap();
+    assert_eq!(
+        store.get_receipt(b"s1/0").unwrap(),
+        Some((Timestamp(10), b"answer 0".to_vec()))
+    );
+    assert_eq!(store.get_receipt(b"nope").unwrap(), None);
+    // A refused batch writes no receipt.
+    let mut refused = batch(20);
+    refused.receipts.push(receipt("s1/2", "refused"));
+    assert!(store.write(&refused).is_err());
+    assert_eq!(store.get_receipt(b"s1/2").unwrap(), None);
+    // Expiry removes receipts older than the cutoff only.
+    let mut expire = batch(30);
+    expire.expire_receipts_before = Some(Timestamp(15));
+    store.write(&expire).unwrap();
+    assert_eq!(store.get_receipt(b"s1/0").unwrap(), None);
+    assert_eq!(
+        store.get_receipt(b"s1/1").unwrap(),
+        Some((Timestamp(20), b"answer 1".to_vec()))
+    );
+    drop(store);
+    drop(backend);
+    let store = make(root).open_namespace("t").unwrap();
+    assert_eq!(
+        store.get_receipt(b"s1/1").unwrap(),
+        Some((Timestamp(20), b"answer 1".to_vec())),
+        "receipts are durable"
+    );
+}
+
 /// Random operations checked against a `BTreeMap` model.
 pub fn model_based(make: Constructor, root: &Path) {
     let backend = make(root);
@@ -405,7 +452,8 @@ macro_rules! run_conformance_suite {
     ($make:expr) => {
         $crate::run_conformance_suite!(@tests $make;
             namespaces, documents_and_globals, index_ranges, namespaces_are_isolated,
-            batches_are_atomic_for_readers, a_refused_batch_writes_nothing, model_based);
+            batches_are_atomic_for_readers, a_refused_batch_writes_nothing, receipts,
+            model_based);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

@@ -11,7 +11,10 @@
 //!   order-preserving encoding of `nimbus_types::index_key`, so a backend serves an index
 //!   range with a plain ordered range scan,
 //! - **globals**: small named blobs (the catalog of tables and indexes, pushed code and
-//!   schema, the last commit timestamp).
+//!   schema, the last commit timestamp),
+//! - **receipts**: the answers of mutations that must run exactly once (key → body,
+//!   stamped with the commit timestamp), written in the same batch as the mutation's own
+//!   writes and expired by age.
 //!
 //! **Architecture invariant:** only the tenant's committer calls [`TenantStore::write`],
 //! one batch at a time; readers may call the read methods concurrently from any thread.
@@ -78,6 +81,14 @@ pub enum IndexWrite {
     },
 }
 
+/// A mutation's answer, remembered so a re-sent copy of the mutation is answered with it
+/// instead of running again. Stored with the batch's `ts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub key: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
 /// Everything one group commit writes, applied atomically and durably.
 ///
 /// **Invariant:** `ts` is greater than the `ts` of every earlier batch of the namespace.
@@ -89,11 +100,18 @@ pub struct WriteBatch {
     pub indexes: Vec<IndexWrite>,
     /// `(name, Some(value))` sets a global, `(name, None)` removes it.
     pub globals: Vec<(String, Option<Vec<u8>>)>,
+    pub receipts: Vec<Receipt>,
+    /// Removes every receipt stored with a `ts` before this one.
+    pub expire_receipts_before: Option<Timestamp>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.documents.is_empty() && self.indexes.is_empty() && self.globals.is_empty()
+        self.documents.is_empty()
+            && self.indexes.is_empty()
+            && self.globals.is_empty()
+            && self.receipts.is_empty()
+            && self.expire_receipts_before.is_none()
     }
 }
 
@@ -163,6 +181,8 @@ pub trait TenantStore: Send + Sync + 'static {
     fn stats(&self) -> Result<NamespaceStats, StorageError>;
     /// Documents per table, for tables that have any.
     fn table_counts(&self) -> Result<Vec<(TableNumber, u64)>, StorageError>;
+    /// A receipt and the `ts` of the batch that wrote it, unless absent or expired.
+    fn get_receipt(&self, key: &[u8]) -> Result<Option<(Timestamp, Vec<u8>)>, StorageError>;
 }
 
 /// Result of [`TenantStore::scan_index`].
