@@ -171,6 +171,7 @@ impl Tenant {
         path: &str,
         args: &Value,
         caller: Caller,
+        journal: Option<String>,
         snapshot: Arc<Snapshot>,
     ) -> Result<LiveEvaluation, AppError> {
         let resolved = match resolve_at(snapshot, path, Some(FunctionKind::Query), caller) {
@@ -180,10 +181,12 @@ impl Tenant {
                     result: Err(failure),
                     log_lines: Vec::new(),
                     read_set: nimbus_engine::ReadSet::default(),
+                    page_end: None,
                 })
             }
         };
-        let txn = self.engine().begin_at(resolved.snapshot.clone());
+        let mut txn = self.engine().begin_at(resolved.snapshot.clone());
+        txn.set_journal(journal);
         if let Err(message) = check_args(&resolved.function, args, &txn) {
             return Ok(LiveEvaluation {
                 result: Err(FunctionFailure {
@@ -193,6 +196,7 @@ impl Tenant {
                 }),
                 log_lines: Vec::new(),
                 read_set: txn.finish().read_set,
+                page_end: None,
             });
         }
         let (host, outcome) = self.execute(&resolved, args.clone(), txn).await?;
@@ -200,10 +204,12 @@ impl Tenant {
             return Err(system_error(self.name(), error));
         }
         let result = finish_result(&resolved.function, outcome.result, &host.txn);
+        let page_end = host.txn.page_end().map(str::to_string);
         Ok(LiveEvaluation {
             result,
             log_lines: outcome.log_lines,
             read_set: host.txn.finish().read_set,
+            page_end,
         })
     }
 
@@ -473,6 +479,8 @@ pub(crate) struct LiveEvaluation {
     pub result: Result<Value, FunctionFailure>,
     pub log_lines: Vec<String>,
     pub read_set: nimbus_engine::ReadSet,
+    /// The end cursor of its first page, if it paginated (its new journal).
+    pub page_end: Option<String>,
 }
 
 /// Resolves a function in the deployment of `snapshot`; a failure comes with the

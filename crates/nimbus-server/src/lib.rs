@@ -303,7 +303,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
                     format!("{rest} is the sync protocol's WebSocket endpoint: {rejection}"),
                 )
             })?;
-        let limit = state.config.sync.max_message_bytes;
+        let limit = sync::hard_message_limit(state.config.sync.max_message_bytes);
         let state = state.clone();
         return Ok(upgrade
             .max_message_size(limit)

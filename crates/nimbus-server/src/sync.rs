@@ -46,6 +46,10 @@ pub struct SyncConfig {
     pub send_timeout: Duration,
     /// A `Ping` is sent after this long without other messages.
     pub ping_interval: Duration,
+    /// A WebSocket ping is sent this often (clients answer with a pong).
+    pub ws_ping_interval: Duration,
+    /// A client silent this long (no message, no pong) is disconnected.
+    pub idle_timeout: Duration,
     /// Mutations and actions queued per connection; while full, the socket is not read.
     pub max_queued_requests: usize,
 }
@@ -56,6 +60,8 @@ impl Default for SyncConfig {
             max_message_bytes: 8 << 20,
             send_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(15),
+            ws_ping_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(120),
             max_queued_requests: 64,
         }
     }
@@ -167,6 +173,7 @@ pub(crate) async fn run(
         mutations_in_flight: 0,
         requests,
         last_sent: Instant::now(),
+        last_received: Instant::now(),
     };
     let end = connection.serve(answers).await;
     worker.abort();
@@ -234,6 +241,8 @@ struct Connection {
     mutations_in_flight: usize,
     requests: mpsc::Sender<Request>,
     last_sent: Instant,
+    /// When the client last sent anything (a message, a pong).
+    last_received: Instant,
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -259,12 +268,12 @@ fn result_json(query_id: QueryId, result: &LiveResult) -> Json {
     match &result.result {
         Ok(value) => json!({
             "type": "QueryUpdated", "queryId": query_id, "value": encode(value),
-            "logLines": result.log_lines, "journal": null,
+            "logLines": result.log_lines, "journal": result.journal,
         }),
         Err(failure) => {
             let mut m = json!({
                 "type": "QueryFailed", "queryId": query_id, "errorMessage": failure.message,
-                "logLines": result.log_lines, "journal": null,
+                "logLines": result.log_lines, "journal": result.journal,
             });
             if let Some(data) = &failure.data {
                 m["errorData"] = encode(data);
@@ -272,6 +281,12 @@ fn result_json(query_id: QueryId, result: &LiveResult) -> Json {
             m
         }
     }
+}
+
+/// The largest message a socket reads at all (twice the request limit): messages between
+/// the two are refused one by one, larger ones end the connection.
+pub(crate) fn hard_message_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(2)
 }
 
 /// System errors a client should retry: overload, an unavailable tenant, a server bug.
@@ -309,9 +324,13 @@ impl Connection {
         let mut kicked = self.tenant.disconnect_signal();
         let mut published = self.session.published_watch();
         let notify = self.session.notifier();
-        let mut ticker = tokio::time::interval(self.config.ping_interval / 3);
+        let mut ticker = tokio::time::interval(self.config.ws_ping_interval);
         loop {
             let can_read = self.pending.is_none() && self.requests.capacity() > 0;
+            if !can_read {
+                // Not reading: the client's silence says nothing about it meanwhile.
+                self.last_received = Instant::now();
+            }
             let awaiting = self.awaiting_ts;
             let may_flush = self.mutations_in_flight == 0;
             let step = tokio::select! {
@@ -325,22 +344,56 @@ impl Connection {
                 Some(answer) = answers.recv() => self.answer(answer).await,
                 // Not polled while a mutation is in flight: the notification keeps its
                 // permit and fires once the response is out.
-                _ = notify.notified(), if may_flush => self.flush(false).await,
-                _ = async { published.wait_for(|p| awaiting.is_some_and(|ts| *p >= ts)).await.map(|_| ()) }, if awaiting.is_some() && may_flush => {
-                    self.flush(true).await
-                }
+                _ = notify.notified(), if may_flush => self.flush().await,
+                // A round moved on: the commit a mutation waits for may be reflected now.
+                _ = published.changed(), if awaiting.is_some() && may_flush => self.flush().await,
                 message = self.socket.recv(), if can_read => self.receive(message).await,
-                _ = ticker.tick() => {
-                    if self.last_sent.elapsed() >= self.config.ping_interval {
-                        self.send(json!({"type": "Ping"})).await
-                    } else {
-                        Ok(())
-                    }
-                }
+                _ = ticker.tick() => self.keep_alive().await,
             };
             if let Err(end) = step {
                 return end;
             }
+        }
+    }
+
+    /// Every tick: a WebSocket ping (the client's pong proves it is there), a protocol
+    /// `Ping` after `ping_interval` without other messages, and the end of a connection
+    /// whose client was silent for `idle_timeout` (a half-open connection would otherwise
+    /// keep its subscriptions for as long as TCP takes to notice).
+    async fn keep_alive(&mut self) -> Result<(), End> {
+        if self.last_received.elapsed() >= self.config.idle_timeout {
+            return Err(End::Close {
+                fatal: None,
+                code: 1001,
+                reason: format!(
+                    "IdleTimeout: nothing from the client for {} s",
+                    self.config.idle_timeout.as_secs()
+                ),
+            });
+        }
+        let ping = tokio::time::timeout(
+            self.config.send_timeout,
+            self.socket.send(Message::Ping(Default::default())),
+        );
+        match ping.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(End::Gone),
+            Err(_) => return Err(self.slow_consumer()),
+        }
+        if self.last_sent.elapsed() >= self.config.ping_interval {
+            self.send(json!({"type": "Ping"})).await?;
+        }
+        Ok(())
+    }
+
+    fn slow_consumer(&self) -> End {
+        End::Close {
+            fatal: None,
+            code: 1008,
+            reason: format!(
+                "SlowConsumer: the client did not read for {} s",
+                self.config.send_timeout.as_secs()
+            ),
         }
     }
 
@@ -357,21 +410,14 @@ impl Connection {
                 Ok(())
             }
             Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Close {
-                fatal: None,
-                code: 1008,
-                reason: format!(
-                    "SlowConsumer: the client did not read for {} s",
-                    self.config.send_timeout.as_secs()
-                ),
-            }),
+            Err(_) => Err(self.slow_consumer()),
         }
     }
 
-    /// Sends a Transition with whatever results the session has, acknowledging a pending
-    /// change once all its queries have results. With `force`, sends one even if empty
-    /// (to move the client's timestamp past a mutation's commit).
-    async fn flush(&mut self, force: bool) -> Result<(), End> {
+    /// Sends a Transition with whatever results the session can show, acknowledging a
+    /// pending change once all its queries have results; and one even if empty when it
+    /// moves the client's timestamp past a mutation's commit.
+    async fn flush(&mut self) -> Result<(), End> {
         if self.mutations_in_flight > 0 {
             // Deferred until the in-flight mutations are answered (see the module doc);
             // `answer` flushes when the last one is.
@@ -412,7 +458,7 @@ impl Connection {
         // the one a mutation's caller waits for.
         let versions_moved =
             end.query_set != self.version.query_set || end.identity != self.version.identity;
-        if modifications.is_empty() && !versions_moved && !(force && reaches) {
+        if modifications.is_empty() && !versions_moved && !reaches {
             return Ok(());
         }
         let updates = modifications
@@ -486,21 +532,23 @@ impl Connection {
         self.send(message).await?;
         // Results held back while mutations were in flight go out now, if this was the
         // last one (`flush` defers otherwise). The Transition reaching the commit follows
-        // (see `serve`), now if the live queries already reflect it.
-        let reached = self
-            .awaiting_ts
-            .is_some_and(|ts| self.session.published_ts() >= ts);
-        self.flush(reached).await
+        // (see `serve`), now if the session can already show it.
+        self.flush().await
     }
 
     async fn receive(&mut self, message: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        if matches!(message, Some(Ok(_))) {
+            self.last_received = Instant::now();
+        }
         let text = match message {
             None => return Err(End::Gone),
             Some(Err(e)) => {
                 let text = e.to_string();
                 if text.contains("too long") || text.contains("Space limit") {
                     return Err(fatal(format!(
-                        "the message is larger than the limit of {} bytes",
+                        "the message is larger than {} bytes, more than the socket reads \
+                         (requests over {} bytes are refused one by one)",
+                        hard_message_limit(self.config.max_message_bytes),
                         self.config.max_message_bytes
                     )));
                 }
@@ -514,10 +562,7 @@ impl Connection {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
         };
         if text.len() > self.config.max_message_bytes {
-            return Err(fatal(format!(
-                "the message is larger than the limit of {} bytes",
-                self.config.max_message_bytes
-            )));
+            return self.refuse_too_large(text.as_str()).await;
         }
         let message: Json = serde_json::from_str(text.as_str())
             .map_err(|e| fatal(format!("the message is not valid JSON: {e}")))?;
@@ -583,7 +628,94 @@ impl Connection {
         }
     }
 
+    /// A message over `max_message_bytes` (but within what the socket reads) is refused on
+    /// its own, not as a protocol error: the npm client stops for good on a `FatalError`,
+    /// while a failed request only fails that request. A mutation or action gets a failed
+    /// response, a query-set change adds nothing (each add fails); anything else is a
+    /// protocol error. Only the message's small fields are parsed.
+    async fn refuse_too_large(&mut self, text: &str) -> Result<(), End> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(rename = "requestId")]
+            request_id: Option<u64>,
+            #[serde(rename = "baseVersion")]
+            base_version: Option<u64>,
+            #[serde(rename = "newVersion")]
+            new_version: Option<u64>,
+            modifications: Option<Vec<ModificationHead>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ModificationHead {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(rename = "queryId")]
+            query_id: QueryId,
+        }
+        let refusal = format!(
+            "RequestTooLarge: the message is {} bytes, over the limit of {} bytes",
+            text.len(),
+            self.config.max_message_bytes
+        );
+        let head: Head = serde_json::from_str(text)
+            .map_err(|e| fatal(format!("the message is not valid JSON: {e}")))?;
+        if !self.connected {
+            return Err(fatal(format!(
+                "the first message must be Connect, got {}",
+                head.kind
+            )));
+        }
+        match head.kind.as_str() {
+            "Mutation" | "Action" => {
+                let Some(request_id) = head.request_id else {
+                    return Err(fatal("requestId must be a non-negative integer"));
+                };
+                let kind = if head.kind == "Mutation" {
+                    "MutationResponse"
+                } else {
+                    "ActionResponse"
+                };
+                self.send(json!({
+                    "type": kind, "requestId": request_id, "success": false,
+                    "result": refusal, "logLines": [],
+                }))
+                .await
+            }
+            "ModifyQuerySet" => {
+                let modifications = head
+                    .modifications
+                    .unwrap_or_default()
+                    .into_iter()
+                    // Adds are refused without their arguments; removes apply as usual.
+                    .map(|m| json!({"type": m.kind, "queryId": m.query_id}))
+                    .collect::<Vec<_>>();
+                let message = json!({
+                    "type": "ModifyQuerySet",
+                    "baseVersion": head.base_version,
+                    "newVersion": head.new_version,
+                    "modifications": modifications,
+                });
+                self.modify_query_set_refusing(&message, Some(&refusal))
+                    .await
+            }
+            other => Err(fatal(format!(
+                "a {other} message is larger than the limit of {} bytes",
+                self.config.max_message_bytes
+            ))),
+        }
+    }
+
     async fn modify_query_set(&mut self, message: &Json) -> Result<(), End> {
+        self.modify_query_set_refusing(message, None).await
+    }
+
+    /// Applies a query-set change; with `refuse_adds`, every Add fails with that message.
+    async fn modify_query_set_refusing(
+        &mut self,
+        message: &Json,
+        refuse_adds: Option<&str>,
+    ) -> Result<(), End> {
         let base = field_u64(message, "baseVersion")?;
         let new = field_u64(message, "newVersion")?;
         if base != self.client_query_set || new != base + 1 {
@@ -613,16 +745,26 @@ impl Connection {
                             "queryId {query_id} is already in the query set"
                         )));
                     }
-                    let path = field_str(modification, "udfPath")?;
                     // A refused query (bad arguments, a limit) is answered with QueryFailed
                     // and not kept: the client keeps it in its own set, and its later Remove
                     // is acknowledged like any other.
+                    if let Some(refusal) = refuse_adds {
+                        change
+                            .local
+                            .push(query_failed(query_id, refusal.to_string()));
+                        continue;
+                    }
+                    let path = field_str(modification, "udfPath")?;
+                    let journal = modification
+                        .get("journal")
+                        .and_then(Json::as_str)
+                        .map(str::to_string);
                     let added =
                         nimbus_app::parse_args(modification.get("args").unwrap_or(&Json::Null))
                             .map_err(|e| e.to_string())
                             .and_then(|args| {
                                 self.session
-                                    .add(query_id, path, &args, self.caller)
+                                    .add(query_id, path, &args, self.caller, journal)
                                     .map_err(|refused| refused.to_string())
                             });
                     match added {
@@ -650,7 +792,7 @@ impl Connection {
         }
         self.client_query_set = new;
         self.pending = Some(change);
-        self.flush(false).await
+        self.flush().await
     }
 
     async fn authenticate(&mut self, message: &Json) -> Result<(), End> {
@@ -704,7 +846,7 @@ impl Connection {
             }
         }
         self.pending = Some(change);
-        self.flush(false).await
+        self.flush().await
     }
 
     async fn auth_error(&mut self, base: u64, error: String) -> Result<(), End> {

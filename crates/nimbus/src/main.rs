@@ -24,96 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:3210")]
-        listen: SocketAddr,
-        /// Where tenants' data, the tenant catalog and the admin key live.
-        #[arg(long, default_value = "./nimbus-data")]
-        data_dir: PathBuf,
-        /// Host-name routing: `<tenant>.<domain>` addresses a tenant.
-        #[arg(long, default_value = "localhost")]
-        domain: String,
-        /// Base URL clients use (default: http://<listen>).
-        #[arg(long)]
-        public_url: Option<String>,
-        /// Largest request body in bytes (larger ones get 413).
-        #[arg(long, default_value_t = 8 << 20)]
-        max_request_bytes: usize,
-        /// JavaScript worker threads (default: 2 × cores, at least 4).
-        #[arg(long)]
-        js_workers: Option<usize>,
-        /// JavaScript workers one tenant's calls may run on, its "home" workers (default:
-        /// half the workers, at least 2). A tenant's cached runtimes live on its homes only.
-        #[arg(long)]
-        js_workers_per_tenant: Option<usize>,
-        /// CPU time limit of one function call, in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        function_cpu_ms: u64,
-        /// Memory limit of one tenant's JavaScript heap, in MiB.
-        #[arg(long, default_value_t = 64)]
-        function_memory_mib: usize,
-        /// Memory budget per tenant for in-memory serving, in MiB; larger tenants are
-        /// served from storage.
-        #[arg(long, default_value_t = 256)]
-        tenant_memory_mib: usize,
-        /// Most tenants active in memory at once; idle ones beyond it are closed (LRU).
-        #[arg(long, default_value_t = 1000)]
-        max_active_tenants: usize,
-        /// Memory budget of all active tenants together, in MiB (each counted as 4 MiB
-        /// plus its resident data, cached results and subscriptions). Activations close idle
-        /// tenants to stay within it, or get 503 when all are busy (default: half the
-        /// machine's memory).
-        #[arg(long)]
-        max_memory_mib: Option<usize>,
-        /// Tenants opened at once; further first requests to idle tenants wait their turn
-        /// (default: half the cores, at least 2).
-        #[arg(long)]
-        max_concurrent_activations: Option<usize>,
-        /// Query results cached per tenant (0 disables the query cache).
-        #[arg(long, default_value_t = 1024)]
-        query_cache_entries: usize,
-        /// Memory for cached query results per tenant, in MiB (least recently used
-        /// results are evicted).
-        #[arg(long, default_value_t = 16)]
-        query_cache_mib: usize,
-        /// Most live WebSocket connections per tenant; further upgrades get 429.
-        #[arg(long, default_value_t = 10_000)]
-        max_connections_per_tenant: usize,
-        /// Most live WebSocket connections per client address, across tenants; further
-        /// upgrades get 429.
-        #[arg(long, default_value_t = 1000)]
-        max_connections_per_address: usize,
-        /// Most live-query subscriptions one WebSocket connection may hold; adds beyond
-        /// it fail with a TooManySubscriptions query error.
-        #[arg(long, default_value_t = 4096)]
-        max_subscriptions_per_connection: usize,
-        /// Estimated memory of one connection's subscriptions, in KiB (function paths and
-        /// arguments); adds beyond it fail with a SubscriptionsTooLarge query error.
-        #[arg(long, default_value_t = 2048)]
-        max_subscription_kib_per_connection: usize,
-        /// Most live-query subscriptions the connections of one client address may hold
-        /// in one tenant.
-        #[arg(long, default_value_t = 10_000)]
-        max_subscriptions_per_address: usize,
-        /// Estimated memory of one client address's subscriptions in one tenant, in KiB.
-        #[arg(long, default_value_t = 16 * 1024)]
-        max_subscription_kib_per_address: usize,
-        /// Most live-query subscriptions of one tenant across its connections.
-        #[arg(long, default_value_t = 100_000)]
-        max_subscriptions_per_tenant: usize,
-        /// Estimated memory of one tenant's subscriptions, in KiB.
-        #[arg(long, default_value_t = 64 * 1024)]
-        max_subscription_kib_per_tenant: usize,
-        /// Failed admin authentications one client address may make per minute; beyond,
-        /// its admin requests get 429 until the minute is over.
-        #[arg(long, default_value_t = 20)]
-        max_auth_failures_per_minute: u32,
-        /// Seconds a WebSocket send may block (a client not reading) before the server
-        /// closes that connection.
-        #[arg(long, default_value_t = 30)]
-        sync_send_timeout_secs: u64,
-    },
+    Serve(Box<ServeArgs>),
     /// Manage tenants of a running server.
     Tenant {
         /// Server URL.
@@ -130,6 +41,103 @@ enum Command {
     },
 }
 
+/// `nimbus serve`: where to listen and store data, and every bound of the server.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3210")]
+    listen: SocketAddr,
+    /// Where tenants' data, the tenant catalog and the admin key live.
+    #[arg(long, default_value = "./nimbus-data")]
+    data_dir: PathBuf,
+    /// Host-name routing: `<tenant>.<domain>` addresses a tenant.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Base URL clients use (default: http://<listen>).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Largest request body in bytes (larger ones get 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_request_bytes: usize,
+    /// JavaScript worker threads (default: 2 × cores, at least 4).
+    #[arg(long)]
+    js_workers: Option<usize>,
+    /// JavaScript workers one tenant's calls may run on, its "home" workers (default:
+    /// half the workers, at least 2). A tenant's cached runtimes live on its homes only.
+    #[arg(long)]
+    js_workers_per_tenant: Option<usize>,
+    /// CPU time limit of one function call, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    function_cpu_ms: u64,
+    /// Memory limit of one tenant's JavaScript heap, in MiB.
+    #[arg(long, default_value_t = 64)]
+    function_memory_mib: usize,
+    /// Memory budget per tenant for in-memory serving, in MiB; larger tenants are
+    /// served from storage.
+    #[arg(long, default_value_t = 256)]
+    tenant_memory_mib: usize,
+    /// Most tenants active in memory at once; idle ones beyond it are closed (LRU).
+    #[arg(long, default_value_t = 1000)]
+    max_active_tenants: usize,
+    /// Memory budget of all active tenants together, in MiB (each counted as 4 MiB
+    /// plus its resident data, cached results and subscriptions). Activations close idle
+    /// tenants to stay within it, or get 503 when all are busy (default: half the
+    /// machine's memory).
+    #[arg(long)]
+    max_memory_mib: Option<usize>,
+    /// Tenants opened at once; further first requests to idle tenants wait their turn
+    /// (default: half the cores, at least 2).
+    #[arg(long)]
+    max_concurrent_activations: Option<usize>,
+    /// Query results cached per tenant (0 disables the query cache).
+    #[arg(long, default_value_t = 1024)]
+    query_cache_entries: usize,
+    /// Memory for cached query results per tenant, in MiB (least recently used
+    /// results are evicted).
+    #[arg(long, default_value_t = 16)]
+    query_cache_mib: usize,
+    /// Most live WebSocket connections per tenant; further upgrades get 429.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections_per_tenant: usize,
+    /// Most live WebSocket connections per client address, across tenants; further
+    /// upgrades get 429.
+    #[arg(long, default_value_t = 1000)]
+    max_connections_per_address: usize,
+    /// Most live-query subscriptions one WebSocket connection may hold; adds beyond
+    /// it fail with a TooManySubscriptions query error.
+    #[arg(long, default_value_t = 4096)]
+    max_subscriptions_per_connection: usize,
+    /// Estimated memory of one connection's subscriptions, in KiB (function paths and
+    /// arguments); adds beyond it fail with a SubscriptionsTooLarge query error.
+    #[arg(long, default_value_t = 2048)]
+    max_subscription_kib_per_connection: usize,
+    /// Most live-query subscriptions the connections of one client address may hold
+    /// in one tenant.
+    #[arg(long, default_value_t = 10_000)]
+    max_subscriptions_per_address: usize,
+    /// Estimated memory of one client address's subscriptions in one tenant, in KiB.
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_subscription_kib_per_address: usize,
+    /// Most live-query subscriptions of one tenant across its connections.
+    #[arg(long, default_value_t = 100_000)]
+    max_subscriptions_per_tenant: usize,
+    /// Estimated memory of one tenant's subscriptions, in KiB.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_subscription_kib_per_tenant: usize,
+    /// Failed admin authentications one client address may make per minute; beyond,
+    /// its admin requests get 429 until the minute is over.
+    #[arg(long, default_value_t = 20)]
+    max_auth_failures_per_minute: u32,
+    /// Seconds a WebSocket send may block (a client not reading) before the server
+    /// closes that connection.
+    #[arg(long, default_value_t = 30)]
+    sync_send_timeout_secs: u64,
+    /// Seconds a WebSocket client may stay silent (no message, no pong to the server's
+    /// pings every 5 s) before the server closes the connection.
+    #[arg(long, default_value_t = 120)]
+    sync_idle_timeout_secs: u64,
+}
+
 #[derive(Subcommand)]
 enum TenantAction {
     /// Create a tenant; prints its URL and admin key.
@@ -143,33 +151,35 @@ enum TenantAction {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            listen,
-            data_dir,
-            domain,
-            public_url,
-            max_request_bytes,
-            js_workers,
-            js_workers_per_tenant,
-            function_cpu_ms,
-            function_memory_mib,
-            tenant_memory_mib,
-            query_cache_entries,
-            query_cache_mib,
-            max_active_tenants,
-            max_memory_mib,
-            max_concurrent_activations,
-            max_connections_per_tenant,
-            max_connections_per_address,
-            max_subscriptions_per_connection,
-            max_subscription_kib_per_connection,
-            max_subscriptions_per_address,
-            max_subscription_kib_per_address,
-            max_subscriptions_per_tenant,
-            max_subscription_kib_per_tenant,
-            max_auth_failures_per_minute,
-            sync_send_timeout_secs,
-        } => {
+        Command::Serve(args) => {
+            let ServeArgs {
+                listen,
+                data_dir,
+                domain,
+                public_url,
+                max_request_bytes,
+                js_workers,
+                js_workers_per_tenant,
+                function_cpu_ms,
+                function_memory_mib,
+                tenant_memory_mib,
+                query_cache_entries,
+                query_cache_mib,
+                max_active_tenants,
+                max_memory_mib,
+                max_concurrent_activations,
+                max_connections_per_tenant,
+                max_connections_per_address,
+                max_subscriptions_per_connection,
+                max_subscription_kib_per_connection,
+                max_subscriptions_per_address,
+                max_subscription_kib_per_address,
+                max_subscriptions_per_tenant,
+                max_subscription_kib_per_tenant,
+                max_auth_failures_per_minute,
+                sync_send_timeout_secs,
+                sync_idle_timeout_secs,
+            } = *args;
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -231,6 +241,7 @@ fn main() -> Result<()> {
                 sync: nimbus_server::SyncConfig {
                     max_message_bytes: max_request_bytes,
                     send_timeout: Duration::from_secs(sync_send_timeout_secs.max(1)),
+                    idle_timeout: Duration::from_secs(sync_idle_timeout_secs.max(1)),
                     ..nimbus_server::SyncConfig::default()
                 },
                 ..ServerConfig::default()
