@@ -490,12 +490,19 @@ impl Nimbus {
             EngineError::Storage(e) => storage_error("opening the tenant's storage", e),
             other => AppError::from_engine(name, other),
         })?;
-        Ok(Tenant::activate(
-            name,
-            engine,
-            self.pool.clone(),
-            &self.config,
-        ))
+        let tenant = Tenant::activate(name, engine, self.pool.clone(), &self.config);
+        // Dropped indexes whose entries a previous activation did not finish deleting.
+        if tenant
+            .engine()
+            .snapshot()
+            .catalog
+            .garbage()
+            .next()
+            .is_some()
+        {
+            tenant.collect_garbage();
+        }
+        Ok(tenant)
     }
 
     /// Checks a tenant admin key (`<tenant>|<secret>`) for `tenant`.

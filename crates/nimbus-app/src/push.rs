@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use nimbus_engine::{DeployRequest, Snapshot};
+use nimbus_engine::{DeployRequest, DocumentCheck, Snapshot, StageRequest, WantedIndexes};
 use nimbus_runtime::{
     analyze_modules, evaluate_schema, CodeId, ModuleSet, RuntimeLimits, Visibility,
 };
@@ -15,6 +15,12 @@ use nimbus_types::{Object, Value};
 use crate::deployment::{Deployment, FunctionInfo, StoredModule, DEPLOYMENT_GLOBAL};
 use crate::error::AppError;
 use crate::tenant::Tenant;
+
+/// Documents indexed per backfill commit: writes queued behind one wait tens of
+/// milliseconds at most (see BENCHMARKS.md, "Index builds").
+const BACKFILL_CHUNK: usize = 1024;
+/// Entries of a dropped index deleted per commit.
+const GARBAGE_CHUNK: usize = 8192;
 
 /// Most staged pushes kept per tenant; starting another evicts the oldest.
 const MAX_STAGED_PUSHES: usize = 4;
@@ -185,27 +191,37 @@ impl Tenant {
     /// Checks the staged schema against the documents stored now.
     pub async fn push_status(&self, token: &str) -> Result<StagedStatus, AppError> {
         let staged = self.staged_push(token)?;
-        let snapshot = self.engine().snapshot();
-        Ok(
-            match staged
-                .schema
-                .as_deref()
-                .map(|s| validate_documents(s, &snapshot))
-            {
-                Some(Err((error, table))) => StagedStatus::Failed {
-                    error,
-                    table: Some(table),
-                },
-                _ => StagedStatus::Ready,
+        let Some(schema) = staged.schema.clone() else {
+            return Ok(StagedStatus::Ready);
+        };
+        let engine = self.engine().clone();
+        // A scan of every document: off the async threads.
+        let checked = tokio::task::spawn_blocking(move || {
+            validate_documents(&schema, &engine, &engine.snapshot())
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("schema check task failed: {e}")))?;
+        Ok(match checked {
+            Err((error, table)) => StagedStatus::Failed {
+                error,
+                table: Some(table),
             },
-        )
+            Ok(()) => StagedStatus::Ready,
+        })
     }
 
     /// Activates a staged push: code, schema and indexes switch in one commit, which also
     /// publishes the new deployment with its snapshot (a call always runs the code of the
     /// snapshot it reads, and a mutation begun under older code conflicts and re-runs under
-    /// the new one). The schema check runs again inside the committer, so no write can slip
-    /// in between.
+    /// the new one).
+    ///
+    /// The per-document work happens before, outside the committer, so writes never wait
+    /// for it (see `nimbus-engine`'s `deploy.rs`): the engine starts building the new
+    /// indexes and checking every written document against the new schema; then every
+    /// document of that moment is checked, and the new indexes are backfilled in chunks;
+    /// only then does the switch commit. No document that breaks the new schema gets
+    /// through: those stored before are found by the check, those written meanwhile by the
+    /// engine, which fails the switch.
     pub async fn finish_push(&self, token: &str, dry_run: bool) -> Result<(), AppError> {
         let staged = self.staged_push(token)?;
         if dry_run {
@@ -213,7 +229,7 @@ impl Tenant {
         }
         let _one_at_a_time = self.activation_lock.lock().await;
         let staged = Arc::new(staged.activated(&self.deployment()));
-        let mut indexes: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        let mut indexes: WantedIndexes = BTreeMap::new();
         if let Some(schema) = &staged.schema {
             for (table, definition) in &schema.tables {
                 let entry = indexes.entry(table.clone()).or_default();
@@ -222,14 +238,33 @@ impl Tenant {
                 }
             }
         }
-        let check_schema = staged.schema.clone();
+        let started = Instant::now();
+        let check = staged.schema.clone().map(|schema| {
+            Arc::new(move |table: &str, doc: &nimbus_types::Document| {
+                check_document(&schema, table, doc)
+            }) as DocumentCheck
+        });
+        let stage = self
+            .engine()
+            .stage_deploy(StageRequest {
+                indexes: indexes.clone(),
+                check,
+            })
+            .await
+            .map_err(|e| AppError::from_engine(self.name(), e))?;
+        let built = self.check_and_backfill(&staged, &stage).await;
+        if let Err(error) = built {
+            // Best effort: a staging left behind is abandoned by the next push, or at
+            // the next activation.
+            if let Err(unstage) = self.engine().unstage_deploy().await {
+                tracing::warn!(tenant = self.name(), %unstage, "could not abandon a staged push");
+            }
+            return Err(error);
+        }
         let request = DeployRequest {
             indexes,
             globals: vec![(DEPLOYMENT_GLOBAL.to_string(), Some(staged.to_bytes()?))],
-            check: Some(Box::new(move |snapshot: &Snapshot| match &check_schema {
-                Some(schema) => validate_documents(schema, snapshot).map_err(|(error, _)| error),
-                None => Ok(()),
-            })),
+            check: None,
             deployment: Some(staged.clone()),
         };
         match self.engine().deploy(request).await {
@@ -240,9 +275,13 @@ impl Tenant {
                     code_id = %staged.code_id,
                     added = ?outcome.added_indexes,
                     removed = ?outcome.removed_indexes,
+                    ms = started.elapsed().as_millis() as u64,
                     "push activated"
                 );
                 self.staged.lock().entries.remove(token);
+                if !outcome.removed_indexes.is_empty() {
+                    self.collect_garbage();
+                }
                 Ok(())
             }
             Err(nimbus_engine::EngineError::User(message)) => {
@@ -250,6 +289,39 @@ impl Tenant {
             }
             Err(other) => Err(AppError::from_engine(self.name(), other)),
         }
+    }
+
+    /// Step 2 of an activation: checks every document of the staged snapshot against the
+    /// new schema, then backfills the indexes being built, [`BACKFILL_CHUNK`] documents at
+    /// a time in key order (each chunk is one short commit).
+    async fn check_and_backfill(
+        &self,
+        deployment: &Arc<Deployment>,
+        stage: &nimbus_engine::Staged,
+    ) -> Result<(), AppError> {
+        if let Some(schema) = deployment.schema.clone() {
+            let snapshot = stage.snapshot.clone();
+            let engine = self.engine().clone();
+            tokio::task::spawn_blocking(move || validate_documents(&schema, &engine, &snapshot))
+                .await
+                .map_err(|e| AppError::Internal(format!("schema check task failed: {e}")))?
+                .map_err(|(error, _)| push_failed("SchemaValidationFailed", error))?;
+        }
+        self.engine()
+            .backfill_staged(stage, BACKFILL_CHUNK)
+            .await
+            .map_err(|e| AppError::from_engine(self.name(), e))
+    }
+
+    /// Deletes dropped indexes' entries in the background, in chunks.
+    pub(crate) fn collect_garbage(&self) {
+        let engine = self.engine().clone();
+        let tenant = self.name().to_string();
+        tokio::spawn(async move {
+            if let Err(error) = engine.collect_garbage(GARBAGE_CHUNK).await {
+                tracing::warn!(%tenant, %error, "deleting dropped indexes' entries stopped; it resumes at the next activation");
+            }
+        });
     }
 
     fn staged_push(&self, token: &str) -> Result<Arc<Deployment>, AppError> {
@@ -388,9 +460,49 @@ fn index_changes(snapshot: &Snapshot, schema: Option<&Schema>) -> Vec<IndexChang
     changes
 }
 
+/// Checks one document of `table` against the schema (user fields only).
+fn check_document(
+    schema: &Schema,
+    table: &str,
+    doc: &nimbus_types::Document,
+) -> Result<(), String> {
+    if !schema.schema_validation {
+        return Ok(());
+    }
+    let Some(validator) = schema
+        .tables
+        .get(table)
+        .and_then(|t| t.document_type.as_ref())
+    else {
+        return Ok(());
+    };
+    let fields: Object = doc
+        .iter()
+        .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // IDs are checked for shape only here: the committer has no snapshot to resolve them.
+    validator
+        .check(&Value::Object(fields), &AnyIds)
+        .map_err(|e| e.to_string())
+}
+
+/// ID checks that accept any well-formed ID (used where no snapshot is at hand).
+struct AnyIds;
+
+impl nimbus_types::validator::IdCheck for AnyIds {
+    fn is_id_of_table(&self, _id: &str, _table: &str) -> bool {
+        true
+    }
+}
+
 /// Checks every stored document against the schema; on failure returns the message and
 /// the table.
-fn validate_documents(schema: &Schema, snapshot: &Snapshot) -> Result<(), (String, String)> {
+fn validate_documents(
+    schema: &Schema,
+    engine: &nimbus_engine::TenantEngine,
+    snapshot: &Snapshot,
+) -> Result<(), (String, String)> {
     if !schema.schema_validation {
         return Ok(());
     }
@@ -399,49 +511,33 @@ fn validate_documents(schema: &Schema, snapshot: &Snapshot) -> Result<(), (Strin
         let Some(validator) = &table.document_type else {
             continue;
         };
-        if snapshot.catalog.table(table_name).is_none() {
-            continue;
-        }
-        let Ok(index) = snapshot
-            .catalog
-            .resolve_index(table_name, nimbus_engine::catalog::BY_ID)
-        else {
+        let Some(number) = snapshot.catalog.table(table_name).map(|t| t.number) else {
             continue;
         };
-        let range = nimbus_storage::KeyRange::all();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let batch = snapshot
-                .scan(
-                    index.number,
-                    &range,
-                    nimbus_storage::ScanOrder::Ascending,
-                    after.as_deref(),
-                    512,
-                )
-                .map_err(|e| (format!("reading {table_name}: {e}"), table_name.clone()))?;
-            for (_, _, doc) in &batch {
-                let fields: Object = doc
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                if let Err(e) = validator.check(&Value::Object(fields), &ids) {
+        let mut refused: Option<String> = None;
+        let walked = engine.visit_documents(snapshot, number, &mut |_, doc| {
+            let fields: Object = doc
+                .iter()
+                .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            match validator.check(&Value::Object(fields), &ids) {
+                Ok(()) => Ok(()),
+                Err(e) => {
                     let id = doc.get("_id").and_then(Value::as_str).unwrap_or("?");
-                    return Err((
-                        format!(
-                            "Schema validation failed.\nDocument with ID \"{id}\" in table \"{table_name}\" \
-                             does not match the schema: {e}"
-                        ),
-                        table_name.clone(),
+                    refused = Some(format!(
+                        "Schema validation failed.\nDocument with ID \"{id}\" in table \"{table_name}\" \
+                         does not match the schema: {e}"
                     ));
+                    // Stops the walk; the message above is what is reported.
+                    Err(nimbus_engine::EngineError::User(String::new()))
                 }
             }
-            match batch.last() {
-                Some((key, _, _)) if batch.len() == 512 => after = Some(key.clone()),
-                _ => break,
-            }
+        });
+        if let Some(message) = refused {
+            return Err((message, table_name.clone()));
         }
+        walked.map_err(|e| (format!("reading {table_name}: {e}"), table_name.clone()))?;
     }
     Ok(())
 }

@@ -6,6 +6,11 @@
 //! The catalog is stored as the global [`CATALOG_GLOBAL`] and changes only through the
 //! committer; every change bumps `version`, and a transaction that began under an older
 //! version conflicts (so nothing commits against a schema it did not see).
+//!
+//! An index being built (a push adding it is in progress) is *building*: every write
+//! maintains it, but no query finds it by name until the push switches it in. A dropped
+//! index is *garbage* until its entries are deleted, in the background; a building index
+//! found when a tenant opens (its build was interrupted) becomes garbage too.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +38,8 @@ pub struct IndexInfo {
     pub table: TableNumber,
     pub name: String,
     pub fields: Vec<String>,
+    /// Being built: maintained by writes, not visible to queries yet.
+    pub building: bool,
 }
 
 /// One table: its number, name and index numbers by name (including the built-ins).
@@ -50,6 +57,8 @@ pub struct Catalog {
     tables: BTreeMap<String, TableInfo>,
     table_names: BTreeMap<TableNumber, String>,
     indexes: BTreeMap<IndexNumber, IndexInfo>,
+    /// Dropped indexes whose entries may still be in storage.
+    garbage: std::collections::BTreeSet<IndexNumber>,
     next_table: u32,
     next_index: u32,
 }
@@ -90,7 +99,7 @@ impl Catalog {
         self.tables.values()
     }
 
-    /// Indexes of a table (built-ins included).
+    /// Indexes of a table that writes maintain (built-ins and building ones included).
     pub fn table_indexes(&self, table: TableNumber) -> impl Iterator<Item = &IndexInfo> {
         self.indexes
             .values()
@@ -137,6 +146,7 @@ impl Catalog {
                     table: number,
                     name: builtin.to_string(),
                     fields: builtin_fields(builtin),
+                    building: false,
                 },
             );
         }
@@ -153,6 +163,19 @@ impl Catalog {
 
     /// Adds a user index (full fields computed here); returns its number.
     pub fn add_index(&mut self, table: &str, name: &str, declared: &[String]) -> IndexNumber {
+        let number = self.add_building_index(table, name, declared);
+        self.finish_building(number);
+        number
+    }
+
+    /// Adds a user index in the building state (the table is created if needed): writes
+    /// maintain it, queries do not see it until [`Catalog::finish_building`].
+    pub fn add_building_index(
+        &mut self,
+        table: &str,
+        name: &str,
+        declared: &[String],
+    ) -> IndexNumber {
         let table_number = self.create_table(table);
         let number = self.allocate_index();
         self.indexes.insert(
@@ -162,22 +185,69 @@ impl Catalog {
                 table: table_number,
                 name: name.to_string(),
                 fields: user_index_fields(declared),
+                building: true,
             },
         );
-        if let Some(info) = self.tables.get_mut(table) {
-            info.indexes.insert(name.to_string(), number);
-        }
         number
     }
 
-    /// Removes a user index; returns its number if it existed.
+    /// Makes a building index visible under its name, in place of any index of that name
+    /// (which becomes garbage). False if `number` is not a building index.
+    pub fn finish_building(&mut self, number: IndexNumber) -> bool {
+        let Some(info) = self.indexes.get_mut(&number).filter(|i| i.building) else {
+            return false;
+        };
+        info.building = false;
+        let (table, name) = (info.table, info.name.clone());
+        let Some(table_name) = self.table_names.get(&table).cloned() else {
+            return false;
+        };
+        let replaced = self
+            .tables
+            .get_mut(&table_name)
+            .and_then(|t| t.indexes.insert(name, number));
+        if let Some(old) = replaced.filter(|old| *old != number) {
+            self.indexes.remove(&old);
+            self.garbage.insert(old);
+        }
+        true
+    }
+
+    /// Building indexes, with their tables.
+    pub fn building(&self) -> impl Iterator<Item = &IndexInfo> {
+        self.indexes.values().filter(|i| i.building)
+    }
+
+    /// Drops every building index (a build was abandoned): they become garbage.
+    pub fn abandon_building(&mut self) -> Vec<IndexNumber> {
+        let abandoned: Vec<IndexNumber> = self.building().map(|i| i.number).collect();
+        for number in &abandoned {
+            self.indexes.remove(number);
+            self.garbage.insert(*number);
+        }
+        abandoned
+    }
+
+    /// Removes a user index; returns its number if it existed. Its entries are garbage
+    /// until deleted ([`Catalog::garbage`]).
     pub fn remove_index(&mut self, table: &str, name: &str) -> Option<IndexNumber> {
         if name == BY_ID || name == BY_CREATION_TIME {
             return None;
         }
         let number = self.tables.get_mut(table)?.indexes.remove(name)?;
         self.indexes.remove(&number);
+        self.garbage.insert(number);
         Some(number)
+    }
+
+    /// Dropped indexes whose entries may still be in storage.
+    pub fn garbage(&self) -> impl Iterator<Item = IndexNumber> + '_ {
+        self.garbage.iter().copied()
+    }
+
+    /// Forgets a garbage index once its entries are deleted.
+    pub fn forget_garbage(&mut self, number: IndexNumber) -> bool {
+        self.garbage.remove(&number)
     }
 
     /// Serializes the catalog for the [`CATALOG_GLOBAL`] global.
@@ -187,6 +257,18 @@ impl Catalog {
             version: self.version,
             next_table: self.next_table,
             next_index: self.next_index,
+            building: self
+                .building()
+                .map(|i| BuildingRecord {
+                    table: i.table.0,
+                    index: IndexRecord {
+                        number: i.number.0,
+                        name: i.name.clone(),
+                        fields: i.fields.clone(),
+                    },
+                })
+                .collect(),
+            garbage: self.garbage.iter().map(|n| n.0).collect(),
             tables: self
                 .tables
                 .values()
@@ -240,12 +322,27 @@ impl Catalog {
                         table: number,
                         name: index.name,
                         fields: index.fields,
+                        building: false,
                     },
                 );
             }
             catalog.table_names.insert(number, table.name.clone());
             catalog.tables.insert(table.name, info);
         }
+        for building in record.building {
+            let number = IndexNumber(building.index.number);
+            catalog.indexes.insert(
+                number,
+                IndexInfo {
+                    number,
+                    table: TableNumber(building.table),
+                    name: building.index.name,
+                    fields: building.index.fields,
+                    building: true,
+                },
+            );
+        }
+        catalog.garbage = record.garbage.into_iter().map(IndexNumber).collect();
         Ok(catalog)
     }
 }
@@ -257,6 +354,17 @@ struct CatalogRecord {
     next_table: u32,
     next_index: u32,
     tables: Vec<TableRecord>,
+    /// Added after format 1 came out; absent in older records.
+    #[serde(default)]
+    building: Vec<BuildingRecord>,
+    #[serde(default)]
+    garbage: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BuildingRecord {
+    table: u32,
+    index: IndexRecord,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -298,6 +406,35 @@ mod tests {
                 "_creationTime".to_string(),
                 "_id".to_string()
             ])
+        );
+        assert_eq!(catalog.garbage().collect::<Vec<_>>(), vec![idx]);
+        // A building index is maintained but not found by name until it is finished.
+        let building = catalog.add_building_index("orders", "by_shop", &["total".to_string()]);
+        assert!(catalog.table_indexes(orders).any(|i| i.number == building));
+        assert_eq!(
+            catalog
+                .resolve_index("orders", "by_shop")
+                .map(|i| i.number)
+                .ok(),
+            Some(again)
+        );
+        let restored = Catalog::from_bytes(&catalog.to_bytes().unwrap_or_default());
+        assert_eq!(
+            restored.as_ref(),
+            Ok(&catalog),
+            "building indexes round-trip"
+        );
+        assert!(catalog.finish_building(building));
+        assert_eq!(
+            catalog
+                .resolve_index("orders", "by_shop")
+                .map(|i| i.number)
+                .ok(),
+            Some(building)
+        );
+        assert!(
+            catalog.garbage().any(|n| n == again),
+            "the replaced index is garbage"
         );
     }
 }

@@ -25,35 +25,14 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, CATALOG_GLOBAL};
+use crate::deploy::{
+    apply_backfill, apply_deploy, apply_stage, apply_unstage, check_staged_writes, DeployOutcome,
+    DeployRequest, StageRequest, Staged, Staging,
+};
 use crate::error::EngineError;
 use crate::snapshot::Snapshot;
 use crate::transaction::FinishedTransaction;
 use crate::write_log::WriteLog;
-
-/// Checks run by the committer against the latest snapshot before a deploy applies.
-pub type DeployCheck = Box<dyn FnOnce(&Snapshot) -> Result<(), String> + Send>;
-
-/// A schema/code change: the wanted user indexes per table, globals to write, a check of
-/// existing documents, and the deployment the new snapshot carries. Applied atomically with
-/// respect to every mutation: it is committed alone, never in a group with other writes.
-pub struct DeployRequest {
-    /// Table → index name → declared fields.
-    pub indexes: BTreeMap<String, BTreeMap<String, Vec<String>>>,
-    pub globals: Vec<(String, Option<Vec<u8>>)>,
-    pub check: Option<DeployCheck>,
-    /// Published with the snapshot of this deploy's commit (see
-    /// [`crate::DeploymentHandle`]); `None` keeps the current one.
-    pub deployment: Option<crate::DeploymentHandle>,
-}
-
-/// What a deploy changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeployOutcome {
-    pub ts: Timestamp,
-    /// `table.index` names added and removed.
-    pub added_indexes: Vec<String>,
-    pub removed_indexes: Vec<String>,
-}
 
 pub(crate) enum CommitterMessage {
     Commit {
@@ -63,6 +42,27 @@ pub(crate) enum CommitterMessage {
     Deploy {
         request: DeployRequest,
         reply: oneshot::Sender<Result<DeployOutcome, EngineError>>,
+    },
+    /// Step 1 of a deploy (see `deploy.rs`).
+    Stage {
+        request: StageRequest,
+        reply: oneshot::Sender<Result<Staged, EngineError>>,
+    },
+    /// Abandons a staged deploy.
+    Unstage {
+        reply: oneshot::Sender<Result<Timestamp, EngineError>>,
+    },
+    /// Step 2 of a deploy: index these documents into the building indexes.
+    Backfill {
+        indexes: Vec<IndexNumber>,
+        ids: Vec<DocumentId>,
+        reply: oneshot::Sender<Result<Timestamp, EngineError>>,
+    },
+    /// Deletes up to `max_entries` entries of a garbage index; forgets it once empty.
+    CollectGarbage {
+        index: IndexNumber,
+        max_entries: usize,
+        reply: oneshot::Sender<Result<bool, EngineError>>,
     },
     SetGlobals {
         globals: Vec<(String, Option<Vec<u8>>)>,
@@ -79,7 +79,11 @@ impl CommitterMessage {
     fn is_barrier(&self) -> bool {
         matches!(
             self,
-            CommitterMessage::Deploy { .. } | CommitterMessage::Shutdown { .. }
+            CommitterMessage::Deploy { .. }
+                | CommitterMessage::Stage { .. }
+                | CommitterMessage::Unstage { .. }
+                | CommitterMessage::CollectGarbage { .. }
+                | CommitterMessage::Shutdown { .. }
         )
     }
 }
@@ -150,6 +154,8 @@ pub(crate) struct CommitterState {
     pub receipt_ttl: std::time::Duration,
     /// When expired receipts were last removed.
     pub last_expiry: std::time::Instant,
+    /// A deploy between its stage and its switch (see `deploy.rs`).
+    pub staging: Option<Staging>,
     pub published: Arc<RwLock<Arc<Snapshot>>>,
     pub write_log: Arc<parking_lot::Mutex<WriteLog>>,
     pub max_batch: usize,
@@ -162,13 +168,8 @@ pub(crate) struct CommitterState {
     pub recent: Arc<parking_lot::Mutex<RecentSnapshots>>,
 }
 
-enum Reply {
-    Commit(oneshot::Sender<Result<Timestamp, EngineError>>),
-    Deploy(
-        oneshot::Sender<Result<DeployOutcome, EngineError>>,
-        DeployOutcome,
-    ),
-}
+/// How a message is answered once its group is published, or when the group fails.
+type Reply = Box<dyn FnOnce(Result<&Arc<Snapshot>, &str>) + Send>;
 
 /// First wait after a storage failure before reopening; doubles up to [`REOPEN_MAX`].
 const REOPEN_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
@@ -317,10 +318,19 @@ fn reopen_failed(state: &CommitterState, error: String) -> bool {
 
 fn refuse(message: CommitterMessage, error: EngineError) {
     match message {
-        CommitterMessage::Commit { reply, .. } | CommitterMessage::SetGlobals { reply, .. } => {
+        CommitterMessage::Commit { reply, .. }
+        | CommitterMessage::SetGlobals { reply, .. }
+        | CommitterMessage::Unstage { reply }
+        | CommitterMessage::Backfill { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         CommitterMessage::Deploy { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        CommitterMessage::Stage { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        CommitterMessage::CollectGarbage { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         CommitterMessage::Shutdown { reply } => {
@@ -384,29 +394,92 @@ async fn process_batch(
                     &mut touched,
                     &mut pre_images,
                 );
+                check_staged_writes(
+                    &mut state.staging,
+                    &working,
+                    txn.writes
+                        .iter()
+                        .filter_map(|(id, write)| Some((id, write.new.as_ref()?))),
+                );
                 storage.receipts.extend(txn.receipt);
                 commits += 1;
-                replies.push(Reply::Commit(reply));
+                replies.push(reply_with(reply, |published| published.ts));
             }
             CommitterMessage::SetGlobals { globals, reply } => {
                 storage.globals.extend(globals);
-                replies.push(Reply::Commit(reply));
+                replies.push(reply_with(reply, |published| published.ts));
             }
             CommitterMessage::Shutdown { reply } => {
                 // Only ever first in a group, where `run` takes it.
                 let _ = reply.send(());
             }
             CommitterMessage::Deploy { request, reply } => {
-                match apply_deploy(request, &mut working, &mut storage) {
-                    Ok(outcome) => {
+                match apply_deploy(request, &mut working, &mut storage, &mut state.staging) {
+                    Ok(mut outcome) => {
                         catalog_changed = true;
-                        replies.push(Reply::Deploy(reply, outcome));
+                        replies.push(reply_with(reply, move |published| {
+                            outcome.ts = published.ts;
+                            outcome
+                        }));
+                    }
+                    Err(failure) if failure.publish => {
+                        // The staging is abandoned (a catalog change), then the error told.
+                        catalog_changed = true;
+                        let error = failure.error;
+                        replies.push(Box::new(move |_| {
+                            let _ = reply.send(Err(error));
+                        }));
+                    }
+                    Err(failure) => {
+                        let _ = reply.send(Err(failure.error));
+                    }
+                }
+            }
+            CommitterMessage::Stage { request, reply } => {
+                match apply_stage(request, &mut working, &mut storage, &mut state.staging) {
+                    Ok(building) => {
+                        catalog_changed = true;
+                        replies.push(reply_with(reply, move |published| Staged {
+                            snapshot: published.clone(),
+                            building,
+                        }));
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
                 }
             }
+            CommitterMessage::Unstage { reply } => {
+                match apply_unstage(&mut working, &mut storage, &mut state.staging) {
+                    Ok(()) => {
+                        catalog_changed = true;
+                        replies.push(reply_with(reply, |published| published.ts));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            CommitterMessage::Backfill {
+                indexes,
+                ids,
+                reply,
+            } => match apply_backfill(&indexes, &ids, &mut working, &mut storage) {
+                Ok(_) => replies.push(reply_with(reply, |published| published.ts)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            CommitterMessage::CollectGarbage {
+                index,
+                max_entries,
+                reply,
+            } => match collect_garbage(index, max_entries, &mut working, &mut storage, state) {
+                Ok(done) => replies.push(reply_with(reply, move |_| done)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
         }
     }
     if replies.is_empty() {
@@ -451,14 +524,7 @@ async fn process_batch(
                  the same session and request ID after recovery is answered exactly once)"
             );
             for reply in replies {
-                match reply {
-                    Reply::Commit(r) => {
-                        let _ = r.send(Err(EngineError::Poisoned(answer.clone())));
-                    }
-                    Reply::Deploy(r, _) => {
-                        let _ = r.send(Err(EngineError::Poisoned(answer.clone())));
-                    }
-                }
+                reply(Err(&answer));
             }
             return Err(reason);
         }
@@ -479,7 +545,7 @@ async fn process_batch(
         .append(ts, keys.as_ref().clone(), catalog_changed);
     let published = Arc::new(working);
     state.recent.lock().push(published.clone());
-    *state.published.write() = published;
+    *state.published.write() = published.clone();
     let _ = state.ts_sender.send(ts);
     let _ = state.notices.send(CommitNotice {
         ts,
@@ -487,17 +553,44 @@ async fn process_batch(
         catalog_changed,
     });
     for reply in replies {
-        match reply {
-            Reply::Commit(r) => {
-                let _ = r.send(Ok(ts));
-            }
-            Reply::Deploy(r, mut outcome) => {
-                outcome.ts = ts;
-                let _ = r.send(Ok(outcome));
-            }
-        }
+        reply(Ok(&published));
     }
     Ok(())
+}
+
+/// Deletes up to `max_entries` of a garbage index's entries; once none are left, forgets
+/// the index (a catalog change that moves no version: nothing visible changes). Returns
+/// whether the index is gone.
+fn collect_garbage(
+    index: IndexNumber,
+    max_entries: usize,
+    working: &mut Snapshot,
+    storage: &mut WriteBatch,
+    state: &CommitterState,
+) -> Result<bool, EngineError> {
+    if !working.catalog.garbage().any(|g| g == index) {
+        return Ok(true);
+    }
+    let store = state.store.read().clone();
+    let left = store.scan_index(
+        index,
+        &nimbus_storage::KeyRange::all(),
+        nimbus_storage::ScanOrder::Ascending,
+        1,
+    )?;
+    if left.entries.is_empty() {
+        let mut catalog: Catalog = (*working.catalog).clone();
+        catalog.forget_garbage(index);
+        storage
+            .globals
+            .push((CATALOG_GLOBAL.to_string(), Some(catalog.to_bytes()?)));
+        working.set_catalog(Arc::new(catalog));
+        return Ok(true);
+    }
+    storage
+        .indexes
+        .push(IndexWrite::DropIndexChunk { index, max_entries });
+    Ok(false)
 }
 
 fn conflict(
@@ -524,6 +617,20 @@ fn conflict(
         return Some("a document read by this mutation was written concurrently".into());
     }
     None
+}
+
+/// A reply that sends what `answer` makes of the published snapshot, or the failure.
+fn reply_with<T: Send + 'static>(
+    sender: oneshot::Sender<Result<T, EngineError>>,
+    answer: impl FnOnce(&Arc<Snapshot>) -> T + Send + 'static,
+) -> Reply {
+    Box::new(move |published| {
+        let _ = sender.send(
+            published
+                .map(answer)
+                .map_err(|reason| EngineError::Poisoned(reason.to_string())),
+        );
+    })
 }
 
 fn apply_writes(
@@ -558,74 +665,4 @@ fn apply_writes(
         );
         storage.indexes.extend(index_writes);
     }
-}
-
-fn apply_deploy(
-    request: DeployRequest,
-    working: &mut Snapshot,
-    storage: &mut WriteBatch,
-) -> Result<DeployOutcome, EngineError> {
-    if let Some(check) = request.check {
-        check(working).map_err(EngineError::User)?;
-    }
-    let mut catalog: Catalog = (*working.catalog).clone();
-    let mut outcome = DeployOutcome::default();
-    // Remove indexes that are gone or whose fields changed.
-    let existing: Vec<(String, String, Vec<String>)> = catalog
-        .tables()
-        .flat_map(|table| {
-            table
-                .indexes
-                .keys()
-                .map(move |name| (table.name.clone(), name.clone()))
-        })
-        .filter_map(|(table, name)| {
-            let fields = catalog.resolve_index(&table, &name).ok()?.fields.clone();
-            Some((table, name, fields))
-        })
-        .collect();
-    for (table, name, fields) in existing {
-        if name == crate::catalog::BY_ID || name == crate::catalog::BY_CREATION_TIME {
-            continue;
-        }
-        let wanted = request.indexes.get(&table).and_then(|t| t.get(&name));
-        let keep =
-            wanted.is_some_and(|declared| crate::catalog::user_index_fields(declared) == fields);
-        if !keep {
-            if let Some(number) = catalog.remove_index(&table, &name) {
-                working.drop_index(number);
-                storage
-                    .indexes
-                    .push(IndexWrite::DropIndex { index: number });
-                outcome.removed_indexes.push(format!("{table}.{name}"));
-            }
-        }
-    }
-    for (table, indexes) in &request.indexes {
-        for (name, declared) in indexes {
-            let exists = catalog
-                .table(table)
-                .is_some_and(|t| t.indexes.contains_key(name));
-            if exists {
-                continue;
-            }
-            let number = catalog.add_index(table, name, declared);
-            outcome.added_indexes.push(format!("{table}.{name}"));
-            working.set_catalog(Arc::new(catalog.clone()));
-            if let Some(info) = catalog.index(number).cloned() {
-                let entries = working.backfill_index(&info)?;
-                storage.indexes.extend(entries);
-            }
-        }
-    }
-    catalog.version += 1;
-    storage
-        .globals
-        .push((CATALOG_GLOBAL.to_string(), Some(catalog.to_bytes()?)));
-    storage.globals.extend(request.globals);
-    working.set_catalog(Arc::new(catalog));
-    if let Some(deployment) = request.deployment {
-        working.deployment = deployment;
-    }
-    Ok(outcome)
 }

@@ -4,16 +4,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nimbus_storage::{StorageError, TenantStore, WriteBatch};
-use nimbus_types::{IdCodec, Timestamp};
+use nimbus_storage::{IndexNumber, StorageError, TenantStore, WriteBatch};
+use nimbus_types::{Document, DocumentId, IdCodec, TableNumber, Timestamp};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, CATALOG_GLOBAL};
-use crate::committer::{
-    self, CommitNotice, CommitterMessage, CommitterState, DeployOutcome, DeployRequest,
-};
+use crate::committer::{self, CommitNotice, CommitterMessage, CommitterState};
 use crate::cursor::CursorCodec;
+use crate::deploy::{DeployOutcome, DeployRequest, StageRequest, Staged};
 use crate::error::EngineError;
 use crate::metrics::{EngineMetrics, EngineStats, StorageHealth, StorageState};
 use crate::read_set::ReadSet;
@@ -220,6 +219,7 @@ impl TenantEngine {
             reopen_now: reopen_now.clone(),
             receipt_ttl: config.receipt_ttl,
             last_expiry: std::time::Instant::now(),
+            staging: None,
         };
         tokio::spawn(committer::run(receiver, state));
         Ok(Arc::new(TenantEngine {
@@ -304,11 +304,134 @@ impl TenantEngine {
         answer.await.map_err(|_| EngineError::ShutDown)?
     }
 
-    /// Applies a schema/code change atomically.
+    /// Applies a schema/code change atomically (the switch of a staged deploy, or a whole
+    /// deploy; see `deploy.rs`).
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployOutcome, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.admit(CommitterMessage::Deploy { request, reply })?;
+        self.admit_waiting(CommitterMessage::Deploy { request, reply })
+            .await?;
         answer.await.map_err(|_| EngineError::ShutDown)?
+    }
+
+    /// Step 1 of a deploy: starts building the wanted indexes and checking written
+    /// documents against the new schema; answers the snapshot to check and backfill from.
+    pub async fn stage_deploy(&self, request: StageRequest) -> Result<Staged, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.admit_waiting(CommitterMessage::Stage { request, reply })
+            .await?;
+        answer.await.map_err(|_| EngineError::ShutDown)?
+    }
+
+    /// Abandons a staged deploy (its building indexes become garbage).
+    pub async fn unstage_deploy(&self) -> Result<(), EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.admit_waiting(CommitterMessage::Unstage { reply })
+            .await?;
+        answer.await.map_err(|_| EngineError::ShutDown)?.map(|_| ())
+    }
+
+    /// Step 2 of a deploy: indexes `ids` (read from the staged snapshot) into the building
+    /// `indexes`, from each document's current state. Durable when it returns.
+    pub async fn backfill(
+        &self,
+        indexes: Vec<IndexNumber>,
+        ids: Vec<DocumentId>,
+    ) -> Result<(), EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.admit_waiting(CommitterMessage::Backfill {
+            indexes,
+            ids,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| EngineError::ShutDown)?.map(|_| ())
+    }
+
+    /// Step 2 of a deploy, whole: backfills every index `staged` is building, `chunk`
+    /// documents per commit. The documents of the staged snapshot are sorted by each index's
+    /// key first, so each commit inserts a run of neighbouring keys (a few storage pages)
+    /// instead of keys spread over the whole index: inserting in document order rewrote
+    /// most of the index's pages in every commit, and writes queued behind each one for
+    /// tens of milliseconds. The sort holds each document's key and ID (the table's size in
+    /// keys), for the duration of one index's build.
+    pub async fn backfill_staged(&self, staged: &Staged, chunk: usize) -> Result<(), EngineError> {
+        let chunk = chunk.max(1);
+        for info in &staged.building {
+            let snapshot = staged.snapshot.clone();
+            let store = self.store.read().clone();
+            let info = info.clone();
+            let index = info.number;
+            let ordered = tokio::task::spawn_blocking(move || {
+                // Keys side by side in one buffer, not one allocation each: a million small
+                // allocations freed at once stalled the allocator for other threads
+                // (the committer among them) for a couple of hundred milliseconds.
+                let mut keys: Vec<u8> = Vec::new();
+                let mut entries: Vec<(usize, usize, DocumentId)> = Vec::new();
+                visit_documents(&snapshot, &store, info.table, &mut |id, doc| {
+                    let key = nimbus_types::index_key::document_key(&info.fields, doc);
+                    entries.push((keys.len(), key.len(), id));
+                    keys.extend_from_slice(&key);
+                    Ok(())
+                })?;
+                entries.sort_unstable_by(|a, b| {
+                    keys[a.0..a.0 + a.1]
+                        .cmp(&keys[b.0..b.0 + b.1])
+                        .then(a.2.cmp(&b.2))
+                });
+                Ok::<_, EngineError>(entries.into_iter().map(|(_, _, id)| id).collect::<Vec<_>>())
+            })
+            .await
+            .map_err(|e| EngineError::User(format!("backfill task failed: {e}")))??;
+            for ids in ordered.chunks(chunk) {
+                self.backfill(vec![index], ids.to_vec()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Visits every document of `table` (blocking): as of `staged` for a tenant in memory;
+    /// for one served from storage, as storage holds it now (a scan of a large table
+    /// outlasts the undo log that reconstructs an old snapshot, and a staged deploy only
+    /// needs every document that existed at the staged snapshot, or a later state of it:
+    /// later writes are checked and indexed by the committer anyway). `visit` may stop the
+    /// walk with an error.
+    pub fn visit_documents(
+        &self,
+        staged: &Snapshot,
+        table: TableNumber,
+        visit: &mut dyn FnMut(DocumentId, &Document) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let store = self.store.read().clone();
+        visit_documents(staged, &store, table, visit)
+    }
+
+    /// Deletes the entries of dropped indexes, `chunk` at a time (each chunk a batch of
+    /// its own, so writes never wait long behind it), until none is left.
+    pub async fn collect_garbage(&self, chunk: usize) -> Result<(), EngineError> {
+        let garbage: Vec<IndexNumber> = self.snapshot().catalog.garbage().collect();
+        for index in garbage {
+            loop {
+                let (reply, answer) = oneshot::channel();
+                self.admit_waiting(CommitterMessage::CollectGarbage {
+                    index,
+                    max_entries: chunk.max(1),
+                    reply,
+                })
+                .await?;
+                if answer.await.map_err(|_| EngineError::ShutDown)?? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a message, waiting for room (deploy steps are not shed like commits).
+    async fn admit_waiting(&self, message: CommitterMessage) -> Result<(), EngineError> {
+        self.sender
+            .send(message)
+            .await
+            .map_err(|_| EngineError::ShutDown)
     }
 
     /// Writes globals through the committer (durable, ordered with commits).
@@ -441,6 +564,56 @@ impl TenantEngine {
     }
 }
 
+/// See [`TenantEngine::visit_documents`].
+fn visit_documents(
+    staged: &Snapshot,
+    store: &Arc<dyn TenantStore>,
+    table: TableNumber,
+    visit: &mut dyn FnMut(DocumentId, &Document) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    const PAGE: usize = 4096;
+    let Some(by_id) = staged
+        .catalog
+        .table_name(table)
+        .and_then(|name| {
+            staged
+                .catalog
+                .resolve_index(name, crate::catalog::BY_ID)
+                .ok()
+        })
+        .map(|info| info.number)
+    else {
+        return Ok(());
+    };
+    let all = nimbus_storage::KeyRange::all();
+    let ascending = nimbus_storage::ScanOrder::Ascending;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let (count, last) = if staged.is_resident() {
+            let page = staged.scan(by_id, &all, ascending, after.as_deref(), PAGE)?;
+            for (_, id, doc) in &page {
+                visit(*id, doc)?;
+            }
+            (page.len(), page.last().map(|(key, _, _)| key.clone()))
+        } else {
+            let range = crate::snapshot::narrowed(&all, ascending, after.as_deref());
+            let page = store.scan_index(by_id, &range, ascending, PAGE)?;
+            for (_, stored) in &page.entries {
+                let doc = crate::codec::decode_document(&stored.body)?;
+                visit(stored.id, &Arc::new(doc))?;
+            }
+            (
+                page.entries.len(),
+                page.entries.last().map(|(key, _)| key.clone()),
+            )
+        };
+        if count < PAGE {
+            return Ok(());
+        }
+        after = last;
+    }
+}
+
 /// Reads the catalog and the deployment, and every document if they fit the memory budget.
 pub(crate) fn load(
     store: Arc<dyn TenantStore>,
@@ -487,6 +660,9 @@ pub(crate) fn load(
         })?,
         None => Catalog::default(),
     };
+    // A build interrupted by a restart is abandoned: its entries are garbage.
+    let mut catalog = catalog;
+    catalog.abandon_building();
     let tables: Vec<_> = catalog.tables().map(|t| t.number).collect();
     let catalog = Arc::new(catalog);
     snapshot.set_catalog(catalog.clone());

@@ -14,6 +14,7 @@ pub mod catalog;
 mod codec;
 mod committer;
 mod cursor;
+mod deploy;
 mod engine;
 pub mod error;
 mod metrics;
@@ -24,7 +25,10 @@ pub mod transaction;
 mod undo_log;
 mod write_log;
 
-pub use committer::{CommitNotice, DeployCheck, DeployOutcome, DeployRequest};
+pub use committer::CommitNotice;
+pub use deploy::{
+    DeployCheck, DeployOutcome, DeployRequest, DocumentCheck, StageRequest, Staged, WantedIndexes,
+};
 pub use engine::{
     DeploymentCodec, DeploymentDecoder, DeploymentHandle, EngineConfig, StoreOpener, TenantEngine,
 };

@@ -347,7 +347,7 @@ impl Snapshot {
                     IndexWrite::Insert { index, .. } | IndexWrite::Delete { index, .. } => {
                         r.indexes.entry(*index).or_default()
                     }
-                    IndexWrite::DropIndex { .. } => continue,
+                    IndexWrite::DropIndex { .. } | IndexWrite::DropIndexChunk { .. } => continue,
                 };
                 match write {
                     IndexWrite::Insert { key, .. } => {
@@ -358,7 +358,7 @@ impl Snapshot {
                     IndexWrite::Delete { key, .. } => {
                         map.remove(key.as_slice());
                     }
-                    IndexWrite::DropIndex { .. } => {}
+                    IndexWrite::DropIndex { .. } | IndexWrite::DropIndexChunk { .. } => {}
                 }
             }
             if let Some(previous) = r.docs.get(&id) {
@@ -426,6 +426,27 @@ impl Snapshot {
             }
         }
         Ok(writes)
+    }
+
+    /// Adds one entry to a (building) index of a resident snapshot; storage is the caller's.
+    pub(crate) fn insert_index_entry(
+        &mut self,
+        index: IndexNumber,
+        key: &[u8],
+        id: DocumentId,
+        doc: &Document,
+    ) {
+        if let Source::Resident(r) = &mut self.source {
+            let replaced = r
+                .indexes
+                .entry(index)
+                .or_default()
+                .insert(Arc::from(key), (id, doc.clone()));
+            if replaced.is_none() {
+                // What `doc_size` counts per index of a document.
+                r.bytes += 144 + key.len();
+            }
+        }
     }
 
     pub(crate) fn drop_index(&mut self, index: IndexNumber) {

@@ -324,7 +324,14 @@ impl Connection {
         let mut kicked = self.tenant.disconnect_signal();
         let mut published = self.session.published_watch();
         let notify = self.session.notifier();
-        let mut ticker = tokio::time::interval(self.config.ws_ping_interval);
+        // Pings at least three times per idle timeout, so a client that answers them is
+        // never judged idle.
+        let tick = self
+            .config
+            .ws_ping_interval
+            .min(self.config.idle_timeout / 3)
+            .max(Duration::from_millis(100));
+        let mut ticker = tokio::time::interval(tick);
         loop {
             let can_read = self.pending.is_none() && self.requests.capacity() > 0;
             if !can_read {

@@ -436,6 +436,17 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
             }
             IndexWrite::Delete { index, key } => del_entry.execute(params![index.0 as i64, key]),
             IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
+            IndexWrite::DropIndexChunk { index, max_entries } => tx
+                .prepare_cached(
+                    "DELETE FROM index_entries WHERE index_number = ?1 AND key IN \
+                     (SELECT key FROM index_entries WHERE index_number = ?1 LIMIT ?2)",
+                )
+                .and_then(|mut chunk| {
+                    chunk.execute(params![
+                        index.0 as i64,
+                        i64::try_from(*max_entries).unwrap_or(i64::MAX)
+                    ])
+                }),
         }
         .map_err(|e| io("write index entry", ns, e))?;
     }

@@ -374,6 +374,55 @@ pub fn receipts(make: Constructor, root: &Path) {
     );
 }
 
+/// A dropped index is deleted a chunk at a time: each chunk removes at most its share,
+/// only of that index.
+pub fn index_chunks_are_dropped(make: Constructor, root: &Path) {
+    let backend = make(root);
+    backend.create_namespace("t").unwrap();
+    let store = backend.open_namespace("t").unwrap();
+    let mut fill = batch(1);
+    for n in 0..10u8 {
+        // Scans return entries with their documents.
+        fill.documents.push(put(1, n, "doc"));
+        for index in [1, 2] {
+            fill.indexes.push(IndexWrite::Insert {
+                index: IndexNumber(index),
+                key: vec![n],
+                id: id(1, n),
+            });
+        }
+    }
+    store.write(&fill).unwrap();
+    let count = |index: u32| {
+        store
+            .scan_index(
+                IndexNumber(index),
+                &KeyRange::all(),
+                ScanOrder::Ascending,
+                100,
+            )
+            .unwrap()
+            .entries
+            .len()
+    };
+    let mut chunk = batch(2);
+    chunk.indexes.push(IndexWrite::DropIndexChunk {
+        index: IndexNumber(1),
+        max_entries: 4,
+    });
+    store.write(&chunk).unwrap();
+    assert_eq!(count(1), 6);
+    assert_eq!(count(2), 10, "another index is untouched");
+    let mut rest = batch(3);
+    rest.indexes.push(IndexWrite::DropIndexChunk {
+        index: IndexNumber(1),
+        max_entries: 100,
+    });
+    store.write(&rest).unwrap();
+    assert_eq!(count(1), 0);
+    assert_eq!(count(2), 10);
+}
+
 /// Random operations checked against a `BTreeMap` model.
 pub fn model_based(make: Constructor, root: &Path) {
     let backend = make(root);
@@ -453,7 +502,7 @@ macro_rules! run_conformance_suite {
         $crate::run_conformance_suite!(@tests $make;
             namespaces, documents_and_globals, index_ranges, namespaces_are_isolated,
             batches_are_atomic_for_readers, a_refused_batch_writes_nothing, receipts,
-            model_based);
+            index_chunks_are_dropped, model_based);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

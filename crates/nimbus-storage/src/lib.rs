@@ -79,6 +79,12 @@ pub enum IndexWrite {
     DropIndex {
         index: IndexNumber,
     },
+    /// Drops up to `max_entries` entries of an index (a dropped index is deleted in
+    /// chunks, so no batch holds the writer for long).
+    DropIndexChunk {
+        index: IndexNumber,
+        max_entries: usize,
+    },
 }
 
 /// A mutation's answer, remembered so a re-sent copy of the mutation is answered with it

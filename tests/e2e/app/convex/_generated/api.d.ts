@@ -19,6 +19,7 @@ import type * as notes from "../notes.js";
 import type * as readLimits from "../readLimits.js";
 import type * as repush from "../repush.js";
 import type * as repushHelper from "../repushHelper.js";
+import type * as resilience from "../resilience.js";
 import type * as things from "../things.js";
 import type * as validators from "../validators.js";
 
@@ -40,6 +41,7 @@ declare const fullApi: ApiFromModules<{
   readLimits: typeof readLimits;
   repush: typeof repush;
   repushHelper: typeof repushHelper;
+  resilience: typeof resilience;
   things: typeof things;
   validators: typeof validators;
 }>;
