@@ -639,3 +639,24 @@ fn runtime_failure(error: FunctionError) -> FunctionFailure {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The review's finding 11.7: a conflict raised inside a function (a paged read at a
+    /// snapshot older than the undo window) was reported as HTTP 500. It is transient: a
+    /// query re-runs on a fresh snapshot and a mutation re-runs (see `run_query` and
+    /// `run_mutation`), and what is left after the retries is a 429 with Retry-After.
+    #[test]
+    fn a_conflict_inside_a_function_is_transient() {
+        let error = system_error(
+            "t",
+            EngineError::Conflict("the snapshot is older than the undo log window".into()),
+        );
+        assert_eq!(error.http_status(), 429, "{error}");
+        assert!(error.retry_after_secs().is_some());
+        let bug = system_error("t", EngineError::User("x".into()));
+        assert_eq!(bug.http_status(), 500);
+    }
+}

@@ -244,6 +244,72 @@ async fn pagination_is_gapless_and_cursors_are_authenticated() {
     );
 }
 
+/// Spec §4.6 (the review's finding 11.10): a page with an end cursor holds every row up to
+/// it and continues exactly at it, also when the range ends before it (the page used to
+/// answer `isDone` with the range's end instead of the end cursor); and a journal pins the
+/// first page's end across re-runs.
+#[tokio::test]
+async fn an_end_cursor_is_where_the_page_continues() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let backend = backend(&dir);
+    let engine = open(&backend, "acme", EngineConfig::default()).await;
+    insert_orders(&engine, 30).await;
+    let q = query(
+        json!({"source": {"type": "FullTableScan", "tableName": "orders", "order": "asc"}, "operators": []}),
+    );
+    let mut txn = engine.begin();
+    let first = txn
+        .page(&q, None, None, 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        txn.page_end(),
+        Some(first.continue_cursor.as_str()),
+        "the journal"
+    );
+    // Rows 10..30 deleted: the range ends before the end cursor.
+    let mut delete = engine.begin();
+    let page = delete
+        .page(&q, None, None, 30)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let victims: Vec<_> = page.documents[10..]
+        .iter()
+        .filter_map(|d| d.get("_id").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    for id in victims {
+        let id = delete.decode_id(&id).unwrap_or_else(|e| panic!("{e}"));
+        delete.delete(&id).unwrap_or_else(|e| panic!("{e}"));
+    }
+    engine
+        .commit(delete.finish())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut txn = engine.begin();
+    let pinned = txn
+        .page(&q, None, Some(&first.continue_cursor), 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        pinned.documents.len(),
+        10,
+        "every row up to the end cursor, whatever numItems says"
+    );
+    assert_eq!(
+        pinned.continue_cursor, first.continue_cursor,
+        "continues at the end cursor"
+    );
+    assert!(
+        !pinned.is_done,
+        "the end cursor is not the end of the query"
+    );
+    // A journal (a live query's) pins the page when the caller gives no end cursor.
+    let mut txn = engine.begin();
+    txn.set_journal(Some(first.continue_cursor.clone()));
+    let journaled = txn
+        .page(&q, None, None, 3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(journaled.documents.len(), 10);
+    assert_eq!(journaled.continue_cursor, first.continue_cursor);
+}
+
 #[tokio::test]
 async fn paged_serving_answers_like_resident_serving() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

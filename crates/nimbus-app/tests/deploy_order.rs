@@ -1,0 +1,116 @@
+//! Deploy/commit ordering (the review's finding 11.8): a mutation that conflicts with a
+//! deploy re-runs on a fresh snapshot, and must run the code of that snapshot. It used to
+//! read the deployment once, before its first attempt, so its retry ran the old code (and
+//! checked the old schema) after the switch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_app::{
+    Caller, FunctionKind, FunctionRequest, Nimbus, NimbusConfig, PushModule, PushRequest, Tenant,
+};
+use serde_json::json;
+
+/// A module whose mutation `log:write` inserts a row, spins `spin` iterations, and returns
+/// the code generation `generation`. The wrapper mimics what Convex bundles export.
+fn module(generation: u32) -> String {
+    format!(
+        r#"
+function register(kind, handler) {{
+  const f = {{ [kind]: true, isPublic: true, exportArgs: () => '{{"type":"any"}}', exportReturns: () => "null" }};
+  f.invokeQuery = f.invokeMutation = async (argsJson) => JSON.stringify(await handler(JSON.parse(argsJson)[0]));
+  return f;
+}}
+export const write = register("isMutation", async ({{ spin }}) => {{
+  await Convex.asyncSyscall("1.0/insert", JSON.stringify({{ table: "log", value: {{ generation: {generation} }} }}));
+  let x = 0;
+  for (let i = 0; i < spin; i++) {{ x = (x + i) % 1000; }}
+  return {generation};
+}});
+"#
+    )
+}
+
+async fn push(tenant: &Tenant, generation: u32) {
+    let staged = tenant
+        .start_push(PushRequest {
+            modules: vec![PushModule {
+                path: "log.js".into(),
+                source: module(generation),
+                source_map: None,
+                environment: "isolate".into(),
+            }],
+            unchanged: vec![],
+            schema_source: None,
+            dry_run: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start push: {e}"));
+    tenant
+        .finish_push(&staged.token, false)
+        .await
+        .unwrap_or_else(|e| panic!("finish push: {e}"));
+}
+
+fn write(spin: u64) -> FunctionRequest {
+    FunctionRequest {
+        path: "log:write".into(),
+        args: json!([{ "spin": spin }]),
+        kind: Some(FunctionKind::Mutation),
+        caller: Caller::Client,
+        at_ts: None,
+    }
+}
+
+async fn generation_of(tenant: &Tenant, spin: u64) -> serde_json::Value {
+    let response = tenant
+        .run(write(spin))
+        .await
+        .unwrap_or_else(|e| panic!("run: {e}"));
+    match response.result {
+        Ok(value) => serde_json::Value::from(value.clean_json().parse::<f64>().unwrap_or(-1.0)),
+        Err(failure) => panic!("the mutation failed: {}", failure.message),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_retried_after_a_deploy_runs_the_new_code() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut config = NimbusConfig::new(dir.path().to_path_buf(), "http://127.0.0.1:1".into());
+    config.admin_key = Some("instance-key-0123456789abcdef0123456789".into());
+    config.pool.workers = 2;
+    config.pool.limits.cpu_time = Duration::from_secs(30);
+    let nimbus = Nimbus::open(config).await.unwrap_or_else(|e| panic!("{e}"));
+    nimbus
+        .create_tenant("ordered")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tenant: Arc<Tenant> = nimbus
+        .tenant("ordered")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    push(&tenant, 1).await;
+    assert_eq!(generation_of(&tenant, 0).await, json!(1.0));
+    // Calibrate a spin that takes about a second, so the deploy lands inside it.
+    let started = std::time::Instant::now();
+    generation_of(&tenant, 2_000_000).await;
+    let per_iteration = started.elapsed().as_secs_f64() / 2_000_000.0;
+    let spin = (1.0 / per_iteration.max(1e-9)) as u64;
+    let slow = {
+        let tenant = tenant.clone();
+        tokio::spawn(async move { generation_of(&tenant, spin).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !slow.is_finished(),
+        "the slow mutation is still running when the deploy starts"
+    );
+    push(&tenant, 2).await;
+    assert!(
+        !slow.is_finished(),
+        "the deploy finished while the slow mutation ran"
+    );
+    // Its first attempt conflicts with the deploy (the catalog moved); the retry reads the
+    // new snapshot, and so runs the new code.
+    assert_eq!(slow.await.unwrap_or_else(|e| panic!("{e}")), json!(2.0));
+}
