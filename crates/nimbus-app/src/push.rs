@@ -10,7 +10,7 @@ use nimbus_runtime::{
     analyze_modules, evaluate_schema, CodeId, ModuleSet, RuntimeLimits, Visibility,
 };
 use nimbus_types::schema::Schema;
-use nimbus_types::{Object, Value};
+use nimbus_types::Value;
 
 use crate::deployment::{Deployment, FunctionInfo, StoredModule, DEPLOYMENT_GLOBAL};
 use crate::error::AppError;
@@ -240,8 +240,11 @@ impl Tenant {
         }
         let started = Instant::now();
         let check = staged.schema.clone().map(|schema| {
+            // IDs are checked for shape only: the committer has no snapshot to resolve them.
             Arc::new(move |table: &str, doc: &nimbus_types::Document| {
-                check_document(&schema, table, doc)
+                schema
+                    .check_document(table, doc, &AnyIds)
+                    .map_err(|e| e.to_string())
             }) as DocumentCheck
         });
         let stage = self
@@ -460,33 +463,6 @@ fn index_changes(snapshot: &Snapshot, schema: Option<&Schema>) -> Vec<IndexChang
     changes
 }
 
-/// Checks one document of `table` against the schema (user fields only).
-fn check_document(
-    schema: &Schema,
-    table: &str,
-    doc: &nimbus_types::Document,
-) -> Result<(), String> {
-    if !schema.schema_validation {
-        return Ok(());
-    }
-    let Some(validator) = schema
-        .tables
-        .get(table)
-        .and_then(|t| t.document_type.as_ref())
-    else {
-        return Ok(());
-    };
-    let fields: Object = doc
-        .iter()
-        .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    // IDs are checked for shape only here: the committer has no snapshot to resolve them.
-    validator
-        .check(&Value::Object(fields), &AnyIds)
-        .map_err(|e| e.to_string())
-}
-
 /// ID checks that accept any well-formed ID (used where no snapshot is at hand).
 struct AnyIds;
 
@@ -508,20 +484,15 @@ fn validate_documents(
     }
     let ids = SnapshotIds(snapshot);
     for (table_name, table) in &schema.tables {
-        let Some(validator) = &table.document_type else {
+        if table.document_type.is_none() {
             continue;
-        };
+        }
         let Some(number) = snapshot.catalog.table(table_name).map(|t| t.number) else {
             continue;
         };
         let mut refused: Option<String> = None;
         let walked = engine.visit_documents(snapshot, number, &mut |_, doc| {
-            let fields: Object = doc
-                .iter()
-                .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            match validator.check(&Value::Object(fields), &ids) {
+            match schema.check_document(table_name, doc, &ids) {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     let id = doc.get("_id").and_then(Value::as_str).unwrap_or("?");

@@ -250,28 +250,18 @@ impl TxnHost {
         }
     }
 
-    /// Schema validation of a new document's user fields.
-    fn check_schema(&self, table: &str, fields: &Object) -> Result<(), SyscallError> {
+    /// Schema validation of a new or updated document (its user fields).
+    fn check_schema(&self, table: &str, doc: &Object) -> Result<(), SyscallError> {
         let Some(schema) = &self.schema else {
             return Ok(());
         };
-        if !schema.schema_validation {
-            return Ok(());
-        }
-        let Some(validator) = schema
-            .tables
-            .get(table)
-            .and_then(|t| t.document_type.as_ref())
-        else {
-            return Ok(());
-        };
-        validator
-            .check(&Value::Object(fields.clone()), &IdsOf(&self.txn))
+        schema
+            .check_document(table, doc, &IdsOf(&self.txn))
             .map_err(|e| {
                 user(format!(
-                "Failed to insert or update a document in table \"{table}\" because it does not \
-                 match the schema: {e}"
-            ))
+                    "Failed to insert or update a document in table \"{table}\" because it does \
+                     not match the schema: {e}"
+                ))
             })
     }
 
@@ -280,15 +270,10 @@ impl TxnHost {
         id: &nimbus_types::DocumentId,
         doc: &Document,
     ) -> Result<(), SyscallError> {
-        let Some(table) = self.txn.table_name_of(id) else {
-            return Ok(());
-        };
-        let user_fields: Object = doc
-            .iter()
-            .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        self.check_schema(table, &user_fields)
+        match self.txn.table_name_of(id) {
+            Some(table) => self.check_schema(table, doc),
+            None => Ok(()),
+        }
     }
 }
 

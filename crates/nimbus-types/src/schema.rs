@@ -49,6 +49,33 @@ fn bad(message: String) -> TypesError {
 }
 
 impl Schema {
+    /// Checks a document of `table` (with or without its system fields, which are not
+    /// checked) against the table's validator; `Ok` when validation is off or the table
+    /// has no validator.
+    pub fn check_document(
+        &self,
+        table: &str,
+        doc: &crate::Object,
+        ids: &dyn crate::validator::IdCheck,
+    ) -> Result<(), TypesError> {
+        if !self.schema_validation {
+            return Ok(());
+        }
+        let Some(validator) = self
+            .tables
+            .get(table)
+            .and_then(|t| t.document_type.as_ref())
+        else {
+            return Ok(());
+        };
+        let fields: crate::Object = doc
+            .iter()
+            .filter(|(k, _)| k.as_str() != "_id" && k.as_str() != "_creationTime")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        validator.check(&crate::Value::Object(fields), ids)
+    }
+
     pub fn parse_text(text: &str) -> Result<Schema, TypesError> {
         let json: Json =
             serde_json::from_str(text).map_err(|e| bad(format!("schema is not JSON: {e}")))?;
