@@ -77,7 +77,10 @@ pub(super) async fn run(
             biased;
             _ = closed.wait_for(|closed| *closed) => return,
             Some(completed) = done.recv() => {
-                apply(&live, completed);
+                let Some(tenant) = tenant.upgrade() else {
+                    return;
+                };
+                apply(&live, tenant.engine(), completed);
                 continue;
             }
             notice = notices.recv() => match notice {
@@ -216,7 +219,12 @@ fn round(
 /// holds. A failure that is not the function's own (overload, a stale snapshot, shutting
 /// down) keeps the last result and retries later, with backoff: subscribers never see an
 /// error that is not their query's.
-fn apply(live: &LiveQueries, completed: Completed) {
+///
+/// How long it holds: through the latest round, unless a commit since the evaluation's
+/// snapshot wrote into what it read. Rounds only see commits through the ranges registered
+/// before the evaluation (none for a new query, the previous read set for an old one), so
+/// the evaluation's own read set is checked against the write log too.
+fn apply(live: &LiveQueries, engine: &nimbus_engine::TenantEngine, completed: Completed) {
     let Completed { token, ts, outcome } = completed;
     live.counters
         .evaluations
@@ -243,6 +251,7 @@ fn apply(live: &LiveQueries, completed: Completed) {
         }
     };
     query.failures = 0;
+    let changed_since = !engine.unchanged_since(nimbus_types::Timestamp(ts), &evaluation.read_set);
     for handle in query.ranges.drain(..) {
         registry.ranges.remove(&handle);
     }
@@ -269,7 +278,7 @@ fn apply(live: &LiveQueries, completed: Completed) {
             }
         }
     }
-    if query.touched_while_evaluating {
+    if query.touched_while_evaluating || changed_since {
         // A commit after `ts` touched it: correct at `ts` only, and due again.
         query.touched_while_evaluating = false;
         query.valid_ts = ts;
