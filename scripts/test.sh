@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run): formatting, clippy, the Rust tests, a release
 # build of nimbus, then the end-to-end tests (official convex CLI + ConvexHttpClient against a
-# real `nimbus serve`).
+# real `nimbus serve`; a web page in headless Chromium from another origin).
 #
 # Environment:
 #   CARGO_TARGET_DIR   cargo target directory (default $HOME/.cache/nimbus-target)
@@ -87,5 +87,7 @@ if [ -z "${E2E_ONLY:-}" ]; then
   step build cargo build --release -p nimbus
 fi
 step typecheck typecheck_apps
+# The browser test (web-clients.test.mjs) drives Debian's Chromium with playwright-core.
+step chromium need_cmd chromium chromium
 step e2e e2e_tests
 step bench-smoke env SMOKE=1 bash "$REPO_ROOT/scripts/bench.sh"

@@ -34,12 +34,13 @@ export function connectMessage({ sessionId = randomUUID(), connectionCount = 0 }
 
 /**
  * Opens a sync socket to a tenant URL (`http://127.0.0.1:<port>/t/<name>`).
- * Options: `localAddress` (source address), `waitMs` (default for every wait, 30 s),
+ * Options: `localAddress` (source address), `origin` (the `Origin` header a browser page
+ * would send), `waitMs` (default for every wait, 30 s),
  * `maxPayload` (largest incoming message, default 64 MiB).
  */
-export async function openSync(tenantUrl, { localAddress, waitMs = WAIT_MS, maxPayload = 64 << 20 } = {}) {
+export async function openSync(tenantUrl, { localAddress, origin, waitMs = WAIT_MS, maxPayload = 64 << 20 } = {}) {
   const url = tenantUrl.replace(/^http/, "ws") + SYNC_PATH;
-  const ws = new WebSocket(url, { localAddress, maxPayload });
+  const ws = new WebSocket(url, { localAddress, origin, maxPayload });
   const messages = [];
   let closed = null;
   const waiters = [];

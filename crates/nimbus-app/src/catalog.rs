@@ -74,6 +74,19 @@ impl TenantCatalog {
         Ok(())
     }
 
+    /// Replaces an active tenant's admin key hash; false when there is no such tenant.
+    pub fn set_key_hash(&self, name: &str, key_hash: &str) -> Result<bool, AppError> {
+        let changed = self
+            .conn
+            .lock()
+            .execute(
+                "UPDATE tenants SET key_hash = ?2 WHERE name = ?1 AND state = 'active'",
+                params![name, key_hash],
+            )
+            .map_err(|e| internal("set key hash", e))?;
+        Ok(changed == 1)
+    }
+
     /// Marks a tenant as being deleted: it is invisible from now on, and a restart
     /// finishes the deletion.
     pub fn set_deleting(&self, name: &str) -> Result<bool, AppError> {

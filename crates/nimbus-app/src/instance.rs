@@ -237,6 +237,18 @@ impl Nimbus {
         })
     }
 
+    /// Gives a tenant a new admin key and returns it. The old key stops working at once:
+    /// every check reads the key's hash from the catalog, which this updates durably before
+    /// returning. Sockets already authenticated with the old key keep their session.
+    pub async fn rotate_tenant_admin_key(&self, name: &str) -> Result<String, AppError> {
+        let admin_key = format!("{name}|{}", random_secret());
+        if !self.catalog.set_key_hash(name, &sha256_hex(&admin_key))? {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        tracing::info!(tenant = name, "tenant admin key rotated");
+        Ok(admin_key)
+    }
+
     pub async fn list_tenants(&self) -> Result<Vec<TenantInfo>, AppError> {
         Ok(self
             .catalog

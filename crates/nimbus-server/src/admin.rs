@@ -100,6 +100,10 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
             let health = tenant.engine_handle().reopen(REOPEN_WAIT).await;
             Ok(axum::Json(json!({"name": name, "storage": storage_json(&health)})).into_response())
         }
+        (&Method::POST, ["admin", "tenants", name, "rotate-key"]) => {
+            let admin_key = state.nimbus.rotate_tenant_admin_key(name).await?;
+            Ok(axum::Json(json!({"name": name, "adminKey": admin_key})).into_response())
+        }
         (&Method::POST, ["admin", "tenants", name, "disconnect"]) => {
             let closed = state.nimbus.tenant(name).await?.disconnect_live_sessions();
             Ok(axum::Json(json!({"sessions": closed})).into_response())
@@ -112,7 +116,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
             _,
             ["admin", "tenants"]
             | ["admin", "tenants", _]
-            | ["admin", "tenants", _, "stats" | "disconnect" | "reopen"],
+            | ["admin", "tenants", _, "stats" | "disconnect" | "reopen" | "rotate-key"],
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",

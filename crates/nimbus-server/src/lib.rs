@@ -8,6 +8,7 @@
 //! the same API paths live under each.
 
 mod admin;
+mod cors;
 mod error;
 mod functions;
 mod limits;
@@ -133,10 +134,29 @@ pub async fn serve(
 }
 
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    match dispatch(&state, request).await {
+    // Tenant routes answer web pages on any origin (see `cors`); the instance admin API
+    // does not.
+    let cross_origin = request.headers().contains_key(axum::http::header::ORIGIN) && {
+        let path = collapse_slashes(request.uri().path());
+        let (tenant, rest) = route(&path, request.headers(), &state.config.domain);
+        tenant.is_some() || !is_instance_admin_path(&rest)
+    };
+    if cross_origin && cors::is_preflight(request.method(), request.headers()) {
+        return cors::preflight(request.headers());
+    }
+    let mut response = match dispatch(&state, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
+    };
+    if cross_origin {
+        cors::allow_any_origin(&mut response);
     }
+    response
+}
+
+/// `/admin` and below, reached without a tenant: the instance admin API.
+fn is_instance_admin_path(path: &str) -> bool {
+    path == "/admin" || path.starts_with("/admin/")
 }
 
 /// A parsed request: what every handler needs.
@@ -319,8 +339,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         headers: parts.headers,
         body,
     };
-    if route_tenant.is_none() && (incoming.path == "/admin" || incoming.path.starts_with("/admin/"))
-    {
+    if route_tenant.is_none() && is_instance_admin_path(&incoming.path) {
         return admin::handle(state, &incoming).await;
     }
     if is_cli_path(&incoming.path) {

@@ -15,7 +15,9 @@
 //!   effects before its response applies its optimistic update on top of them. Results
 //!   that arrive meanwhile wait in the session (coalesced per query) and go out right
 //!   after the response, so a client that keeps mutations in flight without pause gets
-//!   its Transitions once the queue drains.
+//!   its Transitions once the queue drains. A mutation that fails with `errorData` (a
+//!   `ConvexError`) is followed by a Transition too, empty if nothing changed: the Rust
+//!   and Python clients complete such a mutation only at the next Transition.
 //! - Bounds: mutations queued per connection (the socket is not read while full, so TCP
 //!   pushes back), undelivered results (coalesced per query by the session), a send
 //!   timeout (a client that does not read is disconnected), and the message size.
@@ -170,6 +172,7 @@ pub(crate) async fn run(
         connected: false,
         pending: None,
         awaiting_ts: None,
+        owes_transition: false,
         mutations_in_flight: 0,
         requests,
         last_sent: Instant::now(),
@@ -237,6 +240,10 @@ struct Connection {
     pending: Option<PendingChange>,
     /// A successful mutation committed at this timestamp; a Transition must reach it.
     awaiting_ts: Option<u64>,
+    /// A mutation failed with `errorData`: the Rust client (and the Python one built on it)
+    /// completes such a mutation only at the next Transition, so one must follow even if
+    /// nothing changed.
+    owes_transition: bool,
     /// Mutations queued or running on this connection whose response is not sent yet.
     mutations_in_flight: usize,
     requests: mpsc::Sender<Request>,
@@ -462,10 +469,10 @@ impl Connection {
         }
         let reaches = self.awaiting_ts.is_some_and(|ts| end.ts >= ts);
         // A Transition that would only move the timestamp is not worth sending, except
-        // the one a mutation's caller waits for.
+        // one a mutation's caller waits for.
         let versions_moved =
             end.query_set != self.version.query_set || end.identity != self.version.identity;
-        if modifications.is_empty() && !versions_moved && !reaches {
+        if modifications.is_empty() && !versions_moved && !reaches && !self.owes_transition {
             return Ok(());
         }
         let updates = modifications
@@ -484,6 +491,7 @@ impl Connection {
         if reaches {
             self.awaiting_ts = None;
         }
+        self.owes_transition = false;
         Ok(())
     }
 
@@ -526,6 +534,7 @@ impl Connection {
                         message["result"] = json!(failure.message);
                         if let Some(data) = &failure.data {
                             message["errorData"] = encode(data);
+                            self.owes_transition |= answer.kind == FunctionKind::Mutation;
                         }
                     }
                 }

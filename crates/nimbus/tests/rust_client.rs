@@ -235,6 +235,11 @@ async fn next_with_open_orders(sub: &mut convex::QuerySubscription, expected: f6
     .unwrap_or_else(|_| panic!("no update with openOrders = {expected}"))
 }
 
+/// How long a failed mutation may take to be answered before the test calls it a hang. The
+/// answer normally takes milliseconds (the test prints it); the bound is loose because CI
+/// machines are shared, and a hang is for ever.
+const FAILED_MUTATION_LIMIT: Duration = Duration::from_secs(10);
+
 /// The whole scenario's bound. A hang must fail the test, never stall CI.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 
@@ -390,6 +395,72 @@ async fn scenario() {
         stats["live"]["droppedSessions"].as_u64().unwrap() >= 2,
         "{stats}"
     );
+
+    // Failed mutations get their answer (issue 17). `convex` 0.10.4 completes a mutation
+    // that failed with `errorData` (a `ConvexError`) only at the next Transition: the server
+    // must send one even though nothing changed, or the caller waits for ever. Both clients
+    // are tried: `other` has no subscription, `subscriber` has one whose result stays put.
+    for (who, client) in [("other", &mut other), ("subscriber", &mut subscriber)] {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(
+            FAILED_MUTATION_LIMIT,
+            client.mutation("orders:create", order(1_000.0)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{who}: a mutation throwing ConvexError got no answer in {FAILED_MUTATION_LIMIT:?}"
+            )
+        })
+        .unwrap();
+        eprintln!(
+            "rust_client: {who}: ConvexError answered in {:?}",
+            started.elapsed()
+        );
+        match outcome {
+            FunctionResult::ConvexError(error) => {
+                let Value::Object(data) = &error.data else {
+                    panic!("{who}: errorData is not an object: {:?}", error.data);
+                };
+                assert_eq!(
+                    data.get("code"),
+                    Some(&Value::String("OUT_OF_STOCK".into())),
+                    "{who}: {data:?}"
+                );
+                assert_eq!(data.get("requested"), Some(&Value::Float64(1_000.0)));
+                assert_eq!(data.get("productId"), Some(&product));
+                assert!(
+                    matches!(data.get("available"), Some(Value::Float64(n)) if *n < 1_000.0),
+                    "{who}: {data:?}"
+                );
+            }
+            other => panic!("{who}: expected a ConvexError, got {other:?}"),
+        }
+
+        // A failure without errorData (here the argument validator's): completed at once.
+        let started = std::time::Instant::now();
+        let mut bad = order(1.0);
+        bad.insert("shopId".into(), Value::String("not an id".into()));
+        let outcome =
+            tokio::time::timeout(FAILED_MUTATION_LIMIT, client.mutation("orders:create", bad))
+                .await
+                .unwrap_or_else(|_| panic!("{who}: a failing mutation got no answer"))
+                .unwrap();
+        eprintln!(
+            "rust_client: {who}: plain error answered in {:?}",
+            started.elapsed()
+        );
+        match outcome {
+            FunctionResult::ErrorMessage(message) => {
+                assert!(message.contains("shopId"), "{who}: {message}")
+            }
+            other => panic!("{who}: expected an error message, got {other:?}"),
+        }
+    }
+    // Nothing was written: the subscription still shows four open orders, and the next
+    // successful mutation still reaches it.
+    value(other.mutation("orders:create", order(1.0)).await.unwrap());
+    next_with_open_orders(&mut summary, 5.0).await;
 
     // Teardown order matters (see the test's doc comment): the clients go first, while the
     // server still answers, and their tasks get a moment to be cancelled; then the server.
