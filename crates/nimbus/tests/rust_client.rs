@@ -1,6 +1,7 @@
 //! The official Rust client (`convex` crate) against a real `nimbus serve`: subscribe to a
-//! query of `examples/pos`, see another client's mutation, run its own mutation, and
-//! resume after the server closes its socket.
+//! query of `examples/pos`, see another client's mutation, run its own mutation, resume
+//! after the server closes its socket, and get the answer to mutations that fail (with a
+//! `ConvexError` and with a plain error).
 //!
 //! The Rust client replaces the URL path with `/api/sync`, so it reaches the tenant by host
 //! name: `http://rust-live.localhost:<port>`. That name must resolve to 127.0.0.1; when it
