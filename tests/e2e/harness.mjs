@@ -26,7 +26,7 @@ export const POS_DIR = path.join(REPO_ROOT, "examples/pos");
 /** Function references by name: `api.items.insert` is `items:insert`. */
 export const api = anyApi;
 
-const CONVEX_CLI = path.join(E2E_DIR, "node_modules/convex/bin/main.js");
+export const CONVEX_CLI = path.join(E2E_DIR, "node_modules/convex/bin/main.js");
 const WORK_DIR = path.join(E2E_DIR, ".work");
 const HEALTH_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 15_000;

@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 use crate::deployment::{canonical_path, display_name, CompiledFunction, Deployment};
 use crate::error::AppError;
 use crate::syscalls::{IdsOf, TxnHost};
+use crate::system::{SystemError, SystemQuery};
 use crate::tenant::{deployment_of, Tenant};
 
 /// Attempts (the first plus jittered retries) a mutation makes before its retries take
@@ -119,6 +120,9 @@ impl Tenant {
             None => self.engine().snapshot(),
             Some(ts) => self.snapshot_at(ts)?,
         };
+        if let Some((query, name)) = system_query(&request.path, request.caller) {
+            return self.run_system(query, &name, &request, snapshot);
+        }
         let resolved = match resolve_at(snapshot, &request.path, request.kind, request.caller) {
             Ok(resolved) => resolved,
             Err((failure, ts)) => {
@@ -174,6 +178,17 @@ impl Tenant {
         journal: Option<String>,
         snapshot: Arc<Snapshot>,
     ) -> Result<LiveEvaluation, AppError> {
+        if let Some((query, name)) = system_query(path, caller) {
+            let deployment = deployment_of(&snapshot);
+            let mut txn = self.engine().begin_at(snapshot);
+            let result = self.system_result(query, &name, args, &mut txn, &deployment)?;
+            return Ok(LiveEvaluation {
+                result,
+                log_lines: Vec::new(),
+                read_set: txn.finish().read_set,
+                page_end: None,
+            });
+        }
         let resolved = match resolve_at(snapshot, path, Some(FunctionKind::Query), caller) {
             Ok(resolved) => resolved,
             Err((failure, _)) => {
@@ -414,6 +429,66 @@ impl Tenant {
         }
     }
 
+    /// Runs a system query (see `system.rs`) over HTTP: a query at `snapshot`, never cached.
+    fn run_system(
+        &self,
+        query: SystemQuery,
+        name: &str,
+        request: &FunctionRequest,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<FunctionResponse, AppError> {
+        let ts = snapshot.ts.0;
+        if let Some(expected) = request.kind.filter(|kind| *kind != FunctionKind::Query) {
+            return Ok(FunctionResponse::failure(
+                "InvalidFunctionKind",
+                format!(
+                    "Trying to execute {name} as {}, but it is defined as query.",
+                    kind_label(expected)
+                ),
+                ts,
+            ));
+        }
+        let args = parse_args(&request.args)?;
+        let _inflight = self.admit_call()?;
+        let started = Instant::now();
+        let deployment = deployment_of(&snapshot);
+        let mut txn = self.engine().begin_at(snapshot);
+        let result = self.system_result(query, name, &args, &mut txn, &deployment)?;
+        Ok(FunctionResponse {
+            result: result.map(|value| Arc::new(SharedValue::new(value))),
+            log_lines: Vec::new(),
+            documents_scanned: txn.stats().documents_scanned,
+            execution: started.elapsed(),
+            ts,
+            cached: false,
+        })
+    }
+
+    /// A system query's result; the engine's own failures (overload, a stale snapshot)
+    /// are the call's error, as for a pushed query.
+    fn system_result(
+        &self,
+        query: SystemQuery,
+        name: &str,
+        args: &Value,
+        txn: &mut nimbus_engine::Transaction,
+        deployment: &Deployment,
+    ) -> Result<Result<Value, FunctionFailure>, AppError> {
+        let url = format!("{}/t/{}", self.config.public_url, self.name());
+        match query.run(name, args, txn, deployment, &url) {
+            Ok(value) => Ok(Ok(value)),
+            Err(SystemError::Failure(failure)) => Ok(Err(failure)),
+            Err(SystemError::Engine(error)) if error.class() == ErrorClass::User => {
+                Ok(Err(FunctionFailure {
+                    code: "UncaughtError",
+                    message: format!("{name}: {error}"),
+                    data: None,
+                }))
+            }
+            Err(SystemError::Engine(error)) => Err(system_error(self.name(), error)),
+        }
+    }
+
     async fn execute(
         &self,
         resolved: &Resolved,
@@ -481,6 +556,16 @@ pub(crate) struct LiveEvaluation {
     pub read_set: nimbus_engine::ReadSet,
     /// The end cursor of its first page, if it paginated (its new journal).
     pub page_end: Option<String>,
+}
+
+/// The system query a path names, with its display name, when the tenant admin calls it.
+/// Anyone else falls through to the pushed functions, where no such function exists.
+fn system_query(path: &str, caller: Caller) -> Option<(SystemQuery, String)> {
+    if caller != Caller::Admin {
+        return None;
+    }
+    let (module, export) = canonical_path(path)?;
+    SystemQuery::find(&module, &export).map(|query| (query, display_name(&module, &export)))
 }
 
 /// Resolves a function in the deployment of `snapshot`; a failure comes with the

@@ -17,6 +17,7 @@ mod live;
 mod push;
 mod query_cache;
 mod syscalls;
+mod system;
 mod tenant;
 
 pub use config::NimbusConfig;

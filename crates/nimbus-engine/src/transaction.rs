@@ -249,6 +249,13 @@ impl Transaction {
         Ok(found)
     }
 
+    /// Names of the tables this transaction sees, in order. The read set then depends on
+    /// the catalog, so a live query of the list re-runs when a table appears or goes.
+    pub fn table_names(&mut self) -> Vec<String> {
+        self.depend_on_catalog();
+        self.catalog.tables().map(|t| t.name.clone()).collect()
+    }
+
     fn depend_on_catalog(&mut self) {
         self.read_set.catalog_version = Some(self.snapshot.catalog.version);
     }

@@ -66,6 +66,37 @@ async fn caller(
     ))
 }
 
+/// A Convex endpoint the CLI calls for a feature Nimbus does not have yet: 501 with a
+/// message naming the feature. Not 404: the CLI retries a 404 for about half a minute (a
+/// new deployment may not be routable yet), and stops at once on a 501 to a POST, printing
+/// the message. The CLI sends these without the tenant prefix, so this is checked before
+/// any routing.
+pub(crate) fn unsupported_convex_endpoint(path: &str) -> Option<ApiError> {
+    let feature = unsupported_convex_feature(path)?;
+    Some(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "NotSupported",
+        format!("Nimbus does not support {feature} yet ({path})"),
+    ))
+}
+
+fn unsupported_convex_feature(path: &str) -> Option<&'static str> {
+    if path.starts_with("/api/export/") {
+        Some("snapshot export (`npx convex export`)")
+    } else if path == "/api/import"
+        || path.starts_with("/api/import/")
+        || path == "/api/perform_import"
+    {
+        Some("snapshot import (`npx convex import`)")
+    } else if path == "/api/update_environment_variables" {
+        Some("setting environment variables (`npx convex env set`)")
+    } else if path == "/api/run_test_function" {
+        Some("inline queries (`npx convex run --inline-query`)")
+    } else {
+        None
+    }
+}
+
 pub(crate) async fn handle(
     state: &AppState,
     tenant: &Arc<Tenant>,

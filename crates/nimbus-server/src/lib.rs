@@ -342,6 +342,9 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     if route_tenant.is_none() && is_instance_admin_path(&incoming.path) {
         return admin::handle(state, &incoming).await;
     }
+    if let Some(error) = functions::unsupported_convex_endpoint(&incoming.path) {
+        return Err(error);
+    }
     if is_cli_path(&incoming.path) {
         return push::handle(state, route_tenant.as_deref(), &incoming).await;
     }
