@@ -14,6 +14,10 @@ pub struct NimbusConfig {
     /// Base URL clients use, without a trailing slash (`http://127.0.0.1:3210`); tenant
     /// URLs are `<public_url>/t/<tenant>`.
     pub public_url: String,
+    /// Hosts (names or addresses) that outbound fetches (auth providers' keys) may reach
+    /// even though they resolve to loopback or private addresses; everything else must be
+    /// on the public internet.
+    pub egress_allow: Vec<String>,
     /// Instance admin key; `None` = read `<data_dir>/admin_key` or generate it.
     pub admin_key: Option<String>,
     /// Per-tenant engine bounds.
@@ -92,6 +96,7 @@ impl NimbusConfig {
         let mut config = NimbusConfig {
             data_dir,
             public_url,
+            egress_allow: Vec::new(),
             admin_key: None,
             engine: EngineConfig::default(),
             max_inflight_per_tenant: 1024,

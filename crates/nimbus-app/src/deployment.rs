@@ -12,6 +12,7 @@ use nimbus_types::validator::Validator;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::auth::AuthConfig;
 use crate::error::AppError;
 
 pub(crate) const DEPLOYMENT_GLOBAL: &str = "deployment";
@@ -84,6 +85,9 @@ pub(crate) struct Deployment {
     pub schema: Option<Arc<Schema>>,
     pub schema_json: Option<String>,
     pub crons_json: Option<String>,
+    /// `auth.config.ts`'s default export as pushed, and the providers parsed from it.
+    pub auth_json: Option<String>,
+    pub auth: Arc<AuthConfig>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,6 +102,9 @@ struct DeploymentRecord {
     functions: Vec<FunctionRecord>,
     schema_json: Option<String>,
     crons_json: Option<String>,
+    /// Absent in records written before auth existed (no providers).
+    #[serde(default)]
+    auth_json: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,6 +146,8 @@ impl Deployment {
             schema: None,
             schema_json: None,
             crons_json: None,
+            auth_json: None,
+            auth: Arc::new(AuthConfig::default()),
         }
     }
 
@@ -151,7 +160,15 @@ impl Deployment {
         functions: Vec<FunctionInfo>,
         schema_json: Option<String>,
         crons_json: Option<String>,
+        auth_json: Option<String>,
     ) -> Result<Self, AppError> {
+        let auth = match &auth_json {
+            Some(text) => AuthConfig::parse(text).map_err(|message| AppError::PushFailed {
+                code: "InvalidAuthConfig",
+                message,
+            })?,
+            None => AuthConfig::default(),
+        };
         let schema = match &schema_json {
             Some(text) => Some(Arc::new(Schema::parse_text(text).map_err(|e| {
                 AppError::PushFailed {
@@ -203,6 +220,8 @@ impl Deployment {
             schema,
             schema_json,
             crons_json,
+            auth_json,
+            auth: Arc::new(auth),
         })
     }
 
@@ -219,6 +238,8 @@ impl Deployment {
             schema: self.schema.clone(),
             schema_json: self.schema_json.clone(),
             crons_json: self.crons_json.clone(),
+            auth_json: self.auth_json.clone(),
+            auth: self.auth.clone(),
         }
     }
 
@@ -242,6 +263,7 @@ impl Deployment {
                 .collect(),
             schema_json: self.schema_json.clone(),
             crons_json: self.crons_json.clone(),
+            auth_json: self.auth_json.clone(),
         };
         serde_json::to_vec(&record).map_err(|e| AppError::Internal(format!("deployment: {e}")))
     }
@@ -282,6 +304,7 @@ impl Deployment {
             functions,
             record.schema_json,
             record.crons_json,
+            record.auth_json,
         )
     }
 

@@ -19,6 +19,9 @@ pub enum AppError {
     InvalidValue(String),
     #[error("missing or invalid admin key")]
     Unauthenticated,
+    /// A user's token was refused: the reason, never the token.
+    #[error("invalid auth token: {0}")]
+    InvalidAuthToken(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("tenant {tenant:?} is overloaded: {detail}")]
@@ -49,6 +52,7 @@ impl AppError {
             AppError::BadRequest(_) => "BadJsonInput",
             AppError::InvalidValue(_) => "InvalidValue",
             AppError::Unauthenticated => "Unauthenticated",
+            AppError::InvalidAuthToken(_) => "InvalidAuthToken",
             AppError::Forbidden(_) => "Forbidden",
             AppError::Overloaded { .. } => "Overloaded",
             AppError::Unavailable { .. } => "TenantUnavailable",
@@ -68,7 +72,7 @@ impl AppError {
             | AppError::InvalidValue(_)
             | AppError::PushFailed { .. }
             | AppError::SnapshotUnavailable(_) => 400,
-            AppError::Unauthenticated => 401,
+            AppError::Unauthenticated | AppError::InvalidAuthToken(_) => 401,
             AppError::Forbidden(_) => 403,
             AppError::Overloaded { .. } => 429,
             AppError::Unavailable { .. } => 503,

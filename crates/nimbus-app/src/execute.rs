@@ -20,12 +20,24 @@ use crate::tenant::{deployment_of, Tenant};
 /// turns under the tenant's retry lock.
 const OPTIMISTIC_ATTEMPTS: usize = 3;
 
-/// Who is calling: clients may call public functions only; the tenant admin may call
-/// internal ones too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Who is calling: clients may call public functions only, anonymously or as a user whose
+/// token was checked; the tenant admin may call internal ones too. Part of every cached
+/// result's and shared live query's key, so two callers never share a result.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
     Client,
+    User(Arc<crate::auth::UserIdentity>),
     Admin,
+}
+
+impl Caller {
+    /// The identity `ctx.auth.getUserIdentity()` returns.
+    pub fn identity(&self) -> Option<&Arc<crate::auth::UserIdentity>> {
+        match self {
+            Caller::User(identity) => Some(identity),
+            Caller::Client | Caller::Admin => None,
+        }
+    }
 }
 
 /// One function call as a transport received it.
@@ -120,10 +132,10 @@ impl Tenant {
             None => self.engine().snapshot(),
             Some(ts) => self.snapshot_at(ts)?,
         };
-        if let Some((query, name)) = system_query(&request.path, request.caller) {
+        if let Some((query, name)) = system_query(&request.path, &request.caller) {
             return self.run_system(query, &name, &request, snapshot);
         }
-        let resolved = match resolve_at(snapshot, &request.path, request.kind, request.caller) {
+        let resolved = match resolve_at(snapshot, &request.path, request.kind, &request.caller) {
             Ok(resolved) => resolved,
             Err((failure, ts)) => {
                 return Ok(FunctionResponse::failure(failure.code, failure.message, ts))
@@ -134,11 +146,11 @@ impl Tenant {
         match resolved.function.info.kind {
             FunctionKind::Query => {
                 let cacheable = request.at_ts.is_none();
-                self.run_query(resolved, &request.path, request.caller, args, cacheable)
+                self.run_query(resolved, &request.path, &request.caller, args, cacheable)
                     .await
             }
             FunctionKind::Mutation => {
-                self.run_mutation(resolved, &request.path, request.caller, args, receipt)
+                self.run_mutation(resolved, &request.path, &request.caller, args, receipt)
                     .await
             }
             FunctionKind::Action => Ok(FunctionResponse::failure(
@@ -174,7 +186,7 @@ impl Tenant {
         &self,
         path: &str,
         args: &Value,
-        caller: Caller,
+        caller: &Caller,
         journal: Option<String>,
         snapshot: Arc<Snapshot>,
     ) -> Result<LiveEvaluation, AppError> {
@@ -214,7 +226,7 @@ impl Tenant {
                 page_end: None,
             });
         }
-        let (host, outcome) = self.execute(&resolved, args.clone(), txn).await?;
+        let (host, outcome) = self.execute(&resolved, caller, args.clone(), txn).await?;
         if let Some(error) = host.system_error {
             return Err(system_error(self.name(), error));
         }
@@ -232,7 +244,7 @@ impl Tenant {
         &self,
         mut resolved: Resolved,
         path: &str,
-        caller: Caller,
+        caller: &Caller,
         args: Value,
         cacheable: bool,
     ) -> Result<FunctionResponse, AppError> {
@@ -257,6 +269,7 @@ impl Tenant {
                     &resolved.function.info.module_path,
                     &resolved.function.info.name,
                     &args,
+                    caller.identity().map(|identity| identity.text()),
                 )
             });
             let engine = self.engine().clone();
@@ -277,7 +290,7 @@ impl Tenant {
                     cached: true,
                 });
             }
-            let (host, outcome) = self.execute(&resolved, args.clone(), txn).await?;
+            let (host, outcome) = self.execute(&resolved, caller, args.clone(), txn).await?;
             let documents_scanned = host.txn.stats().documents_scanned;
             if let Some(error) = host.system_error {
                 if error.class() == ErrorClass::Conflict
@@ -326,7 +339,7 @@ impl Tenant {
         &self,
         mut resolved: Resolved,
         path: &str,
-        caller: Caller,
+        caller: &Caller,
         args: Value,
         receipt: Option<Vec<u8>>,
     ) -> Result<FunctionResponse, AppError> {
@@ -345,7 +358,7 @@ impl Tenant {
                 ));
             }
             let started = Instant::now();
-            let (host, outcome) = self.execute(&resolved, args.clone(), txn).await?;
+            let (host, outcome) = self.execute(&resolved, caller, args.clone(), txn).await?;
             let conflict = match host.system_error {
                 Some(EngineError::Conflict(reason)) => Err(EngineError::Conflict(reason)),
                 Some(error) => return Err(system_error(self.name(), error)),
@@ -492,6 +505,7 @@ impl Tenant {
     async fn execute(
         &self,
         resolved: &Resolved,
+        caller: &Caller,
         args: Value,
         txn: nimbus_engine::Transaction,
     ) -> Result<(TxnHost, nimbus_runtime::Outcome), AppError> {
@@ -522,6 +536,7 @@ impl Tenant {
             kind: function.info.kind,
             schema: deployment.schema.clone(),
             function_name: name.clone(),
+            identity: caller.identity().cloned(),
             system_error: None,
         };
         let _running = self.acquire_worker().await?;
@@ -560,8 +575,8 @@ pub(crate) struct LiveEvaluation {
 
 /// The system query a path names, with its display name, when the tenant admin calls it.
 /// Anyone else falls through to the pushed functions, where no such function exists.
-fn system_query(path: &str, caller: Caller) -> Option<(SystemQuery, String)> {
-    if caller != Caller::Admin {
+fn system_query(path: &str, caller: &Caller) -> Option<(SystemQuery, String)> {
+    if *caller != Caller::Admin {
         return None;
     }
     let (module, export) = canonical_path(path)?;
@@ -574,7 +589,7 @@ fn resolve_at(
     snapshot: Arc<Snapshot>,
     path: &str,
     kind: Option<FunctionKind>,
-    caller: Caller,
+    caller: &Caller,
 ) -> Result<Resolved, (FunctionFailure, u64)> {
     let deployment = deployment_of(&snapshot);
     match resolve(&deployment, path, kind, caller) {
@@ -594,7 +609,7 @@ fn resolve(
     deployment: &crate::deployment::Deployment,
     path: &str,
     kind: Option<FunctionKind>,
-    caller: Caller,
+    caller: &Caller,
 ) -> Result<(Arc<CompiledFunction>, String), FunctionFailure> {
     let fail = |code, message| FunctionFailure {
         code,
@@ -609,7 +624,7 @@ fn resolve(
     };
     let name = display_name(&module, &export);
     let function = match deployment.functions.get(&(module, export)) {
-        Some(f) if f.info.public || caller == Caller::Admin => f.clone(),
+        Some(f) if f.info.public || *caller == Caller::Admin => f.clone(),
         _ => {
             return Err(fail(
                 "FunctionNotFound",

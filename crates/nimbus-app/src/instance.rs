@@ -53,6 +53,8 @@ pub struct Nimbus {
     catalog: TenantCatalog,
     storage: Arc<dyn StorageBackend>,
     pool: Arc<JsPool>,
+    /// Fetches auth providers' keys for every tenant, under the egress policy.
+    key_fetcher: Arc<crate::auth::KeyFetcher>,
     /// Active tenants, tenants being activated, and tenants being deleted. The lock is held
     /// only to look up, insert or remove, never across an activation: opening one tenant
     /// (storage, documents, code) must not stall requests to tenants that are already
@@ -139,7 +141,14 @@ impl Nimbus {
             JsPool::new(config.pool.clone())
                 .map_err(|e| AppError::Internal(format!("starting the JS pool: {e}")))?,
         );
+        let key_fetcher = Arc::new(
+            crate::auth::KeyFetcher::new(crate::auth::EgressPolicy::new(
+                config.egress_allow.iter().cloned(),
+            ))
+            .map_err(AppError::Internal)?,
+        );
         let nimbus = Nimbus {
+            key_fetcher,
             admin_key_hash: sha256_hex(&admin_key),
             admin_key_path,
             catalog,
@@ -502,7 +511,13 @@ impl Nimbus {
             EngineError::Storage(e) => storage_error("opening the tenant's storage", e),
             other => AppError::from_engine(name, other),
         })?;
-        let tenant = Tenant::activate(name, engine, self.pool.clone(), &self.config);
+        let tenant = Tenant::activate(
+            name,
+            engine,
+            self.pool.clone(),
+            self.key_fetcher.clone(),
+            &self.config,
+        );
         // Dropped indexes whose entries a previous activation did not finish deleting.
         if tenant
             .engine()

@@ -6,6 +6,7 @@
 //! code pushes. Everything here is transport-agnostic: `nimbus-server` turns HTTP into
 //! these calls and these results into HTTP.
 
+mod auth;
 mod catalog;
 mod config;
 mod dedup;
@@ -20,6 +21,7 @@ mod syscalls;
 mod system;
 mod tenant;
 
+pub use auth::{AuthConfig, AuthProvider, EgressPolicy, UserIdentity};
 pub use config::NimbusConfig;
 pub use deployment::{FunctionInfo, ModuleHash};
 pub use error::AppError;

@@ -68,6 +68,8 @@ pub struct StagedPush {
     pub schema_json: Option<String>,
     pub index_changes: Vec<IndexChange>,
     pub crons_json: Option<String>,
+    /// The auth providers of `auth.config.ts` (the response's `appAuth`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Whether a staged push can be finished.
@@ -166,8 +168,10 @@ impl Tenant {
             functions.clone(),
             schema_json.clone(),
             analysis.crons_json.clone(),
+            analysis.auth_json.clone(),
         )?;
         let index_changes = index_changes(&self.engine().snapshot(), deployment.schema.as_deref());
+        let auth = (*deployment.auth).clone();
         let token = format!("push-{:032x}", rand::random::<u128>());
         if !request.dry_run {
             self.staged.lock().insert(
@@ -185,6 +189,7 @@ impl Tenant {
             schema_json,
             index_changes,
             crons_json: analysis.crons_json,
+            auth,
         })
     }
 

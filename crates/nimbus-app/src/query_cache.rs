@@ -30,7 +30,15 @@ use sha2::{Digest, Sha256};
 pub(crate) struct CacheKey([u8; 32]);
 
 impl CacheKey {
-    pub fn new(code: CodeId, module: &str, export: &str, args: &Value) -> CacheKey {
+    /// `identity`: the caller's user identity (its canonical text), so a result computed
+    /// for one user is never served to another, or to an anonymous caller.
+    pub fn new(
+        code: CodeId,
+        module: &str,
+        export: &str,
+        args: &Value,
+        identity: Option<&str>,
+    ) -> CacheKey {
         let mut hasher = Sha256::new();
         hasher.update(code.0.to_be_bytes());
         // Lengths first, so no two (module, export) pairs hash the same bytes.
@@ -38,7 +46,16 @@ impl CacheKey {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
         }
-        hasher.update(nimbus_types::json::encode_text(args).as_bytes());
+        let args = nimbus_types::json::encode_text(args);
+        hasher.update((args.len() as u64).to_be_bytes());
+        hasher.update(args.as_bytes());
+        match identity {
+            None => hasher.update([0u8]),
+            Some(text) => {
+                hasher.update([1u8]);
+                hasher.update(text.as_bytes());
+            }
+        }
         CacheKey(hasher.finalize().into())
     }
 }
@@ -191,7 +208,7 @@ mod tests {
     fn key(args: &str) -> CacheKey {
         let mut object = nimbus_types::Object::new();
         object.insert("s".into(), Value::String(args.to_string()));
-        CacheKey::new(CodeId(7), "q.js", "default", &Value::Object(object))
+        CacheKey::new(CodeId(7), "q.js", "default", &Value::Object(object), None)
     }
 
     #[test]
@@ -234,15 +251,18 @@ mod tests {
     }
 
     #[test]
-    fn code_is_part_of_the_key() {
+    fn code_and_identity_are_part_of_the_key() {
         let args = Value::Object(Default::default());
+        let key = |code, module, export, identity| {
+            CacheKey::new(CodeId(code), module, export, &args, identity)
+        };
+        assert!(key(1, "a.js", "f", None) != key(2, "a.js", "f", None));
+        assert!(key(1, "a.js", "bf", None) != key(1, "a.jsb", "f", None));
+        assert!(key(1, "a.js", "f", None) != key(1, "a.js", "f", Some("{}")));
         assert!(
-            CacheKey::new(CodeId(1), "a.js", "f", &args)
-                != CacheKey::new(CodeId(2), "a.js", "f", &args)
+            key(1, "a.js", "f", Some(r#"{"subject":"a"}"#))
+                != key(1, "a.js", "f", Some(r#"{"subject":"b"}"#))
         );
-        assert!(
-            CacheKey::new(CodeId(1), "a.js", "bf", &args)
-                != CacheKey::new(CodeId(1), "a.jsb", "f", &args)
-        );
+        assert!(key(1, "a.js", "f", Some("x")) == key(1, "a.js", "f", Some("x")));
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct TxnHost {
     pub schema: Option<Arc<Schema>>,
     /// Display name of the function (`orders:create`).
     pub function_name: String,
+    /// The caller's identity, for `ctx.auth.getUserIdentity()`.
+    pub identity: Option<Arc<crate::auth::UserIdentity>>,
     /// The first non-user error (an engine failure that is not the function's fault),
     /// kept so the caller reports it as a system error rather than a JS exception.
     pub system_error: Option<EngineError>,
@@ -55,7 +57,10 @@ impl TxnHost {
             "1.0/queryPage" => self.query_page(args),
             "1.0/count" => self.count(args),
             "1.0/getSnapshotTs" => Ok(encode(&Value::Int64(self.txn.snapshot().ts.0 as i64))),
-            "1.0/getUserIdentity" => Ok(Json::Null),
+            "1.0/getUserIdentity" => Ok(self
+                .identity
+                .as_ref()
+                .map_or(Json::Null, |identity| encode(identity.value()))),
             "1.0/getFunctionMetadata" => {
                 Ok(json!({"name": self.function_name, "componentPath": ""}))
             }

@@ -69,6 +69,9 @@ pub struct Tenant {
     closed: tokio::sync::watch::Sender<bool>,
     /// Bumped to make every live session of the tenant close (clients reconnect).
     disconnect: tokio::sync::watch::Sender<u64>,
+    /// Its auth providers' key sets, and the instance's fetcher of them.
+    pub(crate) auth_keys: crate::auth::KeyCache,
+    pub(crate) key_fetcher: Arc<crate::auth::KeyFetcher>,
 }
 
 /// Counters of one tenant for diagnostics.
@@ -92,6 +95,7 @@ impl Tenant {
         name: &str,
         engine: Arc<TenantEngine>,
         pool: Arc<JsPool>,
+        key_fetcher: Arc<crate::auth::KeyFetcher>,
         config: &NimbusConfig,
     ) -> Arc<Tenant> {
         Arc::new(Tenant {
@@ -116,6 +120,8 @@ impl Tenant {
             in_flight: Mutex::new(crate::dedup::InFlight::default()),
             closed: tokio::sync::watch::channel(false).0,
             disconnect: tokio::sync::watch::channel(0).0,
+            auth_keys: crate::auth::KeyCache::default(),
+            key_fetcher,
             config: config.clone(),
         })
     }

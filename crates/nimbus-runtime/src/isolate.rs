@@ -373,14 +373,17 @@ pub fn analyze_modules(
         .collect();
     let paths_json =
         serde_json::to_string(&paths).map_err(|e| RuntimeError::Analyze(e.to_string()))?;
-    let crons = if modules.modules.contains_key("crons.js") {
-        "crons.js"
-    } else {
-        ""
+    let present = |path: &'static str| {
+        if modules.modules.contains_key(path) {
+            path
+        } else {
+            ""
+        }
     };
+    let (crons, auth) = (present("crons.js"), present("auth.config.js"));
     let outcome = isolate.run_at_push(|ctx| {
         let analyze: Function = ctx.globals().get("__nimbus_analyze")?;
-        analyze.call::<_, ()>((paths_json.as_str(), crons))
+        analyze.call::<_, ()>((paths_json.as_str(), crons, auth))
     })?;
     let text = |key: &str| outcome_text(&outcome, key);
     match outcome.get("kind").and_then(Json::as_str) {
@@ -439,9 +442,11 @@ pub fn analyze_modules(
         .get("crons")
         .and_then(Json::as_str)
         .map(str::to_string);
+    let auth_json = value.get("auth").and_then(Json::as_str).map(str::to_string);
     Ok(ModuleAnalysis {
         functions,
         crons_json,
+        auth_json,
     })
 }
 

@@ -259,6 +259,8 @@ pub struct ModuleAnalysis {
     pub functions: Vec<AnalyzedFunction>,
     /// `crons.js` `default.export()`, if present.
     pub crons_json: Option<String>,
+    /// `auth.config.js`'s default export as JSON, if the module is present.
+    pub auth_json: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -52,12 +52,8 @@ async fn caller(
             .await?;
         return Ok(Caller::Admin);
     }
-    if auth.starts_with("Bearer ") {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthenticated",
-            "user authentication (JWT) is not supported by Nimbus yet; call without a token",
-        ));
+    if let Some(token) = auth.strip_prefix("Bearer ") {
+        return Ok(Caller::User(tenant.authenticate_user(token).await?));
     }
     Err(ApiError::new(
         StatusCode::UNAUTHORIZED,

@@ -213,7 +213,7 @@ fn start_push_response(staged: &StagedPush) -> Json {
         "environmentVariables": {},
         "externalDepsId": null,
         "componentDefinitionPackages": {},
-        "appAuth": [],
+        "appAuth": staged.auth.to_json(),
         "analysis": {"": {
             "definition": {"path": "", "definitionType": {"type": "app"}, "childComponents": [], "httpMounts": {}, "exports": {"type": "branch", "branch": []}},
             "schema": null,

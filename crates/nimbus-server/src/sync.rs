@@ -375,6 +375,17 @@ impl Connection {
     /// whose client was silent for `idle_timeout` (a half-open connection would otherwise
     /// keep its subscriptions for as long as TCP takes to notice).
     async fn keep_alive(&mut self) -> Result<(), End> {
+        if self
+            .caller
+            .identity()
+            .is_some_and(|identity| identity.expired())
+        {
+            // Its results and mutations would run as a user whose proof has lapsed.
+            let base = self.client_identity.saturating_sub(1);
+            return self
+                .auth_error(base, "the auth token has expired".into(), false)
+                .await;
+        }
         if self.last_received.elapsed() >= self.config.idle_timeout {
             return Err(End::Close {
                 fatal: None,
@@ -625,7 +636,7 @@ impl Connection {
                     },
                     path,
                     args: message.get("args").cloned().unwrap_or(Json::Null),
-                    caller: self.caller,
+                    caller: self.caller.clone(),
                     session_id: self.session_id.clone(),
                     may_be_resent: self.reconnected,
                 };
@@ -780,7 +791,7 @@ impl Connection {
                             .map_err(|e| e.to_string())
                             .and_then(|args| {
                                 self.session
-                                    .add(query_id, path, &args, self.caller, journal)
+                                    .add(query_id, path, &args, self.caller.clone(), journal)
                                     .map_err(|refused| refused.to_string())
                             });
                     match added {
@@ -827,18 +838,15 @@ impl Connection {
                 let check = state.nimbus.check_tenant_admin_key(self.tenant.name(), key);
                 match state.authenticate(self.client, check).await {
                     Ok(()) => Caller::Admin,
-                    Err(error) => return self.auth_error(base, error.message).await,
+                    Err(error) => return self.auth_error(base, error.message, true).await,
                 }
             }
             Some("User") => {
-                return self
-                    .auth_error(
-                        base,
-                        "user authentication (JWT) is not supported by Nimbus yet; connect \
-                         without a token"
-                            .into(),
-                    )
-                    .await
+                let token = field_str(message, "value")?;
+                match self.tenant.authenticate_user(token).await {
+                    Ok(identity) => Caller::User(identity),
+                    Err(error) => return self.auth_error(base, error.to_string(), true).await,
+                }
             }
             _ => return Err(fatal("tokenType must be \"User\", \"Admin\" or \"None\"")),
         };
@@ -852,7 +860,7 @@ impl Connection {
         };
         if caller != self.caller {
             // Every query re-runs under the new identity.
-            self.caller = caller;
+            self.caller = caller.clone();
             let refused = self.session.resubscribe_all(caller);
             for query_id in self.session.query_ids() {
                 change.awaiting.insert(query_id);
@@ -865,9 +873,19 @@ impl Connection {
         self.flush().await
     }
 
-    async fn auth_error(&mut self, base: u64, error: String) -> Result<(), End> {
+    /// Refuses the socket's identity: `AuthError`, then a close. `update_attempted` says
+    /// whether it answers the client's `Authenticate` (true) or an identity the server
+    /// found expired (false); either way the npm client fetches a fresh token and
+    /// reconnects.
+    async fn auth_error(
+        &mut self,
+        base: u64,
+        error: String,
+        update_attempted: bool,
+    ) -> Result<(), End> {
         self.send(json!({
-            "type": "AuthError", "error": error, "baseVersion": base, "authUpdateAttempted": true,
+            "type": "AuthError", "error": error, "baseVersion": base,
+            "authUpdateAttempted": update_attempted,
         }))
         .await?;
         Err(End::Close {

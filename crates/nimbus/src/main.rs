@@ -56,6 +56,11 @@ struct ServeArgs {
     /// Base URL clients use (default: http://<listen>).
     #[arg(long)]
     public_url: Option<String>,
+    /// Hosts (names or addresses, comma-separated or repeated) that outbound fetches, such
+    /// as auth providers' keys, may reach although they resolve to loopback or private
+    /// addresses. Without it only public addresses are fetched from.
+    #[arg(long, value_delimiter = ',')]
+    egress_allow: Vec<String>,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, default_value_t = 8 << 20)]
     max_request_bytes: usize,
@@ -157,6 +162,7 @@ fn main() -> Result<()> {
                 data_dir,
                 domain,
                 public_url,
+                egress_allow,
                 max_request_bytes,
                 js_workers,
                 js_workers_per_tenant,
@@ -191,6 +197,7 @@ fn main() -> Result<()> {
                 .trim_end_matches('/')
                 .to_string();
             let mut config = NimbusConfig::new(data_dir.clone(), public_url.clone());
+            config.egress_allow = egress_allow;
             config.admin_key = std::env::var("NIMBUS_ADMIN_KEY")
                 .ok()
                 .filter(|k| !k.is_empty());

@@ -335,7 +335,7 @@ impl LiveSession {
         for (query_id, key) in current {
             registry.unsubscribe(self.id, query_id);
             let key = QueryKey {
-                caller,
+                caller: caller.clone(),
                 ..(*key).clone()
             };
             if let Err(error) =

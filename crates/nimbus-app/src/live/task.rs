@@ -205,7 +205,7 @@ fn round(
             let outcome = match crate::execute::decode_args_text(&key.args) {
                 Ok(args) => {
                     tenant
-                        .evaluate_live(&key.path, &args, key.caller, journal, snapshot)
+                        .evaluate_live(&key.path, &args, &key.caller, journal, snapshot)
                         .await
                 }
                 Err(error) => Err(error),

@@ -226,7 +226,7 @@
       return { kind: "ok", value: value === undefined ? "null" : String(value) };
     })().then((o) => { outcome = o; }, (e) => { outcome = failure(e); });
   };
-  g.__nimbus_analyze = (pathsJson, cronsPath) => {
+  g.__nimbus_analyze = (pathsJson, cronsPath, authPath) => {
     const paths = JSON.parse(pathsJson);
     (async () => {
       const functions = [];
@@ -257,7 +257,14 @@
         const ns = await import(cronsPath);
         if (ns.default && ns.default.isCrons === true) crons = ns.default.export();
       }
-      return { kind: "ok", value: JSON.stringify({ functions, crons }) };
+      // auth.config.js exports a plain object; `undefined` fields (an unset
+      // process.env variable) drop out here and are reported as missing.
+      let auth = null;
+      if (authPath !== "") {
+        const ns = await import(authPath);
+        auth = JSON.stringify(ns.default === undefined ? null : ns.default);
+      }
+      return { kind: "ok", value: JSON.stringify({ functions, crons, auth }) };
     })().then((o) => { outcome = o; }, (e) => { outcome = failure(e); });
   };
   g.__nimbus_schema = (path) => {
