@@ -7,6 +7,7 @@
 #   CARGO_TARGET_DIR   cargo target directory (default $HOME/.cache/nimbus-target)
 #   NIMBUS_BIN         binary for the e2e tests (default $CARGO_TARGET_DIR/release/nimbus)
 #   E2E_ONLY=1         skip the cargo steps (fmt, clippy, tests, build) and run only the e2e tests
+#   FUZZ_SECONDS       seconds per fuzz target (default 60)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -91,3 +92,5 @@ step typecheck typecheck_apps
 step chromium need_cmd chromium chromium
 step e2e e2e_tests
 step bench-smoke env SMOKE=1 bash "$REPO_ROOT/scripts/bench.sh"
+# Every fuzz target for a minute (scripts/fuzz.sh; nightly Rust, cargo-fuzz).
+step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash "$REPO_ROOT/scripts/fuzz.sh"

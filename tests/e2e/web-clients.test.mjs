@@ -303,7 +303,12 @@ describe("a browser page on another origin", () => {
     );
     const { chromium } = await import("playwright-core");
     const page = await servePage(await bundlePageScript());
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+    // No background networking: this machine refuses outside connections, and Chromium would
+    // keep trying (component updates, sync, Google lookups).
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+    });
     try {
       const tab = await browser.newPage();
       const problems = [];

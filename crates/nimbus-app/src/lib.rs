@@ -21,7 +21,10 @@ mod syscalls;
 mod system;
 mod tenant;
 
-pub use auth::{AuthConfig, AuthProvider, EgressPolicy, UserIdentity};
+pub use auth::{
+    check_token_offline, Algorithm as AuthAlgorithm, AuthConfig, AuthProvider, EgressPolicy,
+    UserIdentity,
+};
 pub use config::NimbusConfig;
 pub use deployment::{FunctionInfo, ModuleHash};
 pub use error::AppError;

@@ -102,17 +102,14 @@ impl KeySet {
                     }
                 }
                 Some("EC") if jwk.get("crv").and_then(Json::as_str) == Some("P-256") => {
-                    let (Some(x), Some(y)) = (b64url(jwk, "x"), b64url(jwk, "y")) else {
+                    let coordinate = |name| {
+                        let bytes: [u8; 32] = b64url(jwk, name)?.try_into().ok()?;
+                        Some(p256::FieldBytes::from(bytes))
+                    };
+                    let (Some(x), Some(y)) = (coordinate("x"), coordinate("y")) else {
                         continue;
                     };
-                    if x.len() != 32 || y.len() != 32 {
-                        continue;
-                    }
-                    let point = p256::EncodedPoint::from_affine_coordinates(
-                        p256::FieldBytes::from_slice(&x),
-                        p256::FieldBytes::from_slice(&y),
-                        false,
-                    );
+                    let point = p256::EncodedPoint::from_affine_coordinates(&x, &y, false);
                     match p256::ecdsa::VerifyingKey::from_encoded_point(&point) {
                         Ok(key) => PublicKey::Es256(key),
                         Err(_) => continue,
