@@ -22,6 +22,7 @@ import {
   withTimeout,
 } from "./harness.mjs";
 import { OidcIssuer } from "./oidc.mjs";
+import { openSync } from "./rawsync.mjs";
 
 const WHOAMI = `import { v } from "convex/values";
 import { mutation, query } from "./_generated/server";
@@ -270,6 +271,25 @@ describe("identity over the socket (npm ConvexClient)", () => {
       assert.equal(changes.at(-1), true, `onChange: ${JSON.stringify(changes)}`);
     } finally {
       await client.close();
+    }
+  });
+
+  test("raw protocol: a token that expires mid-session gets AuthError (authUpdateAttempted: false) and a close", { timeout: 60_000 }, async () => {
+    const socket = await openSync(tenant.url);
+    try {
+      socket.connect();
+      // Accepted within the 60 s clock skew, expired a few seconds later.
+      const exp = Math.floor(Date.now() / 1000) - 55;
+      socket.send({ type: "Authenticate", tokenType: "User", value: oidc.sign({ sub: "short", exp }), baseVersion: 0 });
+      const accepted = await socket.message((m) => m.type === "Transition" && m.endVersion.identity === 1, "the identity accepted");
+      assert.equal(accepted.startVersion.identity, 0);
+      const error = await socket.message((m) => m.type === "AuthError", "AuthError when the token expires", 30_000);
+      assert.equal(error.authUpdateAttempted, false, JSON.stringify(error));
+      assert.equal(error.baseVersion, 0, "the version of the Authenticate it refers to");
+      assert.match(error.error, /expired/);
+      await socket.closed(10_000);
+    } finally {
+      socket.close();
     }
   });
 
