@@ -8,6 +8,7 @@
 // with `--egress-allow 127.0.0.1`; without it the same push and tokens are refused.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 import { ConvexClient, ConvexHttpClient } from "convex/browser";
 import WebSocket from "ws";
 import {
@@ -308,6 +309,30 @@ describe("identity over the socket (npm ConvexClient)", () => {
       assert.ok(!changes.includes(true), JSON.stringify(changes));
     } finally {
       await client.close();
+    }
+  });
+});
+
+describe("a provider that is down", () => {
+  test("tokens naming it are refused, and the server asks it at most once per 10 s", { timeout: 240_000 }, async () => {
+    let requests = 0;
+    const down = http.createServer((_req, res) => {
+      requests += 1;
+      res.writeHead(503, { "content-type": "text/plain" });
+      res.end("down for maintenance");
+    });
+    await new Promise((resolve) => down.listen(0, "127.0.0.1", resolve));
+    const downUrl = `http://127.0.0.1:${down.address().port}`;
+    try {
+      const downTenant = await tenantWithProviders("auth-down", [{ domain: downUrl, applicationID: "convex" }]);
+      for (let i = 0; i < 10; i++) {
+        const res = await meOverHttp(downTenant.url, oidc.sign({ iss: downUrl }));
+        expectRequestError(assert, res, 401, "InvalidAuthToken");
+        assert.match(res.body.message, /could not be fetched: .*HTTP 503/, res.body.message);
+      }
+      assert.equal(requests, 1, "ten tokens, one request to the provider");
+    } finally {
+      await new Promise((resolve) => down.close(resolve));
     }
   });
 });

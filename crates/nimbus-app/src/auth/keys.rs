@@ -357,14 +357,25 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, String> {
 struct Cached {
     keys: Arc<KeySet>,
     fetched_at: Instant,
-    /// The last fetch made before the TTL because a token named an unknown key.
-    early_fetch_at: Option<Instant>,
+    /// Whether this set was fetched before the TTL because a token named an unknown key.
+    early: bool,
+}
+
+#[derive(Default)]
+struct CacheState {
+    sets: HashMap<String, Cached>,
+    /// The last failed fetch per provider: retried only after [`MIN_REFETCH_INTERVAL`], so
+    /// tokens naming a provider that is down do not each send a request to it.
+    failures: HashMap<String, (Instant, String)>,
 }
 
 /// A tenant's cached key sets, one per provider (keyed by issuer and key source).
 #[derive(Default)]
 pub(crate) struct KeyCache {
-    sets: Mutex<HashMap<String, Cached>>,
+    state: Mutex<CacheState>,
+    /// Held while fetching: concurrent tokens of a provider wait for one fetch and use its
+    /// result instead of each fetching.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 fn cache_key(provider: &AuthProvider) -> String {
@@ -384,42 +395,69 @@ impl KeyCache {
         kid: Option<&str>,
     ) -> Result<Arc<KeySet>, String> {
         let key = cache_key(provider);
-        let mut early = false;
-        {
-            let mut sets = self.sets.lock();
-            if let Some(cached) = sets.get_mut(&key) {
-                let fresh = cached.fetched_at.elapsed() < KEYS_TTL;
-                let has_kid = kid.is_none_or(|kid| cached.keys.has_kid(kid));
-                let may_fetch_early = cached
-                    .early_fetch_at
-                    .is_none_or(|at| at.elapsed() >= MIN_REFETCH_INTERVAL);
-                if fresh && (has_kid || !may_fetch_early) {
-                    return Ok(cached.keys.clone());
-                }
-                if fresh {
-                    // Claimed before fetching, so concurrent tokens do not all fetch.
-                    cached.early_fetch_at = Some(Instant::now());
-                    early = true;
-                }
-            }
+        if let Some(keys) = self.cached(&key, kid)? {
+            return Ok(keys);
         }
-        let keys = Arc::new(fetcher.fetch(provider).await?);
-        let mut sets = self.sets.lock();
+        let _fetching = self.fetching.lock().await;
+        // Whoever held the lock before may have fetched what this token needs.
+        if let Some(keys) = self.cached(&key, kid)? {
+            return Ok(keys);
+        }
+        let early = self.state.lock().sets.contains_key(&key);
+        let fetched = fetcher.fetch(provider).await;
+        let mut state = self.state.lock();
+        let keys = match fetched {
+            Ok(keys) => Arc::new(keys),
+            Err(error) => {
+                if state.failures.len() >= super::providers::MAX_PROVIDERS {
+                    state.failures.clear();
+                }
+                state.failures.insert(key, (Instant::now(), error.clone()));
+                return Err(error);
+            }
+        };
+        state.failures.remove(&key);
         // Providers of a deployment are few (at most 16), but pushes can change them:
         // keep the map from growing past that with sets of removed providers.
-        if sets.len() >= super::providers::MAX_PROVIDERS && !sets.contains_key(&key) {
-            sets.clear();
+        if state.sets.len() >= super::providers::MAX_PROVIDERS && !state.sets.contains_key(&key) {
+            state.sets.clear();
         }
-        let now = Instant::now();
-        sets.insert(
+        state.sets.insert(
             key,
             Cached {
                 keys: keys.clone(),
-                fetched_at: now,
-                early_fetch_at: early.then_some(now),
+                fetched_at: Instant::now(),
+                early,
             },
         );
         Ok(keys)
+    }
+
+    /// `Ok(Some)`: cached keys to use; `Ok(None)`: fetch; `Err`: the last fetch failed less
+    /// than the refetch interval ago.
+    fn cached(&self, key: &str, kid: Option<&str>) -> Result<Option<Arc<KeySet>>, String> {
+        let state = self.state.lock();
+        if let Some((at, error)) = state.failures.get(key) {
+            if at.elapsed() < MIN_REFETCH_INTERVAL {
+                return Err(format!(
+                    "{error} (not retried for {} s)",
+                    MIN_REFETCH_INTERVAL.as_secs()
+                ));
+            }
+        }
+        let Some(cached) = state.sets.get(key) else {
+            return Ok(None);
+        };
+        let age = cached.fetched_at.elapsed();
+        if age >= KEYS_TTL {
+            return Ok(None);
+        }
+        let has_kid = kid.is_none_or(|kid| cached.keys.has_kid(kid));
+        let recently_refetched = cached.early && age < MIN_REFETCH_INTERVAL;
+        if has_kid || recently_refetched {
+            return Ok(Some(cached.keys.clone()));
+        }
+        Ok(None)
     }
 }
 
