@@ -275,6 +275,32 @@ describe("identity over the socket (npm ConvexClient)", () => {
     }
   });
 
+  test("raw protocol: the identity changes mid-session, and subscriptions re-run as the new user", { timeout: 60_000 }, async () => {
+    const socket = await openSync(tenant.url);
+    try {
+      socket.connect();
+      socket.send({ type: "Authenticate", tokenType: "User", value: oidc.sign({ sub: "first" }), baseVersion: 0 });
+      await socket.message((m) => m.type === "Transition" && m.endVersion.identity === 1, "first identity");
+      socket.send({
+        type: "ModifyQuerySet",
+        baseVersion: 0,
+        newVersion: 1,
+        modifications: [{ type: "Add", queryId: 0, udfPath: "whoami:me", args: [{}] }],
+      });
+      const first = await socket.message((m) => m.type === "Transition" && m.endVersion.querySet === 1, "the query's result");
+      assert.equal(first.modifications[0].value.subject, "first");
+      socket.send({ type: "Authenticate", tokenType: "User", value: oidc.sign({ sub: "second" }), baseVersion: 1 });
+      const second = await socket.message((m) => m.type === "Transition" && m.endVersion.identity === 2, "second identity");
+      const updated = second.modifications.find((m) => m.queryId === 0);
+      assert.equal(updated?.value?.subject, "second", JSON.stringify(second));
+      socket.send({ type: "Authenticate", tokenType: "None", baseVersion: 2 });
+      const anonymous = await socket.message((m) => m.type === "Transition" && m.endVersion.identity === 3, "anonymous");
+      assert.equal(anonymous.modifications.find((m) => m.queryId === 0)?.value, null, JSON.stringify(anonymous));
+    } finally {
+      socket.close();
+    }
+  });
+
   test("raw protocol: a token that expires mid-session gets AuthError (authUpdateAttempted: false) and a close", { timeout: 60_000 }, async () => {
     const socket = await openSync(tenant.url);
     try {
