@@ -403,7 +403,13 @@ impl KeyCache {
         if let Some(keys) = self.cached(&key, kid)? {
             return Ok(keys);
         }
-        let early = self.state.lock().sets.contains_key(&key);
+        // A refetch of a set still within its TTL (for an unknown key) is an early one.
+        let early = self
+            .state
+            .lock()
+            .sets
+            .get(&key)
+            .is_some_and(|cached| cached.fetched_at.elapsed() < KEYS_TTL);
         let fetched = fetcher.fetch(provider).await;
         let mut state = self.state.lock();
         let keys = match fetched {
