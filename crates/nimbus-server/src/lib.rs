@@ -134,17 +134,16 @@ pub async fn serve(
 }
 
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let path = collapse_slashes(request.uri().path());
+    let (route_tenant, rest) = route(&path, request.headers(), &state.config.domain);
     // Tenant routes answer web pages on any origin (see `cors`); the instance admin API
     // does not.
-    let cross_origin = request.headers().contains_key(axum::http::header::ORIGIN) && {
-        let path = collapse_slashes(request.uri().path());
-        let (tenant, rest) = route(&path, request.headers(), &state.config.domain);
-        tenant.is_some() || !is_instance_admin_path(&rest)
-    };
+    let cross_origin = request.headers().contains_key(axum::http::header::ORIGIN)
+        && (route_tenant.is_some() || !is_instance_admin_path(&rest));
     if cross_origin && cors::is_preflight(request.method(), request.headers()) {
         return cors::preflight(request.headers());
     }
-    let mut response = match dispatch(&state, request).await {
+    let mut response = match dispatch(&state, request, &path, route_tenant, rest).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -286,17 +285,23 @@ fn route(path: &str, headers: &HeaderMap, domain: &str) -> (Option<String>, Stri
     }
 }
 
-async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+/// Serves a request whose `path` (slashes collapsed) was routed to `route_tenant` and the
+/// path under it, `rest`.
+async fn dispatch(
+    state: &AppState,
+    request: Request,
+    path: &str,
+    route_tenant: Option<String>,
+    rest: String,
+) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let client = parts
         .extensions
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-    let path = collapse_slashes(parts.uri.path());
     if path == "/health" {
         return Ok(axum::Json(json!({"status": "ok"})).into_response());
     }
-    let (route_tenant, rest) = route(&path, &parts.headers, &state.config.domain);
     if is_sync_path(&rest) {
         let Some(name) = route_tenant else {
             return Err(ApiError::not_found(&rest));
