@@ -208,8 +208,18 @@ pub fn check_token_offline(
             "the provider does not accept tokens from {issuer:?}"
         ));
     }
-    let keys = keys::KeySet::parse(key_set)?;
-    parsed.verify_signature(&keys)?;
+    accept(&parsed, provider, &keys::KeySet::parse(key_set)?, now_secs)
+}
+
+/// The identity a parsed token proves when a key of `keys` signed it and `provider`
+/// accepts its claims.
+fn accept(
+    parsed: &token::ParsedToken<'_>,
+    provider: &AuthProvider,
+    keys: &keys::KeySet,
+    now_secs: f64,
+) -> Result<UserIdentity, String> {
+    parsed.verify_signature(keys)?;
     parsed.check_claims(provider, now_secs)?;
     Ok(UserIdentity::from_claims(&parsed.claims))
 }
@@ -252,11 +262,8 @@ impl Tenant {
                     continue;
                 }
             };
-            match parsed
-                .verify_signature(&keys)
-                .and_then(|()| parsed.check_claims(provider, now_secs()))
-            {
-                Ok(()) => return Ok(Arc::new(UserIdentity::from_claims(&parsed.claims))),
+            match accept(&parsed, provider, &keys, now_secs()) {
+                Ok(identity) => return Ok(Arc::new(identity)),
                 Err(error) => last_error = error,
             }
         }
