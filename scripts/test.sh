@@ -91,6 +91,8 @@ step typecheck typecheck_apps
 # The browser test (web-clients.test.mjs) drives Debian's Chromium with playwright-core.
 step chromium need_cmd chromium chromium
 step e2e e2e_tests
+# The official Python client (PyPI `convex`, pinned) with user auth, in a cached virtualenv.
+step python-client bash "$REPO_ROOT/scripts/python-tests.sh"
 step bench-smoke env SMOKE=1 bash "$REPO_ROOT/scripts/bench.sh"
 # Every fuzz target for a minute (scripts/fuzz.sh; nightly Rust, cargo-fuzz).
 step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash "$REPO_ROOT/scripts/fuzz.sh"
