@@ -1,7 +1,9 @@
-//! A tenant's active code: modules, the function table with validators, the schema.
+//! A tenant's active code: modules, the function table with validators, the schema, and the
+//! environment variables its functions see as `process.env`.
 //!
 //! Stored as the global [`DEPLOYMENT_GLOBAL`] in the tenant's own namespace, written in
-//! the same commit that changes indexes, so code, schema and indexes switch together.
+//! the same commit that changes indexes, so code, schema and indexes switch together. An
+//! environment change commits a new deployment of the same code (see `env.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -88,6 +90,8 @@ pub(crate) struct Deployment {
     /// `auth.config.ts`'s default export as pushed, and the providers parsed from it.
     pub auth_json: Option<String>,
     pub auth: Arc<AuthConfig>,
+    /// Environment variables (`process.env`), also in `module_set`.
+    pub env: Arc<BTreeMap<String, String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,6 +109,9 @@ struct DeploymentRecord {
     /// Absent in records written before auth existed (no providers).
     #[serde(default)]
     auth_json: Option<String>,
+    /// Absent in records written before environment variables existed (none set).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -141,18 +148,20 @@ impl Deployment {
             generation: 0,
             code_id: CodeId::NONE,
             modules: Vec::new(),
-            module_set: module_set(CodeId::NONE, &[]),
+            module_set: module_set(CodeId::NONE, &[], &Arc::default()),
             functions: HashMap::new(),
             schema: None,
             schema_json: None,
             crons_json: None,
             auth_json: None,
             auth: Arc::new(AuthConfig::default()),
+            env: Arc::default(),
         }
     }
 
     /// A deployment of analyzed code. `code_id` is [`CodeId::NONE`] until the push is
-    /// activated ([`Deployment::activated`]).
+    /// activated ([`Deployment::activated`]), which also gives it the environment in force.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         generation: u64,
         code_id: CodeId,
@@ -161,6 +170,7 @@ impl Deployment {
         schema_json: Option<String>,
         crons_json: Option<String>,
         auth_json: Option<String>,
+        env: Arc<BTreeMap<String, String>>,
     ) -> Result<Self, AppError> {
         let auth = match &auth_json {
             Some(text) => AuthConfig::parse(text).map_err(|message| AppError::PushFailed {
@@ -214,7 +224,7 @@ impl Deployment {
         Ok(Deployment {
             generation,
             code_id,
-            module_set: module_set(code_id, &modules),
+            module_set: module_set(code_id, &modules, &env),
             modules,
             functions: table,
             schema,
@@ -222,24 +232,36 @@ impl Deployment {
             crons_json,
             auth_json,
             auth: Arc::new(auth),
+            env,
         })
     }
 
-    /// This staged push as it is activated: the next generation after `current`, and a
-    /// fresh code identity.
+    /// This staged push as it is activated: the next generation after `current`, a fresh
+    /// code identity, and `current`'s environment (pushes do not change it).
     pub fn activated(&self, current: &Deployment) -> Deployment {
+        self.with(current.generation + 1, current.env.clone())
+    }
+
+    /// The same code under other environment variables: a new code identity (runtimes bake
+    /// `process.env` in, and cached results may depend on it), the same generation.
+    pub fn with_env(&self, env: BTreeMap<String, String>) -> Deployment {
+        self.with(self.generation, Arc::new(env))
+    }
+
+    fn with(&self, generation: u64, env: Arc<BTreeMap<String, String>>) -> Deployment {
         let code_id = CodeId::random();
         Deployment {
-            generation: current.generation + 1,
+            generation,
             code_id,
             modules: self.modules.clone(),
-            module_set: module_set(code_id, &self.modules),
+            module_set: module_set(code_id, &self.modules, &env),
             functions: self.functions.clone(),
             schema: self.schema.clone(),
             schema_json: self.schema_json.clone(),
             crons_json: self.crons_json.clone(),
             auth_json: self.auth_json.clone(),
             auth: self.auth.clone(),
+            env,
         }
     }
 
@@ -264,6 +286,7 @@ impl Deployment {
             schema_json: self.schema_json.clone(),
             crons_json: self.crons_json.clone(),
             auth_json: self.auth_json.clone(),
+            env: (*self.env).clone(),
         };
         serde_json::to_vec(&record).map_err(|e| AppError::Internal(format!("deployment: {e}")))
     }
@@ -305,6 +328,7 @@ impl Deployment {
             record.schema_json,
             record.crons_json,
             record.auth_json,
+            Arc::new(record.env),
         )
     }
 
@@ -320,7 +344,11 @@ impl Deployment {
     }
 }
 
-fn module_set(code_id: CodeId, modules: &[StoredModule]) -> ModuleSet {
+fn module_set(
+    code_id: CodeId,
+    modules: &[StoredModule],
+    env: &Arc<BTreeMap<String, String>>,
+) -> ModuleSet {
     let map: BTreeMap<String, String> = modules
         .iter()
         .map(|m| (m.path.clone(), m.source.clone()))
@@ -328,7 +356,7 @@ fn module_set(code_id: CodeId, modules: &[StoredModule]) -> ModuleSet {
     ModuleSet {
         code_id,
         modules: Arc::new(map),
-        env: Arc::new(BTreeMap::new()),
+        env: env.clone(),
     }
 }
 

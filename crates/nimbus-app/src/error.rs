@@ -38,6 +38,9 @@ pub enum AppError {
     /// `query_at_ts` asked for a snapshot outside the retained window.
     #[error("{0}")]
     SnapshotUnavailable(String),
+    /// An environment variable change that breaks a rule or a limit.
+    #[error("{0}")]
+    InvalidEnvironmentVariable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -58,6 +61,7 @@ impl AppError {
             AppError::Unavailable { .. } => "TenantUnavailable",
             AppError::PushFailed { code, .. } => code,
             AppError::SnapshotUnavailable(_) => "SnapshotUnavailable",
+            AppError::InvalidEnvironmentVariable(_) => "InvalidEnvironmentVariable",
             AppError::Internal(_) => "InternalServerError",
         }
     }
@@ -71,7 +75,8 @@ impl AppError {
             | AppError::BadRequest(_)
             | AppError::InvalidValue(_)
             | AppError::PushFailed { .. }
-            | AppError::SnapshotUnavailable(_) => 400,
+            | AppError::SnapshotUnavailable(_)
+            | AppError::InvalidEnvironmentVariable(_) => 400,
             AppError::Unauthenticated | AppError::InvalidAuthToken(_) => 401,
             AppError::Forbidden(_) => 403,
             AppError::Overloaded { .. } => 429,

@@ -11,6 +11,7 @@ mod catalog;
 mod config;
 mod dedup;
 mod deployment;
+mod env;
 mod error;
 mod execute;
 mod instance;
@@ -27,6 +28,7 @@ pub use auth::{
 };
 pub use config::NimbusConfig;
 pub use deployment::{FunctionInfo, ModuleHash};
+pub use env::EnvChange;
 pub use error::AppError;
 pub use execute::{parse_args, Caller, FunctionFailure, FunctionRequest, FunctionResponse};
 pub use instance::{CreatedTenant, Nimbus, TenantInfo, MIN_ADMIN_KEY_LEN, TENANT_BASE_BYTES};

@@ -70,6 +70,9 @@ pub struct StagedPush {
     pub crons_json: Option<String>,
     /// The auth providers of `auth.config.ts` (the response's `appAuth`).
     pub auth: crate::auth::AuthConfig,
+    /// The environment variables in force (the response's `environmentVariables`; the
+    /// caller is the tenant admin, who may read them).
+    pub environment_variables: Arc<BTreeMap<String, String>>,
 }
 
 /// Whether a staged push can be finished.
@@ -129,7 +132,8 @@ impl Tenant {
                     .map(|m| (m.path.clone(), m.source.clone()))
                     .collect(),
             ),
-            env: Arc::new(BTreeMap::new()),
+            // `auth.config.ts` may read `process.env`: it sees the variables set now.
+            env: current.env.clone(),
         };
         let limits = RuntimeLimits::default();
         let schema_source = request.schema_source;
@@ -169,6 +173,7 @@ impl Tenant {
             schema_json.clone(),
             analysis.crons_json.clone(),
             analysis.auth_json.clone(),
+            current.env.clone(),
         )?;
         let index_changes = index_changes(&self.engine().snapshot(), deployment.schema.as_deref());
         let auth = (*deployment.auth).clone();
@@ -190,6 +195,7 @@ impl Tenant {
             index_changes,
             crons_json: analysis.crons_json,
             auth,
+            environment_variables: current.env.clone(),
         })
     }
 
@@ -234,15 +240,7 @@ impl Tenant {
         }
         let _one_at_a_time = self.activation_lock.lock().await;
         let staged = Arc::new(staged.activated(&self.deployment()));
-        let mut indexes: WantedIndexes = BTreeMap::new();
-        if let Some(schema) = &staged.schema {
-            for (table, definition) in &schema.tables {
-                let entry = indexes.entry(table.clone()).or_default();
-                for index in &definition.indexes {
-                    entry.insert(index.name.clone(), index.fields.clone());
-                }
-            }
-        }
+        let indexes = wanted_indexes(&staged);
         let started = Instant::now();
         let check = staged.schema.clone().map(|schema| {
             // IDs are checked for shape only: the committer has no snapshot to resolve them.
@@ -332,6 +330,25 @@ impl Tenant {
         });
     }
 
+    /// Commits `deployment`, whose schema is the current one's, on its own (an unstaged
+    /// deploy that adds and removes no index). The caller holds the activation lock.
+    pub(crate) async fn commit_deployment(
+        &self,
+        deployment: Arc<Deployment>,
+    ) -> Result<(), AppError> {
+        let request = DeployRequest {
+            indexes: wanted_indexes(&deployment),
+            globals: vec![(DEPLOYMENT_GLOBAL.to_string(), Some(deployment.to_bytes()?))],
+            check: None,
+            deployment: Some(deployment),
+        };
+        self.engine()
+            .deploy(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| AppError::from_engine(self.name(), e))
+    }
+
     fn staged_push(&self, token: &str) -> Result<Arc<Deployment>, AppError> {
         self.staged.lock().get(token).ok_or_else(|| {
             push_failed(
@@ -340,6 +357,20 @@ impl Tenant {
             )
         })
     }
+}
+
+/// The indexes a deployment's schema declares, by table.
+fn wanted_indexes(deployment: &Deployment) -> WantedIndexes {
+    let mut indexes: WantedIndexes = BTreeMap::new();
+    if let Some(schema) = &deployment.schema {
+        for (table, definition) in &schema.tables {
+            let entry = indexes.entry(table.clone()).or_default();
+            for index in &definition.indexes {
+                entry.insert(index.name.clone(), index.fields.clone());
+            }
+        }
+    }
+    indexes
 }
 
 fn push_failed(code: &'static str, message: String) -> AppError {

@@ -35,10 +35,9 @@ pub(crate) enum SystemQuery {
     ApiSpec,
     /// `_system/cli/convexUrl:cloudUrl`: the tenant's URL.
     CloudUrl,
-    /// `_system/cli/queryEnvironmentVariables`: none yet (environment variables are not
-    /// supported; setting one fails with a message that says so).
+    /// `_system/cli/queryEnvironmentVariables`: every variable, `[{name, value}]` by name.
     EnvironmentVariables,
-    /// `_system/cli/queryEnvironmentVariables:get`: `null`, for the same reason.
+    /// `_system/cli/queryEnvironmentVariables:get`: `{name, value}` of `name`, or `null`.
     EnvironmentVariable,
     /// `_system/cli/exports:getLatest`: `null`, no export has ever been made.
     LatestExport,
@@ -120,12 +119,31 @@ impl SystemQuery {
             }
             SystemQuery::ApiSpec => Ok(api_spec(deployment)),
             SystemQuery::CloudUrl => Ok(Value::String(tenant_url.to_string())),
-            SystemQuery::EnvironmentVariables | SystemQuery::Imports | SystemQuery::Components => {
-                Ok(Value::Array(Vec::new()))
+            SystemQuery::EnvironmentVariables => Ok(Value::Array(
+                deployment
+                    .env
+                    .iter()
+                    .map(|(name, value)| env_entry(name, value))
+                    .collect(),
+            )),
+            SystemQuery::EnvironmentVariable => {
+                let wanted = string_arg(name, args, "name")?;
+                Ok(deployment
+                    .env
+                    .get(wanted)
+                    .map_or(Value::Null, |value| env_entry(wanted, value)))
             }
-            SystemQuery::EnvironmentVariable | SystemQuery::LatestExport => Ok(Value::Null),
+            SystemQuery::Imports | SystemQuery::Components => Ok(Value::Array(Vec::new())),
+            SystemQuery::LatestExport => Ok(Value::Null),
         }
     }
+}
+
+fn env_entry(name: &str, value: &str) -> Value {
+    object([
+        ("name", Value::String(name.to_string())),
+        ("value", Value::String(value.to_string())),
+    ])
 }
 
 fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {

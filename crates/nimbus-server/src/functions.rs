@@ -84,8 +84,6 @@ fn unsupported_convex_feature(path: &str) -> Option<&'static str> {
         || path == "/api/perform_import"
     {
         Some("snapshot import (`npx convex import`)")
-    } else if path == "/api/update_environment_variables" {
-        Some("setting environment variables (`npx convex env set`)")
     } else if path == "/api/run_test_function" {
         Some("inline queries (`npx convex run --inline-query`)")
     } else {

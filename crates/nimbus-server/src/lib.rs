@@ -260,6 +260,7 @@ fn is_cli_path(path: &str) -> bool {
         || path == "/api/get_config_hashes"
         || path == "/api/stream_function_logs"
         || path == "/api/v1/get_canonical_urls"
+        || path == "/api/update_environment_variables"
 }
 
 /// `/api/sync` (Rust and Python clients) or `/api/<client version>/sync` (npm).

@@ -1,11 +1,12 @@
-//! The endpoints the official Convex CLI calls to push code (compat spec §7).
+//! The endpoints the official Convex CLI calls with a tenant admin key (compat spec §7):
+//! pushing code, its URLs and logs, and setting environment variables.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use nimbus_app::{FunctionKind, PushModule, PushRequest, StagedPush, StagedStatus};
+use nimbus_app::{EnvChange, FunctionKind, PushModule, PushRequest, StagedPush, StagedStatus};
 use serde_json::{json, Value as Json};
 
 use crate::{tenant_for_key, ApiError, AppState, Incoming};
@@ -60,6 +61,11 @@ pub(crate) async fn handle(
                 json!({"config": {"functions": "convex/"}, "moduleHashes": hashes, "nodeDependencies": [], "udfServerVersion": "1.48.0"}),
             )
         }
+        "/api/update_environment_variables" => {
+            let changes = environment_changes(&body)?;
+            tenant.update_environment_variables(&changes).await?;
+            ok(json!({}))
+        }
         "/api/deploy2/evaluate_schema" => {
             ok(json!({"componentSchemaEvaluations": {}, "newComponentDefinitions": []}))
         }
@@ -107,6 +113,38 @@ pub(crate) async fn handle(
         "/api/deploy2/report_push_completed" => ok(json!({})),
         other => Err(ApiError::not_found(other)),
     }
+}
+
+/// `{"changes": [{"name": "KEY", "value": "v" | null}, ...]}`, as `npx convex env` sends it.
+fn environment_changes(body: &Json) -> Result<Vec<EnvChange>, ApiError> {
+    let Some(changes) = body.get("changes").and_then(Json::as_array) else {
+        return Err(ApiError::bad_json(
+            "expected {\"changes\": [{\"name\": \"<NAME>\", \"value\": \"<value>\" or null}]}",
+        ));
+    };
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| {
+            let name = change
+                .get("name")
+                .and_then(Json::as_str)
+                .ok_or_else(|| ApiError::bad_json(format!("changes[{i}].name must be a string")))?;
+            let value = match change.get("value") {
+                None | Some(Json::Null) => None,
+                Some(Json::String(value)) => Some(value.clone()),
+                Some(_) => {
+                    return Err(ApiError::bad_json(format!(
+                        "changes[{i}].value must be a string, or null to remove {name}"
+                    )))
+                }
+            };
+            Ok(EnvChange {
+                name: name.to_string(),
+                value,
+            })
+        })
+        .collect()
 }
 
 fn push_request(body: &Json, dry_run: bool) -> Result<PushRequest, ApiError> {
@@ -210,7 +248,7 @@ fn start_push_response(staged: &StagedPush) -> Json {
         .map(|(path, list)| (path, json!({"functions": list, "httpRoutes": null, "cronSpecs": null, "sourceMapped": null})))
         .collect();
     json!({
-        "environmentVariables": {},
+        "environmentVariables": staged.environment_variables.as_ref(),
         "externalDepsId": null,
         "componentDefinitionPackages": {},
         "appAuth": staged.auth.to_json(),

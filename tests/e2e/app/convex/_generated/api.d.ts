@@ -11,6 +11,7 @@
 import type * as bulk from "../bulk.js";
 import type * as counter from "../counter.js";
 import type * as durability from "../durability.js";
+import type * as env from "../env.js";
 import type * as errors from "../errors.js";
 import type * as flood from "../flood.js";
 import type * as items from "../items.js";
@@ -33,6 +34,7 @@ declare const fullApi: ApiFromModules<{
   bulk: typeof bulk;
   counter: typeof counter;
   durability: typeof durability;
+  env: typeof env;
   errors: typeof errors;
   flood: typeof flood;
   items: typeof items;
