@@ -4,7 +4,8 @@
 `client.set_auth(token)` with ES256 JWTs of a `customJwt` provider, and what
 `ctx.auth.getUserIdentity()` then returns to one-shot queries and to a subscription;
 `client.clear_auth()`; a token refused because it has expired; a token that expires
-mid-session.
+mid-session; and the answers to mutations that throw (a `ConvexError` with data, a plain
+error).
 
 Self-contained: it starts its own server (a temporary data directory, a free port), makes
 its own token issuer (a P-256 key generated at run time; ES256 signing in pure Python below,
@@ -44,7 +45,7 @@ import unittest
 import urllib.request
 from pathlib import Path
 
-from convex import ConvexClient
+from convex import ConvexClient, ConvexError
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "examples/pos/node_modules/convex/bin/main.js"
@@ -55,13 +56,30 @@ KID = "python-client-test-key"
 STEP = 30.0  # seconds any one step may take
 REFUSED_WATCH = 3.0  # seconds a query under a refused token is watched for an answer
 
-WHOAMI_JS = """import { queryGeneric as query } from "convex/server";
-import { v } from "convex/values";
+WHOAMI_JS = """import { mutationGeneric as mutation, queryGeneric as query } from "convex/server";
+import { ConvexError, v } from "convex/values";
 
 /** The caller's identity, or null. `probe` only makes a query distinct from another. */
 export const whoami = query({
   args: { probe: v.optional(v.float64()) },
   handler: async (ctx) => (await ctx.auth.getUserIdentity()) ?? null,
+});
+
+/** Fails with a ConvexError carrying `reason` and the caller's subject as its data. */
+export const reject = mutation({
+  args: { reason: v.string() },
+  handler: async (ctx, { reason }) => {
+    const identity = await ctx.auth.getUserIdentity();
+    throw new ConvexError({ reason, subject: identity?.subject ?? null });
+  },
+});
+
+/** Fails with a plain Error. */
+export const crash = mutation({
+  args: {},
+  handler: async () => {
+    throw new Error("a plain failure");
+  },
 });
 """
 
@@ -388,6 +406,25 @@ class PythonClientAuth(unittest.TestCase):
         assert_identity(whoami(client, 3.0, "bob's query"), "bob", "free")
         client.clear_auth()
         self.assertIsNone(whoami(client, 4.0, "the query after clear_auth"))
+        del client
+
+    def test_failed_mutations_are_answered(self) -> None:
+        """A mutation that throws gets its answer over the socket, with a ConvexError's data
+        intact. (This client, built on the Rust crate, waited for ever for the answer to a
+        failure with `errorData` until Nimbus sent the Transition the crate waits for.)"""
+        client = self.client()
+        client.set_auth(self.issuer.token("alice", "pro", 3600))
+        with step("a mutation that throws a ConvexError", 10.0):
+            with self.assertRaises(ConvexError) as caught:
+                client.mutation("whoami:reject", {"reason": "out of stock"})
+        self.assertEqual(caught.exception.data, {"reason": "out of stock", "subject": "alice"})
+        with step("a mutation that throws a plain Error", 10.0):
+            with self.assertRaises(Exception) as plain:
+                client.mutation("whoami:crash", {})
+        self.assertNotIsInstance(plain.exception, ConvexError)
+        self.assertIn("a plain failure", str(plain.exception))
+        # The client is still usable afterwards.
+        assert_identity(whoami(client, 9.0, "a query after the failures"), "alice", "pro")
         del client
 
     def test_a_subscription_follows_the_identity(self) -> None:
