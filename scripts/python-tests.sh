@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The tests of the official Python client (PyPI `convex`) against a real `nimbus serve`:
-# tests/python/test_*.py, run with unittest in a virtualenv that has the pinned client.
+# The tests of the official Python client (PyPI `convex`) against a real `nimbus serve`, and
+# of `GET /metrics` read by the official Prometheus client library: tests/python/test_*.py,
+# run with unittest in a virtualenv that has both, pinned.
 # Each test file starts its own server and pushes its own project with the official CLI of
 # examples/pos (installed here when missing).
 #
@@ -18,6 +19,8 @@ cd "$REPO_ROOT"
 
 # The client version the tests are written against (it embeds the Rust crate convex 0.10.4).
 CONVEX_PY_VERSION="0.8.1"
+# The official Prometheus client library, whose parser reads `GET /metrics` (test_metrics.py).
+PROMETHEUS_CLIENT_VERSION="0.26.0"
 VENV="${NIMBUS_PYVENV:-$HOME/.cache/nimbus-pyvenv}"
 
 export NIMBUS_BIN="${NIMBUS_BIN:-$NIMBUS_BIN_DEFAULT}"
@@ -39,10 +42,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
 fi
-installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("convex"))' 2>/dev/null || true)"
-if [ "$installed" != "$CONVEX_PY_VERSION" ]; then
-  log "installing convex==$CONVEX_PY_VERSION into $VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "convex==$CONVEX_PY_VERSION"
+installed() { "$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
+if [ "$(installed convex)" != "$CONVEX_PY_VERSION" ] ||
+  [ "$(installed prometheus_client)" != "$PROMETHEUS_CLIENT_VERSION" ]; then
+  log "installing convex==$CONVEX_PY_VERSION prometheus_client==$PROMETHEUS_CLIENT_VERSION into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "convex==$CONVEX_PY_VERSION" "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
 fi
 
 log "Python client tests (convex==$CONVEX_PY_VERSION, NIMBUS_BIN=$NIMBUS_BIN)"

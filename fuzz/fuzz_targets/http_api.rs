@@ -1,6 +1,6 @@
-//! HTTP requests to the function API, the CLI's push and log endpoints and the admin API,
-//! through the real router (the server's whole request path, without the socket): any
-//! method, tenant routing, credentials, encoding and body.
+//! HTTP requests to the function API, the CLI's push, log and environment endpoints, the
+//! admin API and `/metrics`, through the real router (the server's whole request path,
+//! without the socket): any method, tenant routing, credentials, encoding and body.
 //!
 //! What must hold, whatever the request: no panic, no 500, and every error is a JSON
 //! object with a string `code` and a string `message`.
@@ -59,6 +59,7 @@ enum Endpoint {
     AdminRotateKey,
     AdminDisconnect,
     Health,
+    Metrics,
     Path(String),
 }
 
@@ -88,6 +89,7 @@ impl Endpoint {
             Endpoint::AdminRotateKey => format!("/admin/tenants/{TENANT}/rotate-key"),
             Endpoint::AdminDisconnect => format!("/admin/tenants/{TENANT}/disconnect"),
             Endpoint::Health => "/health".into(),
+            Endpoint::Metrics => "/metrics".into(),
             Endpoint::Path(path) => format!("/{path}"),
         }
     }

@@ -283,7 +283,7 @@ def nimbus_bin() -> Path:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
         binary = nimbus_bin()
         assert binary.exists(), f"{binary} is missing: build it (cargo build --release -p nimbus)"
         self.data = tempfile.mkdtemp(prefix="nimbus-py-auth-")
@@ -292,7 +292,7 @@ class Server:
         env = dict(os.environ, NIMBUS_ADMIN_KEY=self.admin_key)
         env["RUST_LOG"] = os.environ.get("NIMBUS_TEST_LOG", "warn")
         self.process = subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data],
+            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data, *extra_args],
             env=env,
             stdout=subprocess.DEVNULL,
             preexec_fn=die_with_parent,

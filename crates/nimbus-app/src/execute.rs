@@ -12,6 +12,7 @@ use serde_json::Value as Json;
 
 use crate::deployment::{canonical_path, display_name, CompiledFunction, Deployment};
 use crate::error::AppError;
+use crate::metrics::CallOutcome;
 use crate::syscalls::{IdsOf, TxnHost};
 use crate::system::{SystemError, SystemQuery};
 use crate::tenant::{deployment_of, Tenant};
@@ -128,6 +129,7 @@ impl Tenant {
         request: FunctionRequest,
         receipt: Option<Vec<u8>>,
     ) -> Result<FunctionResponse, AppError> {
+        let started = Instant::now();
         let snapshot = match request.at_ts {
             None => self.engine().snapshot(),
             Some(ts) => self.snapshot_at(ts)?,
@@ -142,6 +144,26 @@ impl Tenant {
             }
         };
         let args = parse_args(&request.args)?;
+        let kind = resolved.function.info.kind;
+        let response = self.run_resolved(resolved, request, args, receipt).await;
+        let outcome = match &response {
+            Ok(FunctionResponse { result: Ok(_), .. }) => CallOutcome::Success,
+            Ok(_) => CallOutcome::Failure,
+            Err(_) => CallOutcome::Error,
+        };
+        self.requests.record(kind, outcome, started.elapsed());
+        response
+    }
+
+    /// Runs a resolved call once admitted (refused at once when the tenant has too many in
+    /// flight).
+    async fn run_resolved(
+        &self,
+        resolved: Resolved,
+        request: FunctionRequest,
+        args: Value,
+        receipt: Option<Vec<u8>>,
+    ) -> Result<FunctionResponse, AppError> {
         let _inflight = self.admit_call()?;
         match resolved.function.info.kind {
             FunctionKind::Query => {

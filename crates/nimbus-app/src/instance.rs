@@ -575,6 +575,16 @@ impl Nimbus {
         }
     }
 
+    /// The tenants active in memory now, without activating any (for metrics).
+    pub fn active_tenant_handles(&self) -> Vec<Arc<Tenant>> {
+        self.active
+            .lock()
+            .slots
+            .values()
+            .filter_map(|slot| slot.get().cloned())
+            .collect()
+    }
+
     /// Names of tenants active in memory.
     pub async fn active_tenants(&self) -> Vec<String> {
         self.active

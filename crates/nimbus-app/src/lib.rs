@@ -16,6 +16,7 @@ mod error;
 mod execute;
 mod instance;
 mod live;
+pub mod metrics;
 mod push;
 mod query_cache;
 mod syscalls;

@@ -59,6 +59,8 @@ pub struct Tenant {
     /// Taken by mutations retrying after a conflict (see `run_mutation`).
     retry_lock: tokio::sync::Mutex<()>,
     rejected: AtomicU64,
+    /// Function calls by kind: outcomes and latency (`GET /metrics`).
+    pub(crate) requests: crate::metrics::RequestMetrics,
     /// Logical time of the last activation lookup (for idle eviction).
     pub(crate) last_used: AtomicU64,
     pub(crate) config: NimbusConfig,
@@ -88,6 +90,8 @@ pub struct TenantStats {
     /// What the instance memory budget counts for this tenant ([`Tenant::memory_bytes`]).
     pub memory_bytes: usize,
     pub live: crate::live::LiveStats,
+    /// Function calls by kind (in the order of [`crate::metrics::KINDS`]).
+    pub requests: [crate::metrics::KindSnapshot; 3],
 }
 
 impl Tenant {
@@ -115,6 +119,7 @@ impl Tenant {
                 config.query_cache_max_result_bytes,
             )),
             rejected: AtomicU64::new(0),
+            requests: crate::metrics::RequestMetrics::default(),
             last_used: AtomicU64::new(0),
             live: Arc::new(crate::live::LiveQueries::new(config.live.clone())),
             in_flight: Mutex::new(crate::dedup::InFlight::default()),
@@ -251,6 +256,7 @@ impl Tenant {
             cached_query_bytes,
             memory_bytes: self.memory_bytes(),
             live: self.live.stats(),
+            requests: self.requests.snapshot(),
         }
     }
 }

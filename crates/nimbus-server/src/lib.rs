@@ -12,6 +12,7 @@ mod cors;
 mod error;
 mod functions;
 mod limits;
+mod metrics;
 mod push;
 mod sync;
 
@@ -49,6 +50,9 @@ pub struct ServerConfig {
     /// ends.
     pub max_auth_failures: u32,
     pub auth_failure_window: Duration,
+    /// Tenants with series of their own in `GET /metrics` (the busiest); the other active
+    /// ones are summed under `tenant="_other"`.
+    pub metrics_max_tenants: usize,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             max_connections_per_address: 1000,
             max_auth_failures: 20,
             auth_failure_window: Duration::from_secs(60),
+            metrics_max_tenants: 100,
         }
     }
 }
@@ -74,6 +79,8 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     pub connections: Arc<limits::ConnectionLimiter>,
     pub auth_failures: Arc<limits::AuthFailures>,
+    /// When the router was made (`nimbus_uptime_seconds`).
+    pub started: std::time::Instant,
 }
 
 impl AppState {
@@ -107,6 +114,7 @@ pub fn router(nimbus: Arc<Nimbus>, config: ServerConfig) -> Router {
             MAX_TRACKED_AUTH_ADDRESSES,
         )),
         config: Arc::new(config),
+        started: std::time::Instant::now(),
     };
     Router::new().fallback(handle).with_state(state)
 }
@@ -136,10 +144,10 @@ pub async fn serve(
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let path = collapse_slashes(request.uri().path());
     let (route_tenant, rest) = route(&path, request.headers(), &state.config.domain);
-    // Tenant routes answer web pages on any origin (see `cors`); the instance admin API
-    // does not.
+    // Tenant routes answer web pages on any origin (see `cors`); the instance admin API and
+    // `/metrics` do not.
     let cross_origin = request.headers().contains_key(axum::http::header::ORIGIN)
-        && (route_tenant.is_some() || !is_instance_admin_path(&rest));
+        && (route_tenant.is_some() || !(is_instance_admin_path(&rest) || rest == "/metrics"));
     if cross_origin && cors::is_preflight(request.method(), request.headers()) {
         return cors::preflight(request.headers());
     }
@@ -347,6 +355,9 @@ async fn dispatch(
     };
     if route_tenant.is_none() && is_instance_admin_path(&incoming.path) {
         return admin::handle(state, &incoming).await;
+    }
+    if route_tenant.is_none() && incoming.path == "/metrics" {
+        return metrics::handle(state, &incoming).await;
     }
     if let Some(error) = functions::unsupported_convex_endpoint(&incoming.path) {
         return Err(error);

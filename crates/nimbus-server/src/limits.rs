@@ -35,6 +35,11 @@ impl ConnectionLimiter {
         })
     }
 
+    /// Connections open now, from every address.
+    pub fn open_total(&self) -> usize {
+        self.open.lock().values().sum()
+    }
+
     /// Counts a new connection from `address`, or refuses it (429) when the address has
     /// `max_per_address` open already.
     pub fn acquire(self: &Arc<Self>, address: IpAddr) -> Result<ConnectionSlot, ApiError> {

@@ -133,6 +133,10 @@ struct ServeArgs {
     /// its admin requests get 429 until the minute is over.
     #[arg(long, default_value_t = 20)]
     max_auth_failures_per_minute: u32,
+    /// Tenants with series of their own in `GET /metrics`, the busiest first; the other
+    /// active tenants are summed under `tenant="_other"`.
+    #[arg(long, default_value_t = 100)]
+    metrics_max_tenants: usize,
     /// Seconds a WebSocket send may block (a client not reading) before the server
     /// closes that connection.
     #[arg(long, default_value_t = 30)]
@@ -183,6 +187,7 @@ fn main() -> Result<()> {
                 max_subscriptions_per_tenant,
                 max_subscription_kib_per_tenant,
                 max_auth_failures_per_minute,
+                metrics_max_tenants,
                 sync_send_timeout_secs,
                 sync_idle_timeout_secs,
             } = *args;
@@ -245,6 +250,7 @@ fn main() -> Result<()> {
                 max_connections_per_address: max_connections_per_address.max(1),
                 max_auth_failures: max_auth_failures_per_minute.max(1),
                 auth_failure_window: Duration::from_secs(60),
+                metrics_max_tenants,
                 sync: nimbus_server::SyncConfig {
                     max_message_bytes: max_request_bytes,
                     send_timeout: Duration::from_secs(sync_send_timeout_secs.max(1)),

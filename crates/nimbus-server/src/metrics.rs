@@ -1,0 +1,353 @@
+//! `GET /metrics`: Prometheus text format (version 0.0.4), for the instance admin
+//! (`Authorization: Bearer <instance admin key>`).
+//!
+//! Process-wide series, and per-tenant series for the tenants active now (an inactive tenant
+//! has no series; its counters start again from zero when it is activated, which Prometheus
+//! reads as a counter reset). Label cardinality is bounded: at most
+//! [`crate::ServerConfig::metrics_max_tenants`] tenants get series of their own, those with
+//! the most calls; the others are summed under `tenant="_other"` (no tenant name starts with
+//! an underscore), and `nimbus_metrics_tenants_folded` says how many were.
+
+use std::fmt::Write as _;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use nimbus_app::metrics::{CallOutcome, KindSnapshot, KINDS, LATENCY_BUCKETS_SECONDS};
+use nimbus_app::{FunctionKind, TenantStats};
+
+use crate::{ApiError, AppState, Incoming};
+
+/// The label of the tenants folded together past the bound.
+const OTHER: &str = "_other";
+
+pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Response, ApiError> {
+    let key = incoming
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(key) = key else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthenticated",
+            "/metrics needs Authorization: Bearer <instance admin key>",
+        ));
+    };
+    let check = async { state.nimbus.check_instance_admin_key(key) };
+    state.authenticate(incoming.client, check).await?;
+    if incoming.method != axum::http::Method::GET {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "/metrics takes GET",
+        ));
+    }
+    let mut tenants: Vec<(String, TenantStats)> = state
+        .nimbus
+        .active_tenant_handles()
+        .iter()
+        .map(|tenant| (tenant.name().to_string(), tenant.stats()))
+        .collect();
+    // The busiest first; ties by name, so the set shown is stable between scrapes.
+    tenants.sort_by(|(a_name, a), (b_name, b)| {
+        calls(b).cmp(&calls(a)).then_with(|| a_name.cmp(b_name))
+    });
+    let active_tenants = tenants.len();
+    let limit = state.config.metrics_max_tenants;
+    let folded = tenants.len().saturating_sub(limit);
+    let mut shown: Vec<(String, TenantStats)> = Vec::with_capacity(tenants.len().min(limit + 1));
+    let mut rest = tenants.into_iter();
+    shown.extend(rest.by_ref().take(limit));
+    let mut other: Option<TenantStats> = None;
+    for (_, stats) in rest {
+        match &mut other {
+            Some(sum) => add_stats(sum, &stats),
+            None => other = Some(stats),
+        }
+    }
+    if let Some(sum) = other {
+        shown.push((OTHER.to_string(), sum));
+    }
+    let process = Process {
+        active_tenants,
+        folded,
+        connections: state.connections.open_total(),
+        resident_bytes: resident_bytes(),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+    };
+    let body = render(&process, &shown);
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+fn calls(stats: &TenantStats) -> u64 {
+    stats.requests.iter().map(KindSnapshot::count).sum()
+}
+
+/// Sums `other` into `sum` (the `_other` row): counters and gauges alike add up.
+fn add_stats(sum: &mut TenantStats, other: &TenantStats) {
+    let (e, o) = (&mut sum.engine, &other.engine);
+    e.commits += o.commits;
+    e.batches += o.batches;
+    e.conflicts += o.conflicts;
+    e.rejected_overload += o.rejected_overload;
+    e.queue_depth += o.queue_depth;
+    e.queue_capacity += o.queue_capacity;
+    e.documents += o.documents;
+    sum.inflight_calls += other.inflight_calls;
+    sum.inflight_max += other.inflight_max;
+    sum.rejected_calls += other.rejected_calls;
+    sum.cached_queries += other.cached_queries;
+    sum.memory_bytes += other.memory_bytes;
+    sum.live.sessions += other.live.sessions;
+    sum.live.subscriptions += other.live.subscriptions;
+    for (a, b) in sum.requests.iter_mut().zip(&other.requests) {
+        a.add(b);
+    }
+}
+
+struct Process {
+    active_tenants: usize,
+    folded: usize,
+    connections: usize,
+    resident_bytes: Option<u64>,
+    uptime_seconds: f64,
+}
+
+/// The process's resident memory, from `/proc/self/statm` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn kind_label(kind: FunctionKind) -> &'static str {
+    match kind {
+        FunctionKind::Query => "query",
+        FunctionKind::Mutation => "mutation",
+        FunctionKind::Action => "action",
+    }
+}
+
+/// Writes `# HELP` and `# TYPE` for a family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One gauge or counter per tenant.
+fn per_tenant(
+    out: &mut String,
+    tenants: &[(String, TenantStats)],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&TenantStats) -> f64,
+) {
+    family(out, name, kind, help);
+    for (tenant, stats) in tenants {
+        let _ = writeln!(out, "{name}{{tenant=\"{tenant}\"}} {}", value(stats));
+    }
+}
+
+fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
+    let mut out = String::with_capacity(4096 + tenants.len() * 4096);
+    family(
+        &mut out,
+        "nimbus_active_tenants",
+        "gauge",
+        "Tenants active in memory.",
+    );
+    let _ = writeln!(out, "nimbus_active_tenants {}", process.active_tenants);
+    family(
+        &mut out,
+        "nimbus_metrics_tenants_folded",
+        "gauge",
+        "Active tenants past the label bound (--metrics-max-tenants), summed under tenant=\"_other\".",
+    );
+    let _ = writeln!(out, "nimbus_metrics_tenants_folded {}", process.folded);
+    family(
+        &mut out,
+        "nimbus_sync_connections",
+        "gauge",
+        "Open WebSocket sync connections, across tenants.",
+    );
+    let _ = writeln!(out, "nimbus_sync_connections {}", process.connections);
+    if let Some(bytes) = process.resident_bytes {
+        family(
+            &mut out,
+            "nimbus_process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process.",
+        );
+        let _ = writeln!(out, "nimbus_process_resident_memory_bytes {bytes}");
+    }
+    family(
+        &mut out,
+        "nimbus_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+    );
+    let _ = writeln!(out, "nimbus_uptime_seconds {:.3}", process.uptime_seconds);
+
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_commits_total",
+        "counter",
+        "Transactions committed.",
+        |s| s.engine.commits as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_commit_batches_total",
+        "counter",
+        "Group commits (storage writes).",
+        |s| s.engine.batches as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_conflicts_total",
+        "counter",
+        "Optimistic-concurrency conflicts (each re-runs a mutation).",
+        |s| s.engine.conflicts as f64,
+    );
+    family(&mut out, "nimbus_tenant_rejected_total", "counter",
+        "Requests refused with 429, by the limit hit: commit_queue (the admission queue is full) or inflight (too many calls in flight).");
+    for (tenant, s) in tenants {
+        let _ = writeln!(
+            out,
+            "nimbus_tenant_rejected_total{{tenant=\"{tenant}\",reason=\"commit_queue\"}} {}",
+            s.engine.rejected_overload
+        );
+        let _ = writeln!(
+            out,
+            "nimbus_tenant_rejected_total{{tenant=\"{tenant}\",reason=\"inflight\"}} {}",
+            s.rejected_calls
+        );
+    }
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_commit_queue_depth",
+        "gauge",
+        "Transactions waiting in the admission queue.",
+        |s| s.engine.queue_depth as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_commit_queue_capacity",
+        "gauge",
+        "Capacity of the admission queue.",
+        |s| s.engine.queue_capacity as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_inflight_calls",
+        "gauge",
+        "Function calls executing or waiting for their commit.",
+        |s| s.inflight_calls as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_inflight_limit",
+        "gauge",
+        "Most function calls in flight before new ones get 429.",
+        |s| s.inflight_max as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_memory_bytes",
+        "gauge",
+        "Memory the instance budget counts for the tenant.",
+        |s| s.memory_bytes as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_documents",
+        "gauge",
+        "Documents resident in the serving snapshot.",
+        |s| s.engine.documents as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_cached_queries",
+        "gauge",
+        "Entries of the query cache.",
+        |s| s.cached_queries as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_sync_sessions",
+        "gauge",
+        "Open sync sessions (sockets).",
+        |s| s.live.sessions as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_subscriptions",
+        "gauge",
+        "Live query subscriptions.",
+        |s| s.live.subscriptions as f64,
+    );
+
+    family(&mut out, "nimbus_tenant_calls_total", "counter",
+        "Function calls over HTTP and the socket, by kind and outcome: success, failure (the function failed), error (the request failed: overload, unavailable, internal).");
+    for (tenant, s) in tenants {
+        for (kind, snapshot) in KINDS.iter().zip(&s.requests) {
+            for outcome in CallOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "nimbus_tenant_calls_total{{tenant=\"{tenant}\",kind=\"{}\",outcome=\"{}\"}} {}",
+                    kind_label(*kind),
+                    outcome.as_str(),
+                    snapshot.outcomes[outcome as usize]
+                );
+            }
+        }
+    }
+    family(&mut out, "nimbus_request_duration_seconds", "histogram",
+        "Time from a function call's arrival to its answer (queueing and commit included), by tenant and kind.");
+    for (tenant, s) in tenants {
+        for (kind, snapshot) in KINDS.iter().zip(&s.requests) {
+            let labels = format!("tenant=\"{tenant}\",kind=\"{}\"", kind_label(*kind));
+            for (bound, count) in LATENCY_BUCKETS_SECONDS.iter().zip(&snapshot.cumulative) {
+                let _ = writeln!(
+                    out,
+                    "nimbus_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "nimbus_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                snapshot.count()
+            );
+            let _ = writeln!(
+                out,
+                "nimbus_request_duration_seconds_sum{{{labels}}} {}",
+                snapshot.sum_seconds
+            );
+            let _ = writeln!(
+                out,
+                "nimbus_request_duration_seconds_count{{{labels}}} {}",
+                snapshot.count()
+            );
+        }
+    }
+    out
+}
