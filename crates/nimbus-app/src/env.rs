@@ -116,11 +116,6 @@ pub fn apply_changes(
 }
 
 impl Tenant {
-    /// The variables in force now, by name.
-    pub fn environment_variables(&self) -> Arc<BTreeMap<String, String>> {
-        self.deployment().env.clone()
-    }
-
     /// Applies `changes` atomically (all or none) and makes them durable before returning;
     /// calls that start afterwards see them. Serialized with pushes.
     pub async fn update_environment_variables(
