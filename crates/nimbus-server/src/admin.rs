@@ -25,25 +25,9 @@ fn info_json(info: &TenantInfo) -> Json {
 }
 
 pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Response, ApiError> {
-    let key = incoming
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match key {
-        Some(key) => {
-            let check = async { state.nimbus.check_instance_admin_key(key) };
-            state.authenticate(incoming.client, check).await?
-        }
-        None => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthenticated",
-                "the admin API needs Authorization: Bearer <instance admin key>",
-            ))
-        }
-    }
+    state
+        .authenticate_instance_admin(incoming, "the admin API")
+        .await?;
     let segments: Vec<&str> = incoming.path.trim_matches('/').split('/').collect();
     match (&incoming.method, segments.as_slice()) {
         (&Method::POST, ["admin", "tenants"]) => {

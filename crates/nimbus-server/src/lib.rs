@@ -99,6 +99,31 @@ impl AppState {
         }
         Ok(result?)
     }
+
+    /// Checks `Authorization: Bearer <instance admin key>` of an instance-level request
+    /// (the admin API, `/metrics`), under the per-address limit of failed authentications.
+    /// `what` names the endpoint in the 401 message when the header is missing.
+    pub async fn authenticate_instance_admin(
+        &self,
+        incoming: &Incoming,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        let key = incoming
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(key) = key else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthenticated",
+                format!("{what} needs Authorization: Bearer <instance admin key>"),
+            ));
+        };
+        let check = async { self.nimbus.check_instance_admin_key(key) };
+        self.authenticate(incoming.client, check).await
+    }
 }
 
 /// The whole HTTP service. Serve it with client addresses

@@ -21,21 +21,9 @@ use crate::{ApiError, AppState, Incoming};
 const OTHER: &str = "_other";
 
 pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Response, ApiError> {
-    let key = incoming
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(key) = key else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthenticated",
-            "/metrics needs Authorization: Bearer <instance admin key>",
-        ));
-    };
-    let check = async { state.nimbus.check_instance_admin_key(key) };
-    state.authenticate(incoming.client, check).await?;
+    state
+        .authenticate_instance_admin(incoming, "/metrics")
+        .await?;
     if incoming.method != axum::http::Method::GET {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
