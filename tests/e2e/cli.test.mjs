@@ -170,6 +170,8 @@ describe("environment variables (issue 15)", () => {
     assert.match(set.output, /Successfully set API_KEY/, set.output);
     assert.equal(await value("query", "API_KEY"), "secret-value");
     assert.equal(await value("mutation", "API_KEY"), "secret-value");
+    const fromAction = await callRaw(tenant.url, "action", "actions:envOf", { name: "API_KEY" });
+    assert.equal(fromAction.body?.value, "secret-value", fromAction.text);
 
     // `NAME=value` syntax, and a value with spaces and an equals sign.
     const again = await cli(["env", "set", "API_KEY=second value = 2"]);

@@ -181,3 +181,13 @@ test("the tenant admin key still pushes after a restart; a wrong key does not", 
   assert.match(bad.output, /401|Unauthenticated/, bad.output);
   assert.equal(expectSuccess(assert, await callRaw(url, "query", "limits:ping", {})), "pong");
 });
+
+test('a "use node" module fails the push with a message naming it, and changes nothing', { timeout: 240_000 }, async () => {
+  const dir = versionVariant("v6", {
+    "convex/nodeOnly.ts": `"use node";\nimport { action } from "./_generated/server";\nexport const hostname = action({ args: {}, handler: async () => "node" });\n`,
+  });
+  const out = await deploy({ appDir: dir, url, adminKey: tenant.adminKey, server, expectSuccess: false });
+  assert.notEqual(out.code, 0, `the push must fail:\n${out.output}`);
+  assert.match(out.output, /nodeOnly\.js: modules with "use node"/, out.output);
+  assert.deepEqual(await c.query(api.repush.version, {}), { version: "v1", helper: "v1" });
+});

@@ -11,7 +11,7 @@ Self-contained: it starts its own server (a temporary data directory, a free por
 its own token issuer (a P-256 key generated at run time; ES256 signing in pure Python below,
 so nothing but the standard library and `convex` is needed), writes a tiny Convex project
 (`convex/auth.config.js` whose provider's `jwks` is a `data:` URI of the public key, and a
-`whoami` query) and pushes it with the official CLI of `examples/pos/node_modules`.
+`whoami` query, and an action that runs it) and pushes it with the official CLI of `examples/pos/node_modules`.
 
 The client reaches the tenant by host name (`http://py-auth.localhost:<port>`): it drops URL
 paths. When that name does not resolve, the test adds it to /etc/hosts (CI runs as root) or
@@ -56,7 +56,7 @@ KID = "python-client-test-key"
 STEP = 30.0  # seconds any one step may take
 REFUSED_WATCH = 3.0  # seconds a query under a refused token is watched for an answer
 
-WHOAMI_JS = """import { mutationGeneric as mutation, queryGeneric as query } from "convex/server";
+WHOAMI_JS = """import { actionGeneric as action, anyApi, mutationGeneric as mutation, queryGeneric as query } from "convex/server";
 import { ConvexError, v } from "convex/values";
 
 /** The caller's identity, or null. `probe` only makes a query distinct from another. */
@@ -72,6 +72,15 @@ export const reject = mutation({
     const identity = await ctx.auth.getUserIdentity();
     throw new ConvexError({ reason, subject: identity?.subject ?? null });
   },
+});
+
+/** The caller's subject as an action sees it, and as a query it runs sees it. */
+export const whoamiViaAction = action({
+  args: {},
+  handler: async (ctx) => ({
+    direct: (await ctx.auth.getUserIdentity())?.subject ?? null,
+    viaQuery: (await ctx.runQuery(anyApi.whoami.whoami, {}))?.subject ?? null,
+  }),
 });
 
 /** Fails with a plain Error. */
@@ -406,6 +415,20 @@ class PythonClientAuth(unittest.TestCase):
         assert_identity(whoami(client, 3.0, "bob's query"), "bob", "free")
         client.clear_auth()
         self.assertIsNone(whoami(client, 4.0, "the query after clear_auth"))
+        del client
+
+    def test_an_action_and_the_query_it_runs_see_the_user(self) -> None:
+        client = self.client()
+        with step("an anonymous action", 10.0):
+            self.assertEqual(
+                client.action("whoami:whoamiViaAction", {}), {"direct": None, "viaQuery": None}
+            )
+        client.set_auth(self.issuer.token("carol", "pro", 3600))
+        with step("carol's action", 10.0):
+            self.assertEqual(
+                client.action("whoami:whoamiViaAction", {}),
+                {"direct": "carol", "viaQuery": "carol"},
+            )
         del client
 
     def test_failed_mutations_are_answered(self) -> None:

@@ -14,9 +14,9 @@ pub struct NimbusConfig {
     /// Base URL clients use, without a trailing slash (`http://127.0.0.1:3210`); tenant
     /// URLs are `<public_url>/t/<tenant>`.
     pub public_url: String,
-    /// Hosts (names or addresses) that outbound fetches (auth providers' keys) may reach
-    /// even though they resolve to loopback or private addresses; everything else must be
-    /// on the public internet.
+    /// Hosts (names, addresses or CIDR blocks) that outbound requests (actions' `fetch`,
+    /// auth providers' keys) may reach even though they are loopback or private addresses;
+    /// everything else must be on the public internet (see `egress.rs`).
     pub egress_allow: Vec<String>,
     /// Instance admin key; `None` = read `<data_dir>/admin_key` or generate it.
     pub admin_key: Option<String>,
@@ -59,6 +59,11 @@ pub struct NimbusConfig {
     pub query_cache_max_result_bytes: usize,
     /// Bounds of live queries (subscriptions per connection and per tenant).
     pub live: crate::live::LiveLimits,
+    /// Bounds of actions (wall time, per-tenant count, nesting). Their CPU time and heap
+    /// are in `pool.limits`, the pool-wide count in `pool.max_actions`.
+    pub actions: crate::action::ActionLimits,
+    /// Bounds of actions' outbound requests (`fetch`).
+    pub fetch: crate::fetch::FetchLimits,
 }
 
 /// Half the machine's memory (from /proc/meminfo), or 4 GiB when it cannot be read.
@@ -112,6 +117,8 @@ impl NimbusConfig {
             query_cache_max_bytes: 16 << 20,
             query_cache_max_result_bytes: 256 << 10,
             live: crate::live::LiveLimits::default(),
+            actions: crate::action::ActionLimits::default(),
+            fetch: crate::fetch::FetchLimits::default(),
         };
         config.set_js_workers(workers);
         config

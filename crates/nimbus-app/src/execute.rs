@@ -29,14 +29,17 @@ pub enum Caller {
     Client,
     User(Arc<crate::auth::UserIdentity>),
     Admin,
+    /// A function of the tenant (an action's `ctx.runQuery` ...), on behalf of the user it
+    /// runs for, if any: it may call internal functions, not system queries.
+    Function(Option<Arc<crate::auth::UserIdentity>>),
 }
 
 impl Caller {
     /// The identity `ctx.auth.getUserIdentity()` returns.
     pub fn identity(&self) -> Option<&Arc<crate::auth::UserIdentity>> {
         match self {
-            Caller::User(identity) => Some(identity),
-            Caller::Client | Caller::Admin => None,
+            Caller::User(identity) | Caller::Function(Some(identity)) => Some(identity),
+            Caller::Client | Caller::Admin | Caller::Function(None) => None,
         }
     }
 }
@@ -80,7 +83,7 @@ pub struct FunctionResponse {
 }
 
 impl FunctionResponse {
-    fn failure(code: &'static str, message: String, ts: u64) -> Self {
+    pub(crate) fn failure(code: &'static str, message: String, ts: u64) -> Self {
         FunctionResponse {
             result: Err(FunctionFailure {
                 code,
@@ -105,11 +108,11 @@ fn kind_label(kind: FunctionKind) -> &'static str {
 }
 
 /// A function resolved in the deployment of the snapshot it will read.
-struct Resolved {
-    snapshot: Arc<Snapshot>,
-    deployment: Arc<Deployment>,
-    function: Arc<CompiledFunction>,
-    name: String,
+pub(crate) struct Resolved {
+    pub snapshot: Arc<Snapshot>,
+    pub deployment: Arc<Deployment>,
+    pub function: Arc<CompiledFunction>,
+    pub name: String,
 }
 
 /// How many times a query re-runs on a fresh snapshot after a conflict inside it (a paged
@@ -129,6 +132,24 @@ impl Tenant {
         request: FunctionRequest,
         receipt: Option<Vec<u8>>,
     ) -> Result<FunctionResponse, AppError> {
+        self.run_at_depth(request, receipt, 0).await
+    }
+
+    /// Runs a call made by an action `depth` actions deep.
+    pub(crate) async fn run_nested(
+        &self,
+        request: FunctionRequest,
+        depth: u32,
+    ) -> Result<FunctionResponse, AppError> {
+        self.run_at_depth(request, None, depth).await
+    }
+
+    async fn run_at_depth(
+        &self,
+        request: FunctionRequest,
+        receipt: Option<Vec<u8>>,
+        depth: u32,
+    ) -> Result<FunctionResponse, AppError> {
         let started = Instant::now();
         let snapshot = match request.at_ts {
             None => self.engine().snapshot(),
@@ -145,7 +166,9 @@ impl Tenant {
         };
         let args = parse_args(&request.args)?;
         let kind = resolved.function.info.kind;
-        let response = self.run_resolved(resolved, request, args, receipt).await;
+        let response = self
+            .run_resolved(resolved, request, args, receipt, depth)
+            .await;
         let outcome = match &response {
             Ok(FunctionResponse { result: Ok(_), .. }) => CallOutcome::Success,
             Ok(_) => CallOutcome::Failure,
@@ -163,6 +186,7 @@ impl Tenant {
         request: FunctionRequest,
         args: Value,
         receipt: Option<Vec<u8>>,
+        depth: u32,
     ) -> Result<FunctionResponse, AppError> {
         let _inflight = self.admit_call()?;
         match resolved.function.info.kind {
@@ -175,14 +199,9 @@ impl Tenant {
                 self.run_mutation(resolved, &request.path, &request.caller, args, receipt)
                     .await
             }
-            FunctionKind::Action => Ok(FunctionResponse::failure(
-                "UnsupportedFunctionKind",
-                format!(
-                    "{} is an action; Nimbus does not run actions yet",
-                    resolved.name
-                ),
-                resolved.snapshot.ts.0,
-            )),
+            FunctionKind::Action => {
+                Box::pin(self.run_action(resolved, &request.caller, args, depth)).await
+            }
         }
     }
 
@@ -538,10 +557,7 @@ impl Tenant {
             ..
         } = resolved;
         let args_json = format!("[{}]", nimbus_types::json::encode_text(&args));
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0);
+        let now_ms = now_ms();
         let invocation = Invocation {
             tenant: self.name_arc(),
             modules: deployment.module_set.clone(),
@@ -571,6 +587,14 @@ impl Tenant {
                 retry_after_secs: 1,
             })
     }
+}
+
+/// Milliseconds since the Unix epoch, as `Date.now()` shows them.
+pub(crate) fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 fn system_error(tenant: &str, error: EngineError) -> AppError {
@@ -646,7 +670,9 @@ fn resolve(
     };
     let name = display_name(&module, &export);
     let function = match deployment.functions.get(&(module, export)) {
-        Some(f) if f.info.public || *caller == Caller::Admin => f.clone(),
+        Some(f) if f.info.public || matches!(caller, Caller::Admin | Caller::Function(_)) => {
+            f.clone()
+        }
         _ => {
             return Err(fail(
                 "FunctionNotFound",
@@ -703,7 +729,7 @@ pub fn parse_args(args: &Json) -> Result<Value, AppError> {
     }
 }
 
-fn check_args(
+pub(crate) fn check_args(
     function: &CompiledFunction,
     args: &Value,
     txn: &nimbus_engine::Transaction,
@@ -715,7 +741,7 @@ fn check_args(
 }
 
 /// Turns the runtime's outcome into the function's result, validating the return value.
-fn finish_result(
+pub(crate) fn finish_result(
     function: &CompiledFunction,
     result: Result<String, FunctionError>,
     txn: &nimbus_engine::Transaction,

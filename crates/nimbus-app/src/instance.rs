@@ -55,6 +55,7 @@ pub struct Nimbus {
     pool: Arc<JsPool>,
     /// Fetches auth providers' keys for every tenant, under the egress policy.
     key_fetcher: Arc<crate::auth::KeyFetcher>,
+    fetcher: Arc<crate::fetch::Fetcher>,
     /// Active tenants, tenants being activated, and tenants being deleted. The lock is held
     /// only to look up, insert or remove, never across an activation: opening one tenant
     /// (storage, documents, code) must not stall requests to tenants that are already
@@ -141,14 +142,15 @@ impl Nimbus {
             JsPool::new(config.pool.clone())
                 .map_err(|e| AppError::Internal(format!("starting the JS pool: {e}")))?,
         );
-        let key_fetcher = Arc::new(
-            crate::auth::KeyFetcher::new(crate::auth::EgressPolicy::new(
-                config.egress_allow.iter().cloned(),
-            ))
-            .map_err(AppError::Internal)?,
+        let egress = crate::egress::EgressPolicy::new(config.egress_allow.iter().cloned());
+        let key_fetcher =
+            Arc::new(crate::auth::KeyFetcher::new(egress.clone()).map_err(AppError::Internal)?);
+        let fetcher = Arc::new(
+            crate::fetch::Fetcher::new(egress, config.fetch.clone()).map_err(AppError::Internal)?,
         );
         let nimbus = Nimbus {
             key_fetcher,
+            fetcher,
             admin_key_hash: sha256_hex(&admin_key),
             admin_key_path,
             catalog,
@@ -516,6 +518,7 @@ impl Nimbus {
             engine,
             self.pool.clone(),
             self.key_fetcher.clone(),
+            self.fetcher.clone(),
             &self.config,
         );
         // Dropped indexes whose entries a previous activation did not finish deleting.

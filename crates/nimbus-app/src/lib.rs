@@ -6,14 +6,17 @@
 //! code pushes. Everything here is transport-agnostic: `nimbus-server` turns HTTP into
 //! these calls and these results into HTTP.
 
+mod action;
 mod auth;
 mod catalog;
 mod config;
 mod dedup;
 mod deployment;
+mod egress;
 mod env;
 mod error;
 mod execute;
+mod fetch;
 mod instance;
 mod live;
 pub mod metrics;
@@ -23,15 +26,17 @@ mod syscalls;
 mod system;
 mod tenant;
 
+pub use action::ActionLimits;
 pub use auth::{
-    check_token_offline, Algorithm as AuthAlgorithm, AuthConfig, AuthProvider, EgressPolicy,
-    UserIdentity,
+    check_token_offline, Algorithm as AuthAlgorithm, AuthConfig, AuthProvider, UserIdentity,
 };
 pub use config::NimbusConfig;
 pub use deployment::{FunctionInfo, ModuleHash};
+pub use egress::EgressPolicy;
 pub use env::EnvChange;
 pub use error::AppError;
 pub use execute::{parse_args, Caller, FunctionFailure, FunctionRequest, FunctionResponse};
+pub use fetch::FetchLimits;
 pub use instance::{CreatedTenant, Nimbus, TenantInfo, MIN_ADMIN_KEY_LEN, TENANT_BASE_BYTES};
 pub use live::{
     subscription_cost, Drained, LiveLimits, LiveResult, LiveSession, LiveStats, QueryId,

@@ -74,6 +74,11 @@ pub struct Tenant {
     /// Its auth providers' key sets, and the instance's fetcher of them.
     pub(crate) auth_keys: crate::auth::KeyCache,
     pub(crate) key_fetcher: Arc<crate::auth::KeyFetcher>,
+    /// Actions alive (running or waiting); bounded per tenant.
+    actions: Arc<Semaphore>,
+    /// Turns of actions' outbound requests, and the instance's client for them.
+    fetch_permits: Arc<Semaphore>,
+    fetcher: Arc<crate::fetch::Fetcher>,
 }
 
 /// Counters of one tenant for diagnostics.
@@ -100,6 +105,7 @@ impl Tenant {
         engine: Arc<TenantEngine>,
         pool: Arc<JsPool>,
         key_fetcher: Arc<crate::auth::KeyFetcher>,
+        fetcher: Arc<crate::fetch::Fetcher>,
         config: &NimbusConfig,
     ) -> Arc<Tenant> {
         Arc::new(Tenant {
@@ -127,6 +133,9 @@ impl Tenant {
             disconnect: tokio::sync::watch::channel(0).0,
             auth_keys: crate::auth::KeyCache::default(),
             key_fetcher,
+            actions: Arc::new(Semaphore::new(config.actions.per_tenant.max(1))),
+            fetch_permits: Arc::new(Semaphore::new(config.fetch.per_tenant.max(1))),
+            fetcher,
             config: config.clone(),
         })
     }
@@ -215,6 +224,35 @@ impl Tenant {
                 retry_after_secs: 1,
             }
         })
+    }
+
+    /// Admits one more action of this tenant, or refuses it at once (429).
+    pub(crate) fn admit_action(&self) -> Result<OwnedSemaphorePermit, AppError> {
+        self.actions.clone().try_acquire_owned().map_err(|_| {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            AppError::Overloaded {
+                tenant: self.name.to_string(),
+                detail: format!(
+                    "more than {} actions running",
+                    self.config.actions.per_tenant.max(1)
+                ),
+                retry_after_secs: 1,
+            }
+        })
+    }
+
+    /// Waits for a turn to make an outbound request. Waiters are bounded by the actions
+    /// alive times the operations each may have in flight.
+    pub(crate) async fn fetch_turn(&self) -> Result<OwnedSemaphorePermit, String> {
+        self.fetch_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "the tenant is shutting down".to_string())
+    }
+
+    pub(crate) fn fetcher(&self) -> &crate::fetch::Fetcher {
+        &self.fetcher
     }
 
     /// Waits for one of this tenant's JS worker slots.

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use rquickjs::{Context, Function, Runtime};
 use serde_json::{json, Value as Json};
 
+use crate::action::{start_op, OpSlot};
 use crate::modules::ModuleMap;
+use crate::natives;
 use crate::{
     AnalyzedFunction, FunctionError, FunctionKind, Invocation, ModuleAnalysis, ModuleSet, Outcome,
     RuntimeError, RuntimeLimits, SyscallError, SyscallHost, Visibility,
 };
 
 const PRELUDE: &str = include_str!("js/prelude.js");
+const WEB: &str = include_str!("js/web.js");
 /// Push-time analysis may evaluate large bundles: it gets this much CPU time.
 const ANALYSIS_CPU_TIME: Duration = Duration::from_secs(10);
 
@@ -35,6 +38,8 @@ pub(crate) struct Isolate {
     context: Context,
     runtime: Runtime,
     host: HostSlot,
+    /// Async operations started by an action (see `action.rs`).
+    ops: OpSlot,
     deadline: Rc<Cell<Option<Instant>>>,
     interrupted: Rc<Cell<bool>>,
     limits: RuntimeLimits,
@@ -90,6 +95,7 @@ impl Isolate {
         );
         let context = Context::full(&runtime).map_err(|e| js_error("creating a context", e))?;
         let host: HostSlot = Rc::new(RefCell::new(None));
+        let ops: OpSlot = Rc::default();
         let env_json = serde_json::to_string(modules.env.as_ref()).map_err(|e| e.to_string())?;
         context.with(|ctx| -> Result<(), String> {
             let slot = host.clone();
@@ -97,20 +103,38 @@ impl Isolate {
                 dispatch(&slot, &op, &args, is_async)
             })
             .map_err(|e| js_error("installing syscalls", e))?;
+            let ops_slot = ops.clone();
+            let native_op = Function::new(ctx.clone(), move |op: String, args: String, body: rquickjs::function::Opt<String>| -> String {
+                start_op(&ops_slot, op, args, body.0)
+            })
+            .map_err(|e| js_error("installing syscalls", e))?;
             let globals = ctx.globals();
             globals.set("__nimbus_native_syscall", native).map_err(|e| js_error("installing syscalls", e))?;
+            globals.set("__nimbus_native_op", native_op).map_err(|e| js_error("installing syscalls", e))?;
+            let natives = [
+                ("__nimbus_url_parse", Function::new(ctx.clone(), |input: String, base: String| natives::url_parse(&input, &base))),
+                ("__nimbus_url_set", Function::new(ctx.clone(), |href: String, field: String, value: String| natives::url_set(&href, &field, &value))),
+                ("__nimbus_digest", Function::new(ctx.clone(), |algorithm: String, data: String| natives::digest(&algorithm, &data))),
+                ("__nimbus_random_hex", Function::new(ctx.clone(), |n: usize| natives::random_hex(n))),
+            ];
+            for (name, function) in natives {
+                let function = function.map_err(|e| js_error("installing natives", e))?;
+                globals.set(name, function).map_err(|e| js_error("installing natives", e))?;
+            }
             globals.set("__nimbus_env", env_json).map_err(|e| js_error("installing process.env", e))?;
             ctx.eval::<(), _>(
                 "globalThis.process = { env: JSON.parse(globalThis.__nimbus_env) }; delete globalThis.__nimbus_env;",
             )
             .map_err(|e| js_error("installing process.env", e))?;
             ctx.eval::<(), _>(PRELUDE).map_err(|e| js_error("installing the prelude", e))?;
+            ctx.eval::<(), _>(WEB).map_err(|e| js_error("installing the web globals", e))?;
             Ok(())
         })?;
         Ok(Isolate {
             context,
             runtime,
             host,
+            ops,
             deadline,
             interrupted,
             limits: limits.clone(),
@@ -129,14 +153,43 @@ impl Isolate {
         start: impl FnOnce(&rquickjs::Ctx<'_>) -> rquickjs::Result<()>,
     ) -> EntryResult {
         *self.host.borrow_mut() = Some(host);
+        let (elapsed, failure) = self.drive(cpu_time, |ctx| {
+            let begin: Function = ctx.globals().get("__nimbus_begin")?;
+            begin.call::<_, ()>(((seed >> 32) as u32, seed as u32, now_ms, false))?;
+            start(ctx)
+        });
+        let host = self.host.borrow_mut().take();
+        let Some(host) = host else {
+            self.broken = true;
+            return (
+                Box::new(NoDatabase),
+                Err(FunctionError::Internal("syscall host lost".into())),
+                elapsed,
+            );
+        };
+        if self.interrupted.get() {
+            self.broken = true;
+            return (
+                host,
+                Err(FunctionError::Timeout { limit: cpu_time }),
+                elapsed,
+            );
+        }
+        (host, self.finish(failure), elapsed)
+    }
+
+    /// Runs `start` and then every job it queued (promise reactions), with the interrupt
+    /// handler armed for `cpu_time`. Returns the time taken and the first exception that
+    /// escaped (if any). [`Isolate::interrupted`] tells whether the deadline struck.
+    pub(crate) fn drive(
+        &mut self,
+        cpu_time: Duration,
+        start: impl FnOnce(&rquickjs::Ctx<'_>) -> rquickjs::Result<()>,
+    ) -> (Duration, Option<String>) {
         let started = Instant::now();
         self.interrupted.set(false);
         self.deadline.set(Some(started + cpu_time));
-        let started_ok = self.context.with(|ctx| -> rquickjs::Result<()> {
-            let begin: Function = ctx.globals().get("__nimbus_begin")?;
-            begin.call::<_, ()>(((seed >> 32) as u32, seed as u32, now_ms))?;
-            start(&ctx)
-        });
+        let started_ok = self.context.with(|ctx| start(&ctx));
         let mut failure = started_ok.err().map(|e| e.to_string());
         if failure.is_none() {
             loop {
@@ -149,50 +202,52 @@ impl Isolate {
                         let message = exception
                             .0
                             .with(|ctx| ctx.catch().as_exception().map(|e| e.to_string()));
-                        failure =
-                            Some(message.unwrap_or_else(|| "an exception escaped a job".into()));
+                        failure.get_or_insert_with(|| {
+                            message.unwrap_or_else(|| "an exception escaped a job".into())
+                        });
                     }
                 }
             }
         }
         self.deadline.set(None);
+        (started.elapsed(), failure)
+    }
+
+    pub(crate) fn ops(&self) -> &OpSlot {
+        &self.ops
+    }
+
+    pub(crate) fn with_context<R>(&self, f: impl FnOnce(rquickjs::Ctx<'_>) -> R) -> R {
+        self.context.with(f)
+    }
+
+    /// Whether the last [`Isolate::drive`] was stopped by its deadline.
+    pub(crate) fn interrupted(&self) -> bool {
+        self.interrupted.get()
+    }
+
+    /// Reads the entry point's outcome and log lines (`__nimbus_finish`).
+    pub(crate) fn finish(
+        &mut self,
+        failure: Option<String>,
+    ) -> Result<(Json, Vec<String>), FunctionError> {
         let finished = self.context.with(|ctx| -> rquickjs::Result<String> {
             let finish: Function = ctx.globals().get("__nimbus_finish")?;
             finish.call::<_, String>(())
         });
-        let elapsed = started.elapsed();
-        let host = self.host.borrow_mut().take();
-        let host = match host {
-            Some(host) => host,
-            None => {
-                self.broken = true;
-                return (
-                    Box::new(NoDatabase),
-                    Err(FunctionError::Internal("syscall host lost".into())),
-                    elapsed,
-                );
-            }
-        };
-        if self.interrupted.get() {
-            self.broken = true;
-            return (
-                host,
-                Err(FunctionError::Timeout { limit: cpu_time }),
-                elapsed,
-            );
-        }
         let text = match finished {
             Ok(text) => text,
             Err(e) => {
                 self.broken = true;
-                let error = if self.near_memory_limit() || e.to_string().contains("out of memory") {
-                    FunctionError::OutOfMemory {
-                        limit_bytes: self.limits.memory_bytes,
-                    }
-                } else {
-                    FunctionError::Internal(failure.unwrap_or_else(|| e.to_string()))
-                };
-                return (host, Err(error), elapsed);
+                return Err(
+                    if self.near_memory_limit() || e.to_string().contains("out of memory") {
+                        FunctionError::OutOfMemory {
+                            limit_bytes: self.limits.memory_bytes,
+                        }
+                    } else {
+                        FunctionError::Internal(failure.unwrap_or_else(|| e.to_string()))
+                    },
+                );
             }
         };
         match serde_json::from_str::<Json>(&text) {
@@ -208,15 +263,11 @@ impl Isolate {
                     })
                     .unwrap_or_default();
                 let outcome = json.get("outcome").cloned().unwrap_or(Json::Null);
-                (host, Ok((outcome, logs)), elapsed)
+                Ok((outcome, logs))
             }
             Err(e) => {
                 self.broken = true;
-                (
-                    host,
-                    Err(FunctionError::Internal(format!("unreadable outcome: {e}"))),
-                    elapsed,
-                )
+                Err(FunctionError::Internal(format!("unreadable outcome: {e}")))
             }
         }
     }
@@ -263,7 +314,11 @@ impl Isolate {
         )
     }
 
-    fn interpret(&mut self, inv: &Invocation, outcome: &Json) -> Result<String, FunctionError> {
+    pub(crate) fn interpret(
+        &mut self,
+        inv: &Invocation,
+        outcome: &Json,
+    ) -> Result<String, FunctionError> {
         let text = |key: &str| outcome_text(outcome, key);
         match outcome.get("kind").and_then(Json::as_str) {
             Some("ok") => Ok(text("value")),

@@ -14,16 +14,19 @@
 //!   local storage); JavaScript still sees a promise.
 //! - [`analyze_modules`] and [`evaluate_schema`] run pushed code once at push time.
 
+mod action;
 mod isolate;
 mod modules;
+mod natives;
 mod pool;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use action::{ActionStep, AsyncOp, OpResult, OpValue, MAX_OPS_IN_FLIGHT};
 pub use isolate::{analyze_modules, evaluate_schema};
-pub use pool::JsPool;
+pub use pool::{ActionHandle, JsPool};
 
 /// Limits of one function call.
 #[derive(Debug, Clone)]
@@ -34,6 +37,8 @@ pub struct RuntimeLimits {
     pub cpu_time: Duration,
     /// Native stack the interpreter may use, in bytes (deep recursion fails cleanly).
     pub max_stack_bytes: usize,
+    /// CPU time of one action, over all its steps (time spent waiting is not counted).
+    pub action_cpu_time: Duration,
 }
 
 impl Default for RuntimeLimits {
@@ -42,6 +47,7 @@ impl Default for RuntimeLimits {
             memory_bytes: 64 << 20,
             cpu_time: Duration::from_secs(1),
             max_stack_bytes: 512 << 10,
+            action_cpu_time: Duration::from_secs(30),
         }
     }
 }
@@ -60,6 +66,10 @@ pub struct PoolConfig {
     pub workers_per_tenant: usize,
     /// Cached tenant runtimes per worker (least recently used ones are dropped).
     pub isolates_per_worker: usize,
+    /// Actions alive at once in the whole pool (running or waiting between steps), each
+    /// with an isolate of its own; starting one more fails with
+    /// [`PoolError::TooManyActions`].
+    pub max_actions: usize,
     pub limits: RuntimeLimits,
 }
 
@@ -71,6 +81,7 @@ impl Default for PoolConfig {
             queue_capacity: 1024,
             workers_per_tenant: default_workers_per_tenant((cores * 2).max(4)),
             isolates_per_worker: 64,
+            max_actions: 256,
             limits: RuntimeLimits::default(),
         }
     }
@@ -241,6 +252,8 @@ pub enum PoolError {
     ShutDown,
     #[error("the JavaScript worker failed while running the call (see the server log)")]
     WorkerFailed,
+    #[error("{0} actions are already running on this server; retry later")]
+    TooManyActions(usize),
 }
 
 /// Failures of push-time analysis and pool start-up.

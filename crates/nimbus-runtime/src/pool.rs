@@ -1,19 +1,35 @@
 //! The worker pool: threads that own tenant isolates and run calls.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
+use crate::action::{ActionState, ActionStep, OpResult};
 use crate::isolate::{downcast_host, Isolate};
 use crate::{
-    CodeId, FunctionError, Invocation, Outcome, PoolConfig, PoolError, RuntimeError, RuntimeLimits,
-    SyscallHost,
+    CodeId, FunctionError, FunctionKind, Invocation, Outcome, PoolConfig, PoolError, RuntimeError,
+    RuntimeLimits, SyscallHost,
 };
 
 type Job = Box<dyn FnOnce(&mut WorkerState) + Send>;
+
+/// Messages about actions parked on a worker. They go through a channel of their own,
+/// read before the job queue: they continue work already admitted. Each live action has
+/// at most a resume and a drop in it, so it holds at most two per action the pool allows.
+enum Control {
+    Resume {
+        id: u64,
+        results: Vec<(u64, OpResult)>,
+        reply: tokio::sync::oneshot::Sender<ActionStep>,
+    },
+    Drop {
+        id: u64,
+    },
+}
 
 /// Compare-and-swap attempts to claim the least busy home before settling for a plain
 /// increment (each failed attempt means another call just claimed a worker).
@@ -42,6 +58,12 @@ pub struct JsPool {
     per_worker: usize,
     workers_per_tenant: usize,
     threads: Vec<JoinHandle<()>>,
+    /// One control queue per worker (see [`Control`]).
+    controls: Vec<Sender<Control>>,
+    /// Actions alive, and how many may be.
+    actions: Arc<AtomicUsize>,
+    max_actions: usize,
+    next_action: AtomicU64,
 }
 
 struct Cached {
@@ -61,6 +83,8 @@ struct WorkerState {
     index: usize,
     /// Whether the current job already lowered this worker's load.
     released: bool,
+    /// Actions parked here between steps, by id.
+    actions: HashMap<u64, ActionState>,
 }
 
 impl WorkerState {
@@ -135,6 +159,7 @@ impl WorkerState {
 
 fn worker(
     receiver: Receiver<Job>,
+    control: Receiver<Control>,
     load: Arc<Vec<AtomicUsize>>,
     index: usize,
     max_cached: usize,
@@ -148,16 +173,123 @@ fn worker(
         load,
         index,
         released: false,
+        actions: HashMap::new(),
     };
-    while let Ok(job) = receiver.recv() {
-        state.released = false;
-        // A panic fails one call (its reply channel is dropped); the worker carries on
-        // with fresh isolates, since a panic may have left one half-updated.
-        if catch_unwind(AssertUnwindSafe(|| job(&mut state))).is_err() {
-            tracing::error!("a JavaScript job panicked; dropping this worker's cached isolates");
-            state.cache.clear();
+    loop {
+        // Parked actions first: they continue work that was already admitted.
+        let next = match control.try_recv() {
+            Ok(message) => Next::Control(message),
+            Err(_) => select! {
+                recv(control) -> message => message.map_or(Next::Stop, Next::Control),
+                recv(receiver) -> job => job.map_or(Next::Stop, Next::Job),
+            },
+        };
+        match next {
+            Next::Control(message) => state.control(message),
+            Next::Job(job) => {
+                state.released = false;
+                // A panic fails one call (its reply channel is dropped); the worker carries
+                // on with fresh isolates, since a panic may have left one half-updated.
+                if catch_unwind(AssertUnwindSafe(|| job(&mut state))).is_err() {
+                    tracing::error!(
+                        "a JavaScript job panicked; dropping this worker's cached isolates"
+                    );
+                    state.cache.clear();
+                }
+                state.release();
+            }
+            Next::Stop => break,
         }
-        state.release();
+    }
+}
+
+enum Next {
+    Control(Control),
+    Job(Job),
+    Stop,
+}
+
+impl WorkerState {
+    /// Resumes or drops a parked action.
+    fn control(&mut self, message: Control) {
+        match message {
+            Control::Drop { id } => {
+                self.actions.remove(&id);
+            }
+            Control::Resume { id, results, reply } => {
+                let Some(action) = self.actions.remove(&id) else {
+                    return;
+                };
+                let stepped = catch_unwind(AssertUnwindSafe(|| action.resume(results)));
+                self.load[self.index].fetch_sub(1, Ordering::AcqRel);
+                match stepped {
+                    Ok((parked, step)) => self.park(id, parked, step, reply),
+                    Err(_) => tracing::error!("an action step panicked; the action is dropped"),
+                }
+            }
+        }
+    }
+
+    /// Keeps a waiting action and answers its driver; an action nobody waits for any more
+    /// (its driver gave up) is dropped at once.
+    fn park(
+        &mut self,
+        id: u64,
+        parked: Option<ActionState>,
+        step: ActionStep,
+        reply: tokio::sync::oneshot::Sender<ActionStep>,
+    ) {
+        if reply.send(step).is_ok() {
+            if let Some(action) = parked {
+                self.actions.insert(id, action);
+            }
+        }
+    }
+}
+
+/// A running action (see `action.rs`): resume it with operation results until it is done.
+/// Dropping the handle drops the action, wherever it is.
+pub struct ActionHandle {
+    id: u64,
+    worker: usize,
+    control: Sender<Control>,
+    load: Arc<Vec<AtomicUsize>>,
+    actions: Arc<AtomicUsize>,
+    finished: bool,
+}
+
+impl ActionHandle {
+    /// Hands results to the action and waits for its next step.
+    pub async fn resume(&mut self, results: Vec<(u64, OpResult)>) -> Result<ActionStep, PoolError> {
+        if self.finished {
+            return Err(PoolError::WorkerFailed);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.load[self.worker].fetch_add(1, Ordering::AcqRel);
+        let message = Control::Resume {
+            id: self.id,
+            results,
+            reply,
+        };
+        if self.control.try_send(message).is_err() {
+            self.load[self.worker].fetch_sub(1, Ordering::AcqRel);
+            self.finished = true;
+            return Err(PoolError::WorkerFailed);
+        }
+        let step = answer.await.map_err(|_| PoolError::WorkerFailed);
+        if !matches!(step, Ok(ActionStep::Pending(_))) {
+            self.finished = true;
+        }
+        step
+    }
+}
+
+impl Drop for ActionHandle {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.control.try_send(Control::Drop { id: self.id });
+        }
+        self.actions.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -167,10 +299,13 @@ impl JsPool {
         let per_worker = config.queue_capacity.max(1).div_ceil(workers);
         let mut senders = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
+        let mut controls = Vec::with_capacity(workers);
+        let max_actions = config.max_actions.max(1);
         let load: Arc<Vec<AtomicUsize>> =
             Arc::new((0..workers).map(|_| AtomicUsize::new(0)).collect());
         for n in 0..workers {
             let (sender, receiver) = bounded::<Job>(per_worker);
+            let (control, control_receiver) = bounded::<Control>(2 * max_actions);
             let limits = config.limits.clone();
             let max_cached = config.isolates_per_worker;
             let worker_load = load.clone();
@@ -178,9 +313,19 @@ impl JsPool {
                 .name(format!("nimbus-js-{n}"))
                 // QuickJS's own stack limit is set per runtime; give the thread room above it.
                 .stack_size(8 << 20)
-                .spawn(move || worker(receiver, worker_load, n, max_cached, limits))
+                .spawn(move || {
+                    worker(
+                        receiver,
+                        control_receiver,
+                        worker_load,
+                        n,
+                        max_cached,
+                        limits,
+                    )
+                })
                 .map_err(|e| RuntimeError::Start(e.to_string()))?;
             senders.push(sender);
+            controls.push(control);
             threads.push(thread);
         }
         Ok(JsPool {
@@ -189,6 +334,10 @@ impl JsPool {
             per_worker,
             workers_per_tenant: config.workers_per_tenant.clamp(1, workers),
             threads,
+            controls,
+            actions: Arc::new(AtomicUsize::new(0)),
+            max_actions,
+            next_action: AtomicU64::new(0),
         })
     }
 
@@ -282,7 +431,7 @@ impl JsPool {
         host: H,
     ) -> Result<(H, Outcome), PoolError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let inv_tenant = inv.tenant.clone();
+        let tenant = inv.tenant.clone();
         let job: Job = Box::new(move |state: &mut WorkerState| {
             let (host, outcome) = state.run(&inv, Box::new(host));
             state.release();
@@ -290,17 +439,69 @@ impl JsPool {
                 let _ = reply.send((host, outcome));
             }
         });
+        self.dispatch(&tenant, job)?;
+        answer.await.map_err(|_| PoolError::WorkerFailed)
+    }
+
+    /// Starts an action on one of its tenant's home workers, in an isolate of its own, and
+    /// runs its first step. The handle resumes it (on the same worker) after that.
+    pub async fn start_action(
+        &self,
+        inv: Invocation,
+    ) -> Result<(ActionHandle, ActionStep), PoolError> {
+        if inv.kind != FunctionKind::Action {
+            return Err(PoolError::WorkerFailed);
+        }
+        if self.actions.fetch_add(1, Ordering::AcqRel) >= self.max_actions {
+            self.actions.fetch_sub(1, Ordering::AcqRel);
+            return Err(PoolError::TooManyActions(self.max_actions));
+        }
+        let id = self.next_action.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let tenant = inv.tenant.clone();
+        let job: Job = Box::new(move |state: &mut WorkerState| {
+            let (parked, step) = ActionState::start(inv, &state.limits);
+            state.release();
+            // Kept only if its driver still waits for it.
+            if reply.send((state.index, step)).is_ok() {
+                if let Some(action) = parked {
+                    state.actions.insert(id, action);
+                }
+            }
+        });
+        let handle_parts = self.dispatch(&tenant, job);
+        if let Err(error) = handle_parts {
+            self.actions.fetch_sub(1, Ordering::AcqRel);
+            return Err(error);
+        }
+        let mut handle = ActionHandle {
+            id,
+            worker: 0,
+            control: self.controls[0].clone(),
+            load: self.load.clone(),
+            actions: self.actions.clone(),
+            finished: true,
+        };
+        let (worker, step) = answer.await.map_err(|_| PoolError::WorkerFailed)?;
+        handle.worker = worker;
+        handle.control = self.controls[worker].clone();
+        handle.finished = !matches!(step, ActionStep::Pending(_));
+        Ok((handle, step))
+    }
+
+    /// Queues a job on the least busy of the tenant's home workers.
+    fn dispatch(&self, tenant: &str, job: Job) -> Result<(), PoolError> {
         if self.senders.is_empty() {
             return Err(PoolError::ShutDown);
         }
         // The least busy home first; the others if its queue filled up meanwhile.
-        let homes: Vec<usize> = self.homes(&inv_tenant).collect();
+        let homes: Vec<usize> = self.homes(tenant).collect();
         let mut full: Vec<usize> = Vec::new();
         let mut job = Some(job);
         while let Some(w) = self.claim_least_busy(&homes, &full) {
             let Some(next) = job.take() else { break };
             match self.senders[w].try_send(next) {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err(TrySendError::Full(back)) => {
                     self.load[w].fetch_sub(1, Ordering::AcqRel);
                     full.push(w);
@@ -312,13 +513,10 @@ impl JsPool {
                 }
             }
         }
-        if job.is_some() {
-            // What this tenant's calls could have queued: its homes' queues.
-            return Err(PoolError::QueueFull(
-                self.per_worker * self.workers_per_tenant,
-            ));
-        }
-        answer.await.map_err(|_| PoolError::WorkerFailed)
+        // What this tenant's calls could have queued: its homes' queues.
+        Err(PoolError::QueueFull(
+            self.per_worker * self.workers_per_tenant,
+        ))
     }
 }
 

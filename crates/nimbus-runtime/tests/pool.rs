@@ -48,6 +48,47 @@ export const hog = register("isQuery", async () => { const a = []; while (true) 
 export const recurse = register("isQuery", async () => { const f = (n) => f(n + 1) + 1; return f(0); });
 export const internalOne = register("isMutation", async () => 1, { isPublic: undefined, isInternal: true });
 export const notAFunction = 5;
+function action(handler) {
+  return { isAction: true, isPublic: true, exportArgs: () => '{"type":"any"}', exportReturns: () => "null",
+    invokeAction: async (requestId, argsJson) => JSON.stringify(await handler(JSON.parse(argsJson)[0])) };
+}
+const op = async (name, args) => JSON.parse(await Convex.asyncSyscall(name, JSON.stringify(args)));
+// Two operations at once, then one that depends on both, then a timer.
+export const fanOut = action(async () => {
+  const [a, b] = await Promise.all([op("1.0/actions/query", { n: 1 }), op("1.0/actions/query", { n: 2 })]);
+  const c = await op("1.0/actions/mutation", { n: a + b });
+  const late = await new Promise((resolve) => setTimeout(() => resolve(Date.now() > 1_700_000_000_000), 10));
+  let failed = null;
+  try { await op("1.0/actions/action", {}); } catch (e) { failed = { message: e.message, data: e.data }; }
+  return { c, late, failed };
+});
+export const waitForever = action(async () => { await op("1.0/actions/query", {}); return "answered"; });
+export const neverSettles = action(() => new Promise(() => {}));
+export const spinAfterWait = action(async () => { await op("1.0/actions/query", {}); while (true) {} });
+export const tooManyOps = action(async () => {
+  const all = [];
+  for (let i = 0; i < 300; i++) all.push(op("x", {}).catch((e) => e.message));
+  return (await Promise.race(all));
+});
+export const web = action(async () => {
+  const url = new URL("../b?x=1 2#h", "HTTP://Example.COM:80/a/c");
+  url.searchParams.append("y", "é&");
+  const headers = new Headers({ "X-A": "1" });
+  headers.append("x-a", "2");
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode("abc")));
+  const response = new Response(JSON.stringify({ ok: 1 }), { status: 201 });
+  const request = new Request("https://a.test/p", { method: "post", body: "hi" });
+  return {
+    href: url.href, host: url.host, a: headers.get("X-A"),
+    digest: Array.from(digest.slice(0, 4)),
+    status: response.status, json: await response.json(), used: response.bodyUsed,
+    method: request.method, type: request.headers.get("content-type"), body: await request.text(),
+    uuid: crypto.randomUUID().length,
+  };
+});
+export const noFetchInQueries = register("isQuery", async () => {
+  try { await fetch("https://a.test"); return "fetched"; } catch (e) { return e.message; }
+});
 "#;
 
 fn modules(code: u128) -> ModuleSet {
@@ -110,10 +151,12 @@ fn pool_with(workers: usize, workers_per_tenant: usize, cpu_time: Duration) -> J
         workers_per_tenant,
         queue_capacity: 16,
         isolates_per_worker: 4,
+        max_actions: 4,
         limits: RuntimeLimits {
             memory_bytes: 32 << 20,
             cpu_time,
             max_stack_bytes: 256 << 10,
+            action_cpu_time: cpu_time,
         },
     };
     JsPool::new(config).unwrap_or_else(|e| panic!("{e}"))
@@ -376,7 +419,8 @@ fn analysis_lists_registered_functions() {
         })
         .collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), 16, "{names:?}");
+    assert!(names.contains(&("fanOut".to_string(), FunctionKind::Action, true)));
     assert!(names.contains(&("internalOne".to_string(), FunctionKind::Mutation, false)));
     assert!(names.contains(&("echo".to_string(), FunctionKind::Query, true)));
     assert!(!names.iter().any(|n| n.0 == "notAFunction"));
@@ -445,4 +489,196 @@ async fn forgetting_a_tenant_drops_its_runtimes() {
     pool.forget_tenant("gone");
     assert_eq!(pool.cached_isolates("gone").await.ok(), Some(0));
     assert!(pool.cached_isolates("stays").await.unwrap_or(0) >= 1);
+}
+
+/// Drives an action to its end, answering each operation with `answer` (one resume per
+/// step, all of the step's operations at once) and recording the operations' names.
+async fn drive_action(
+    pool: &JsPool,
+    inv: Invocation,
+    answer: impl Fn(&nimbus_runtime::AsyncOp) -> nimbus_runtime::OpResult,
+) -> (Vec<String>, nimbus_runtime::Outcome) {
+    let (mut handle, mut step) = pool
+        .start_action(inv)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    loop {
+        match step {
+            nimbus_runtime::ActionStep::Done(outcome) => return (seen, outcome),
+            nimbus_runtime::ActionStep::Pending(ops) => {
+                let results = ops
+                    .iter()
+                    .map(|op| {
+                        seen.push(format!("{} {}", op.op, op.args_json));
+                        (op.id, answer(op))
+                    })
+                    .collect();
+                step = handle
+                    .resume(results)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+}
+
+fn action_call(tenant: &str, export: &str) -> Invocation {
+    call(tenant, export, FunctionKind::Action, "[{}]", 7)
+}
+
+#[tokio::test]
+async fn actions_wait_for_operations_in_steps() {
+    let pool = pool(1);
+    let (ops, outcome) = drive_action(&pool, action_call("t", "fanOut"), |op| {
+        let args: serde_json::Value = serde_json::from_str(&op.args_json).unwrap_or_default();
+        match op.op.as_str() {
+            "1.0/actions/query" => Ok(nimbus_runtime::OpValue::json(args["n"].to_string())),
+            "1.0/actions/mutation" => Ok(nimbus_runtime::OpValue::json(format!(
+                "{}",
+                args["n"].as_i64().unwrap_or(0) * 10
+            ))),
+            "nimbus/sleep" => Ok(nimbus_runtime::OpValue::json("null".into())),
+            _ => Err(SyscallError {
+                message: "nested failed".into(),
+                data_json: Some(r#"{"code":3}"#.into()),
+            }),
+        }
+    })
+    .await;
+    assert_eq!(
+        ops,
+        [
+            r#"1.0/actions/query {"n":1}"#,
+            r#"1.0/actions/query {"n":2}"#,
+            r#"1.0/actions/mutation {"n":3}"#,
+            r#"nimbus/sleep {"ms":10}"#,
+            "1.0/actions/action {}",
+        ]
+    );
+    let result = outcome.result.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        result,
+        r#"{"c":30,"late":true,"failed":{"message":"nested failed","data":{"code":3}}}"#
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_action_holds_no_worker() {
+    // One worker: while the action waits for its operation, a query runs on that worker.
+    let pool = pool(1);
+    let (mut handle, step) = pool
+        .start_action(action_call("t", "waitForever"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nimbus_runtime::ActionStep::Pending(ops) = step else {
+        panic!("the action should wait for its query");
+    };
+    let (_, outcome) = pool
+        .invoke(echo("t", 1), FakeHost::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    let step = handle
+        .resume(vec![(
+            ops[0].id,
+            Ok(nimbus_runtime::OpValue::json("1".into())),
+        )])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    match step {
+        nimbus_runtime::ActionStep::Done(outcome) => {
+            assert_eq!(outcome.result.ok().as_deref(), Some("\"answered\""));
+        }
+        other => panic!("expected the end, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn action_limits_and_dead_ends_fail_clearly() {
+    let pool = pool(1);
+    let (_, outcome) = drive_action(&pool, action_call("t", "neverSettles"), |_| {
+        Ok(nimbus_runtime::OpValue::json("null".into()))
+    })
+    .await;
+    assert!(
+        matches!(outcome.result, Err(FunctionError::NeverSettled("action"))),
+        "{:?}",
+        outcome.result
+    );
+    // The CPU limit counts every step.
+    let (_, outcome) = drive_action(&pool, action_call("t", "spinAfterWait"), |_| {
+        Ok(nimbus_runtime::OpValue::json("null".into()))
+    })
+    .await;
+    assert!(
+        matches!(outcome.result, Err(FunctionError::Timeout { .. })),
+        "{:?}",
+        outcome.result
+    );
+    // The operation past the limit is refused at once, so the race ends in the first step.
+    let (_, outcome) = drive_action(&pool, action_call("t", "tooManyOps"), |_| {
+        Ok(nimbus_runtime::OpValue::json("null".into()))
+    })
+    .await;
+    let message = outcome.result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(message.contains("operations in flight"), "{message}");
+    // Only so many actions live at once; a dropped handle gives its place back.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(
+            pool.start_action(action_call("t", "waitForever"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let refused = pool.start_action(action_call("t", "waitForever")).await;
+    assert!(
+        matches!(refused, Err(nimbus_runtime::PoolError::TooManyActions(4))),
+        "{:?}",
+        refused.err()
+    );
+    handles.pop();
+    assert!(pool
+        .start_action(action_call("t", "waitForever"))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn web_globals_work_and_fetch_is_for_actions_only() {
+    let pool = pool(1);
+    let (_, outcome) = drive_action(&pool, action_call("t", "web"), |_| {
+        Ok(nimbus_runtime::OpValue::json("null".into()))
+    })
+    .await;
+    let result: serde_json::Value =
+        serde_json::from_str(&outcome.result.unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+    // Changing searchParams re-serializes the whole query as a form, as browsers do.
+    assert_eq!(result["href"], "http://example.com/b?x=1+2&y=%C3%A9%26#h");
+    assert_eq!(result["host"], "example.com");
+    assert_eq!(result["a"], "1, 2");
+    assert_eq!(
+        result["digest"],
+        serde_json::json!([0xba, 0x78, 0x16, 0xbf])
+    );
+    assert_eq!(result["status"], 201);
+    assert_eq!(result["json"], serde_json::json!({"ok": 1}));
+    assert_eq!(result["used"], true);
+    assert_eq!(result["method"], "POST");
+    assert_eq!(result["type"], "text/plain;charset=UTF-8");
+    assert_eq!(result["body"], "hi");
+    assert_eq!(result["uuid"], 36);
+    let (_, outcome) = pool
+        .invoke(
+            call("t", "noFetchInQueries", FunctionKind::Query, "[{}]", 1),
+            FakeHost::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let message = outcome.result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        message.contains("Can't use fetch() in queries and mutations"),
+        "{message}"
+    );
 }

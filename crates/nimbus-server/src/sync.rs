@@ -896,12 +896,20 @@ impl Connection {
     }
 }
 
-/// Runs a connection's mutations and actions one at a time, in the order received.
+/// Actions one connection may have running at once; a further action waits for one of
+/// them to end before it starts (and requests behind it wait in the connection's queue).
+const MAX_ACTIONS_PER_CONNECTION: usize = 16;
+
+/// Runs a connection's mutations one at a time, in the order received, as the client
+/// expects. Actions are not ordered (the official clients do not wait for one before
+/// sending the next) and may wait on the outside world for minutes, so each runs in a
+/// task of its own beside the mutations.
 async fn run_requests(
     tenant: Arc<Tenant>,
     mut queue: mpsc::Receiver<Request>,
     answers: mpsc::Sender<Answer>,
 ) {
+    let actions = Arc::new(tokio::sync::Semaphore::new(MAX_ACTIONS_PER_CONNECTION));
     while let Some(request) = queue.recv().await {
         let function_request = FunctionRequest {
             path: request.path,
@@ -910,6 +918,23 @@ async fn run_requests(
             caller: request.caller,
             at_ts: None,
         };
+        if request.kind == FunctionKind::Action {
+            let Ok(turn) = actions.clone().acquire_owned().await else {
+                return;
+            };
+            let (tenant, answers) = (tenant.clone(), answers.clone());
+            tokio::spawn(async move {
+                let outcome = tenant.run(function_request).await;
+                drop(turn);
+                let answer = Answer {
+                    request_id: request.request_id,
+                    kind: FunctionKind::Action,
+                    outcome,
+                };
+                let _ = answers.send(answer).await;
+            });
+            continue;
+        }
         let outcome = match (&request.session_id, request.kind) {
             (Some(session), FunctionKind::Mutation) => tenant
                 .run_once(

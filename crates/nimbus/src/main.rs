@@ -56,11 +56,33 @@ struct ServeArgs {
     /// Base URL clients use (default: http://<listen>).
     #[arg(long)]
     public_url: Option<String>,
-    /// Hosts (names or addresses, comma-separated or repeated) that outbound fetches, such
-    /// as auth providers' keys, may reach although they resolve to loopback or private
-    /// addresses. Without it only public addresses are fetched from.
+    /// Hosts, addresses or CIDR blocks (comma-separated or repeated) that outbound
+    /// requests (actions' `fetch`, auth providers' keys) may reach although they are
+    /// loopback, private or link-local addresses. Without it only public addresses are.
     #[arg(long, value_delimiter = ',')]
     egress_allow: Vec<String>,
+    /// Wall time limit of one action, waiting included, in seconds.
+    #[arg(long, default_value_t = 600)]
+    action_timeout_secs: u64,
+    /// CPU time limit of one action over all its steps, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    action_cpu_ms: u64,
+    /// Actions of one tenant alive at once; more are refused with 429.
+    #[arg(long, default_value_t = 64)]
+    max_actions_per_tenant: usize,
+    /// Actions alive at once in the whole server (each has a JavaScript heap of its own,
+    /// up to --function-memory-mib); more are refused with 429.
+    #[arg(long, default_value_t = 256)]
+    max_actions: usize,
+    /// Outbound requests (`fetch`) one tenant's actions may have open at once; more wait.
+    #[arg(long, default_value_t = 16)]
+    fetch_concurrency_per_tenant: usize,
+    /// Time limit of one outbound request, body included, in seconds.
+    #[arg(long, default_value_t = 60)]
+    fetch_timeout_secs: u64,
+    /// Largest response body an action's `fetch` reads, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    fetch_max_response_bytes: usize,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, default_value_t = 8 << 20)]
     max_request_bytes: usize,
@@ -167,6 +189,13 @@ fn main() -> Result<()> {
                 domain,
                 public_url,
                 egress_allow,
+                action_timeout_secs,
+                action_cpu_ms,
+                max_actions_per_tenant,
+                max_actions,
+                fetch_concurrency_per_tenant,
+                fetch_timeout_secs,
+                fetch_max_response_bytes,
                 max_request_bytes,
                 js_workers,
                 js_workers_per_tenant,
@@ -203,6 +232,14 @@ fn main() -> Result<()> {
                 .to_string();
             let mut config = NimbusConfig::new(data_dir.clone(), public_url.clone());
             config.egress_allow = egress_allow;
+            config.actions.timeout = Duration::from_secs(action_timeout_secs.max(1));
+            config.actions.per_tenant = max_actions_per_tenant.max(1);
+            config.pool.max_actions = max_actions.max(1);
+            config.pool.limits.action_cpu_time = Duration::from_millis(action_cpu_ms.max(1));
+            config.fetch.per_tenant = fetch_concurrency_per_tenant.max(1);
+            config.fetch.timeout = Duration::from_secs(fetch_timeout_secs.max(1));
+            config.fetch.max_response_bytes = fetch_max_response_bytes;
+            config.fetch.max_request_bytes = max_request_bytes;
             config.admin_key = std::env::var("NIMBUS_ADMIN_KEY")
                 .ok()
                 .filter(|k| !k.is_empty());

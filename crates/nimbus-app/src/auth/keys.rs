@@ -8,7 +8,6 @@
 //! a stream of tokens with made-up key IDs cannot make the server hammer the provider.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use parking_lot::Mutex;
 use serde_json::Value as Json;
 
 use super::providers::{Algorithm, AuthProvider};
+use crate::egress::{EgressPolicy, EgressResolver};
 
 /// Largest key set or discovery document read from a provider.
 pub(crate) const MAX_JWKS_BYTES: usize = 256 << 10;
@@ -131,98 +131,6 @@ impl KeySet {
     }
 }
 
-/// Which hosts outbound fetches may reach. Public addresses always; loopback, private,
-/// link-local (cloud metadata lives there) and other special addresses only for hosts
-/// named in `--egress-allow`, so a tenant's `auth.config.ts` cannot point the server at
-/// its own network.
-#[derive(Debug, Clone, Default)]
-pub struct EgressPolicy {
-    allowed_hosts: Vec<String>,
-}
-
-impl EgressPolicy {
-    pub fn new(allowed_hosts: impl IntoIterator<Item = String>) -> EgressPolicy {
-        EgressPolicy {
-            allowed_hosts: allowed_hosts
-                .into_iter()
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
-        }
-    }
-
-    fn allows_host(&self, host: &str) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        self.allowed_hosts
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(host))
-    }
-
-    fn allows(&self, host: &str, ip: IpAddr) -> bool {
-        self.allows_host(host) || is_public(ip)
-    }
-}
-
-/// An address on the public internet (not loopback, private, link-local, shared,
-/// documentation, multicast or unspecified).
-fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
-        }
-    }
-}
-
-/// Resolves names for the fetch client, dropping addresses the policy forbids: the check
-/// happens on the addresses actually connected to, so a name that resolves differently the
-/// second time (DNS rebinding) gains nothing.
-struct EgressResolver {
-    policy: EgressPolicy,
-}
-
-impl reqwest::dns::Resolve for EgressResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy.clone();
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|addr| policy.allows(&host, addr.ip()))
-                .collect();
-            if found.is_empty() {
-                return Err(format!(
-                    "{host} resolves to no address Nimbus may fetch from (private and loopback \
-                     addresses need --egress-allow {host})"
-                )
-                .into());
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
-            Ok(addrs)
-        })
-    }
-}
-
 /// Fetches providers' documents; one per instance.
 pub struct KeyFetcher {
     client: reqwest::Client,
@@ -240,9 +148,8 @@ impl std::fmt::Debug for KeyFetcher {
 impl KeyFetcher {
     pub fn new(policy: EgressPolicy) -> Result<KeyFetcher, String> {
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(EgressResolver {
-                policy: policy.clone(),
-            }))
+            .dns_resolver(Arc::new(EgressResolver::new(policy.clone())))
+            .no_proxy()
             // A redirect could lead anywhere; providers serve their documents directly.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(FETCH_TIMEOUT)
@@ -259,19 +166,7 @@ impl KeyFetcher {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!("{url}: only http(s) URLs are fetched"));
         }
-        // An address written in the URL never goes through the resolver: check it here.
-        let host = parsed.host_str().unwrap_or_default();
-        if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            if !self.policy.allows(host, ip) {
-                return Err(format!(
-                    "{url}: {ip} is not a public address; allow it with --egress-allow {ip}"
-                ));
-            }
-        }
+        self.policy.check_literal(&parsed)?;
         let mut response = self
             .client
             .get(parsed)
@@ -470,40 +365,6 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_addresses_need_an_allowance() {
-        let none = EgressPolicy::default();
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-        ] {
-            let ip: IpAddr = ip
-                .parse()
-                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-            assert!(!none.allows("h", ip), "{ip}");
-        }
-        assert!(none.allows(
-            "h",
-            "93.184.216.34"
-                .parse()
-                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-        ));
-        let local = EgressPolicy::new(["127.0.0.1".to_string(), "Issuer.Local".to_string()]);
-        let loopback = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-        assert!(local.allows("127.0.0.1", loopback));
-        assert!(local.allows("issuer.local", loopback));
-        assert!(!local.allows("other.local", loopback));
-    }
 
     #[test]
     fn data_uris_decode_base64_and_percent_escapes() {

@@ -16,7 +16,7 @@ use nimbus_types::{Object, Value};
 use serde_json::{Map, Value as Json};
 
 pub(crate) use keys::KeyCache;
-pub use keys::{EgressPolicy, KeyFetcher};
+pub use keys::KeyFetcher;
 pub use providers::{Algorithm, AuthConfig, AuthProvider};
 
 use crate::error::AppError;

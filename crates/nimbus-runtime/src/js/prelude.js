@@ -1,6 +1,7 @@
 // The globals Convex bundles expect, installed once per tenant context before any tenant
-// module loads. Native entry point: __nimbus_native_syscall(op, argsJson) returns
-// "o<result json>" or "e<{message, data?} json>".
+// module loads (web.js adds the web platform's). Native entry point:
+// __nimbus_native_syscall(op, argsJson) returns "o<result json>" or
+// "e<{message, data?} json>".
 (() => {
   "use strict";
   const g = globalThis;
@@ -16,9 +17,36 @@
     if (failure.data !== undefined) error.data = failure.data;
     throw error;
   }
+  // In an action, async syscalls really are asynchronous: the native side records the
+  // operation and returns its id; the host performs it between steps and settles the
+  // promise through __nimbus_settle.
+  const nativeOp = g.__nimbus_native_op;
+  delete g.__nimbus_native_op;
+  let actionMode = false;
+  const pendingOps = new Map();
+  function startOp(op, args, binary) {
+    const answer = binary === undefined ? nativeOp(String(op), String(args)) : nativeOp(String(op), String(args), binary);
+    if (answer[0] === "e") return Promise.reject(new Error(answer.slice(1)));
+    const id = Number(answer.slice(1));
+    return new Promise((resolve, reject) => pendingOps.set(id, { resolve, reject }));
+  }
+  g.__nimbus_settle = (id, ok, text, bytes) => {
+    const pending = pendingOps.get(id);
+    if (pending === undefined) return;
+    pendingOps.delete(id);
+    if (ok) {
+      pending.resolve(bytes === undefined ? text : { text, bytes });
+      return;
+    }
+    const failure = JSON.parse(text);
+    const error = new Error(failure.message);
+    if (failure.data !== undefined) error.data = failure.data;
+    pending.reject(error);
+  };
   g.Convex = Object.freeze({
     syscall: (op, args) => call(op, args, false),
     asyncSyscall: (op, args) => {
+      if (actionMode) return startOp(op, args);
       try {
         return Promise.resolve(call(op, args, true));
       } catch (e) {
@@ -59,6 +87,10 @@
     if (keys.length === 0) return "{}";
     return `{ ${keys.map((k) => `${/^[A-Za-z_$][\w$]*$/.test(k) ? k : `'${k}'`}: ${inspect(value[k], depth + 1, next)}`).join(", ")} }`;
   }
+  function logLine(line) {
+    if (logs.length >= MAX_LINES) dropped++;
+    else logs.push(line.length > MAX_LINE ? line.slice(0, MAX_LINE) + " (truncated)" : line);
+  }
   function log(level) {
     return (...args) => {
       if (logs.length >= MAX_LINES) {
@@ -88,12 +120,14 @@
   function rotl(x, k) { return (x << k) | (x >>> (32 - k)); }
   Math.random = random;
   const RealDate = Date;
+  // Queries and mutations see the time their call started; actions see the clock.
+  const clock = () => (actionMode ? RealDate.now() : now);
   function NimbusDate(...args) {
-    if (!new.target) return new RealDate(now).toString();
-    return args.length === 0 ? new RealDate(now) : new RealDate(...args);
+    if (!new.target) return new RealDate(clock()).toString();
+    return args.length === 0 ? new RealDate(clock()) : new RealDate(...args);
   }
   NimbusDate.prototype = RealDate.prototype;
-  NimbusDate.now = () => now;
+  NimbusDate.now = clock;
   NimbusDate.UTC = RealDate.UTC;
   NimbusDate.parse = RealDate.parse;
   g.Date = NimbusDate;
@@ -159,24 +193,8 @@
     }
     return out;
   };
-  g.crypto = Object.freeze({
-    getRandomValues(array) {
-      for (let i = 0; i < array.length; i++) array[i] = Math.floor(random() * 256 ** Math.min(array.BYTES_PER_ELEMENT || 1, 4));
-      return array;
-    },
-    randomUUID() {
-      const h = [];
-      for (let i = 0; i < 16; i++) h.push(Math.floor(random() * 256));
-      h[6] = (h[6] & 0x0f) | 0x40; h[8] = (h[8] & 0x3f) | 0x80;
-      const x = h.map((b) => b.toString(16).padStart(2, "0")).join("");
-      return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
-    },
-  });
-  g.queueMicrotask = (f) => { Promise.resolve().then(f); };
-  for (const name of ["setTimeout", "setInterval", "fetch"]) {
-    g[name] = () => { throw new Error(`${name} is not available in queries and mutations`); };
-  }
-
+  // The web globals (web.js) are built on these; web.js removes the handle.
+  g.__nimbus_web = { startOp, isAction: () => actionMode, random, inspect, log: (line) => logLine(line) };
   // ---- invocation ----------------------------------------------------------------
   let outcome = null;
   function failure(e) {
@@ -191,13 +209,15 @@
     }
     return { kind: "uncaught", message: `Uncaught ${inspect(e, 0, [])}` };
   }
-  g.__nimbus_begin = (seedHi, seedLo, nowMs, envJson) => {
+  g.__nimbus_begin = (seedHi, seedLo, nowMs, isAction) => {
     now = nowMs;
+    actionMode = isAction === true;
     rng = [seedHi >>> 0 || 1, seedLo >>> 0 || 2, (seedHi ^ 0x9e3779b9) >>> 0, (seedLo ^ 0x85ebca6b) >>> 0];
     logs = [];
     dropped = 0;
     outcome = null;
   };
+  g.__nimbus_settled = () => outcome !== null;
   g.__nimbus_finish = () => {
     if (dropped > 0) logs.push(`[WARN] ${dropped} more log lines were dropped (limit ${MAX_LINES} per call)`);
     return JSON.stringify({ outcome, logs });

@@ -8,6 +8,7 @@
  * @module
  */
 
+import type * as actions from "../actions.js";
 import type * as bulk from "../bulk.js";
 import type * as counter from "../counter.js";
 import type * as durability from "../durability.js";
@@ -31,6 +32,7 @@ import type {
 } from "convex/server";
 
 declare const fullApi: ApiFromModules<{
+  actions: typeof actions;
   bulk: typeof bulk;
   counter: typeof counter;
   durability: typeof durability;
