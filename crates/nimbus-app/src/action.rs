@@ -52,12 +52,12 @@ impl Default for ActionLimits {
 type OpFuture<'a> = Pin<Box<dyn Future<Output = (u64, OpResult)> + Send + 'a>>;
 
 /// What every operation of one action shares.
-struct ActionContext {
-    caller: Caller,
-    function_name: String,
-    request_id: String,
-    depth: u32,
-    deadline: Instant,
+pub(crate) struct ActionContext {
+    pub caller: Caller,
+    pub function_name: String,
+    pub request_id: String,
+    pub depth: u32,
+    pub deadline: Instant,
 }
 
 impl Tenant {
@@ -110,54 +110,19 @@ impl Tenant {
             rng_seed: rand::random(),
             now_ms: crate::execute::now_ms(),
             request_id: context.request_id.clone(),
+            system_env: self.system_env(),
+            http: None,
         };
-        let (mut handle, mut step) = {
-            let _running = self.acquire_worker().await?;
-            self.pool()
-                .start_action(invocation)
-                .await
-                .map_err(|e| self.pool_error(e))?
-        };
-        let mut in_flight: FuturesUnordered<OpFuture<'_>> = FuturesUnordered::new();
-        let outcome = loop {
-            match step {
-                ActionStep::Done(outcome) => break outcome,
-                ActionStep::Pending(ops) => {
-                    for op in ops {
-                        in_flight.push(self.perform(op, &context));
-                    }
-                }
-            }
-            let first =
-                match tokio::time::timeout_at(context.deadline.into(), in_flight.next()).await {
-                    Ok(Some(result)) => result,
-                    Ok(None) => {
-                        return Err(AppError::Internal(
-                            "an action waited with no operation in flight".into(),
-                        ))
-                    }
-                    Err(_) => {
-                        // Dropping the handle drops the action's isolate.
-                        return Ok(FunctionResponse::failure(
-                            "FunctionTimeout",
-                            format!(
-                                "{} timed out: actions may run for at most {} s",
-                                resolved.name,
-                                limits.timeout.as_secs()
-                            ),
-                            ts,
-                        ));
-                    }
-                };
-            let mut results = vec![first];
-            while let Some(Some(ready)) = in_flight.next().now_or_never() {
-                results.push(ready);
-            }
-            let _running = self.acquire_worker().await?;
-            step = handle
-                .resume(results)
-                .await
-                .map_err(|e| self.pool_error(e))?;
+        let Some(outcome) = self.drive(invocation, &context).await? else {
+            return Ok(FunctionResponse::failure(
+                "FunctionTimeout",
+                format!(
+                    "{} timed out: actions may run for at most {} s",
+                    resolved.name,
+                    limits.timeout.as_secs()
+                ),
+                ts,
+            ));
         };
         let txn = self.engine().begin_at(self.engine().snapshot());
         let result = crate::execute::finish_result(&resolved.function, outcome.result, &txn);
@@ -169,6 +134,52 @@ impl Tenant {
             ts: self.latest_ts(),
             cached: false,
         })
+    }
+
+    /// Runs an action's steps, performing the operations of each, until it ends; `None`
+    /// when it passed its deadline first (dropping the handle drops its isolate).
+    pub(crate) async fn drive(
+        &self,
+        invocation: Invocation,
+        context: &ActionContext,
+    ) -> Result<Option<nimbus_runtime::Outcome>, AppError> {
+        let (mut handle, mut step) = {
+            let _running = self.acquire_worker().await?;
+            self.pool()
+                .start_action(invocation)
+                .await
+                .map_err(|e| self.pool_error(e))?
+        };
+        let mut in_flight: FuturesUnordered<OpFuture<'_>> = FuturesUnordered::new();
+        loop {
+            match step {
+                ActionStep::Done(outcome) => return Ok(Some(outcome)),
+                ActionStep::Pending(ops) => {
+                    for op in ops {
+                        in_flight.push(self.perform(op, context));
+                    }
+                }
+            }
+            let next = tokio::time::timeout_at(context.deadline.into(), in_flight.next());
+            let first = match next.await {
+                Ok(Some(result)) => result,
+                Ok(None) => {
+                    return Err(AppError::Internal(
+                        "an action waited with no operation in flight".into(),
+                    ))
+                }
+                Err(_) => return Ok(None),
+            };
+            let mut results = vec![first];
+            while let Some(Some(ready)) = in_flight.next().now_or_never() {
+                results.push(ready);
+            }
+            let _running = self.acquire_worker().await?;
+            step = handle
+                .resume(results)
+                .await
+                .map_err(|e| self.pool_error(e))?;
+        }
     }
 
     fn pool_error(&self, error: PoolError) -> AppError {

@@ -14,6 +14,9 @@ pub struct NimbusConfig {
     /// Base URL clients use, without a trailing slash (`http://127.0.0.1:3210`); tenant
     /// URLs are `<public_url>/t/<tenant>`.
     pub public_url: String,
+    /// Base URL of the HTTP-actions listener (`--site-listen`), without a trailing slash;
+    /// tenants' site URLs (`process.env.CONVEX_SITE_URL`) are `<site_url>/t/<tenant>`.
+    pub site_url: Option<String>,
     /// Hosts (names, addresses or CIDR blocks) that outbound requests (actions' `fetch`,
     /// auth providers' keys) may reach even though they are loopback or private addresses;
     /// everything else must be on the public internet (see `egress.rs`).
@@ -102,6 +105,7 @@ impl NimbusConfig {
             data_dir,
             public_url,
             egress_allow: Vec::new(),
+            site_url: None,
             admin_key: None,
             engine: EngineConfig::default(),
             max_inflight_per_tenant: 1024,

@@ -568,6 +568,8 @@ impl Tenant {
             rng_seed: rand::random(),
             now_ms,
             request_id: String::new(),
+            system_env: self.system_env(),
+            http: None,
         };
         let host = TxnHost {
             txn,

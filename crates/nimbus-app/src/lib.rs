@@ -17,6 +17,7 @@ mod env;
 mod error;
 mod execute;
 mod fetch;
+mod http_action;
 mod instance;
 mod live;
 pub mod metrics;
@@ -37,6 +38,7 @@ pub use env::EnvChange;
 pub use error::AppError;
 pub use execute::{parse_args, Caller, FunctionFailure, FunctionRequest, FunctionResponse};
 pub use fetch::FetchLimits;
+pub use http_action::{HttpActionRequest, HttpActionResponse};
 pub use instance::{CreatedTenant, Nimbus, TenantInfo, MIN_ADMIN_KEY_LEN, TENANT_BASE_BYTES};
 pub use live::{
     subscription_cost, Drained, LiveLimits, LiveResult, LiveSession, LiveStats, QueryId,

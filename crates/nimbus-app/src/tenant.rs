@@ -79,6 +79,22 @@ pub struct Tenant {
     /// Turns of actions' outbound requests, and the instance's client for them.
     fetch_permits: Arc<Semaphore>,
     fetcher: Arc<crate::fetch::Fetcher>,
+    /// `CONVEX_CLOUD_URL` and `CONVEX_SITE_URL` of this tenant, for `process.env`.
+    system_env: Arc<std::collections::BTreeMap<String, String>>,
+}
+
+/// The variables the server sets in a tenant's `process.env`: its API URL and, when HTTP
+/// actions are served, its site URL (as Convex sets them).
+fn system_env(name: &str, config: &NimbusConfig) -> std::collections::BTreeMap<String, String> {
+    let mut env = std::collections::BTreeMap::new();
+    env.insert(
+        "CONVEX_CLOUD_URL".to_string(),
+        format!("{}/t/{name}", config.public_url),
+    );
+    if let Some(site) = &config.site_url {
+        env.insert("CONVEX_SITE_URL".to_string(), format!("{site}/t/{name}"));
+    }
+    env
 }
 
 /// Counters of one tenant for diagnostics.
@@ -136,6 +152,7 @@ impl Tenant {
             actions: Arc::new(Semaphore::new(config.actions.per_tenant.max(1))),
             fetch_permits: Arc::new(Semaphore::new(config.fetch.per_tenant.max(1))),
             fetcher,
+            system_env: Arc::new(system_env(name, config)),
             config: config.clone(),
         })
     }
@@ -249,6 +266,10 @@ impl Tenant {
             .acquire_owned()
             .await
             .map_err(|_| "the tenant is shutting down".to_string())
+    }
+
+    pub(crate) fn system_env(&self) -> Arc<std::collections::BTreeMap<String, String>> {
+        self.system_env.clone()
     }
 
     pub(crate) fn fetcher(&self) -> &crate::fetch::Fetcher {

@@ -216,6 +216,8 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             rng_seed: 7,
             now_ms: 1_764_000_000_000.0,
             request_id: String::new(),
+            system_env: Default::default(),
+            http: None,
         };
         // One call; its time in QuickJS, or why it failed.
         let call = || async {

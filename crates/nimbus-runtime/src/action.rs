@@ -139,7 +139,7 @@ impl ActionState {
         invocation: Invocation,
         limits: &RuntimeLimits,
     ) -> (Option<ActionState>, ActionStep) {
-        let isolate = match Isolate::new(&invocation.modules, limits) {
+        let isolate = match Isolate::new(&invocation.modules, &invocation.system_env, limits) {
             Ok(isolate) => isolate,
             Err(message) => {
                 let error =
@@ -163,6 +163,11 @@ impl ActionState {
                 inv.now_ms,
                 true,
             ))?;
+            if let Some(http) = &inv.http {
+                let entry: Function = ctx.globals().get("__nimbus_http")?;
+                let body = ArrayBuffer::new(ctx.clone(), http.body.clone())?;
+                return entry.call::<_, ()>((http.meta_json.as_str(), body));
+            }
             let invoke: Function = ctx.globals().get("__nimbus_invoke")?;
             invoke.call::<_, ()>((
                 inv.module_path.as_str(),

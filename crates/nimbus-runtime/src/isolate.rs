@@ -68,7 +68,11 @@ impl SyscallHost for NoDatabase {
 }
 
 impl Isolate {
-    pub fn new(modules: &ModuleSet, limits: &RuntimeLimits) -> Result<Isolate, String> {
+    pub fn new(
+        modules: &ModuleSet,
+        system_env: &BTreeMap<String, String>,
+        limits: &RuntimeLimits,
+    ) -> Result<Isolate, String> {
         let runtime = Runtime::new().map_err(|e| js_error("creating a runtime", e))?;
         runtime.set_memory_limit(limits.memory_bytes);
         runtime.set_max_stack_size(limits.max_stack_bytes);
@@ -96,7 +100,9 @@ impl Isolate {
         let context = Context::full(&runtime).map_err(|e| js_error("creating a context", e))?;
         let host: HostSlot = Rc::new(RefCell::new(None));
         let ops: OpSlot = Rc::default();
-        let env_json = serde_json::to_string(modules.env.as_ref()).map_err(|e| e.to_string())?;
+        let mut env = modules.env.as_ref().clone();
+        env.extend(system_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env_json = serde_json::to_string(&env).map_err(|e| e.to_string())?;
         context.with(|ctx| -> Result<(), String> {
             let slot = host.clone();
             let native = Function::new(ctx.clone(), move |op: String, args: String, is_async: bool| -> String {
@@ -418,7 +424,8 @@ pub fn analyze_modules(
     modules: &ModuleSet,
     limits: &RuntimeLimits,
 ) -> Result<ModuleAnalysis, RuntimeError> {
-    let mut isolate = Isolate::new(modules, limits).map_err(RuntimeError::Analyze)?;
+    let mut isolate =
+        Isolate::new(modules, &BTreeMap::new(), limits).map_err(RuntimeError::Analyze)?;
     let paths: Vec<&String> = modules
         .modules
         .keys()
@@ -517,7 +524,8 @@ pub fn evaluate_schema(
         modules: Arc::new(map),
         env: Arc::new(BTreeMap::new()),
     };
-    let mut isolate = Isolate::new(&modules, limits).map_err(RuntimeError::Analyze)?;
+    let mut isolate =
+        Isolate::new(&modules, &BTreeMap::new(), limits).map_err(RuntimeError::Analyze)?;
     let outcome = isolate.run_at_push(|ctx| {
         let schema: Function = ctx.globals().get("__nimbus_schema")?;
         schema.call::<_, ()>(("schema.js",))

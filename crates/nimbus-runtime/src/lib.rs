@@ -172,6 +172,21 @@ pub struct Invocation {
     pub rng_seed: u64,
     pub now_ms: f64,
     pub request_id: String,
+    /// Variables the server sets in `process.env` (`CONVEX_CLOUD_URL`, `CONVEX_SITE_URL`),
+    /// over the tenant's own of the same names.
+    pub system_env: Arc<BTreeMap<String, String>>,
+    /// For an HTTP action (an action with `kind` Action): the request, routed by the
+    /// default export of `http.js`.
+    pub http: Option<HttpRequestIn>,
+}
+
+/// An HTTP action's request as JavaScript builds its `Request` from it.
+#[derive(Debug, Clone)]
+pub struct HttpRequestIn {
+    /// JSON: `{url, method, headers: [[name, value]...], pathname}` (`pathname` is the
+    /// router's path: the request's path without the tenant prefix).
+    pub meta_json: String,
+    pub body: Vec<u8>,
 }
 
 /// A syscall failure, shown to the function as a thrown `Error`.

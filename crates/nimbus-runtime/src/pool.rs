@@ -114,7 +114,7 @@ impl WorkerState {
         let index = match position {
             Some(index) => index,
             None => {
-                let isolate = match Isolate::new(&inv.modules, &self.limits) {
+                let isolate = match Isolate::new(&inv.modules, &inv.system_env, &self.limits) {
                     Ok(isolate) => isolate,
                     Err(message) => {
                         let outcome = Outcome {

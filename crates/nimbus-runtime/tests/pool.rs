@@ -184,6 +184,8 @@ fn call(tenant: &str, export: &str, kind: FunctionKind, args: &str, seed: u64) -
         rng_seed: seed,
         now_ms: 1_700_000_000_000.0,
         request_id: String::new(),
+        system_env: Default::default(),
+        http: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod functions;
 mod limits;
 mod metrics;
 mod push;
+mod site;
 mod sync;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,6 +30,7 @@ use nimbus_app::{Nimbus, Tenant};
 use serde_json::{json, Value as Json};
 
 pub use error::ApiError;
+pub use site::{site_router, SiteConfig};
 pub use sync::SyncConfig;
 
 /// Server settings.
@@ -224,7 +226,7 @@ impl Incoming {
     }
 }
 
-fn collapse_slashes(path: &str) -> String {
+pub(crate) fn collapse_slashes(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for c in path.chars() {
         if c == '/' && out.ends_with('/') {
@@ -307,7 +309,7 @@ fn is_sync_path(path: &str) -> bool {
 
 /// Splits `/t/<tenant>/rest` into the tenant and `/rest`; otherwise the tenant comes from
 /// the host name.
-fn route(path: &str, headers: &HeaderMap, domain: &str) -> (Option<String>, String) {
+pub(crate) fn route(path: &str, headers: &HeaderMap, domain: &str) -> (Option<String>, String) {
     match path.strip_prefix("/t/") {
         Some(after) => {
             let (name, rest) = after

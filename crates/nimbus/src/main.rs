@@ -56,6 +56,14 @@ struct ServeArgs {
     /// Base URL clients use (default: http://<listen>).
     #[arg(long)]
     public_url: Option<String>,
+    /// Address of a second listener for HTTP actions (`convex/http.ts` routes), as a
+    /// Convex deployment's site URL: `http://<site-listen>/t/<tenant>/<route>` (or the
+    /// host `<tenant>.<domain>`). Without it, HTTP actions are not served.
+    #[arg(long)]
+    site_listen: Option<SocketAddr>,
+    /// Largest request body an HTTP action receives, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = 20 << 20)]
+    site_max_request_bytes: usize,
     /// Hosts, addresses or CIDR blocks (comma-separated or repeated) that outbound
     /// requests (actions' `fetch`, auth providers' keys) may reach although they are
     /// loopback, private or link-local addresses. Without it only public addresses are.
@@ -188,6 +196,8 @@ fn main() -> Result<()> {
                 data_dir,
                 domain,
                 public_url,
+                site_listen,
+                site_max_request_bytes,
                 egress_allow,
                 action_timeout_secs,
                 action_cpu_ms,
@@ -232,6 +242,7 @@ fn main() -> Result<()> {
                 .to_string();
             let mut config = NimbusConfig::new(data_dir.clone(), public_url.clone());
             config.egress_allow = egress_allow;
+            config.site_url = site_listen.map(|addr| format!("http://{addr}"));
             config.actions.timeout = Duration::from_secs(action_timeout_secs.max(1));
             config.actions.per_tenant = max_actions_per_tenant.max(1);
             config.pool.max_actions = max_actions.max(1);
@@ -300,7 +311,14 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(serve(listen, config, server, public_url))
+                .block_on(serve(
+                    listen,
+                    site_listen,
+                    site_max_request_bytes,
+                    config,
+                    server,
+                    public_url,
+                ))
         }
         Command::Tenant {
             url,
@@ -313,18 +331,32 @@ fn main() -> Result<()> {
 
 async fn serve(
     listen: SocketAddr,
+    site_listen: Option<SocketAddr>,
+    site_max_request_bytes: usize,
     config: NimbusConfig,
     server: ServerConfig,
     public_url: String,
 ) -> Result<()> {
     let data_dir = config.data_dir.clone();
     let from_env = config.admin_key.is_some();
+    let site = nimbus_server::SiteConfig {
+        domain: server.domain.clone(),
+        max_request_bytes: site_max_request_bytes,
+    };
     let nimbus = Nimbus::open(config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
+    let site_listener = match site_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (--site-listen)"))?,
+        ),
+        None => None,
+    };
     println!("nimbus listening on http://{listen} (public URL {public_url})");
     println!("  data dir:  {}", data_dir.display());
     if from_env {
@@ -333,11 +365,31 @@ async fn serve(
         println!("  admin key: {}", nimbus.admin_key_path().display());
     }
     println!("  tenants:   {public_url}/t/<tenant>  (create one: nimbus tenant create <name>)");
+    if let Some(addr) = site_listen {
+        println!("  HTTP actions: http://{addr}/t/<tenant>/<route>");
+    }
     println!("  stop with Ctrl-C or SIGTERM");
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
     let router = nimbus_server::router(nimbus.clone(), server);
-    nimbus_server::serve(listener, router, shutdown_signal())
-        .await
-        .context("serving")?;
+    let api = nimbus_server::serve(listener, router, until_stopped(stopped.clone()));
+    match site_listener {
+        Some(site_listener) => {
+            let site_router = nimbus_server::site_router(nimbus.clone(), site);
+            let site = nimbus_server::serve(site_listener, site_router, until_stopped(stopped));
+            let (api, site) = tokio::join!(api, site);
+            api.context("serving")?;
+            site.context("serving HTTP actions")?;
+        }
+        None => api.await.context("serving")?,
+    }
     nimbus.shutdown().await;
     println!("nimbus stopped");
     Ok(())

@@ -194,7 +194,6 @@
     return out;
   };
   // The web globals (web.js) are built on these; web.js removes the handle.
-  g.__nimbus_web = { startOp, isAction: () => actionMode, random, inspect, log: (line) => logLine(line) };
   // ---- invocation ----------------------------------------------------------------
   let outcome = null;
   function failure(e) {
@@ -221,6 +220,12 @@
   g.__nimbus_finish = () => {
     if (dropped > 0) logs.push(`[WARN] ${dropped} more log lines were dropped (limit ${MAX_LINES} per call)`);
     return JSON.stringify({ outcome, logs });
+  };
+  // The web globals (web.js) are built on these; web.js removes the handle.
+  g.__nimbus_web = {
+    startOp, isAction: () => actionMode, random, inspect, log: (line) => logLine(line),
+    // Makes `promise`'s value (or failure) the outcome of the running entry point.
+    settleOutcome: (promise) => promise.then((o) => { outcome = o; }, (e) => { outcome = failure(e); }),
   };
   const KINDS = { query: "isQuery", mutation: "isMutation", action: "isAction" };
   // Module namespaces by path. A context serves one push of one tenant, so a module never

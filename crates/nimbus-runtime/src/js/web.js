@@ -6,7 +6,7 @@
 (() => {
   "use strict";
   const g = globalThis;
-  const { startOp, isAction, random, inspect, log } = g.__nimbus_web;
+  const { startOp, isAction, random, inspect, log, settleOutcome } = g.__nimbus_web;
   delete g.__nimbus_web;
   const natives = {
     urlParse: g.__nimbus_url_parse, urlSet: g.__nimbus_url_set,
@@ -466,6 +466,31 @@
     return response;
   }
   define("fetch", fetch);
+
+  // ---- HTTP actions --------------------------------------------------------------
+  // Entry point of an HTTP action: routes the request with `http.js`'s default export (an
+  // httpRouter) and makes the handler's Response the outcome: status, headers and the
+  // body as a binary string.
+  define("__nimbus_http", (metaJson, body) => {
+    settleOutcome((async () => {
+      const meta = JSON.parse(metaJson);
+      const router = (await import("http.js")).default;
+      if (router === null || typeof router !== "object" || router.isRouter !== true) {
+        return { kind: "uncaught", message: "convex/http.js must `export default` an httpRouter()" };
+      }
+      const hasBody = meta.method !== "GET" && meta.method !== "HEAD";
+      const request = new Request(meta.url, { method: meta.method, headers: meta.headers, body: hasBody ? new Uint8Array(body) : undefined });
+      const match = router.lookup(meta.pathname, meta.method);
+      const response = match === null
+        ? new Response(`No HttpAction routed for ${meta.pathname}`, { status: 404 })
+        : await match[0].invokeHttpAction(request);
+      if (!(response instanceof Response)) {
+        return { kind: "uncaught", message: `The HTTP action for ${meta.method} ${meta.pathname} did not return a Response` };
+      }
+      const bytes = response[S].bytes;
+      return { kind: "ok", value: JSON.stringify({ status: response.status, headers: [...response.headers], body: bytes === null ? "" : binaryString(bytes) }) };
+    })());
+  });
 
   // ---- crypto --------------------------------------------------------------------
   // Queries and mutations draw from their seeded generator (results are reproducible, as

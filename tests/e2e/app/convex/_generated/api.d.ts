@@ -15,6 +15,7 @@ import type * as durability from "../durability.js";
 import type * as env from "../env.js";
 import type * as errors from "../errors.js";
 import type * as flood from "../flood.js";
+import type * as http from "../http.js";
 import type * as items from "../items.js";
 import type * as limits from "../limits.js";
 import type * as notes from "../notes.js";
@@ -39,6 +40,7 @@ declare const fullApi: ApiFromModules<{
   env: typeof env;
   errors: typeof errors;
   flood: typeof flood;
+  http: typeof http;
   items: typeof items;
   limits: typeof limits;
   notes: typeof notes;
