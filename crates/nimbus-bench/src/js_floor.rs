@@ -54,6 +54,11 @@ export const create = register("isMutation", async (args) => {
   await call("1.0/insert", { table: "orderItems", value: { orderId: _id, productId: product._id, qty: line.qty, priceCents: product.priceCents } });
   return { orderId: _id, totalCents: product.priceCents, createdAt: Date.now() };
 });
+// An action waiting on one operation (as `ctx.runQuery` does), in a module of its own and
+// in one that loads the Convex library with the app's code (as an app's actions module
+// does): each action builds an isolate and loads its module graph.
+export const ping = { isAction: true, isPublic: true,
+  invokeAction: async (_requestId, argsJson) => JSON.stringify(await call("1.0/actions/query", JSON.parse(argsJson)[0])) };
 export const open = register("isMutation", async (args) => {
   const { _id } = await call("1.0/insert", { table: "orders", value: { shopId: args.shopId, status: "open", createdAt: Date.now(), totalCents: 0 } });
   return _id;
@@ -146,6 +151,10 @@ struct Case {
 pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
     let mut modules = modules_of_push_request(push_request)?;
     modules.insert("direct.js".to_string(), DIRECT.to_string());
+    modules.insert(
+        "withLibrary.js".to_string(),
+        "import \"./orders.js\";\nexport { ping } from \"./direct.js\";\n".to_string(),
+    );
     let modules = ModuleSet {
         code_id: nimbus_runtime::CodeId(1),
         modules: Arc::new(modules),
@@ -203,6 +212,20 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             kind: FunctionKind::Mutation,
             args: open_args,
         },
+        Case {
+            label: "an action awaiting one operation (own isolate, no library)",
+            module: "direct.js",
+            export: "ping",
+            kind: FunctionKind::Action,
+            args: "[{}]".to_string(),
+        },
+        Case {
+            label: "the same action in a module that loads the Convex library and orders.js",
+            module: "withLibrary.js",
+            export: "ping",
+            kind: FunctionKind::Action,
+            args: "[{}]".to_string(),
+        },
     ];
     let mut results = Vec::new();
     for case in &cases {
@@ -219,8 +242,29 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             system_env: Default::default(),
             http: None,
         };
-        // One call; its time in QuickJS, or why it failed.
+        // One call; its time in QuickJS (for an action, the wall time of building its
+        // isolate and both its steps), or why it failed.
         let call = || async {
+            if case.kind == FunctionKind::Action {
+                let started = Instant::now();
+                let (mut handle, step) = pool.start_action(invocation()).await?;
+                let nimbus_runtime::ActionStep::Pending(ops) = step else {
+                    bail!("{}: the action did not wait for its operation", case.label);
+                };
+                let answers = ops
+                    .iter()
+                    .map(|op| (op.id, Ok(nimbus_runtime::OpValue::json("null".into()))))
+                    .collect();
+                match handle.resume(answers).await? {
+                    nimbus_runtime::ActionStep::Done(outcome) => outcome
+                        .result
+                        .map_err(|e| anyhow!("{} failed: {e}", case.label))?,
+                    nimbus_runtime::ActionStep::Pending(_) => {
+                        bail!("{}: the action kept waiting", case.label)
+                    }
+                };
+                return anyhow::Ok(started.elapsed());
+            }
             let (_, outcome) = pool
                 .invoke(invocation(), InstantHost { rows_left: 0 })
                 .await?;
