@@ -8,10 +8,10 @@ import { createHash } from "node:crypto";
 import http from "node:http";
 import WebSocket from "ws";
 import { ConvexClient } from "convex/browser";
-import { NimbusServer, api, callRaw, withTimeout } from "./harness.mjs";
+import { NimbusServer, api, callRaw, httpRequest, withTimeout } from "./harness.mjs";
 
 let open; // --egress-allow 127.0.0.1, short limits, two JS workers
-let closed; // the default egress policy
+let closed; // the default egress policy, two actions per tenant
 let tenant;
 let refusing;
 let site;
@@ -51,7 +51,7 @@ before(
         "--fetch-max-response-bytes", "100000",
       ],
     });
-    closed = await NimbusServer.start();
+    closed = await NimbusServer.start({ args: ["--max-actions-per-tenant", "2"] });
     tenant = await open.tenantWithApp("acts");
     refusing = await closed.tenantWithApp("acts");
   },
@@ -204,4 +204,31 @@ describe("limits", () => {
     assert.equal(res.body.status, "error", res.text);
     assert.match(res.body.errorMessage, /nested more than 8 deep/, res.text);
   });
+});
+
+test("past --max-actions-per-tenant a new action gets 429 at once, and the stats count it", { timeout: 60_000 }, async () => {
+  const stats = async () => {
+    const res = await httpRequest(`${closed.url}/admin/tenants/acts/stats`, {
+      headers: { authorization: `Bearer ${closed.adminKey}` },
+    });
+    assert.equal(res.status, 200, res.text);
+    return res.body;
+  };
+  const running = [run("actions:sleeps", { ms: 1500 }, refusing), run("actions:sleeps", { ms: 1500 }, refusing)];
+  // Both are admitted once the first of their sleeps is under way.
+  let seen;
+  for (let i = 0; i < 50 && (seen = await stats()).actionsRunning < 2; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(seen.actionsRunning, 2, JSON.stringify(seen));
+  assert.equal(seen.actionsMax, 2);
+  const refused = await callRaw(refusing.url, "action", "actions:envOf", { name: "X" });
+  assert.equal(refused.status, 429, refused.text);
+  assert.equal(refused.body.code, "Overloaded", refused.text);
+  assert.match(refused.body.message, /more than 2 actions running/, refused.text);
+  assert.ok(refused.headers.get("retry-after"), "Retry-After is set");
+  await Promise.all(running);
+  const after = await stats();
+  assert.equal(after.actionsRunning, 0, JSON.stringify(after));
+  assert.ok(after.rejectedActions >= 1, JSON.stringify(after));
+  // Room again.
+  assert.equal(await run("actions:envOf", { name: "X" }, refusing), null);
 });

@@ -76,6 +76,7 @@ pub struct Tenant {
     pub(crate) key_fetcher: Arc<crate::auth::KeyFetcher>,
     /// Actions alive (running or waiting); bounded per tenant.
     actions: Arc<Semaphore>,
+    rejected_actions: AtomicU64,
     /// Turns of actions' outbound requests, and the instance's client for them.
     fetch_permits: Arc<Semaphore>,
     fetcher: Arc<crate::fetch::Fetcher>,
@@ -104,6 +105,10 @@ pub struct TenantStats {
     pub inflight_calls: usize,
     pub inflight_max: usize,
     pub rejected_calls: u64,
+    /// Actions alive, their per-tenant limit, and actions refused at it.
+    pub actions_running: usize,
+    pub actions_max: usize,
+    pub rejected_actions: u64,
     pub deployment_generation: u64,
     pub functions: usize,
     pub cached_queries: usize,
@@ -150,6 +155,7 @@ impl Tenant {
             auth_keys: crate::auth::KeyCache::default(),
             key_fetcher,
             actions: Arc::new(Semaphore::new(config.actions.per_tenant.max(1))),
+            rejected_actions: AtomicU64::new(0),
             fetch_permits: Arc::new(Semaphore::new(config.fetch.per_tenant.max(1))),
             fetcher,
             system_env: Arc::new(system_env(name, config)),
@@ -246,16 +252,17 @@ impl Tenant {
     /// Admits one more action of this tenant, or refuses it at once (429).
     pub(crate) fn admit_action(&self) -> Result<OwnedSemaphorePermit, AppError> {
         self.actions.clone().try_acquire_owned().map_err(|_| {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
+            self.rejected_actions.fetch_add(1, Ordering::Relaxed);
             AppError::Overloaded {
                 tenant: self.name.to_string(),
-                detail: format!(
-                    "more than {} actions running",
-                    self.config.actions.per_tenant.max(1)
-                ),
+                detail: format!("more than {} actions running", self.actions_max()),
                 retry_after_secs: 1,
             }
         })
+    }
+
+    fn actions_max(&self) -> usize {
+        self.config.actions.per_tenant.max(1)
     }
 
     /// Waits for a turn to make an outbound request. Waiters are bounded by the actions
@@ -309,6 +316,9 @@ impl Tenant {
             inflight_calls: self.inflight_max - self.inflight.available_permits(),
             inflight_max: self.inflight_max,
             rejected_calls: self.rejected.load(Ordering::Relaxed),
+            actions_running: self.actions_max() - self.actions.available_permits(),
+            actions_max: self.actions_max(),
+            rejected_actions: self.rejected_actions.load(Ordering::Relaxed),
             deployment_generation: deployment.generation,
             functions: deployment.functions.len(),
             cached_queries,

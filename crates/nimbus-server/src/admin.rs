@@ -63,7 +63,9 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                 "residentDocuments": e.documents, "residentBytes": e.resident_bytes, "latestTs": e.latest_ts,
                 "storage": storage_json(&e.storage), "memoryBytes": stats.memory_bytes,
                 "inflightCalls": stats.inflight_calls, "inflightMax": stats.inflight_max,
-                "rejectedCalls": stats.rejected_calls, "deploymentGeneration": stats.deployment_generation,
+                "rejectedCalls": stats.rejected_calls,
+                "actionsRunning": stats.actions_running, "actionsMax": stats.actions_max,
+                "rejectedActions": stats.rejected_actions, "deploymentGeneration": stats.deployment_generation,
                 "functions": stats.functions, "cachedQueries": stats.cached_queries,
                 "cachedQueryBytes": stats.cached_query_bytes,
                 "live": {

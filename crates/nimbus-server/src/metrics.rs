@@ -90,6 +90,9 @@ fn add_stats(sum: &mut TenantStats, other: &TenantStats) {
     sum.inflight_calls += other.inflight_calls;
     sum.inflight_max += other.inflight_max;
     sum.rejected_calls += other.rejected_calls;
+    sum.rejected_actions += other.rejected_actions;
+    sum.actions_running += other.actions_running;
+    sum.actions_max += other.actions_max;
     sum.cached_queries += other.cached_queries;
     sum.memory_bytes += other.memory_bytes;
     sum.live.sessions += other.live.sessions;
@@ -208,7 +211,7 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
         |s| s.engine.conflicts as f64,
     );
     family(&mut out, "nimbus_tenant_rejected_total", "counter",
-        "Requests refused with 429, by the limit hit: commit_queue (the admission queue is full) or inflight (too many calls in flight).");
+        "Requests refused with 429, by the limit hit: commit_queue (the admission queue is full), inflight (too many calls in flight) or actions (too many actions running).");
     for (tenant, s) in tenants {
         let _ = writeln!(
             out,
@@ -219,6 +222,11 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
             out,
             "nimbus_tenant_rejected_total{{tenant=\"{tenant}\",reason=\"inflight\"}} {}",
             s.rejected_calls
+        );
+        let _ = writeln!(
+            out,
+            "nimbus_tenant_rejected_total{{tenant=\"{tenant}\",reason=\"actions\"}} {}",
+            s.rejected_actions
         );
     }
     per_tenant(
@@ -252,6 +260,14 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
         "gauge",
         "Most function calls in flight before new ones get 429.",
         |s| s.inflight_max as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_actions_running",
+        "gauge",
+        "Actions alive (running or waiting on their operations).",
+        |s| s.actions_running as f64,
     );
     per_tenant(
         &mut out,
