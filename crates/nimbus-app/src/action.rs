@@ -153,7 +153,10 @@ impl Tenant {
         let mut in_flight: FuturesUnordered<OpFuture<'_>> = FuturesUnordered::new();
         loop {
             match step {
-                ActionStep::Done(outcome) => return Ok(Some(outcome)),
+                ActionStep::Done(outcome) => {
+                    self.cpu.record(outcome.cpu_time);
+                    return Ok(Some(outcome));
+                }
                 ActionStep::Pending(ops) => {
                     for op in ops {
                         in_flight.push(self.perform(op, context));

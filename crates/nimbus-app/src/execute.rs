@@ -580,14 +580,17 @@ impl Tenant {
             system_error: None,
         };
         let _running = self.acquire_worker().await?;
-        self.pool()
-            .invoke(invocation, host)
-            .await
-            .map_err(|e| AppError::Overloaded {
-                tenant: self.name().to_string(),
-                detail: e.to_string(),
-                retry_after_secs: 1,
-            })
+        let (host, outcome) =
+            self.pool()
+                .invoke(invocation, host)
+                .await
+                .map_err(|e| AppError::Overloaded {
+                    tenant: self.name().to_string(),
+                    detail: e.to_string(),
+                    retry_after_secs: 1,
+                })?;
+        self.cpu.record(outcome.cpu_time);
+        Ok((host, outcome))
     }
 }
 

@@ -588,6 +588,15 @@ impl Nimbus {
             .collect()
     }
 
+    /// The tenant `name` if it is active in memory now, without activating it.
+    pub fn active_tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.active
+            .lock()
+            .slots
+            .get(name)
+            .and_then(|slot| slot.get().cloned())
+    }
+
     /// Names of tenants active in memory.
     pub async fn active_tenants(&self) -> Vec<String> {
         self.active

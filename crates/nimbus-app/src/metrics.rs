@@ -182,3 +182,73 @@ mod tests {
         assert_eq!(action, KindSnapshot::default());
     }
 }
+
+/// Seconds of history [`CpuWindow`] keeps.
+const CPU_WINDOW_SECS: u64 = 60;
+
+/// JavaScript worker time a tenant's calls used over the last minute: one bucket per
+/// second, each stamped with its second so a stale bucket is never counted. 60 × 16
+/// bytes, whatever the load.
+pub struct CpuWindow {
+    origin: std::time::Instant,
+    /// (second since `origin` + 1, microseconds used in that second); 0 marks unused.
+    buckets: [(AtomicU64, AtomicU64); CPU_WINDOW_SECS as usize],
+}
+
+impl Default for CpuWindow {
+    fn default() -> Self {
+        CpuWindow {
+            origin: std::time::Instant::now(),
+            buckets: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
+        }
+    }
+}
+
+impl CpuWindow {
+    fn second(&self) -> u64 {
+        self.origin.elapsed().as_secs() + 1
+    }
+
+    /// Counts `used` in the current second.
+    pub fn record(&self, used: Duration) {
+        let second = self.second();
+        let (stamp, micros) = &self.buckets[(second % CPU_WINDOW_SECS) as usize];
+        let micros_used = u64::try_from(used.as_micros()).unwrap_or(u64::MAX);
+        if stamp.swap(second, Ordering::AcqRel) != second {
+            // The bucket held an older second: start it over. (Two threads racing at a
+            // second's turn may lose a call's time; this is a gauge, not an account.)
+            micros.store(micros_used, Ordering::Release);
+        } else {
+            micros.fetch_add(micros_used, Ordering::AcqRel);
+        }
+    }
+
+    /// Time used in the last [`CPU_WINDOW_SECS`] seconds.
+    pub fn last_minute(&self) -> Duration {
+        let now = self.second();
+        let micros: u64 = self
+            .buckets
+            .iter()
+            .filter(|(stamp, _)| {
+                let stamp = stamp.load(Ordering::Acquire);
+                stamp != 0 && now - stamp.min(now) < CPU_WINDOW_SECS
+            })
+            .map(|(_, micros)| micros.load(Ordering::Acquire))
+            .sum();
+        Duration::from_micros(micros)
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn the_window_sums_what_was_recorded() {
+        let window = CpuWindow::default();
+        assert_eq!(window.last_minute(), Duration::ZERO);
+        window.record(Duration::from_millis(5));
+        window.record(Duration::from_micros(250));
+        assert_eq!(window.last_minute(), Duration::from_micros(5_250));
+    }
+}

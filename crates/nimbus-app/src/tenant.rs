@@ -61,6 +61,8 @@ pub struct Tenant {
     rejected: AtomicU64,
     /// Function calls by kind: outcomes and latency (`GET /metrics`).
     pub(crate) requests: crate::metrics::RequestMetrics,
+    /// Worker time its calls used over the last minute (diagnostics).
+    pub(crate) cpu: crate::metrics::CpuWindow,
     /// Logical time of the last activation lookup (for idle eviction).
     pub(crate) last_used: AtomicU64,
     pub(crate) config: NimbusConfig,
@@ -105,6 +107,11 @@ pub struct TenantStats {
     pub inflight_calls: usize,
     pub inflight_max: usize,
     pub rejected_calls: u64,
+    /// Calls holding a JS worker slot (executing or queued at a worker), and the limit.
+    pub running_calls: usize,
+    pub running_max: usize,
+    /// JavaScript worker time used by its calls over the last minute.
+    pub cpu_last_minute: std::time::Duration,
     /// Actions alive, their per-tenant limit, and actions refused at it.
     pub actions_running: usize,
     pub actions_max: usize,
@@ -147,6 +154,7 @@ impl Tenant {
             )),
             rejected: AtomicU64::new(0),
             requests: crate::metrics::RequestMetrics::default(),
+            cpu: crate::metrics::CpuWindow::default(),
             last_used: AtomicU64::new(0),
             live: Arc::new(crate::live::LiveQueries::new(config.live.clone())),
             in_flight: Mutex::new(crate::dedup::InFlight::default()),
@@ -261,6 +269,10 @@ impl Tenant {
         })
     }
 
+    fn running_max(&self) -> usize {
+        self.config.max_running_per_tenant.max(1)
+    }
+
     fn actions_max(&self) -> usize {
         self.config.actions.per_tenant.max(1)
     }
@@ -316,6 +328,9 @@ impl Tenant {
             inflight_calls: self.inflight_max - self.inflight.available_permits(),
             inflight_max: self.inflight_max,
             rejected_calls: self.rejected.load(Ordering::Relaxed),
+            running_calls: self.running_max() - self.running.available_permits(),
+            running_max: self.running_max(),
+            cpu_last_minute: self.cpu.last_minute(),
             actions_running: self.actions_max() - self.actions.available_permits(),
             actions_max: self.actions_max(),
             rejected_actions: self.rejected_actions.load(Ordering::Relaxed),

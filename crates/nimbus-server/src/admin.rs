@@ -52,6 +52,36 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         (&Method::GET, ["admin", "tenants", name]) => {
             Ok(axum::Json(info_json(&state.nimbus.tenant_info(name).await?)).into_response())
         }
+        (&Method::GET, ["admin", "tenants", name, "diagnostics"]) => {
+            Ok(axum::Json(tenant_diagnostics(state, name).await?).into_response())
+        }
+        (&Method::GET, ["admin", "diagnostics"]) => {
+            let mut tenants = state.nimbus.active_tenant_handles();
+            let mut rows: Vec<(nimbus_app::TenantStats, Json)> = tenants
+                .drain(..)
+                .map(|tenant| {
+                    let stats = tenant.stats();
+                    let json = diagnostics_json(tenant.name(), &stats);
+                    (stats, json)
+                })
+                .collect();
+            // The tenant using the headroom first: most worker time over the last minute,
+            // then the most calls in flight and queued commits.
+            rows.sort_by(|(a, ja), (b, jb)| {
+                b.cpu_last_minute
+                    .cmp(&a.cpu_last_minute)
+                    .then(
+                        (b.inflight_calls + b.engine.queue_depth)
+                            .cmp(&(a.inflight_calls + a.engine.queue_depth)),
+                    )
+                    .then_with(|| ja["name"].as_str().cmp(&jb["name"].as_str()))
+            });
+            let tenants: Vec<Json> = rows.into_iter().map(|(_, json)| json).collect();
+            Ok(
+                axum::Json(json!({"activeTenants": tenants.len(), "tenants": tenants}))
+                    .into_response(),
+            )
+        }
         (&Method::GET, ["admin", "tenants", name, "stats"]) => {
             let stats = state.nimbus.tenant(name).await?.stats();
             let e = &stats.engine;
@@ -110,4 +140,57 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         )),
         _ => Err(ApiError::not_found(&incoming.path)),
     }
+}
+
+/// `GET /admin/tenants/<t>/diagnostics`: an active tenant's load against its limits, or
+/// `state: "idle"` for a tenant that is not in memory (it is not activated to answer).
+pub(crate) async fn tenant_diagnostics(state: &AppState, name: &str) -> Result<Json, ApiError> {
+    match state.nimbus.active_tenant(name) {
+        Some(tenant) => Ok(diagnostics_json(name, &tenant.stats())),
+        None => {
+            // 404 for a tenant that does not exist.
+            state.nimbus.tenant_info(name).await?;
+            Ok(json!({"name": name, "state": "idle"}))
+        }
+    }
+}
+
+/// What an operator needs to see which tenant is using the headroom. Commits are durable
+/// before they are applied to the serving snapshot, and acknowledged after both, so the
+/// three journal positions of the committer are one timestamp; live queries follow behind
+/// it (`liveQueriesTs`).
+fn diagnostics_json(name: &str, stats: &nimbus_app::TenantStats) -> Json {
+    let e = &stats.engine;
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let age_ms = |ts: u64| (ts > 0).then(|| now_ns.saturating_sub(ts) / 1_000_000);
+    json!({
+        "name": name,
+        "state": "active",
+        "admission": {"queueDepth": e.queue_depth, "queueCapacity": e.queue_capacity},
+        "calls": {
+            "running": stats.running_calls, "runningLimit": stats.running_max,
+            "inflight": stats.inflight_calls, "inflightLimit": stats.inflight_max,
+            "actions": stats.actions_running, "actionsLimit": stats.actions_max,
+        },
+        "rejections": {
+            "commitQueue": e.rejected_overload, "inflight": stats.rejected_calls,
+            "actions": stats.rejected_actions,
+        },
+        "cpuLastMinuteMs": stats.cpu_last_minute.as_secs_f64() * 1000.0,
+        "journal": {
+            "acknowledgedTs": e.latest_ts, "durableTs": e.latest_ts, "appliedTs": e.latest_ts,
+            "commits": e.commits, "liveQueriesTs": stats.live.published_ts,
+            "liveQueriesBehindMs": e.latest_ts.saturating_sub(stats.live.published_ts) / 1_000_000,
+        },
+        "serving": {
+            "snapshotTs": e.latest_ts,
+            "lastCommitAgeMs": age_ms(e.latest_ts),
+            "residentDocuments": e.documents, "residentBytes": e.resident_bytes,
+        },
+        "live": {"sockets": stats.live.sessions, "subscriptions": stats.live.subscriptions},
+        "storage": storage_json(&e.storage),
+        "memoryBytes": stats.memory_bytes,
+    })
 }

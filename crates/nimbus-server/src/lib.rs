@@ -188,6 +188,13 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
+/// The tenant of `/admin/tenants/<tenant>/diagnostics`.
+fn tenant_diagnostics_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/admin/tenants/")?
+        .strip_suffix("/diagnostics")
+        .filter(|name| !name.contains('/'))
+}
+
 /// `/admin` and below, reached without a tenant: the instance admin API.
 fn is_instance_admin_path(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
@@ -381,6 +388,18 @@ async fn dispatch(
         body,
     };
     if route_tenant.is_none() && is_instance_admin_path(&incoming.path) {
+        // A tenant's own admin key may read that tenant's diagnostics.
+        if let (Some(name), Some(key)) = (
+            tenant_diagnostics_path(&incoming.path),
+            incoming.admin_key(None),
+        ) {
+            if incoming.method == Method::GET {
+                let check = state.nimbus.check_tenant_admin_key(name, &key);
+                state.authenticate(incoming.client, check).await?;
+                let body = admin::tenant_diagnostics(state, name).await?;
+                return Ok(axum::Json(body).into_response());
+            }
+        }
         return admin::handle(state, &incoming).await;
     }
     if route_tenant.is_none() && incoming.path == "/metrics" {
