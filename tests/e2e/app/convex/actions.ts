@@ -1,6 +1,7 @@
 import { v, ConvexError } from "convex/values";
 import { action, internalAction, internalMutation, internalQuery, query } from "./_generated/server";
 import { api, internal } from "./_generated/api";
+import type { Id } from "./_generated/dataModel";
 
 // Actions (issue 15): they run outside a transaction, call queries, mutations and other
 // actions (each its own transaction), wait on timers and fetch from the outside world.
@@ -44,9 +45,11 @@ export const refuse = internalMutation({
 /** Calls a mutation, a query and another action, two of them at once. */
 export const pipeline = action({
   args: { owner: v.string(), text: v.string() },
-  handler: async (ctx, { owner, text }) => {
-    const id = await ctx.runMutation(internal.actions.addNote, { owner, text });
-    const [texts, doubled] = await Promise.all([
+  // Annotated: a function whose result depends on functions of its own module needs
+  // explicit types (TypeScript cannot infer through the generated `api`).
+  handler: async (ctx, { owner, text }): Promise<{ id: Id<"notes">; texts: string[]; doubled: number; refusal: unknown; identity: unknown }> => {
+    const id: Id<"notes"> = await ctx.runMutation(internal.actions.addNote, { owner, text });
+    const [texts, doubled]: [string[], number] = await Promise.all([
       ctx.runQuery(internal.actions.notesOf, { owner }),
       ctx.runAction(internal.actions.double, { n: 21 }),
     ]);
