@@ -217,11 +217,15 @@ impl WorkerState {
                 self.actions.remove(&id);
             }
             Control::Resume { id, results, reply } => {
-                let Some(action) = self.actions.remove(&id) else {
+                let action = self.actions.remove(&id);
+                let stepped =
+                    action.map(|action| catch_unwind(AssertUnwindSafe(|| action.resume(results))));
+                // Raised by `ActionHandle::resume` for this message.
+                self.load[self.index].fetch_sub(1, Ordering::AcqRel);
+                let Some(stepped) = stepped else {
+                    // Dropped meanwhile: the reply is dropped, and the driver sees a failure.
                     return;
                 };
-                let stepped = catch_unwind(AssertUnwindSafe(|| action.resume(results)));
-                self.load[self.index].fetch_sub(1, Ordering::AcqRel);
                 match stepped {
                     Ok((parked, step)) => self.park(id, parked, step, reply),
                     Err(_) => tracing::error!("an action step panicked; the action is dropped"),
@@ -251,29 +255,33 @@ impl WorkerState {
 /// Dropping the handle drops the action, wherever it is.
 pub struct ActionHandle {
     id: u64,
-    worker: usize,
-    control: Sender<Control>,
+    /// The worker the action lives on, once its first step has been answered.
+    worker: Option<usize>,
+    /// Every worker's control queue (ids are unique in the pool, so a drop sent to every
+    /// worker, for an action whose worker is not known yet, drops only that action).
+    controls: Vec<Sender<Control>>,
     load: Arc<Vec<AtomicUsize>>,
     actions: Arc<AtomicUsize>,
+    /// The action ended (nothing of it is parked on any worker).
     finished: bool,
 }
 
 impl ActionHandle {
     /// Hands results to the action and waits for its next step.
     pub async fn resume(&mut self, results: Vec<(u64, OpResult)>) -> Result<ActionStep, PoolError> {
-        if self.finished {
+        let Some(worker) = self.worker.filter(|_| !self.finished) else {
             return Err(PoolError::WorkerFailed);
-        }
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.load[self.worker].fetch_add(1, Ordering::AcqRel);
+        self.load[worker].fetch_add(1, Ordering::AcqRel);
         let message = Control::Resume {
             id: self.id,
             results,
             reply,
         };
-        if self.control.try_send(message).is_err() {
-            self.load[self.worker].fetch_sub(1, Ordering::AcqRel);
-            self.finished = true;
+        if self.controls[worker].try_send(message).is_err() {
+            // Not `finished`: dropping the handle still asks the worker to drop the action.
+            self.load[worker].fetch_sub(1, Ordering::AcqRel);
             return Err(PoolError::WorkerFailed);
         }
         let step = answer.await.map_err(|_| PoolError::WorkerFailed);
@@ -287,7 +295,19 @@ impl ActionHandle {
 impl Drop for ActionHandle {
     fn drop(&mut self) {
         if !self.finished {
-            let _ = self.control.try_send(Control::Drop { id: self.id });
+            match self.worker {
+                Some(worker) => {
+                    let _ = self.controls[worker].try_send(Control::Drop { id: self.id });
+                }
+                // Dropped while its first step was under way: wherever it was parked, it
+                // goes (a worker that has not run the step yet finds nothing, and the
+                // step's answer then finds nobody waiting, so the action is not parked).
+                None => {
+                    for control in &self.controls {
+                        let _ = control.try_send(Control::Drop { id: self.id });
+                    }
+                }
+            }
         }
         self.actions.fetch_sub(1, Ordering::AcqRel);
     }
@@ -362,13 +382,31 @@ impl JsPool {
 
     /// Isolates cached on all workers for `tenant` (waits for each worker to answer).
     pub async fn cached_isolates(&self, tenant: &str) -> Result<usize, PoolError> {
+        let tenant: Arc<str> = Arc::from(tenant);
+        self.count_on_workers(move |state| {
+            state.cache.iter().filter(|c| c.tenant == tenant).count()
+        })
+        .await
+    }
+
+    /// Actions parked on the workers, waiting between steps (waits for each worker to
+    /// answer, after what is queued before).
+    pub async fn parked_actions(&self) -> Result<usize, PoolError> {
+        self.count_on_workers(|state| state.actions.len()).await
+    }
+
+    /// Sums what `count` finds on every worker.
+    async fn count_on_workers(
+        &self,
+        count: impl Fn(&WorkerState) -> usize + Clone + Send + 'static,
+    ) -> Result<usize, PoolError> {
         let mut total = 0;
         for (w, sender) in self.senders.iter().enumerate() {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let tenant: Arc<str> = Arc::from(tenant);
+            let count = count.clone();
             self.load[w].fetch_add(1, Ordering::AcqRel);
             let job: Job = Box::new(move |state: &mut WorkerState| {
-                let _ = reply.send(state.cache.iter().filter(|c| c.tenant == tenant).count());
+                let _ = reply.send(count(state));
             });
             if sender.try_send(job).is_err() {
                 self.load[w].fetch_sub(1, Ordering::AcqRel);
@@ -474,17 +512,18 @@ impl JsPool {
             self.actions.fetch_sub(1, Ordering::AcqRel);
             return Err(error);
         }
+        // Made before waiting, so that a caller giving up while the first step runs
+        // still drops the action (see `Drop`).
         let mut handle = ActionHandle {
             id,
-            worker: 0,
-            control: self.controls[0].clone(),
+            worker: None,
+            controls: self.controls.clone(),
             load: self.load.clone(),
             actions: self.actions.clone(),
-            finished: true,
+            finished: false,
         };
         let (worker, step) = answer.await.map_err(|_| PoolError::WorkerFailed)?;
-        handle.worker = worker;
-        handle.control = self.controls[worker].clone();
+        handle.worker = Some(worker);
         handle.finished = !matches!(step, ActionStep::Pending(_));
         Ok((handle, step))
     }

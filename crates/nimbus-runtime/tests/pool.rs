@@ -62,6 +62,12 @@ export const fanOut = action(async () => {
   try { await op("1.0/actions/action", {}); } catch (e) { failed = { message: e.message, data: e.data }; }
   return { c, late, failed };
 });
+export const busyThenWait = action(async () => {
+  const until = Date.now() + 200;
+  while (Date.now() < until) {}
+  await op("1.0/actions/query", {});
+  return "answered";
+});
 export const waitForever = action(async () => { await op("1.0/actions/query", {}); return "answered"; });
 export const neverSettles = action(() => new Promise(() => {}));
 export const spinAfterWait = action(async () => { await op("1.0/actions/query", {}); while (true) {} });
@@ -421,7 +427,7 @@ fn analysis_lists_registered_functions() {
         })
         .collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(names.len(), 16, "{names:?}");
+    assert_eq!(names.len(), 17, "{names:?}");
     assert!(names.contains(&("fanOut".to_string(), FunctionKind::Action, true)));
     assert!(names.contains(&("internalOne".to_string(), FunctionKind::Mutation, false)));
     assert!(names.contains(&("echo".to_string(), FunctionKind::Query, true)));
@@ -683,4 +689,53 @@ async fn web_globals_work_and_fetch_is_for_actions_only() {
         message.contains("Can't use fetch() in queries and mutations"),
         "{message}"
     );
+}
+
+/// Review of this change: a caller that gave up after an action's first step had answered
+/// but before it read the answer (its future dropped, say by a timeout) left the action
+/// parked on its worker for ever: the handle was marked finished until it learned the
+/// action's worker from that answer, so dropping it sent no drop.
+#[tokio::test]
+async fn an_action_whose_caller_gave_up_is_not_left_parked() {
+    let pool = pool(1);
+    let mut start = Box::pin(pool.start_action(action_call("t", "busyThenWait")));
+    // The first poll queues the step and waits for its answer.
+    let pending = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(start.as_mut(), cx).is_pending())
+    })
+    .await;
+    assert!(pending, "the first step takes 200 ms");
+    // The worker finishes the step and answers while nobody polls; then the caller gives up.
+    std::thread::sleep(Duration::from_millis(600));
+    drop(start);
+    // The worker reads the drop before it runs this call.
+    let (_, outcome) = pool
+        .invoke(echo("t", 1), FakeHost::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.result.is_ok());
+    assert_eq!(pool.parked_actions().await.unwrap_or(usize::MAX), 0);
+    // A finished action and a dropped waiting one leave nothing either.
+    let (mut handle, step) = pool
+        .start_action(action_call("t", "waitForever"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nimbus_runtime::ActionStep::Pending(ops) = step else {
+        panic!("the action should wait");
+    };
+    assert_eq!(pool.parked_actions().await.unwrap_or(usize::MAX), 1);
+    let done = handle
+        .resume(vec![(
+            ops[0].id,
+            Ok(nimbus_runtime::OpValue::json("1".into())),
+        )])
+        .await;
+    assert!(matches!(done, Ok(nimbus_runtime::ActionStep::Done(_))));
+    assert_eq!(pool.parked_actions().await.unwrap_or(usize::MAX), 0);
+    let (handle, _) = pool
+        .start_action(action_call("t", "waitForever"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(handle);
+    assert_eq!(pool.parked_actions().await.unwrap_or(usize::MAX), 0);
 }
