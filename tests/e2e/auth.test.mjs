@@ -372,7 +372,7 @@ describe("the egress policy", () => {
       await deploy({ appDir: tenant.dir, url, adminKey: created.adminKey, server: strict });
       const res = await meOverHttp(url, oidc.sign());
       expectRequestError(assert, res, 401, "InvalidAuthToken");
-      assert.match(res.body.message, /not a public address; allow it with --egress-allow 127\.0\.0\.1/, res.body.message);
+      assert.match(res.body.message, /127\.0\.0\.1 is not a public address.*--egress-allow 127\.0\.0\.1/, res.body.message);
     } finally {
       await strict.cleanup();
     }
