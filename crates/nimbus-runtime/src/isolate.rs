@@ -20,6 +20,31 @@ use crate::{
 
 const PRELUDE: &str = include_str!("js/prelude.js");
 const WEB: &str = include_str!("js/web.js");
+/// Defines the globals of `web.js` as accessors that evaluate it on first use: compiling
+/// it costs about 2 ms (its classes compile slowly in QuickJS), which every isolate would
+/// pay, while most query and mutation code never touches `URL`, `fetch` or `Headers`.
+const WEB_ON_DEMAND: &str = r#"(() => {
+  const g = globalThis;
+  const source = g.__nimbus_web_source;
+  delete g.__nimbus_web_source;
+  const names = ["DOMException", "Event", "EventTarget", "AbortSignal", "AbortController",
+    "setTimeout", "setInterval", "clearTimeout", "clearInterval", "queueMicrotask", "performance",
+    "URL", "URLSearchParams", "Headers", "Request", "Response", "fetch", "__nimbus_http", "crypto"];
+  let loaded = false;
+  const load = () => {
+    if (loaded) return;
+    loaded = true;
+    for (const name of names) delete g[name];
+    (0, eval)(source);
+  };
+  for (const name of names) {
+    Object.defineProperty(g, name, {
+      configurable: true, enumerable: false,
+      get() { load(); return g[name]; },
+      set(value) { load(); g[name] = value; },
+    });
+  }
+})();"#;
 /// Push-time analysis may evaluate large bundles: it gets this much CPU time.
 const ANALYSIS_CPU_TIME: Duration = Duration::from_secs(10);
 
@@ -133,7 +158,8 @@ impl Isolate {
             )
             .map_err(|e| js_error("installing process.env", e))?;
             ctx.eval::<(), _>(PRELUDE).map_err(|e| js_error("installing the prelude", e))?;
-            ctx.eval::<(), _>(WEB).map_err(|e| js_error("installing the web globals", e))?;
+            globals.set("__nimbus_web_source", WEB).map_err(|e| js_error("installing the web globals", e))?;
+            ctx.eval::<(), _>(WEB_ON_DEMAND).map_err(|e| js_error("installing the web globals", e))?;
             Ok(())
         })?;
         Ok(Isolate {
@@ -547,4 +573,27 @@ pub fn evaluate_schema(
 pub(crate) fn downcast_host<H: SyscallHost>(host: Box<dyn SyscallHost>) -> Option<H> {
     let any: Box<dyn Any> = host;
     any.downcast::<H>().ok().map(|h| *h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every global `web.js` defines must be one of the accessors that load it, or it would
+    /// stay undefined until something else happened to load the file.
+    #[test]
+    fn every_web_global_loads_web_js_on_demand() {
+        let defined: Vec<&str> = WEB
+            .split("define(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(defined.len() >= 15, "{defined:?}");
+        for name in defined {
+            assert!(
+                WEB_ON_DEMAND.contains(&format!("\"{name}\"")),
+                "{name} is defined by web.js but does not load it"
+            );
+        }
+    }
 }
