@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{Catalog, CATALOG_GLOBAL};
 use crate::deploy::{
-    apply_backfill, apply_deploy, apply_stage, apply_unstage, check_staged_writes, DeployOutcome,
-    DeployRequest, StageRequest, Staged, Staging,
+    apply_backfill, apply_deploy, apply_stage, apply_system_tables, apply_unstage,
+    check_staged_writes, DeployOutcome, DeployRequest, StageRequest, Staged, Staging,
 };
 use crate::error::EngineError;
 use crate::snapshot::Snapshot;
@@ -68,6 +68,11 @@ pub(crate) enum CommitterMessage {
         globals: Vec<(String, Option<Vec<u8>>)>,
         reply: oneshot::Sender<Result<Timestamp, EngineError>>,
     },
+    /// Creates missing system tables and their indexes (see `deploy.rs`).
+    SystemTables {
+        wanted: crate::deploy::WantedIndexes,
+        reply: oneshot::Sender<Result<bool, EngineError>>,
+    },
     /// Stop after everything queued before it; see [`crate::TenantEngine::shutdown`].
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -83,6 +88,7 @@ impl CommitterMessage {
                 | CommitterMessage::Stage { .. }
                 | CommitterMessage::Unstage { .. }
                 | CommitterMessage::CollectGarbage { .. }
+                | CommitterMessage::SystemTables { .. }
                 | CommitterMessage::Shutdown { .. }
         )
     }
@@ -333,6 +339,9 @@ fn refuse(message: CommitterMessage, error: EngineError) {
         CommitterMessage::CollectGarbage { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        CommitterMessage::SystemTables { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
         CommitterMessage::Shutdown { reply } => {
             let _ = reply.send(());
         }
@@ -470,6 +479,17 @@ async fn process_batch(
                     let _ = reply.send(Err(error));
                 }
             },
+            CommitterMessage::SystemTables { wanted, reply } => {
+                match apply_system_tables(&wanted, &mut working, &mut storage) {
+                    Ok(changed) => {
+                        catalog_changed |= changed;
+                        replies.push(reply_with(reply, move |_| changed));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
             CommitterMessage::CollectGarbage {
                 index,
                 max_entries,

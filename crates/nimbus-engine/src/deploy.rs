@@ -134,6 +134,56 @@ pub(crate) fn apply_stage(
     Ok(building)
 }
 
+/// Whether `table` is a system table (`_scheduled_functions` ...): created by the server,
+/// never by a user's insert, and its indexes are left alone by deploys.
+pub fn is_system_table(table: &str) -> bool {
+    table.starts_with('_')
+}
+
+/// Creates the system tables and indexes of `wanted` that do not exist yet (an index is
+/// built at once from the table's documents: system tables are created empty, and an
+/// index added to an existing one is small next to a push's). Returns whether the catalog
+/// changed. Tables not named as system tables are refused.
+pub(crate) fn apply_system_tables(
+    wanted: &WantedIndexes,
+    working: &mut Snapshot,
+    storage: &mut WriteBatch,
+) -> Result<bool, EngineError> {
+    let mut catalog: Catalog = (*working.catalog).clone();
+    let mut changed = false;
+    for (table, indexes) in wanted {
+        if !is_system_table(table) {
+            return Err(EngineError::User(format!(
+                "{table:?} is not a system table name"
+            )));
+        }
+        if catalog.table(table).is_none() {
+            catalog.create_table(table);
+            changed = true;
+        }
+        for (name, declared) in indexes {
+            if catalog
+                .table(table)
+                .is_some_and(|t| t.indexes.contains_key(name))
+            {
+                continue;
+            }
+            let number = catalog.add_index(table, name, declared);
+            working.set_catalog(Arc::new(catalog.clone()));
+            if let Some(info) = catalog.index(number).cloned() {
+                let entries = working.backfill_index(&info)?;
+                storage.indexes.extend(entries);
+            }
+            changed = true;
+        }
+    }
+    if changed {
+        catalog.version += 1;
+        write_catalog(catalog, working, storage)?;
+    }
+    Ok(changed)
+}
+
 /// Abandons a staged deploy: its building indexes become garbage.
 pub(crate) fn apply_unstage(
     working: &mut Snapshot,
@@ -292,6 +342,11 @@ pub(crate) fn apply_deploy(
         .collect();
     for (table, name, fields) in existing {
         if name == crate::catalog::BY_ID || name == crate::catalog::BY_CREATION_TIME {
+            continue;
+        }
+        // System tables' indexes belong to the engine's users (the scheduler), not to the
+        // pushed schema, which cannot name them.
+        if is_system_table(&table) {
             continue;
         }
         let wanted = request.indexes.get(&table).and_then(|t| t.get(&name));

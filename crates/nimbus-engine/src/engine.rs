@@ -281,6 +281,18 @@ impl TenantEngine {
         self.begin_at(self.snapshot())
     }
 
+    /// A transaction at the latest snapshot for the server's own bookkeeping (the
+    /// scheduler counting a backlog): no bound on what it reads, which a function's call
+    /// has; what it writes is bounded as usual.
+    pub fn begin_internal(&self) -> Transaction {
+        let limits = crate::TransactionLimits {
+            max_documents_read: usize::MAX,
+            max_bytes_read: usize::MAX,
+            ..self.config.transaction.clone()
+        };
+        Transaction::new(self.snapshot(), limits, self.cursor_codec.clone())
+    }
+
     /// A transaction at a given snapshot.
     pub fn begin_at(&self, snapshot: Arc<Snapshot>) -> Transaction {
         Transaction::new(
@@ -309,6 +321,32 @@ impl TenantEngine {
     pub async fn deploy(&self, request: DeployRequest) -> Result<DeployOutcome, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.admit_waiting(CommitterMessage::Deploy { request, reply })
+            .await?;
+        answer.await.map_err(|_| EngineError::ShutDown)?
+    }
+
+    /// Creates the system tables and indexes of `wanted` that are missing, in one commit
+    /// of its own; answers at once when all exist. Returns whether anything was created.
+    pub async fn ensure_system_tables(
+        &self,
+        wanted: crate::deploy::WantedIndexes,
+    ) -> Result<bool, EngineError> {
+        if let Some(table) = wanted.keys().find(|t| !crate::deploy::is_system_table(t)) {
+            return Err(EngineError::User(format!(
+                "{table:?} is not a system table name"
+            )));
+        }
+        let catalog = self.snapshot().catalog.clone();
+        let present = wanted.iter().all(|(table, indexes)| {
+            catalog
+                .table(table)
+                .is_some_and(|t| indexes.keys().all(|name| t.indexes.contains_key(name)))
+        });
+        if present {
+            return Ok(false);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.admit_waiting(CommitterMessage::SystemTables { wanted, reply })
             .await?;
         answer.await.map_err(|_| EngineError::ShutDown)?
     }

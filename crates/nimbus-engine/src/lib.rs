@@ -27,7 +27,8 @@ mod write_log;
 
 pub use committer::CommitNotice;
 pub use deploy::{
-    DeployCheck, DeployOutcome, DeployRequest, DocumentCheck, StageRequest, Staged, WantedIndexes,
+    is_system_table, DeployCheck, DeployOutcome, DeployRequest, DocumentCheck, StageRequest,
+    Staged, WantedIndexes,
 };
 pub use engine::{
     DeploymentCodec, DeploymentDecoder, DeploymentHandle, EngineConfig, StoreOpener, TenantEngine,

@@ -382,3 +382,67 @@ async fn paged_serving_answers_like_resident_serving() {
         "the latest snapshot does not"
     );
 }
+
+/// System tables (the scheduler's `_scheduled_functions`) are created with their indexes by
+/// `ensure_system_tables`, once; a deploy, whose schema cannot name them, leaves their
+/// indexes alone; a user-style insert cannot create one; and all of it survives a restart.
+#[tokio::test]
+async fn system_tables_are_created_once_and_deploys_leave_them_alone() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let backend = backend(&dir);
+    let wanted = || {
+        BTreeMap::from([(
+            "_jobs".to_string(),
+            BTreeMap::from([("by_due".to_string(), vec!["due".to_string()])]),
+        )])
+    };
+    {
+        let engine = open(&backend, "sys", EngineConfig::default()).await;
+        // A user-style insert may not create a table whose name starts with `_`.
+        let mut txn = engine.begin();
+        assert!(txn.insert("_other", Object::new()).is_err());
+        assert!(engine
+            .ensure_system_tables(wanted())
+            .await
+            .unwrap_or_else(|e| panic!("ensure: {e}")));
+        assert!(!engine
+            .ensure_system_tables(wanted())
+            .await
+            .unwrap_or_else(|e| panic!("ensure again: {e}")));
+        let mut txn = engine.begin();
+        for due in [3.0, 1.0, 2.0] {
+            txn.insert("_jobs", obj(&[("due", Value::Float64(due))]))
+                .unwrap_or_else(|e| panic!("insert: {e}"));
+        }
+        engine
+            .commit(txn.finish())
+            .await
+            .unwrap_or_else(|e| panic!("commit: {e}"));
+        // A deploy that wants only a user index keeps the system index.
+        deploy_index(&engine, "orders", "by_shop", &["shop"]).await;
+        let refused = engine
+            .ensure_system_tables(BTreeMap::from([("orders".to_string(), BTreeMap::new())]))
+            .await;
+        assert!(refused.is_err(), "a user table is not a system table");
+    }
+    let engine = open(&backend, "sys", EngineConfig::default()).await;
+    let by_due = query(json!({
+        "source": {"type": "IndexRange", "indexName": "_jobs.by_due", "range": [], "order": "asc"},
+        "operators": []
+    }));
+    let mut txn = engine.begin();
+    let id = txn
+        .open_query(&by_due)
+        .unwrap_or_else(|e| panic!("the system index must survive the deploy: {e}"));
+    let mut dues = Vec::new();
+    while let Some(doc) = txn
+        .next_in_query(id)
+        .unwrap_or_else(|e| panic!("next: {e}"))
+    {
+        dues.push(doc.get("due").cloned());
+    }
+    assert_eq!(
+        dues,
+        [1.0, 2.0, 3.0].map(|d| Some(Value::Float64(d))).to_vec()
+    );
+}
