@@ -56,7 +56,7 @@ KID = "python-client-test-key"
 STEP = 30.0  # seconds any one step may take
 REFUSED_WATCH = 3.0  # seconds a query under a refused token is watched for an answer
 
-WHOAMI_JS = """import { actionGeneric as action, anyApi, mutationGeneric as mutation, queryGeneric as query } from "convex/server";
+WHOAMI_JS = """import { actionGeneric as action, anyApi, internalMutationGeneric as internalMutation, mutationGeneric as mutation, queryGeneric as query } from "convex/server";
 import { ConvexError, v } from "convex/values";
 
 /** The caller's identity, or null. `probe` only makes a query distinct from another. */
@@ -81,6 +81,27 @@ export const whoamiViaAction = action({
     direct: (await ctx.auth.getUserIdentity())?.subject ?? null,
     viaQuery: (await ctx.runQuery(anyApi.whoami.whoami, {}))?.subject ?? null,
   }),
+});
+
+/** Schedules `remember` 200 ms later; the job runs with no user, whoever scheduled it. */
+export const remindMe = mutation({
+  args: { text: v.string() },
+  handler: async (ctx, { text }) =>
+    ctx.scheduler.runAfter(200, anyApi.whoami.remember, { text }),
+});
+
+export const remember = internalMutation({
+  args: { text: v.string() },
+  handler: async (ctx, { text }) => {
+    const subject = (await ctx.auth.getUserIdentity())?.subject ?? null;
+    await ctx.db.insert("reminders", { text, subject });
+  },
+});
+
+export const reminders = query({
+  args: {},
+  handler: async (ctx) =>
+    (await ctx.db.query("reminders").collect()).map(({ text, subject }) => ({ text, subject })),
 });
 
 /** Fails with a plain Error. */
@@ -429,6 +450,24 @@ class PythonClientAuth(unittest.TestCase):
                 client.action("whoami:whoamiViaAction", {}),
                 {"direct": "carol", "viaQuery": "carol"},
             )
+        del client
+
+    def test_a_scheduled_mutation_runs_and_its_write_reaches_a_subscription(self) -> None:
+        """`ctx.scheduler.runAfter` through this client: the job runs once, after the
+        mutation that scheduled it, with no user identity, and a live query sees its write."""
+        client = self.client()
+        client.set_auth(self.issuer.token("dave", "pro", 3600))
+        sub = client.subscribe("whoami:reminders", {})
+        with step("the first result"):
+            self.assertEqual(next(sub), [])
+        with step("scheduling", 10.0):
+            job_id = client.mutation("whoami:remindMe", {"text": "water the plants"})
+        self.assertIsInstance(job_id, str)
+        self.assertEqual(
+            next_change(sub, [], "the scheduled job's write", 10.0),
+            [{"text": "water the plants", "subject": None}],
+        )
+        del sub
         del client
 
     def test_failed_mutations_are_answered(self) -> None:

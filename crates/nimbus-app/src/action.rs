@@ -58,6 +58,8 @@ pub(crate) struct ActionContext {
     pub request_id: String,
     pub depth: u32,
     pub deadline: Instant,
+    /// What it scheduled so far (the per-call limits).
+    pub scheduled: tokio::sync::Mutex<crate::scheduler::ScheduledByCall>,
 }
 
 impl Tenant {
@@ -99,6 +101,7 @@ impl Tenant {
             request_id: hex::encode(rand::random::<[u8; 8]>()),
             depth,
             deadline: started + limits.timeout,
+            scheduled: Default::default(),
         };
         let invocation = Invocation {
             tenant: self.name_arc(),
@@ -261,10 +264,11 @@ impl Tenant {
                     .await
                     .map_err(op_error)
             }
-            "1.0/actions/schedule" | "1.0/actions/cancel_job" => Err(op_error(
-                "ctx.scheduler is not available in Nimbus yet: scheduled functions are being built"
-                    .into(),
-            )),
+            "1.0/actions/schedule" | "1.0/actions/cancel_job" => self
+                .schedule_from_action(op, &args, &context.scheduled)
+                .await
+                .map(|value| OpValue::json(value.to_string()))
+                .map_err(op_error),
             "1.0/actions/vectorSearch" => {
                 Err(op_error("vector search is not supported by Nimbus".into()))
             }

@@ -16,6 +16,9 @@ pub(crate) struct TenantRow {
     pub created_at_ms: u64,
     /// Lowercase hex SHA-256 of the tenant admin key.
     pub key_hash: String,
+    /// When its earliest scheduled job or cron run is due (ms since the epoch), as far as
+    /// the instance knows: never later than the truth (see `scheduler.rs`).
+    pub next_due_ms: Option<i64>,
 }
 
 pub(crate) struct TenantCatalog {
@@ -40,6 +43,23 @@ impl TenantCatalog {
              );",
         )
         .map_err(|e| internal("create schema", e))?;
+        // Added with scheduled functions; older catalogs get the column here.
+        let has_due: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('tenants') WHERE name = 'next_due_ms'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(|e| internal("inspect schema", e))?
+            > 0;
+        if !has_due {
+            conn.execute_batch(
+                "ALTER TABLE tenants ADD COLUMN next_due_ms INTEGER;
+                 CREATE INDEX IF NOT EXISTS tenants_by_next_due ON tenants (next_due_ms)
+                     WHERE next_due_ms IS NOT NULL;",
+            )
+            .map_err(|e| internal("add next_due_ms", e))?;
+        }
         Ok(TenantCatalog {
             conn: Mutex::new(conn),
         })
@@ -113,13 +133,14 @@ impl TenantCatalog {
         self.conn
             .lock()
             .query_row(
-                "SELECT name, created_at_ms, key_hash FROM tenants WHERE name = ?1 AND state = 'active'",
+                "SELECT name, created_at_ms, key_hash, next_due_ms FROM tenants WHERE name = ?1 AND state = 'active'",
                 params![name],
                 |row| {
                     Ok(TenantRow {
                         name: row.get(0)?,
                         created_at_ms: row.get::<_, i64>(1)? as u64,
                         key_hash: row.get(2)?,
+                        next_due_ms: row.get(3)?,
                     })
                 },
             )
@@ -130,7 +151,7 @@ impl TenantCatalog {
     pub fn list(&self) -> Result<Vec<TenantRow>, AppError> {
         let conn = self.conn.lock();
         let mut statement = conn
-            .prepare("SELECT name, created_at_ms, key_hash FROM tenants WHERE state = 'active' ORDER BY name")
+            .prepare("SELECT name, created_at_ms, key_hash, next_due_ms FROM tenants WHERE state = 'active' ORDER BY name")
             .map_err(|e| internal("list", e))?;
         let rows = statement
             .query_map([], |row| {
@@ -138,11 +159,40 @@ impl TenantCatalog {
                     name: row.get(0)?,
                     created_at_ms: row.get::<_, i64>(1)? as u64,
                     key_hash: row.get(2)?,
+                    next_due_ms: row.get(3)?,
                 })
             })
             .map_err(|e| internal("list", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal("list", e))
+    }
+
+    /// Records when a tenant's earliest job is due (`None`: it has none).
+    pub fn set_next_due(&self, name: &str, due_ms: Option<i64>) -> Result<(), AppError> {
+        self.conn
+            .lock()
+            .execute(
+                "UPDATE tenants SET next_due_ms = ?2 WHERE name = ?1",
+                params![name, due_ms],
+            )
+            .map_err(|e| internal("set next due", e))?;
+        Ok(())
+    }
+
+    /// Tenants with a job due by `now_ms`, soonest first, at most `limit`.
+    pub fn due_tenants(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, AppError> {
+        let conn = self.conn.lock();
+        let mut statement = conn
+            .prepare(
+                "SELECT name FROM tenants WHERE next_due_ms IS NOT NULL AND next_due_ms <= ?1 \
+                 AND state = 'active' ORDER BY next_due_ms LIMIT ?2",
+            )
+            .map_err(|e| internal("due tenants", e))?;
+        let rows = statement
+            .query_map(params![now_ms, limit as i64], |row| row.get(0))
+            .map_err(|e| internal("due tenants", e))?;
+        rows.collect::<Result<Vec<String>, _>>()
+            .map_err(|e| internal("due tenants", e))
     }
 
     /// Tenants left half-created or half-deleted by a crash.
@@ -156,5 +206,13 @@ impl TenantCatalog {
             .map_err(|e| internal("unfinished", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal("unfinished", e))
+    }
+}
+
+impl crate::scheduler::DueRecord for TenantCatalog {
+    fn record(&self, tenant: &str, due_ms: Option<i64>) {
+        if let Err(error) = self.set_next_due(tenant, due_ms) {
+            tracing::warn!(tenant, %error, "recording the next due job failed");
+        }
     }
 }

@@ -65,6 +65,8 @@ pub struct NimbusConfig {
     /// Bounds of actions (wall time, per-tenant count, nesting). Their CPU time and heap
     /// are in `pool.limits`, the pool-wide count in `pool.max_actions`.
     pub actions: crate::action::ActionLimits,
+    /// Scheduled functions and crons: concurrency, per-call limits, retention.
+    pub scheduler: crate::scheduler::SchedulerConfig,
     /// Bounds of actions' outbound requests (`fetch`).
     pub fetch: crate::fetch::FetchLimits,
 }
@@ -122,6 +124,7 @@ impl NimbusConfig {
             query_cache_max_result_bytes: 256 << 10,
             live: crate::live::LiveLimits::default(),
             actions: crate::action::ActionLimits::default(),
+            scheduler: crate::scheduler::SchedulerConfig::default(),
             fetch: crate::fetch::FetchLimits::default(),
         };
         config.set_js_workers(workers);

@@ -87,6 +87,8 @@ pub(crate) struct Deployment {
     pub schema: Option<Arc<Schema>>,
     pub schema_json: Option<String>,
     pub crons_json: Option<String>,
+    /// The crons of `crons.js`, checked against the functions (`scheduler.rs`).
+    pub crons: Arc<Vec<crate::scheduler::CronJob>>,
     /// `auth.config.ts`'s default export as pushed, and the providers parsed from it.
     pub auth_json: Option<String>,
     pub auth: Arc<AuthConfig>,
@@ -153,6 +155,7 @@ impl Deployment {
             schema: None,
             schema_json: None,
             crons_json: None,
+            crons: Arc::default(),
             auth_json: None,
             auth: Arc::new(AuthConfig::default()),
             env: Arc::default(),
@@ -221,6 +224,20 @@ impl Deployment {
                 }),
             );
         }
+        // A push is refused for a bad cron; a stored deployment (checked when pushed, perhaps
+        // by an older Nimbus) keeps its good crons.
+        let strict = code_id == CodeId::NONE;
+        let crons = match &crons_json {
+            Some(text) => {
+                crate::scheduler::parse_crons(text, &table, strict).map_err(|message| {
+                    AppError::PushFailed {
+                        code: "InvalidCrons",
+                        message,
+                    }
+                })?
+            }
+            None => Vec::new(),
+        };
         Ok(Deployment {
             generation,
             code_id,
@@ -230,6 +247,7 @@ impl Deployment {
             schema,
             schema_json,
             crons_json,
+            crons: Arc::new(crons),
             auth_json,
             auth: Arc::new(auth),
             env,
@@ -259,6 +277,7 @@ impl Deployment {
             schema: self.schema.clone(),
             schema_json: self.schema_json.clone(),
             crons_json: self.crons_json.clone(),
+            crons: self.crons.clone(),
             auth_json: self.auth_json.clone(),
             auth: self.auth.clone(),
             env,

@@ -58,6 +58,15 @@ pub struct FunctionRequest {
     pub at_ts: Option<u64>,
 }
 
+/// What a mutation commits besides its own writes.
+#[derive(Debug, Default)]
+pub(crate) struct CommitExtras {
+    /// Its receipt, under this key (see `dedup.rs`).
+    pub receipt: Option<Vec<u8>>,
+    /// The scheduled job it runs as: its completion commits with it (see `scheduler.rs`).
+    pub job: Option<crate::scheduler::JobRef>,
+}
+
 /// A failure of the function itself (reported with HTTP 200 and `status: "error"`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionFailure {
@@ -132,7 +141,19 @@ impl Tenant {
         request: FunctionRequest,
         receipt: Option<Vec<u8>>,
     ) -> Result<FunctionResponse, AppError> {
-        self.run_at_depth(request, receipt, 0).await
+        let extras = CommitExtras { receipt, job: None };
+        self.run_at_depth(request, extras, 0).await
+    }
+
+    /// Runs a scheduled job's function, with no user; a mutation commits the job's
+    /// completion with its writes.
+    pub(crate) async fn run_scheduled(
+        &self,
+        request: FunctionRequest,
+        job: Option<crate::scheduler::JobRef>,
+    ) -> Result<FunctionResponse, AppError> {
+        let extras = CommitExtras { receipt: None, job };
+        self.run_at_depth(request, extras, 0).await
     }
 
     /// Runs a call made by an action `depth` actions deep.
@@ -141,13 +162,14 @@ impl Tenant {
         request: FunctionRequest,
         depth: u32,
     ) -> Result<FunctionResponse, AppError> {
-        self.run_at_depth(request, None, depth).await
+        self.run_at_depth(request, CommitExtras::default(), depth)
+            .await
     }
 
     async fn run_at_depth(
         &self,
         request: FunctionRequest,
-        receipt: Option<Vec<u8>>,
+        extras: CommitExtras,
         depth: u32,
     ) -> Result<FunctionResponse, AppError> {
         let started = Instant::now();
@@ -167,7 +189,7 @@ impl Tenant {
         let args = parse_args(&request.args)?;
         let kind = resolved.function.info.kind;
         let response = self
-            .run_resolved(resolved, request, args, receipt, depth)
+            .run_resolved(resolved, request, args, extras, depth)
             .await;
         let outcome = match &response {
             Ok(FunctionResponse { result: Ok(_), .. }) => CallOutcome::Success,
@@ -185,7 +207,7 @@ impl Tenant {
         resolved: Resolved,
         request: FunctionRequest,
         args: Value,
-        receipt: Option<Vec<u8>>,
+        extras: CommitExtras,
         depth: u32,
     ) -> Result<FunctionResponse, AppError> {
         let _inflight = self.admit_call()?;
@@ -196,7 +218,7 @@ impl Tenant {
                     .await
             }
             FunctionKind::Mutation => {
-                self.run_mutation(resolved, &request.path, &request.caller, args, receipt)
+                self.run_mutation(resolved, &request.path, &request.caller, args, extras)
                     .await
             }
             FunctionKind::Action => {
@@ -267,7 +289,9 @@ impl Tenant {
                 page_end: None,
             });
         }
-        let (host, outcome) = self.execute(&resolved, caller, args.clone(), txn).await?;
+        let (host, outcome) = self
+            .execute(&resolved, caller, args.clone(), txn, None)
+            .await?;
         if let Some(error) = host.system_error {
             return Err(system_error(self.name(), error));
         }
@@ -331,7 +355,9 @@ impl Tenant {
                     cached: true,
                 });
             }
-            let (host, outcome) = self.execute(&resolved, caller, args.clone(), txn).await?;
+            let (host, outcome) = self
+                .execute(&resolved, caller, args.clone(), txn, None)
+                .await?;
             let documents_scanned = host.txn.stats().documents_scanned;
             if let Some(error) = host.system_error {
                 if error.class() == ErrorClass::Conflict
@@ -382,15 +408,37 @@ impl Tenant {
         path: &str,
         caller: &Caller,
         args: Value,
-        receipt: Option<Vec<u8>>,
+        extras: CommitExtras,
     ) -> Result<FunctionResponse, AppError> {
+        let CommitExtras { receipt, job } = extras;
         let mut attempt = 0;
         // Held from the OPTIMISTIC_ATTEMPTS-th conflict on: such retries of this tenant run one
         // at a time, so a hot document cannot starve a mutation through endless stampedes.
         let mut retry_turn: Option<tokio::sync::MutexGuard<'_, ()>> = None;
         loop {
             attempt += 1;
-            let txn = self.engine().begin_at(resolved.snapshot.clone());
+            let mut txn = self.engine().begin_at(resolved.snapshot.clone());
+            if let Some(job) = &job {
+                // A job canceled (or run) meanwhile is not run; reading its document puts
+                // it in this transaction's read set, so a cancel committed before this
+                // commits makes it conflict and re-run, and then stop here.
+                match crate::scheduler::begin_job(&mut txn, job) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if txn.has_writes() {
+                            // A cron run whose cron is gone: record it canceled.
+                            match self.engine().commit(txn.finish()).await {
+                                Ok(_) | Err(EngineError::Conflict(_)) => {}
+                                Err(error) => {
+                                    return Err(AppError::from_engine(self.name(), error))
+                                }
+                            }
+                        }
+                        return Ok(crate::scheduler::skipped_response(resolved.snapshot.ts.0));
+                    }
+                    Err(error) => return Err(system_error(self.name(), error)),
+                }
+            }
             if let Err(message) = check_args(&resolved.function, &args, &txn) {
                 return Ok(FunctionResponse::failure(
                     "ArgumentValidationError",
@@ -399,7 +447,9 @@ impl Tenant {
                 ));
             }
             let started = Instant::now();
-            let (host, outcome) = self.execute(&resolved, caller, args.clone(), txn).await?;
+            let (mut host, outcome) = self
+                .execute(&resolved, caller, args.clone(), txn, job.as_ref())
+                .await?;
             let conflict = match host.system_error {
                 Some(EngineError::Conflict(reason)) => Err(EngineError::Conflict(reason)),
                 Some(error) => return Err(system_error(self.name(), error)),
@@ -422,6 +472,21 @@ impl Tenant {
                             cached: false,
                         });
                     }
+                    if let Some(job) = &job {
+                        if let Err(error) =
+                            crate::scheduler::finish_job(&mut host.txn, job, "success", None)
+                        {
+                            return Err(system_error(self.name(), error));
+                        }
+                    }
+                    let scheduled = std::mem::take(&mut host.scheduled);
+                    if scheduled.changed_jobs() {
+                        // Before the commit is acknowledged, the instance knows when this
+                        // tenant has work due (in case it closes or the server stops).
+                        self.scheduler
+                            .lower_record(self.name(), scheduled.earliest_due())
+                            .await;
+                    }
                     let mut finished = host.txn.finish();
                     if let (Some(key), Ok(value)) = (&receipt, &result) {
                         finished.receipt = Some(nimbus_storage::Receipt {
@@ -429,7 +494,11 @@ impl Tenant {
                             body: crate::dedup::receipt_body(value.value()),
                         });
                     }
-                    self.engine().commit(finished).await.map(|ts| (ts, result))
+                    let committed = self.engine().commit(finished).await;
+                    if committed.is_ok() && scheduled.changed_jobs() {
+                        self.scheduler.wake();
+                    }
+                    committed.map(|ts| (ts, result))
                 }
             };
             match committed {
@@ -549,6 +618,7 @@ impl Tenant {
         caller: &Caller,
         args: Value,
         txn: nimbus_engine::Transaction,
+        job: Option<&crate::scheduler::JobRef>,
     ) -> Result<(TxnHost, nimbus_runtime::Outcome), AppError> {
         let Resolved {
             deployment,
@@ -578,6 +648,10 @@ impl Tenant {
             function_name: name.clone(),
             identity: caller.identity().cloned(),
             system_error: None,
+            deployment: deployment.clone(),
+            scheduler: self.scheduler.clone(),
+            scheduled: Default::default(),
+            job: job.cloned(),
         };
         let _running = self.acquire_worker().await?;
         let (host, outcome) =

@@ -97,6 +97,7 @@ impl Tenant {
             request_id: hex::encode(rand::random::<[u8; 8]>()),
             depth: 0,
             deadline: Instant::now() + self.config.actions.timeout,
+            scheduled: Default::default(),
         };
         let invocation = Invocation {
             tenant: self.name_arc(),

@@ -50,7 +50,7 @@ pub struct Nimbus {
     config: NimbusConfig,
     admin_key_hash: String,
     admin_key_path: PathBuf,
-    catalog: TenantCatalog,
+    catalog: Arc<TenantCatalog>,
     storage: Arc<dyn StorageBackend>,
     pool: Arc<JsPool>,
     /// Fetches auth providers' keys for every tenant, under the egress policy.
@@ -133,7 +133,7 @@ impl Nimbus {
                 private(&path)?;
             }
         }
-        let catalog = TenantCatalog::open(&catalog_path)?;
+        let catalog = Arc::new(TenantCatalog::open(&catalog_path)?);
         let storage: Arc<dyn StorageBackend> = Arc::new(
             SqliteBackend::new(config.data_dir.clone(), SqliteConfig::default())
                 .map_err(|e| storage_error("opening SQLite storage", e))?,
@@ -162,7 +162,9 @@ impl Nimbus {
             config,
         };
         nimbus.finish_interrupted()?;
-        Ok(Arc::new(nimbus))
+        let nimbus = Arc::new(nimbus);
+        tokio::spawn(run_waker(Arc::downgrade(&nimbus)));
+        Ok(nimbus)
     }
 
     /// Completes creations and deletions a crash interrupted: both end with the tenant
@@ -222,6 +224,7 @@ impl Nimbus {
             name: name.to_string(),
             created_at_ms,
             key_hash: sha256_hex(&admin_key),
+            next_due_ms: None,
         };
         self.catalog.insert_creating(&row)?;
         let storage = self.storage.clone();
@@ -513,6 +516,13 @@ impl Nimbus {
             EngineError::Storage(e) => storage_error("opening the tenant's storage", e),
             other => AppError::from_engine(name, other),
         })?;
+        let recorded = self.catalog.get(name)?.and_then(|row| row.next_due_ms);
+        let due_record: Arc<dyn crate::scheduler::DueRecord> = self.catalog.clone();
+        let scheduler = crate::scheduler::TenantScheduler::new(
+            self.config.scheduler.clone(),
+            Some(due_record),
+            recorded,
+        );
         let tenant = Tenant::activate(
             name,
             engine,
@@ -520,7 +530,14 @@ impl Nimbus {
             self.key_fetcher.clone(),
             self.fetcher.clone(),
             &self.config,
+            scheduler,
         );
+        // Its scheduler's tables exist before any call can schedule; then it starts.
+        if let Err(error) = tenant.start_scheduler().await {
+            tenant.close();
+            tenant.engine().shutdown().await;
+            return Err(error);
+        }
         // Dropped indexes whose entries a previous activation did not finish deleting.
         if tenant
             .engine()
@@ -606,6 +623,44 @@ impl Nimbus {
             .filter(|(_, slot)| slot.initialized())
             .map(|(name, _)| name.clone())
             .collect()
+    }
+}
+
+/// How often the instance looks for inactive tenants with a job due.
+const WAKER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most tenants the waker opens per look.
+const WAKER_BATCH: usize = 64;
+
+/// Opens tenants that are not active when a scheduled job or cron run of theirs is due
+/// (after a restart, or after they were closed while idle); their scheduler takes it from
+/// there. Stops when the instance is dropped.
+async fn run_waker(nimbus: std::sync::Weak<Nimbus>) {
+    let mut ticker = tokio::time::interval(WAKER_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(instance) = nimbus.upgrade() else {
+            return;
+        };
+        let now = crate::execute::now_ms() as i64;
+        let due = match instance.catalog.due_tenants(now, WAKER_BATCH) {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "looking for tenants with jobs due failed");
+                continue;
+            }
+        };
+        for name in due {
+            if instance.active_tenant(&name).is_some() {
+                continue;
+            }
+            let instance = instance.clone();
+            tokio::spawn(async move {
+                if let Err(error) = instance.tenant(&name).await {
+                    tracing::debug!(tenant = %name, %error, "opening a tenant for its due jobs failed; retrying");
+                }
+            });
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod action;
 mod auth;
 mod catalog;
 mod config;
+mod cron_schedule;
 mod dedup;
 mod deployment;
 mod egress;
@@ -23,6 +24,7 @@ mod live;
 pub mod metrics;
 mod push;
 mod query_cache;
+mod scheduler;
 mod syscalls;
 mod system;
 mod tenant;
@@ -47,6 +49,7 @@ pub use live::{
 pub use nimbus_engine::{StorageHealth, StorageState};
 pub use nimbus_runtime::FunctionKind;
 pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
+pub use scheduler::{SchedulerConfig, SchedulerStats};
 pub use tenant::{Tenant, TenantStats};
 
 /// Tenant names: `^[a-z][a-z0-9-]{0,62}$`.

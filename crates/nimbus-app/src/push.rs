@@ -285,6 +285,8 @@ impl Tenant {
                     "push activated"
                 );
                 self.staged.lock().entries.remove(token);
+                // Its crons are registered (and removed ones dropped) by the scheduler.
+                self.scheduler.wake();
                 if !outcome.removed_indexes.is_empty() {
                     self.collect_garbage();
                 }

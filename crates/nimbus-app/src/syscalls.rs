@@ -29,6 +29,13 @@ pub(crate) struct TxnHost {
     /// The first non-user error (an engine failure that is not the function's fault),
     /// kept so the caller reports it as a system error rather than a JS exception.
     pub system_error: Option<EngineError>,
+    /// The deployment the call runs (functions it may schedule).
+    pub deployment: Arc<crate::deployment::Deployment>,
+    pub scheduler: Arc<crate::scheduler::TenantScheduler>,
+    /// What this call scheduled (limits per call; the commit wakes the scheduler).
+    pub scheduled: crate::scheduler::ScheduledByCall,
+    /// The scheduled job this call runs as, if any.
+    pub job: Option<crate::scheduler::JobRef>,
 }
 
 impl TxnHost {
@@ -65,9 +72,12 @@ impl TxnHost {
                 Ok(json!({"name": self.function_name, "componentPath": ""}))
             }
             "1.0/getRequestMetadata" => Ok(json!({
-                "ip": null, "userAgent": null, "requestId": "", "scheduledFunctionId": null,
+                "ip": null, "userAgent": null, "requestId": "",
+                "scheduledFunctionId": self.job.as_ref().map(|job| job.id_text.clone()),
                 "authToken": null
             })),
+            "1.0/schedule" => self.schedule(args),
+            "1.0/cancel_job" => self.cancel_job(args),
             _ => Err(SyscallError {
                 message: format!("Unknown async operation {op}: Nimbus does not implement it yet"),
                 data_json: None,
@@ -81,6 +91,47 @@ impl TxnHost {
             FunctionKind::Query | FunctionKind::Action => Err(user(format!(
                 "{what} is not allowed in a query: queries are read-only"
             ))),
+        }
+    }
+
+    fn schedule(&mut self, args: &Json) -> Result<Json, SyscallError> {
+        self.require_mutation("Scheduling a function")?;
+        let config = self.scheduler.config.clone();
+        match crate::scheduler::schedule(
+            &mut self.txn,
+            &self.deployment,
+            &config,
+            &mut self.scheduled,
+            args,
+        ) {
+            Ok(id) => Ok(Json::String(id)),
+            Err(crate::scheduler::ScheduleError::User(message)) => Err(user(message)),
+            Err(crate::scheduler::ScheduleError::Engine(error)) => Err(self.fail(error)),
+        }
+    }
+
+    fn cancel_job(&mut self, args: &Json) -> Result<Json, SyscallError> {
+        self.require_mutation("Canceling a scheduled function")?;
+        let running = self.job.as_ref().map(|job| job.id);
+        match crate::scheduler::cancel(&mut self.txn, args, running.as_ref()) {
+            Ok(()) => {
+                // The scheduler looks again once this commits (its next due time may move).
+                self.scheduled.canceled += 1;
+                Ok(Json::Null)
+            }
+            Err(crate::scheduler::ScheduleError::User(message)) => Err(user(message)),
+            Err(crate::scheduler::ScheduleError::Engine(error)) => Err(self.fail(error)),
+        }
+    }
+
+    /// User code may read system tables (`ctx.db.system`) but never write them.
+    fn refuse_system_table(&self, table: Option<&str>, op: &str) -> Result<(), SyscallError> {
+        match table {
+            Some(table) if nimbus_engine::is_system_table(table) => Err(user(format!(
+                "{op}: the system table {table:?} is read-only (use ctx.scheduler to change \
+                 scheduled functions)"
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -130,6 +181,7 @@ impl TxnHost {
     fn insert(&mut self, args: &Json) -> Result<Json, SyscallError> {
         self.require_mutation("db.insert")?;
         let table = str_field(args, "table")?.to_string();
+        self.refuse_system_table(Some(&table), "db.insert")?;
         let fields = object_arg(args.get("value"), "value")?;
         self.check_schema(&table, &fields)?;
         match self.txn.insert(&table, fields) {
@@ -141,6 +193,7 @@ impl TxnHost {
     fn patch(&mut self, args: &Json) -> Result<Json, SyscallError> {
         self.require_mutation("db.patch")?;
         let id = self.id_arg(args, "db.patch")?;
+        self.refuse_system_table(self.txn.table_name_of(&id), "db.patch")?;
         let Some(Json::Object(map)) = args.get("value") else {
             return Err(user(
                 "Invalid argument `value` for `db.patch`: expected an object".into(),
@@ -162,6 +215,7 @@ impl TxnHost {
     fn replace(&mut self, args: &Json) -> Result<Json, SyscallError> {
         self.require_mutation("db.replace")?;
         let id = self.id_arg(args, "db.replace")?;
+        self.refuse_system_table(self.txn.table_name_of(&id), "db.replace")?;
         let fields = object_arg(args.get("value"), "value")?;
         let updated = match self.txn.replace(&id, fields) {
             Ok(doc) => doc,
@@ -174,6 +228,7 @@ impl TxnHost {
     fn remove(&mut self, args: &Json) -> Result<Json, SyscallError> {
         self.require_mutation("db.delete")?;
         let id = self.id_arg(args, "db.delete")?;
+        self.refuse_system_table(self.txn.table_name_of(&id), "db.delete")?;
         match self.txn.delete(&id) {
             Ok(doc) => Ok(encode_object(&doc)),
             Err(e) => Err(self.fail(e)),

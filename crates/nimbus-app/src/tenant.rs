@@ -84,6 +84,8 @@ pub struct Tenant {
     fetcher: Arc<crate::fetch::Fetcher>,
     /// `CONVEX_CLOUD_URL` and `CONVEX_SITE_URL` of this tenant, for `process.env`.
     system_env: Arc<std::collections::BTreeMap<String, String>>,
+    /// Its scheduled functions and crons (`scheduler.rs`).
+    pub(crate) scheduler: Arc<crate::scheduler::TenantScheduler>,
 }
 
 /// The variables the server sets in a tenant's `process.env`: its API URL and, when HTTP
@@ -116,6 +118,8 @@ pub struct TenantStats {
     pub actions_running: usize,
     pub actions_max: usize,
     pub rejected_actions: u64,
+    /// Scheduled functions and cron runs: backlog, running, next due time, outcomes.
+    pub scheduler: crate::scheduler::SchedulerStats,
     pub deployment_generation: u64,
     pub functions: usize,
     pub cached_queries: usize,
@@ -135,6 +139,7 @@ impl Tenant {
         key_fetcher: Arc<crate::auth::KeyFetcher>,
         fetcher: Arc<crate::fetch::Fetcher>,
         config: &NimbusConfig,
+        scheduler: crate::scheduler::TenantScheduler,
     ) -> Arc<Tenant> {
         Arc::new(Tenant {
             name: Arc::from(name),
@@ -167,6 +172,7 @@ impl Tenant {
             fetch_permits: Arc::new(Semaphore::new(config.fetch.per_tenant.max(1))),
             fetcher,
             system_env: Arc::new(system_env(name, config)),
+            scheduler: Arc::new(scheduler),
             config: config.clone(),
         })
     }
@@ -334,6 +340,7 @@ impl Tenant {
             actions_running: self.actions_max() - self.actions.available_permits(),
             actions_max: self.actions_max(),
             rejected_actions: self.rejected_actions.load(Ordering::Relaxed),
+            scheduler: self.scheduler.stats(),
             deployment_generation: deployment.generation,
             functions: deployment.functions.len(),
             cached_queries,

@@ -96,6 +96,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                 "rejectedCalls": stats.rejected_calls,
                 "actionsRunning": stats.actions_running, "actionsMax": stats.actions_max,
                 "rejectedActions": stats.rejected_actions, "deploymentGeneration": stats.deployment_generation,
+                "scheduler": scheduler_json(&stats.scheduler),
                 "functions": stats.functions, "cachedQueries": stats.cached_queries,
                 "cachedQueryBytes": stats.cached_query_bytes,
                 "live": {
@@ -155,6 +156,16 @@ pub(crate) async fn tenant_diagnostics(state: &AppState, name: &str) -> Result<J
     }
 }
 
+/// A tenant's scheduled functions and cron runs: the backlog (pending, due or not), the
+/// jobs running, when the next one is due, and outcomes since the tenant opened.
+fn scheduler_json(stats: &nimbus_app::SchedulerStats) -> Json {
+    json!({
+        "pending": stats.pending, "running": stats.running,
+        "nextDueMs": stats.next_due_ms,
+        "succeeded": stats.succeeded, "failed": stats.failed,
+    })
+}
+
 /// What an operator needs to see which tenant is using the headroom. Commits are durable
 /// before they are applied to the serving snapshot, and acknowledged after both, so the
 /// three journal positions of the committer are one timestamp; live queries follow behind
@@ -179,6 +190,7 @@ fn diagnostics_json(name: &str, stats: &nimbus_app::TenantStats) -> Json {
             "actions": stats.rejected_actions,
         },
         "cpuLastMinuteMs": stats.cpu_last_minute.as_secs_f64() * 1000.0,
+        "scheduler": scheduler_json(&stats.scheduler),
         "journal": {
             "acknowledgedTs": e.latest_ts, "durableTs": e.latest_ts, "appliedTs": e.latest_ts,
             "commits": e.commits, "liveQueriesTs": stats.live.published_ts,

@@ -92,6 +92,10 @@ fn add_stats(sum: &mut TenantStats, other: &TenantStats) {
     sum.rejected_calls += other.rejected_calls;
     sum.rejected_actions += other.rejected_actions;
     sum.actions_running += other.actions_running;
+    sum.scheduler.pending += other.scheduler.pending;
+    sum.scheduler.running += other.scheduler.running;
+    sum.scheduler.succeeded += other.scheduler.succeeded;
+    sum.scheduler.failed += other.scheduler.failed;
     sum.actions_max += other.actions_max;
     sum.cached_queries += other.cached_queries;
     sum.memory_bytes += other.memory_bytes;
@@ -268,6 +272,22 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
         "gauge",
         "Actions alive (running or waiting on their operations).",
         |s| s.actions_running as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_scheduled_pending",
+        "gauge",
+        "Scheduled functions and cron runs waiting to run, due or not.",
+        |s| s.scheduler.pending as f64,
+    );
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_scheduled_running",
+        "gauge",
+        "Scheduled functions and cron runs running now.",
+        |s| s.scheduler.running as f64,
     );
     per_tenant(
         &mut out,

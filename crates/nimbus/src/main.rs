@@ -91,6 +91,16 @@ struct ServeArgs {
     /// Largest response body an action's `fetch` reads, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     fetch_max_response_bytes: usize,
+    /// Scheduled functions and cron runs of one tenant running at once (each is also one
+    /// of the tenant's calls in flight); due jobs beyond wait, in due order.
+    #[arg(long, default_value_t = 8)]
+    scheduler_concurrency_per_tenant: usize,
+    /// How long finished rows of `_scheduled_functions` are kept, in hours.
+    #[arg(long, default_value_t = 7 * 24)]
+    scheduled_retention_hours: u64,
+    /// How long finished cron runs (`_cron_job_logs`) are kept, in minutes.
+    #[arg(long, default_value_t = 60)]
+    cron_run_retention_minutes: u64,
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, default_value_t = 8 << 20)]
     max_request_bytes: usize,
@@ -206,6 +216,9 @@ fn main() -> Result<()> {
                 fetch_concurrency_per_tenant,
                 fetch_timeout_secs,
                 fetch_max_response_bytes,
+                scheduler_concurrency_per_tenant,
+                scheduled_retention_hours,
+                cron_run_retention_minutes,
                 max_request_bytes,
                 js_workers,
                 js_workers_per_tenant,
@@ -250,6 +263,10 @@ fn main() -> Result<()> {
             config.fetch.per_tenant = fetch_concurrency_per_tenant.max(1);
             config.fetch.timeout = Duration::from_secs(fetch_timeout_secs.max(1));
             config.fetch.max_response_bytes = fetch_max_response_bytes;
+            config.scheduler.concurrency_per_tenant = scheduler_concurrency_per_tenant.max(1);
+            config.scheduler.retention = Duration::from_secs(scheduled_retention_hours * 3600);
+            config.scheduler.cron_run_retention =
+                Duration::from_secs(cron_run_retention_minutes * 60);
             config.fetch.max_request_bytes = max_request_bytes;
             config.admin_key = std::env::var("NIMBUS_ADMIN_KEY")
                 .ok()

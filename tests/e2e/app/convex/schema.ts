@@ -33,4 +33,12 @@ export default defineSchema({
 
   // Schema changes: a later push turns `label` into a number, which existing rows violate.
   things: defineTable({ label: v.string() }),
+
+  // Scheduled functions and crons: how many times each key's jobs ran, and what a job saw.
+  jobRuns: defineTable({
+    key: v.string(),
+    n: v.number(),
+    sawState: v.optional(v.string()),
+    sawJobId: v.optional(v.union(v.string(), v.null())),
+  }).index("by_key", ["key"]),
 });

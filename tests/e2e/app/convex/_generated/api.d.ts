@@ -23,6 +23,7 @@ import type * as readLimits from "../readLimits.js";
 import type * as repush from "../repush.js";
 import type * as repushHelper from "../repushHelper.js";
 import type * as resilience from "../resilience.js";
+import type * as scheduler from "../scheduler.js";
 import type * as things from "../things.js";
 import type * as validators from "../validators.js";
 
@@ -48,6 +49,7 @@ declare const fullApi: ApiFromModules<{
   repush: typeof repush;
   repushHelper: typeof repushHelper;
   resilience: typeof resilience;
+  scheduler: typeof scheduler;
   things: typeof things;
   validators: typeof validators;
 }>;

@@ -1,0 +1,309 @@
+//! Running one job to its recorded outcome: mutations with their completion in their own
+//! transaction (exactly once), actions marked before and recorded after (at most once).
+
+use super::*;
+
+/// At the start of a scheduled mutation's transaction: whether the job is still to run
+/// (pending, and for a cron run, its cron still deployed in this snapshot); if so it is
+/// shown `inProgress` to the function.
+pub(crate) fn begin_job(txn: &mut Transaction, job: &JobRef) -> Result<bool, EngineError> {
+    let Some(doc) = txn.get(&job.id)? else {
+        return Ok(false);
+    };
+    if state_kind(&doc) != Some("pending") {
+        return Ok(false);
+    }
+    if job.table == JobTable::CronRun && !cron_still_deployed(txn.snapshot(), &doc) {
+        finish_job(txn, job, "canceled", None)?;
+        return Ok(false);
+    }
+    let changes = BTreeMap::from([("state".to_string(), Some(state("inProgress", None)))]);
+    txn.patch(&job.id, changes)?;
+    Ok(true)
+}
+
+/// Writes a job's final state into `txn`.
+pub(crate) fn finish_job(
+    txn: &mut Transaction,
+    job: &JobRef,
+    kind: &str,
+    error: Option<&str>,
+) -> Result<(), EngineError> {
+    let changes = BTreeMap::from([
+        ("state".to_string(), Some(state(kind, error))),
+        ("completedTime".to_string(), Some(Value::Float64(now_ms()))),
+    ]);
+    txn.patch(&job.id, changes).map(|_| ())
+}
+
+fn cron_still_deployed(snapshot: &Snapshot, run: &Object) -> bool {
+    let deployment = deployment_of(snapshot);
+    let (Some(ident), Some(name)) = (string_field(run, "cron"), string_field(run, "name")) else {
+        return false;
+    };
+    deployment
+        .crons
+        .iter()
+        .any(|cron| cron.ident == ident && cron.udf_path() == name)
+}
+
+/// The code a job's `failed` state records when its function could not run at all.
+const SKIPPED: &str = "JobNotPending";
+
+impl Tenant {
+    /// Runs one job to its recorded outcome. Returns without recording anything only when
+    /// the tenant is closing (the job stays as it was and runs after the next opening).
+    pub(super) async fn run_job(self: &Arc<Self>, job: JobRef) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.try_run_job(&job).await {
+                Ok(()) => return,
+                Err(error) if error.is_retryable() => {
+                    // Busy (its own budgets), or its storage is being reopened: the job
+                    // waits for its turn, holding its slot.
+                    tracing::debug!(tenant = self.name(), job = %job.id_text, %error, "scheduled job waits");
+                    if *self.closed_signal().borrow() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    tracing::warn!(tenant = self.name(), job = %job.id_text, %error, "a scheduled job could not run");
+                    let _ = self
+                        .record_outcome(&job, None, Err(error.to_string()))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn try_run_job(self: &Arc<Self>, job: &JobRef) -> Result<(), AppError> {
+        let snapshot = self.engine().snapshot();
+        let Some(doc) = snapshot
+            .get(&job.id)
+            .map_err(|e| AppError::from_engine(self.name(), e))?
+        else {
+            return Ok(());
+        };
+        let (Some(name), Some(Value::Array(args))) = (string_field(&doc, "name"), doc.get("args"))
+        else {
+            return self
+                .record_outcome(job, None, Err("the job's document is malformed".into()))
+                .await;
+        };
+        let args_json = encode(args.first().unwrap_or(&Value::Object(Object::new())));
+        let deployment = deployment_of(&snapshot);
+        let kind = canonical_path(name)
+            .and_then(|key| deployment.functions.get(&key))
+            .map(|f| f.info.kind);
+        let request = FunctionRequest {
+            path: name.to_string(),
+            args: args_json,
+            kind: None,
+            caller: Caller::Function(None),
+            at_ts: None,
+        };
+        match kind {
+            Some(FunctionKind::Action) => {
+                match state_kind(&doc) {
+                    Some("pending") => {
+                        if !self.mark_in_progress(job).await? {
+                            return Ok(());
+                        }
+                    }
+                    // Marked by an earlier try of this run, which was refused before it
+                    // started (busy): still this process's, so it may start now.
+                    Some("inProgress") => {}
+                    _ => return Ok(()),
+                }
+                let response = self.run_scheduled(request, None).await?;
+                self.record_outcome(job, Some(&response), Ok(())).await
+            }
+            Some(FunctionKind::Mutation) => {
+                if state_kind(&doc) != Some("pending") {
+                    return Ok(());
+                }
+                let request = FunctionRequest {
+                    kind: Some(FunctionKind::Mutation),
+                    ..request
+                };
+                let response = self.run_scheduled(request, Some(job.clone())).await?;
+                match &response.result {
+                    // Its completion was committed with its writes.
+                    Ok(_) => {
+                        self.scheduler.succeeded.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(failure) if failure.code == SKIPPED => Ok(()),
+                    Err(_) => self.record_outcome(job, Some(&response), Ok(())).await,
+                }
+            }
+            // Pushed away since it was scheduled: a mutation or action no longer.
+            Some(FunctionKind::Query) | None => {
+                if !matches!(state_kind(&doc), Some("pending" | "inProgress")) {
+                    return Ok(());
+                }
+                let why = match kind {
+                    Some(_) => format!("{name} is a query now; only mutations and actions run"),
+                    None => format!("{name} is no longer deployed"),
+                };
+                self.record_outcome(job, None, Err(why)).await
+            }
+        }
+    }
+
+    /// Commits `inProgress` for an action about to run; false if it is not pending (or its
+    /// cron is no longer deployed).
+    async fn mark_in_progress(&self, job: &JobRef) -> Result<bool, AppError> {
+        loop {
+            let mut txn = self.engine().begin();
+            let Some(doc) = txn
+                .get(&job.id)
+                .map_err(|e| AppError::from_engine(self.name(), e))?
+            else {
+                return Ok(false);
+            };
+            if state_kind(&doc) != Some("pending") {
+                return Ok(false);
+            }
+            let go = if job.table == JobTable::CronRun && !cron_still_deployed(txn.snapshot(), &doc)
+            {
+                finish_job(&mut txn, job, "canceled", None)
+                    .map_err(|e| AppError::from_engine(self.name(), e))?;
+                false
+            } else {
+                let changes =
+                    BTreeMap::from([("state".to_string(), Some(state("inProgress", None)))]);
+                txn.patch(&job.id, changes)
+                    .map_err(|e| AppError::from_engine(self.name(), e))?;
+                true
+            };
+            match self.engine().commit(txn.finish()).await {
+                Ok(_) => return Ok(go),
+                Err(EngineError::Conflict(_)) => continue,
+                Err(error) => return Err(AppError::from_engine(self.name(), error)),
+            }
+        }
+    }
+
+    /// Records a job's outcome: `success` or `failed` with the function's error, unless it
+    /// was canceled (or finished) meanwhile. `error` overrides the response (the function
+    /// could not be run at all).
+    async fn record_outcome(
+        &self,
+        job: &JobRef,
+        response: Option<&FunctionResponse>,
+        error: Result<(), String>,
+    ) -> Result<(), AppError> {
+        let failure = match (error, response) {
+            (Err(message), _) => Some(message),
+            (Ok(()), Some(FunctionResponse { result: Err(f), .. })) => {
+                Some(format!("{}: {}", f.code, f.message))
+            }
+            _ => None,
+        };
+        if failure.is_some() {
+            self.scheduler.failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.scheduler.succeeded.fetch_add(1, Ordering::Relaxed);
+        }
+        loop {
+            let mut txn = self.engine().begin();
+            let Some(doc) = txn
+                .get(&job.id)
+                .map_err(|e| AppError::from_engine(self.name(), e))?
+            else {
+                return Ok(());
+            };
+            if !matches!(state_kind(&doc), Some("pending" | "inProgress")) {
+                return Ok(());
+            }
+            let (kind, error) = match &failure {
+                Some(message) => ("failed", Some(message.as_str())),
+                None => ("success", None),
+            };
+            finish_job(&mut txn, job, kind, error)
+                .map_err(|e| AppError::from_engine(self.name(), e))?;
+            match self.engine().commit(txn.finish()).await {
+                Ok(_) => return Ok(()),
+                Err(EngineError::Conflict(_)) => continue,
+                Err(error) => return Err(AppError::from_engine(self.name(), error)),
+            }
+        }
+    }
+
+    /// Marks the scheduled actions a crash cut short (`inProgress` when the tenant opens)
+    /// as failed: they run at most once.
+    pub(super) async fn fail_interrupted_actions(&self) -> Result<(), AppError> {
+        for table in [JobTable::Scheduled, JobTable::CronRun] {
+            loop {
+                let mut txn = self.engine().begin();
+                let query = index_query(
+                    table.name(),
+                    BY_NEXT,
+                    json!([{"type": "Eq", "fieldPath": "state.kind", "value": "inProgress"}]),
+                )
+                .map_err(|e| AppError::from_engine(self.name(), e))?;
+                let mut found = Vec::new();
+                let query_id = txn
+                    .open_query(&query)
+                    .map_err(|e| AppError::from_engine(self.name(), e))?;
+                while let Some(doc) = txn
+                    .next_in_query(query_id)
+                    .map_err(|e| AppError::from_engine(self.name(), e))?
+                {
+                    if let Some(id) = string_field(&doc, "_id").and_then(|t| txn.decode_id(t).ok())
+                    {
+                        found.push(id);
+                    }
+                    if found.len() >= RETENTION_CHUNK {
+                        break;
+                    }
+                }
+                txn.close_query(query_id);
+                if found.is_empty() {
+                    break;
+                }
+                for id in &found {
+                    let job = JobRef {
+                        table,
+                        id: *id,
+                        id_text: String::new(),
+                    };
+                    finish_job(
+                        &mut txn,
+                        &job,
+                        "failed",
+                        Some(
+                            "Transient error while executing action: the server stopped while \
+                             it ran (scheduled actions run at most once)",
+                        ),
+                    )
+                    .map_err(|e| AppError::from_engine(self.name(), e))?;
+                }
+                match self.engine().commit(txn.finish()).await {
+                    Ok(_) | Err(EngineError::Conflict(_)) => {}
+                    Err(error) => return Err(AppError::from_engine(self.name(), error)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AppError {
+    /// Whether a job refused with this error should wait and try again.
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            AppError::Overloaded { .. } | AppError::Unavailable { .. }
+        )
+    }
+}
+
+/// A response's failure code for a job that was no longer pending when its turn came.
+pub(crate) fn skipped_response(ts: u64) -> FunctionResponse {
+    FunctionResponse::failure(SKIPPED, "the job is no longer pending".into(), ts)
+}
