@@ -43,6 +43,10 @@ pub struct NimbusConfig {
     /// storage connections). Activating one more first closes the least recently used
     /// idle tenant; if every active tenant is busy, the activation fails with 503.
     pub max_active_tenants: usize,
+    /// A tenant nobody has used for this long (no request, no open socket, no scheduled
+    /// job running) is closed: its snapshot memory, storage handles and cached JavaScript
+    /// runtimes are released, and its next request opens it again. `None`: never.
+    pub idle_release: Option<Duration>,
     /// Memory budget of all active tenants together, in bytes (each counted by
     /// [`crate::Tenant::memory_bytes`]). Activating a tenant first closes idle tenants to
     /// stay within it; when every active tenant is busy, the activation fails with 503. A
@@ -117,6 +121,7 @@ impl NimbusConfig {
             max_mutation_attempts: 32,
             staged_push_ttl: Duration::from_secs(600),
             max_active_tenants: 1000,
+            idle_release: Some(Duration::from_secs(300)),
             instance_memory_bytes: default_instance_memory(),
             max_concurrent_activations: default_concurrent_activations(),
             query_cache_entries: 1024,

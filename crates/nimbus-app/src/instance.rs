@@ -341,6 +341,7 @@ impl Nimbus {
             .get_or_try_init(|| self.activate(name, &slot, incarnation))
             .await?;
         tenant.last_used.store(now, Ordering::Relaxed);
+        tenant.touch();
         Ok(tenant.clone())
     }
 
@@ -595,6 +596,40 @@ impl Nimbus {
         }
     }
 
+    /// Closes tenants nobody has used for `idle_release` (see [`NimbusConfig`]): not held
+    /// by any request, socket or running job (the map holds the only reference), and not
+    /// touched since. Their cached JavaScript runtimes are dropped too. Returns how many.
+    pub(crate) fn release_idle(&self) -> usize {
+        let Some(idle_after) = self.config.idle_release else {
+            return 0;
+        };
+        let released: Vec<(String, Slot)> = {
+            let mut active = self.active.lock();
+            let idle: Vec<String> = active
+                .slots
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .filter(|(_, slot)| {
+                    slot.get().is_some_and(|tenant| {
+                        Arc::strong_count(tenant) == 1 && tenant.idle_for() >= idle_after
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            idle.into_iter()
+                .filter_map(|name| active.slots.remove(&name).map(|slot| (name, slot)))
+                .collect()
+        };
+        for (name, slot) in &released {
+            tracing::debug!(tenant = %name, "closing an idle tenant");
+            if let Some(tenant) = slot.get() {
+                tenant.close();
+            }
+            self.pool.forget_tenant(name);
+        }
+        released.len()
+    }
+
     /// The tenants active in memory now, without activating any (for metrics).
     pub fn active_tenant_handles(&self) -> Vec<Arc<Tenant>> {
         self.active
@@ -631,9 +666,10 @@ const WAKER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most tenants the waker opens per look.
 const WAKER_BATCH: usize = 64;
 
-/// Opens tenants that are not active when a scheduled job or cron run of theirs is due
-/// (after a restart, or after they were closed while idle); their scheduler takes it from
-/// there. Stops when the instance is dropped.
+/// Once a second: closes tenants idle for `idle_release`, and opens tenants that are not
+/// active when a scheduled job or cron run of theirs is due (after a restart, or after
+/// they were closed while idle); their scheduler takes it from there. Stops when the
+/// instance is dropped.
 async fn run_waker(nimbus: std::sync::Weak<Nimbus>) {
     let mut ticker = tokio::time::interval(WAKER_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -647,7 +683,7 @@ async fn run_waker(nimbus: std::sync::Weak<Nimbus>) {
             Ok(due) => due,
             Err(error) => {
                 tracing::warn!(%error, "looking for tenants with jobs due failed");
-                continue;
+                Vec::new()
             }
         };
         for name in due {
@@ -661,6 +697,11 @@ async fn run_waker(nimbus: std::sync::Weak<Nimbus>) {
                 }
             });
         }
+        // After the look for due tenants, not before: a tenant released here leaves its
+        // exact next due time in the catalog as its scheduler stops (within milliseconds),
+        // while the record it had may be earlier; the next look, a second later, sees the
+        // exact one rather than reopening the tenant at once.
+        instance.release_idle();
     }
 }
 

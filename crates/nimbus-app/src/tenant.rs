@@ -65,6 +65,9 @@ pub struct Tenant {
     pub(crate) cpu: crate::metrics::CpuWindow,
     /// Logical time of the last activation lookup (for idle eviction).
     pub(crate) last_used: AtomicU64,
+    /// Wall-clock time (ms since the epoch) it was last used: a request, or a scheduled
+    /// job started (for idle release).
+    last_active_ms: AtomicU64,
     pub(crate) config: NimbusConfig,
     live: Arc<crate::live::LiveQueries>,
     /// Runs of mutations sent over live sessions, for copies re-sent meanwhile.
@@ -161,6 +164,7 @@ impl Tenant {
             requests: crate::metrics::RequestMetrics::default(),
             cpu: crate::metrics::CpuWindow::default(),
             last_used: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(crate::execute::now_ms() as u64),
             live: Arc::new(crate::live::LiveQueries::new(config.live.clone())),
             in_flight: Mutex::new(crate::dedup::InFlight::default()),
             closed: tokio::sync::watch::channel(false).0,
@@ -179,6 +183,18 @@ impl Tenant {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Notes that the tenant is in use now (it is not idle).
+    pub(crate) fn touch(&self) {
+        self.last_active_ms
+            .store(crate::execute::now_ms() as u64, Ordering::Relaxed);
+    }
+
+    /// How long nobody has used the tenant.
+    pub(crate) fn idle_for(&self) -> std::time::Duration {
+        let last = self.last_active_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis((crate::execute::now_ms() as u64).saturating_sub(last))
     }
 
     pub(crate) fn name_arc(&self) -> Arc<str> {

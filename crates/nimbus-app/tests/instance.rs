@@ -302,3 +302,53 @@ async fn activations_respect_the_instance_memory_budget() {
     );
     drop((b, c));
 }
+
+/// Idle release: a tenant nobody holds is closed once it has gone unused for
+/// `idle_release`, while one a caller still holds stays; the next lookup reopens it.
+#[tokio::test]
+async fn an_unused_tenant_is_released_after_the_idle_time() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut config = NimbusConfig::new(dir.path().to_path_buf(), "http://127.0.0.1:1".into());
+    config.admin_key = Some("instance-key-0123456789abcdef0123456789".into());
+    config.idle_release = Some(std::time::Duration::from_millis(300));
+    config.pool.workers = 1;
+    let nimbus = Nimbus::open(config)
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
+    for name in ["held", "unused"] {
+        nimbus
+            .create_tenant(name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let held = nimbus
+        .tenant("held")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(
+        nimbus
+            .tenant("unused")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert!(nimbus.active_tenant("unused").is_some());
+    // The instance looks once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nimbus.active_tenant("unused").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unused tenant was not released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        nimbus.active_tenant("held").is_some(),
+        "a tenant in use must stay open"
+    );
+    drop(held);
+    let again = nimbus
+        .tenant("unused")
+        .await
+        .unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_eq!(again.name(), "unused");
+}

@@ -124,6 +124,11 @@ struct ServeArgs {
     /// Most tenants active in memory at once; idle ones beyond it are closed (LRU).
     #[arg(long, default_value_t = 1000)]
     max_active_tenants: usize,
+    /// Seconds after which a tenant nobody uses (no request, open socket or running
+    /// scheduled job) is closed, releasing its memory, storage handles and JavaScript
+    /// runtimes; its next request reopens it. 0: never.
+    #[arg(long, default_value_t = 300)]
+    tenant_idle_secs: u64,
     /// Memory budget of all active tenants together, in MiB (each counted as 4 MiB
     /// plus its resident data, cached results and subscriptions). Activations close idle
     /// tenants to stay within it, or get 503 when all are busy (default: half the
@@ -228,6 +233,7 @@ fn main() -> Result<()> {
                 query_cache_entries,
                 query_cache_mib,
                 max_active_tenants,
+                tenant_idle_secs,
                 max_memory_mib,
                 max_concurrent_activations,
                 max_connections_per_tenant,
@@ -294,6 +300,8 @@ fn main() -> Result<()> {
             config.query_cache_entries = query_cache_entries;
             config.query_cache_max_bytes = query_cache_mib << 20;
             config.max_active_tenants = max_active_tenants.max(1);
+            config.idle_release =
+                (tenant_idle_secs > 0).then(|| Duration::from_secs(tenant_idle_secs));
             if let Some(mib) = max_memory_mib {
                 config.instance_memory_bytes = mib.max(1) << 20;
             }

@@ -172,6 +172,10 @@ impl Tenant {
             self.scheduler.pending.store(pending, Ordering::Relaxed);
         }
         drop(txn);
+        if !to_start.is_empty() {
+            // Running jobs keep the tenant in use (not released as idle).
+            self.touch();
+        }
         for job in to_start {
             self.scheduler.running.lock().insert(job.id);
             let tenant = self.clone();
