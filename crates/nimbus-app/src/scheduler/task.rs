@@ -50,16 +50,16 @@ async fn run_loop(weak: Weak<Tenant>) {
             )
             .await;
         let sleep = match pass {
-            Ok(next_due) => {
+            Ok(Pass { next_due, wake_at }) => {
                 backoff = Duration::from_millis(100);
                 let due = next_due.map(|due| due.floor() as i64);
                 scheduler
                     .next_due_ms
                     .store(due.unwrap_or(i64::MIN), Ordering::Relaxed);
                 scheduler.lower_record(&name, due).await;
-                match next_due {
-                    Some(due) => {
-                        let wait_ms = (due - now_ms()).max(0.0);
+                match wake_at {
+                    Some(at) => {
+                        let wait_ms = (at - now_ms()).max(0.0);
                         Duration::from_secs_f64(wait_ms / 1000.0).min(MAX_SLEEP)
                     }
                     None => MAX_SLEEP,
@@ -104,6 +104,21 @@ fn engine_next_due(engine: &nimbus_engine::TenantEngine) -> Result<Option<i64>, 
     Ok(earliest.map(|due| due.floor() as i64))
 }
 
+/// What one pass leaves to wait for.
+struct Pass {
+    /// The earliest due time of what it did not start (perhaps already past, when every
+    /// slot is taken): what stats show and the instance's record needs.
+    next_due: Option<f64>,
+    /// When to look again by the clock: the earliest job or cron run not yet due. Due
+    /// jobs left for want of a slot are looked at again when a running one ends (its task
+    /// wakes the scheduler), not by spinning.
+    wake_at: Option<f64>,
+}
+
+fn earliest(a: Option<f64>, b: f64) -> Option<f64> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
 impl Tenant {
     /// One look at the tenant's jobs: reconcile crons after a deploy, start due cron runs
     /// and due jobs (up to the free slots), keep the backlog count and retention. Returns
@@ -114,7 +129,7 @@ impl Tenant {
         reconciled: &mut Option<nimbus_runtime::CodeId>,
         last_count: &mut Option<std::time::Instant>,
         last_retention: &mut std::time::Instant,
-    ) -> Result<Option<f64>, AppError> {
+    ) -> Result<Pass, AppError> {
         let engine_error = |e: EngineError| AppError::from_engine(self.name(), e);
         if *first {
             self.fail_interrupted_actions().await?;
@@ -128,6 +143,7 @@ impl Tenant {
         let now = now_ms();
         let cron_due = self.start_due_crons(now).await.map_err(engine_error)?;
         let mut next_due = cron_due;
+        let mut wake_at = cron_due;
         let slots = self
             .scheduler
             .config
@@ -143,8 +159,14 @@ impl Tenant {
                     return true;
                 }
                 let due = float_field(doc, "scheduledTime").unwrap_or(0.0);
-                if due > now || to_start.len() >= slots {
-                    next_due = Some(next_due.map_or(due, |d: f64| d.min(due)));
+                if due > now {
+                    next_due = earliest(next_due, due);
+                    wake_at = earliest(wake_at, due);
+                    return false;
+                }
+                if to_start.len() >= slots {
+                    // Due, but every slot is taken.
+                    next_due = earliest(next_due, due);
                     return false;
                 }
                 to_start.push(JobRef {
@@ -190,7 +212,7 @@ impl Tenant {
             *last_retention = std::time::Instant::now();
             self.apply_retention().await.map_err(engine_error)?;
         }
-        Ok(next_due)
+        Ok(Pass { next_due, wake_at })
     }
 
     /// Prepares a tenant just opened: the scheduler's system tables exist before any call
