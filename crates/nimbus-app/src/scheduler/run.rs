@@ -47,7 +47,24 @@ fn cron_still_deployed(snapshot: &Snapshot, run: &Object) -> bool {
         .any(|cron| cron.ident == ident && cron.udf_path() == name)
 }
 
-/// The code a job's `failed` state records when its function could not run at all.
+/// Longest error message kept in a job's `failed` state (a function may throw a huge one).
+const MAX_ERROR_BYTES: usize = 8 << 10;
+
+/// `message` cut to at most `max` bytes, on a character boundary, marked when cut.
+fn truncated(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let mut end = max;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" [truncated]");
+    }
+    message
+}
+
+/// The failure code of a scheduled mutation's response when its job was no longer pending
+/// (canceled, or its cron gone) by the time its transaction read it: nothing to record.
 const SKIPPED: &str = "JobNotPending";
 
 impl Tenant {
@@ -203,7 +220,8 @@ impl Tenant {
                 Some(format!("{}: {}", f.code, f.message))
             }
             _ => None,
-        };
+        }
+        .map(|message| truncated(message, MAX_ERROR_BYTES));
         if failure.is_some() {
             self.scheduler.failed.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -306,4 +324,16 @@ impl AppError {
 /// A response's failure code for a job that was no longer pending when its turn came.
 pub(crate) fn skipped_response(ts: u64) -> FunctionResponse {
     FunctionResponse::failure(SKIPPED, "the job is no longer pending".into(), ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("short".into(), 10), "short");
+        let cut = truncated("ééééé".into(), 5);
+        assert_eq!(cut, "éé [truncated]");
+    }
 }
