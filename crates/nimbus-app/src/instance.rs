@@ -66,6 +66,8 @@ pub struct Nimbus {
     activations: tokio::sync::Semaphore,
     /// Logical clock for least-recently-used eviction of idle tenants.
     clock: std::sync::atomic::AtomicU64,
+    /// This instance, for its tenants' scheduler tasks (see [`Nimbus::current_tenant`]).
+    me: std::sync::Weak<Nimbus>,
 }
 
 /// What an active tenant is counted at before it holds data: its engine, committer,
@@ -148,7 +150,8 @@ impl Nimbus {
         let fetcher = Arc::new(
             crate::fetch::Fetcher::new(egress, config.fetch.clone()).map_err(AppError::Internal)?,
         );
-        let nimbus = Nimbus {
+        let nimbus = Arc::new_cyclic(|me| Nimbus {
+            me: me.clone(),
             key_fetcher,
             fetcher,
             admin_key_hash: sha256_hex(&admin_key),
@@ -160,9 +163,8 @@ impl Nimbus {
             activations: tokio::sync::Semaphore::new(config.max_concurrent_activations.max(1)),
             clock: std::sync::atomic::AtomicU64::new(0),
             config,
-        };
+        });
         nimbus.finish_interrupted()?;
-        let nimbus = Arc::new(nimbus);
         tokio::spawn(run_waker(Arc::downgrade(&nimbus)));
         Ok(nimbus)
     }
@@ -519,10 +521,14 @@ impl Nimbus {
         })?;
         let recorded = self.catalog.get(name)?.and_then(|row| row.next_due_ms);
         let due_record: Arc<dyn crate::scheduler::DueRecord> = self.catalog.clone();
+        let me = self.me.clone();
+        let lookup: crate::scheduler::TenantLookup =
+            Arc::new(move |name: &str| me.upgrade().and_then(|n| n.current_tenant(name)));
         let scheduler = crate::scheduler::TenantScheduler::new(
             self.config.scheduler.clone(),
             Some(due_record),
             recorded,
+            Some(lookup),
         );
         let tenant = Tenant::activate(
             name,
@@ -638,6 +644,19 @@ impl Nimbus {
             .values()
             .filter_map(|slot| slot.get().cloned())
             .collect()
+    }
+
+    /// For a tenant's scheduler task: the tenant as the active map holds it, looked up
+    /// under the map's lock, where eviction and idle release decide too. So the task never
+    /// works on a tenant already closed to make room (whose successor may be open on the
+    /// same storage); `Pending` while its activation has not finished.
+    pub(crate) fn current_tenant(&self, name: &str) -> Option<crate::scheduler::Lookup> {
+        let active = self.active.lock();
+        let slot = active.slots.get(name)?;
+        Some(match slot.get() {
+            Some(tenant) => crate::scheduler::Lookup::Active(tenant.clone()),
+            None => crate::scheduler::Lookup::Opening,
+        })
     }
 
     /// The tenant `name` if it is active in memory now, without activating it.

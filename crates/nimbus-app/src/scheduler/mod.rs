@@ -141,7 +141,20 @@ pub(crate) struct TenantScheduler {
     due_record: Option<Arc<dyn DueRecord>>,
     /// What that record holds, as far as this tenant knows (`None`: nothing).
     recorded: Mutex<Option<i64>>,
+    /// How the task finds its tenant in the instance (without one, tests: its weak
+    /// reference alone).
+    lookup: Option<TenantLookup>,
 }
+
+/// What the instance's map holds for a tenant name (see `Nimbus::current_tenant`).
+pub(crate) enum Lookup {
+    Active(Arc<Tenant>),
+    /// Being opened: not yet in service.
+    Opening,
+}
+
+/// Finds a tenant in the instance's map of active tenants (`None`: not there).
+pub(crate) type TenantLookup = Arc<dyn Fn(&str) -> Option<Lookup> + Send + Sync>;
 
 /// Where the instance keeps each tenant's earliest due time (the control-plane catalog).
 pub(crate) trait DueRecord: Send + Sync {
@@ -153,6 +166,7 @@ impl TenantScheduler {
         config: SchedulerConfig,
         due_record: Option<Arc<dyn DueRecord>>,
         recorded: Option<i64>,
+        lookup: Option<TenantLookup>,
     ) -> Self {
         TenantScheduler {
             config,
@@ -164,6 +178,7 @@ impl TenantScheduler {
             failed: AtomicU64::new(0),
             due_record,
             recorded: Mutex::new(recorded),
+            lookup,
         }
     }
 

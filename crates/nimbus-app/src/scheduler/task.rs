@@ -34,7 +34,7 @@ async fn run_loop(weak: Weak<Tenant>) {
     let mut last_retention = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let Some(tenant) = weak.upgrade() else {
+        let Some(tenant) = current(&weak, &scheduler, &name).await else {
             break;
         };
         let mut closed = tenant.closed_signal();
@@ -85,6 +85,31 @@ async fn run_loop(weak: Weak<Tenant>) {
     let due = engine_next_due(&engine).ok().flatten();
     drop(engine);
     scheduler.set_record(&name, due).await;
+}
+
+/// The task's tenant, if it is still in service: the one the instance's map holds under
+/// this name (found under the map's lock, so never one closed to make room), and the very
+/// one this task was started for. Waits while its activation finishes.
+async fn current(
+    weak: &Weak<Tenant>,
+    scheduler: &TenantScheduler,
+    name: &str,
+) -> Option<Arc<Tenant>> {
+    let Some(lookup) = &scheduler.lookup else {
+        return weak.upgrade();
+    };
+    loop {
+        match lookup(name) {
+            Some(Lookup::Active(tenant)) => {
+                return std::ptr::eq(Arc::as_ptr(&tenant), weak.as_ptr()).then_some(tenant);
+            }
+            // The activation that started this task has not finished yet.
+            Some(Lookup::Opening) if weak.strong_count() > 0 => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// The earliest due time of a tenant's pending jobs and crons, from its latest snapshot.
