@@ -17,7 +17,7 @@ pub(crate) struct TenantRow {
     /// Lowercase hex SHA-256 of the tenant admin key.
     pub key_hash: String,
     /// When its earliest scheduled job or cron run is due (ms since the epoch), as far as
-    /// the instance knows: never later than the truth (see `scheduler.rs`).
+    /// the instance knows: never later than the truth (see `scheduler/`).
     pub next_due_ms: Option<i64>,
 }
 

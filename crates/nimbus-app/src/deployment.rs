@@ -87,7 +87,7 @@ pub(crate) struct Deployment {
     pub schema: Option<Arc<Schema>>,
     pub schema_json: Option<String>,
     pub crons_json: Option<String>,
-    /// The crons of `crons.js`, checked against the functions (`scheduler.rs`).
+    /// The crons of `crons.js`, checked against the functions (`scheduler/`).
     pub crons: Arc<Vec<crate::scheduler::CronJob>>,
     /// `auth.config.ts`'s default export as pushed, and the providers parsed from it.
     pub auth_json: Option<String>,

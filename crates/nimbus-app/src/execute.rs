@@ -63,7 +63,7 @@ pub struct FunctionRequest {
 pub(crate) struct CommitExtras {
     /// Its receipt, under this key (see `dedup.rs`).
     pub receipt: Option<Vec<u8>>,
-    /// The scheduled job it runs as: its completion commits with it (see `scheduler.rs`).
+    /// The scheduled job it runs as: its completion commits with it (see `scheduler/`).
     pub job: Option<crate::scheduler::JobRef>,
 }
 

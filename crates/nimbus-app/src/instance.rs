@@ -649,7 +649,7 @@ impl Nimbus {
     /// For a tenant's scheduler task: the tenant as the active map holds it, looked up
     /// under the map's lock, where eviction and idle release decide too. So the task never
     /// works on a tenant already closed to make room (whose successor may be open on the
-    /// same storage); `Pending` while its activation has not finished.
+    /// same storage); `Opening` while its activation has not finished.
     pub(crate) fn current_tenant(&self, name: &str) -> Option<crate::scheduler::Lookup> {
         let active = self.active.lock();
         let slot = active.slots.get(name)?;

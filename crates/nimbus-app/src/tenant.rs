@@ -87,7 +87,7 @@ pub struct Tenant {
     fetcher: Arc<crate::fetch::Fetcher>,
     /// `CONVEX_CLOUD_URL` and `CONVEX_SITE_URL` of this tenant, for `process.env`.
     system_env: Arc<std::collections::BTreeMap<String, String>>,
-    /// Its scheduled functions and crons (`scheduler.rs`).
+    /// Its scheduled functions and crons (`scheduler/`).
     pub(crate) scheduler: Arc<crate::scheduler::TenantScheduler>,
 }
 
