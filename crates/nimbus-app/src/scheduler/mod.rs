@@ -22,7 +22,9 @@
 //! marked `failed`, never re-run.
 //!
 //! **Who runs them.** Each active tenant has one scheduler task (`task.rs`), holding only
-//! a weak reference while it waits, so an idle tenant can still be closed. It starts due
+//! a weak reference while it waits, so an idle tenant can still be closed; it takes the
+//! tenant for a pass from the instance's map, under the lock where eviction decides, so it
+//! never works on one already closed to make room. It starts due
 //! jobs in due-time order, at most [`SchedulerConfig::concurrency_per_tenant`] at a time;
 //! each run is an ordinary call of the tenant (its in-flight and worker budgets), so one
 //! tenant's backlog only ever waits on that tenant's own turns. The earliest due time of a
