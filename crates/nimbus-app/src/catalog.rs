@@ -167,13 +167,20 @@ impl TenantCatalog {
             .map_err(|e| internal("list", e))
     }
 
-    /// Records when a tenant's earliest job is due (`None`: it has none).
-    pub fn set_next_due(&self, name: &str, due_ms: Option<i64>) -> Result<(), AppError> {
+    /// Records when a tenant's earliest job is due (`None`: it has none). Only for the
+    /// tenant created at `created_at_ms`: a tenant deleted and created again under the same
+    /// name is another one, which its predecessor's scheduler must not touch.
+    pub fn set_next_due(
+        &self,
+        name: &str,
+        created_at_ms: u64,
+        due_ms: Option<i64>,
+    ) -> Result<(), AppError> {
         self.conn
             .lock()
             .execute(
-                "UPDATE tenants SET next_due_ms = ?2 WHERE name = ?1",
-                params![name, due_ms],
+                "UPDATE tenants SET next_due_ms = ?3 WHERE name = ?1 AND created_at_ms = ?2",
+                params![name, created_at_ms as i64, due_ms],
             )
             .map_err(|e| internal("set next due", e))?;
         Ok(())
@@ -209,9 +216,19 @@ impl TenantCatalog {
     }
 }
 
-impl crate::scheduler::DueRecord for TenantCatalog {
+/// One tenant's record of its next due job, in the catalog: keyed by its name and creation
+/// time, so it never reaches a later tenant of the same name.
+pub(crate) struct TenantDueRecord {
+    pub catalog: std::sync::Arc<TenantCatalog>,
+    pub created_at_ms: u64,
+}
+
+impl crate::scheduler::DueRecord for TenantDueRecord {
     fn record(&self, tenant: &str, due_ms: Option<i64>) {
-        if let Err(error) = self.set_next_due(tenant, due_ms) {
+        if let Err(error) = self
+            .catalog
+            .set_next_due(tenant, self.created_at_ms, due_ms)
+        {
             tracing::warn!(tenant, %error, "recording the next due job failed");
         }
     }

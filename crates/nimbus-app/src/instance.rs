@@ -519,8 +519,17 @@ impl Nimbus {
             EngineError::Storage(e) => storage_error("opening the tenant's storage", e),
             other => AppError::from_engine(name, other),
         })?;
-        let recorded = self.catalog.get(name)?.and_then(|row| row.next_due_ms);
-        let due_record: Arc<dyn crate::scheduler::DueRecord> = self.catalog.clone();
+        let Some(row) = self.catalog.get(name)? else {
+            // Deleted while it opened (`activate` checks the incarnation too).
+            engine.shutdown().await;
+            return Err(AppError::TenantNotFound(name.to_string()));
+        };
+        let recorded = row.next_due_ms;
+        let due_record: Arc<dyn crate::scheduler::DueRecord> =
+            Arc::new(crate::catalog::TenantDueRecord {
+                catalog: self.catalog.clone(),
+                created_at_ms: row.created_at_ms,
+            });
         let me = self.me.clone();
         let lookup: crate::scheduler::TenantLookup =
             Arc::new(move |name: &str| me.upgrade().and_then(|n| n.current_tenant(name)));
