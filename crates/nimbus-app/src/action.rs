@@ -281,15 +281,12 @@ impl Tenant {
     /// `ctx.runQuery` / `runMutation` / `runAction`: a call of its own in this tenant, by
     /// the same user, allowed to reach internal functions.
     async fn nested(&self, kind: FunctionKind, args: &Json, context: &ActionContext) -> OpResult {
-        let Some(name) = args.get("name").and_then(Json::as_str) else {
-            let what = if args.get("functionHandle").is_some() {
-                "function handles"
-            } else if args.get("reference").is_some() {
-                "component function references"
-            } else {
-                "a call without a function name"
-            };
-            return Err(op_error(format!("Nimbus does not support {what} yet")));
+        let name = match crate::deployment::syscall_function_path(args) {
+            Ok(name) => name,
+            Err(what) => {
+                let what = what.unwrap_or("a call without a function name");
+                return Err(op_error(format!("Nimbus does not support {what} yet")));
+            }
         };
         let request = FunctionRequest {
             path: name.to_string(),

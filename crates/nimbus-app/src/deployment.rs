@@ -396,6 +396,19 @@ pub(crate) fn canonical_path(path: &str) -> Option<(String, String)> {
     Some((format!("{module}.js"), export.to_string()))
 }
 
+/// The function path a syscall names (`runQuery`, `scheduler.runAfter` ...) under `name`.
+/// Otherwise, what it used that Nimbus does not support yet (`None`: nothing at all).
+pub(crate) fn syscall_function_path(
+    args: &serde_json::Value,
+) -> Result<&str, Option<&'static str>> {
+    match args.get("name").and_then(serde_json::Value::as_str) {
+        Some(name) => Ok(name),
+        None if args.get("functionHandle").is_some() => Err(Some("function handles")),
+        None if args.get("reference").is_some() => Err(Some("component function references")),
+        None => Err(None),
+    }
+}
+
 /// The name Convex shows for a function: `orders:create`.
 pub(crate) fn display_name(module_path: &str, export: &str) -> String {
     let module = module_path.strip_suffix(".js").unwrap_or(module_path);

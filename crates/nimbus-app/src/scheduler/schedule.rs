@@ -36,15 +36,10 @@ pub(crate) fn schedule(
     args: &Json,
 ) -> Result<String, ScheduleError> {
     let fail = |message: String| Err(ScheduleError::User(message));
-    let Some(name) = args.get("name").and_then(Json::as_str) else {
-        let what = if args.get("functionHandle").is_some() {
-            "function handles"
-        } else if args.get("reference").is_some() {
-            "component function references"
-        } else {
-            return fail("scheduler: the call names no function".into());
-        };
-        return fail(format!("scheduler: Nimbus does not support {what} yet"));
+    let name = match crate::deployment::syscall_function_path(args) {
+        Ok(name) => name,
+        Err(Some(what)) => return fail(format!("scheduler: Nimbus does not support {what} yet")),
+        Err(None) => return fail("scheduler: the call names no function".into()),
     };
     let Some((module, export)) = canonical_path(name) else {
         return fail(format!("scheduler: invalid function path {name:?}"));
