@@ -174,33 +174,43 @@ impl Tenant {
     /// Commits `inProgress` for an action about to run; false if it is not pending (or its
     /// cron is no longer deployed).
     async fn mark_in_progress(&self, job: &JobRef) -> Result<bool, AppError> {
+        self.change_job(job, false, |txn, doc| {
+            if state_kind(doc) != Some("pending") {
+                return Ok(None);
+            }
+            if job.table == JobTable::CronRun && !cron_still_deployed(txn.snapshot(), doc) {
+                finish_job(txn, job, "canceled", None)?;
+                return Ok(Some(false));
+            }
+            let changes = BTreeMap::from([("state".to_string(), Some(state("inProgress", None)))]);
+            txn.patch(&job.id, changes)?;
+            Ok(Some(true))
+        })
+        .await
+    }
+
+    /// Changes a job's document in a transaction of its own, committed with retries on
+    /// conflict: `change` sees the current document and writes into the transaction, and
+    /// answers `None` to write nothing. A job that is gone answers `absent`.
+    async fn change_job<T>(
+        &self,
+        job: &JobRef,
+        absent: T,
+        change: impl Fn(&mut Transaction, &Object) -> Result<Option<T>, EngineError>,
+    ) -> Result<T, AppError> {
+        let engine_error = |e| AppError::from_engine(self.name(), e);
         loop {
             let mut txn = self.engine().begin();
-            let Some(doc) = txn
-                .get(&job.id)
-                .map_err(|e| AppError::from_engine(self.name(), e))?
-            else {
-                return Ok(false);
+            let Some(doc) = txn.get(&job.id).map_err(engine_error)? else {
+                return Ok(absent);
             };
-            if state_kind(&doc) != Some("pending") {
-                return Ok(false);
-            }
-            let go = if job.table == JobTable::CronRun && !cron_still_deployed(txn.snapshot(), &doc)
-            {
-                finish_job(&mut txn, job, "canceled", None)
-                    .map_err(|e| AppError::from_engine(self.name(), e))?;
-                false
-            } else {
-                let changes =
-                    BTreeMap::from([("state".to_string(), Some(state("inProgress", None)))]);
-                txn.patch(&job.id, changes)
-                    .map_err(|e| AppError::from_engine(self.name(), e))?;
-                true
+            let Some(answer) = change(&mut txn, &doc).map_err(engine_error)? else {
+                return Ok(absent);
             };
             match self.engine().commit(txn.finish()).await {
-                Ok(_) => return Ok(go),
+                Ok(_) => return Ok(answer),
                 Err(EngineError::Conflict(_)) => continue,
-                Err(error) => return Err(AppError::from_engine(self.name(), error)),
+                Err(error) => return Err(engine_error(error)),
             }
         }
     }
@@ -227,29 +237,17 @@ impl Tenant {
         } else {
             self.scheduler.succeeded.fetch_add(1, Ordering::Relaxed);
         }
-        loop {
-            let mut txn = self.engine().begin();
-            let Some(doc) = txn
-                .get(&job.id)
-                .map_err(|e| AppError::from_engine(self.name(), e))?
-            else {
-                return Ok(());
-            };
-            if !matches!(state_kind(&doc), Some("pending" | "inProgress")) {
-                return Ok(());
+        let (kind, error) = match &failure {
+            Some(message) => ("failed", Some(message.as_str())),
+            None => ("success", None),
+        };
+        self.change_job(job, (), |txn, doc| {
+            if !matches!(state_kind(doc), Some("pending" | "inProgress")) {
+                return Ok(None);
             }
-            let (kind, error) = match &failure {
-                Some(message) => ("failed", Some(message.as_str())),
-                None => ("success", None),
-            };
-            finish_job(&mut txn, job, kind, error)
-                .map_err(|e| AppError::from_engine(self.name(), e))?;
-            match self.engine().commit(txn.finish()).await {
-                Ok(_) => return Ok(()),
-                Err(EngineError::Conflict(_)) => continue,
-                Err(error) => return Err(AppError::from_engine(self.name(), error)),
-            }
-        }
+            finish_job(txn, job, kind, error).map(Some)
+        })
+        .await
     }
 
     /// Marks the scheduled actions a crash cut short (`inProgress` when the tenant opens)
