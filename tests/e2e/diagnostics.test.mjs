@@ -91,14 +91,19 @@ test("calls in flight rise under load and return to 0; worker time is counted", 
 });
 
 test("a refusal is counted under its reason, and /metrics agrees", { timeout: 60_000 }, async () => {
-  const slow = callRaw(busy.url, "action", "actions:sleeps", { ms: 500 });
-  let refused;
-  for (let i = 0; i < 100; i++) {
-    refused = await callRaw(busy.url, "action", "actions:envOf", { name: "X" });
-    if (refused.status === 429) break;
-    await new Promise((r) => setTimeout(r, 10));
+  // The probe is sent only once the slow action holds the tenant's one action slot: sent
+  // together, the probe could take the slot first and the slow action be the one refused.
+  let slowSettled = false;
+  const slow = callRaw(busy.url, "action", "actions:sleeps", { ms: 500 }).finally(() => {
+    slowSettled = true;
+  });
+  while ((await diag("diag-busy")).calls.actions < 1) {
+    if (slowSettled) assert.fail(`the slow action ended before it was seen running: ${(await slow).text}`);
+    await new Promise((r) => setTimeout(r, 5));
   }
+  const refused = await callRaw(busy.url, "action", "actions:envOf", { name: "X" });
   assert.equal(refused.status, 429, refused.text);
+  assert.equal(refused.body.limit, "actions", refused.text);
   assert.equal((await slow).status, 200);
   const d = await diag("diag-busy");
   assert.ok(d.rejections.actions >= 1, JSON.stringify(d.rejections));

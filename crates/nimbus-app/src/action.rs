@@ -115,6 +115,7 @@ impl Tenant {
             request_id: context.request_id.clone(),
             system_env: self.system_env(),
             http: None,
+            limits: Some(self.call_limits()),
         };
         let Some(outcome) = self.drive(invocation, &context).await? else {
             return Ok(FunctionResponse::failure(
@@ -193,6 +194,7 @@ impl Tenant {
             tenant: self.name().to_string(),
             detail: error.to_string(),
             retry_after_secs: 1,
+            limit: crate::limits::WORKER_POOL,
         }
     }
 

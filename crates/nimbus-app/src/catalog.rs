@@ -19,6 +19,8 @@ pub(crate) struct TenantRow {
     /// When its earliest scheduled job or cron run is due (ms since the epoch), as far as
     /// the instance knows: never later than the truth (see `scheduler/`).
     pub next_due_ms: Option<i64>,
+    /// Its limit overrides as JSON (`limits.rs`), or `None` when it follows the instance.
+    pub limits: Option<String>,
 }
 
 pub(crate) struct TenantCatalog {
@@ -59,6 +61,19 @@ impl TenantCatalog {
                      WHERE next_due_ms IS NOT NULL;",
             )
             .map_err(|e| internal("add next_due_ms", e))?;
+        }
+        // Added with per-tenant limits.
+        let has_limits: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('tenants') WHERE name = 'limits'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(|e| internal("inspect schema", e))?
+            > 0;
+        if !has_limits {
+            conn.execute_batch("ALTER TABLE tenants ADD COLUMN limits TEXT;")
+                .map_err(|e| internal("add limits", e))?;
         }
         Ok(TenantCatalog {
             conn: Mutex::new(conn),
@@ -133,7 +148,7 @@ impl TenantCatalog {
         self.conn
             .lock()
             .query_row(
-                "SELECT name, created_at_ms, key_hash, next_due_ms FROM tenants WHERE name = ?1 AND state = 'active'",
+                "SELECT name, created_at_ms, key_hash, next_due_ms, limits FROM tenants WHERE name = ?1 AND state = 'active'",
                 params![name],
                 |row| {
                     Ok(TenantRow {
@@ -141,6 +156,7 @@ impl TenantCatalog {
                         created_at_ms: row.get::<_, i64>(1)? as u64,
                         key_hash: row.get(2)?,
                         next_due_ms: row.get(3)?,
+                        limits: row.get(4)?,
                     })
                 },
             )
@@ -151,7 +167,7 @@ impl TenantCatalog {
     pub fn list(&self) -> Result<Vec<TenantRow>, AppError> {
         let conn = self.conn.lock();
         let mut statement = conn
-            .prepare("SELECT name, created_at_ms, key_hash, next_due_ms FROM tenants WHERE state = 'active' ORDER BY name")
+            .prepare("SELECT name, created_at_ms, key_hash, next_due_ms, limits FROM tenants WHERE state = 'active' ORDER BY name")
             .map_err(|e| internal("list", e))?;
         let rows = statement
             .query_map([], |row| {
@@ -160,11 +176,26 @@ impl TenantCatalog {
                     created_at_ms: row.get::<_, i64>(1)? as u64,
                     key_hash: row.get(2)?,
                     next_due_ms: row.get(3)?,
+                    limits: row.get(4)?,
                 })
             })
             .map_err(|e| internal("list", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal("list", e))
+    }
+
+    /// Replaces an active tenant's limit overrides (durably, before returning); false when
+    /// there is no such tenant.
+    pub fn set_limits(&self, name: &str, limits: Option<&str>) -> Result<bool, AppError> {
+        let changed = self
+            .conn
+            .lock()
+            .execute(
+                "UPDATE tenants SET limits = ?2 WHERE name = ?1 AND state = 'active'",
+                params![name, limits],
+            )
+            .map_err(|e| internal("set limits", e))?;
+        Ok(changed == 1)
     }
 
     /// Records when a tenant's earliest job is due (`None`: it has none). Only for the

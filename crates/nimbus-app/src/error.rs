@@ -29,6 +29,9 @@ pub enum AppError {
         tenant: String,
         detail: String,
         retry_after_secs: u64,
+        /// Which bound refused the call: a stable name clients and dashboards can match
+        /// (`limit` in the JSON error; see docs/http-api.md).
+        limit: &'static str,
     },
     #[error("tenant {tenant:?} is unavailable: {detail}")]
     Unavailable { tenant: String, detail: String },
@@ -85,6 +88,14 @@ impl AppError {
         }
     }
 
+    /// For a 429: the name of the limit that refused the call.
+    pub fn overloaded_limit(&self) -> Option<&'static str> {
+        match self {
+            AppError::Overloaded { limit, .. } => Some(limit),
+            _ => None,
+        }
+    }
+
     /// Seconds for the `Retry-After` header, when the client should retry later.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
@@ -102,6 +113,7 @@ impl AppError {
                 tenant: tenant.to_string(),
                 detail: error.to_string(),
                 retry_after_secs: 1,
+                limit: crate::limits::Limit::AdmissionQueue.name(),
             },
             EngineError::ShutDown | EngineError::Poisoned(_) => AppError::Unavailable {
                 tenant: tenant.to_string(),

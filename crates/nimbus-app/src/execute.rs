@@ -545,6 +545,7 @@ impl Tenant {
                             resolved.name
                         ),
                         retry_after_secs: 1,
+                        limit: crate::limits::CONFLICTS,
                     })
                 }
                 Err(other) => return Err(AppError::from_engine(self.name(), other)),
@@ -640,6 +641,7 @@ impl Tenant {
             request_id: String::new(),
             system_env: self.system_env(),
             http: None,
+            limits: Some(self.call_limits()),
         };
         let host = TxnHost {
             txn,
@@ -662,6 +664,7 @@ impl Tenant {
                     tenant: self.name().to_string(),
                     detail: e.to_string(),
                     retry_after_secs: 1,
+                    limit: crate::limits::WORKER_POOL,
                 })?;
         self.cpu.record(outcome.cpu_time);
         Ok((host, outcome))
@@ -684,6 +687,7 @@ fn system_error(tenant: &str, error: EngineError) -> AppError {
             tenant: tenant.to_string(),
             detail: format!("{error}; retry"),
             retry_after_secs: 1,
+            limit: crate::limits::CONFLICTS,
         },
         ErrorClass::User | ErrorClass::Internal => AppError::Internal(error.to_string()),
     }

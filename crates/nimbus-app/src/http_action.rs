@@ -114,6 +114,7 @@ impl Tenant {
                 meta_json: meta.to_string(),
                 body: request.body,
             }),
+            limits: Some(self.call_limits()),
         };
         let Some(outcome) = self.drive(invocation, &context).await? else {
             return Ok(HttpActionResponse::error(

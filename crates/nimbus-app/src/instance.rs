@@ -16,6 +16,7 @@ use crate::catalog::{TenantCatalog, TenantRow};
 use crate::config::NimbusConfig;
 use crate::error::AppError;
 use crate::is_valid_tenant_name;
+use crate::limits::LimitOverrides;
 use crate::tenant::Tenant;
 
 /// A tenant just created, with its admin key (shown once; only its hash is kept).
@@ -32,6 +33,10 @@ pub struct TenantInfo {
     pub name: String,
     pub url: String,
     pub created_at_ms: u64,
+    /// Its limit overrides (set with `PATCH /admin/tenants/<t>`).
+    pub limit_overrides: crate::limits::LimitOverrides,
+    /// The limits in force: the overrides over the instance defaults.
+    pub limits: crate::limits::TenantLimits,
 }
 
 /// A tenant's place in the active map: empty while the tenant is being activated.
@@ -66,6 +71,8 @@ pub struct Nimbus {
     activations: tokio::sync::Semaphore,
     /// Logical clock for least-recently-used eviction of idle tenants.
     clock: std::sync::atomic::AtomicU64,
+    /// Held while a tenant's limits change, so changes apply in the order they are stored.
+    limits_lock: tokio::sync::Mutex<()>,
     /// This instance, for its tenants' scheduler tasks (see [`Nimbus::current_tenant`]).
     me: std::sync::Weak<Nimbus>,
 }
@@ -162,6 +169,7 @@ impl Nimbus {
             active: parking_lot::Mutex::new(ActiveTenants::default()),
             activations: tokio::sync::Semaphore::new(config.max_concurrent_activations.max(1)),
             clock: std::sync::atomic::AtomicU64::new(0),
+            limits_lock: tokio::sync::Mutex::new(()),
             config,
         });
         nimbus.finish_interrupted()?;
@@ -206,11 +214,49 @@ impl Nimbus {
     }
 
     fn info(&self, row: &TenantRow) -> TenantInfo {
+        let limit_overrides = LimitOverrides::from_stored(&row.name, row.limits.as_deref());
         TenantInfo {
             name: row.name.clone(),
             url: self.tenant_url(&row.name),
             created_at_ms: row.created_at_ms,
+            limits: limit_overrides.resolve(&self.config),
+            limit_overrides,
         }
+    }
+
+    /// Changes a tenant's limit overrides (`PATCH /admin/tenants/<t>` with `limits`: a
+    /// number sets a limit, `null` returns it to the instance default). The change is
+    /// checked whole (400, nothing changed, on any bad entry), stored durably, and put in
+    /// force at once if the tenant is active or opening; an inactive tenant gets it when
+    /// it next opens. Changes are applied one at a time.
+    pub async fn set_tenant_limits(
+        &self,
+        name: &str,
+        change: &serde_json::Value,
+    ) -> Result<TenantInfo, AppError> {
+        let _one_at_a_time = self.limits_lock.lock().await;
+        let Some(row) = self.catalog.get(name)? else {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        };
+        let overrides = LimitOverrides::from_stored(name, row.limits.as_deref()).patched(change)?;
+        let stored = overrides.to_stored();
+        if !self.catalog.set_limits(name, stored.as_deref())? {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        }
+        let limits = overrides.resolve(&self.config);
+        // A slot added after the catalog changed reads the new overrides when it opens;
+        // one there already is put right here (an opening one once it has opened).
+        match self.current_tenant(name) {
+            Some(crate::scheduler::Lookup::Active(tenant)) => tenant.set_limits(limits),
+            Some(crate::scheduler::Lookup::Opening) => self.tenant(name).await?.set_limits(limits),
+            None => {}
+        }
+        tracing::info!(tenant = name, limits = %overrides.to_json(), "tenant limits changed");
+        Ok(TenantInfo {
+            limit_overrides: overrides,
+            limits,
+            ..self.info(&row)
+        })
     }
 
     pub async fn create_tenant(&self, name: &str) -> Result<CreatedTenant, AppError> {
@@ -227,6 +273,7 @@ impl Nimbus {
             created_at_ms,
             key_hash: sha256_hex(&admin_key),
             next_due_ms: None,
+            limits: None,
         };
         self.catalog.insert_creating(&row)?;
         let storage = self.storage.clone();
@@ -539,6 +586,7 @@ impl Nimbus {
             recorded,
             Some(lookup),
         );
+        let limits = LimitOverrides::from_stored(name, row.limits.as_deref()).resolve(&self.config);
         let tenant = Tenant::activate(
             name,
             engine,
@@ -546,6 +594,7 @@ impl Nimbus {
             self.key_fetcher.clone(),
             self.fetcher.clone(),
             &self.config,
+            limits,
             scheduler,
         );
         // Its scheduler's tables exist before any call can schedule; then it starts.

@@ -7,6 +7,7 @@
 //! these calls and these results into HTTP.
 
 mod action;
+mod admission;
 mod auth;
 mod catalog;
 mod config;
@@ -20,6 +21,7 @@ mod execute;
 mod fetch;
 mod http_action;
 mod instance;
+mod limits;
 mod live;
 pub mod metrics;
 mod push;
@@ -42,6 +44,7 @@ pub use execute::{parse_args, Caller, FunctionFailure, FunctionRequest, Function
 pub use fetch::FetchLimits;
 pub use http_action::{HttpActionRequest, HttpActionResponse};
 pub use instance::{CreatedTenant, Nimbus, TenantInfo, MIN_ADMIN_KEY_LEN, TENANT_BASE_BYTES};
+pub use limits::{Limit, LimitOverrides, TenantLimits};
 pub use live::{
     subscription_cost, Drained, LiveLimits, LiveResult, LiveSession, LiveStats, QueryId,
     SubscribeError, TooManySessions,

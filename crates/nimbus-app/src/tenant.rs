@@ -9,9 +9,11 @@ use nimbus_runtime::JsPool;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::{Gate, GatePass, Slots};
 use crate::config::NimbusConfig;
 use crate::deployment::{Deployment, ModuleHash, DEPLOYMENT_GLOBAL};
 use crate::error::AppError;
+use crate::limits::{Limit, TenantLimits};
 use crate::push::StagedPushes;
 
 /// The deployment a snapshot carries (every snapshot of a tenant engine carries one).
@@ -49,11 +51,13 @@ pub struct Tenant {
     /// Held while a push is activated, so pushes activate one at a time, each on top of the
     /// one before (generations and the deployment they replace stay in order).
     pub(crate) activation_lock: tokio::sync::Mutex<()>,
-    /// Calls admitted (running or waiting for a worker); bounded per tenant.
-    inflight: Arc<Semaphore>,
-    inflight_max: usize,
+    /// Calls admitted (running, waiting for a worker or for their commit); bounded per
+    /// tenant, refused past it.
+    inflight: Arc<Gate>,
     /// Calls holding a JS worker; bounded per tenant so one tenant cannot take them all.
-    running: Arc<Semaphore>,
+    running: Slots,
+    /// The limits in force (instance defaults under the tenant's overrides).
+    limits: Mutex<TenantLimits>,
     max_attempts: usize,
     pub(crate) query_cache: Mutex<crate::query_cache::QueryCache>,
     /// Taken by mutations retrying after a conflict (see `run_mutation`).
@@ -80,7 +84,7 @@ pub struct Tenant {
     pub(crate) auth_keys: crate::auth::KeyCache,
     pub(crate) key_fetcher: Arc<crate::auth::KeyFetcher>,
     /// Actions alive (running or waiting); bounded per tenant.
-    actions: Arc<Semaphore>,
+    actions: Arc<Gate>,
     rejected_actions: AtomicU64,
     /// Turns of actions' outbound requests, and the instance's client for them.
     fetch_permits: Arc<Semaphore>,
@@ -130,11 +134,16 @@ pub struct TenantStats {
     /// What the instance memory budget counts for this tenant ([`Tenant::memory_bytes`]).
     pub memory_bytes: usize,
     pub live: crate::live::LiveStats,
+    /// The limits in force.
+    pub limits: TenantLimits,
     /// Function calls by kind (in the order of [`crate::metrics::KINDS`]).
     pub requests: [crate::metrics::KindSnapshot; 3],
 }
 
 impl Tenant {
+    // What the instance shares (pool, fetchers, config) and what is this tenant's own
+    // (engine, limits, scheduler): bundling them would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn activate(
         name: &str,
         engine: Arc<TenantEngine>,
@@ -142,17 +151,22 @@ impl Tenant {
         key_fetcher: Arc<crate::auth::KeyFetcher>,
         fetcher: Arc<crate::fetch::Fetcher>,
         config: &NimbusConfig,
+        limits: TenantLimits,
         scheduler: crate::scheduler::TenantScheduler,
     ) -> Arc<Tenant> {
+        engine.set_admission_limit(limits.admission_queue);
+        let mut live_limits = config.live;
+        live_limits.max_sessions = limits.sockets;
+        live_limits.max_subscriptions_per_tenant = limits.subscriptions;
         Arc::new(Tenant {
             name: Arc::from(name),
             engine,
             pool,
             staged: Mutex::new(StagedPushes::default()),
             activation_lock: tokio::sync::Mutex::new(()),
-            inflight: Arc::new(Semaphore::new(config.max_inflight_per_tenant.max(1))),
-            inflight_max: config.max_inflight_per_tenant.max(1),
-            running: Arc::new(Semaphore::new(config.max_running_per_tenant.max(1))),
+            inflight: Gate::new(limits.inflight),
+            running: Slots::new(limits.executing),
+            limits: Mutex::new(limits),
             max_attempts: config.max_mutation_attempts.max(1),
             retry_lock: tokio::sync::Mutex::new(()),
             query_cache: Mutex::new(crate::query_cache::QueryCache::new(
@@ -165,13 +179,13 @@ impl Tenant {
             cpu: crate::metrics::CpuWindow::default(),
             last_used: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(crate::execute::now_ms() as u64),
-            live: Arc::new(crate::live::LiveQueries::new(config.live.clone())),
+            live: Arc::new(crate::live::LiveQueries::new(live_limits)),
             in_flight: Mutex::new(crate::dedup::InFlight::default()),
             closed: tokio::sync::watch::channel(false).0,
             disconnect: tokio::sync::watch::channel(0).0,
             auth_keys: crate::auth::KeyCache::default(),
             key_fetcher,
-            actions: Arc::new(Semaphore::new(config.actions.per_tenant.max(1))),
+            actions: Gate::new(limits.actions),
             rejected_actions: AtomicU64::new(0),
             fetch_permits: Arc::new(Semaphore::new(config.fetch.per_tenant.max(1))),
             fetcher,
@@ -268,35 +282,57 @@ impl Tenant {
     }
 
     /// Admits one call, or fails fast with 429 when the tenant has too many in flight.
-    pub(crate) fn admit_call(&self) -> Result<OwnedSemaphorePermit, AppError> {
-        self.inflight.clone().try_acquire_owned().map_err(|_| {
+    pub(crate) fn admit_call(&self) -> Result<GatePass, AppError> {
+        self.inflight.try_enter().ok_or_else(|| {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             AppError::Overloaded {
                 tenant: self.name.to_string(),
-                detail: format!("more than {} calls in flight", self.inflight_max),
+                detail: format!("more than {} calls in flight", self.inflight.limit()),
                 retry_after_secs: 1,
+                limit: Limit::Inflight.name(),
             }
         })
     }
 
     /// Admits one more action of this tenant, or refuses it at once (429).
-    pub(crate) fn admit_action(&self) -> Result<OwnedSemaphorePermit, AppError> {
-        self.actions.clone().try_acquire_owned().map_err(|_| {
+    pub(crate) fn admit_action(&self) -> Result<GatePass, AppError> {
+        self.actions.try_enter().ok_or_else(|| {
             self.rejected_actions.fetch_add(1, Ordering::Relaxed);
             AppError::Overloaded {
                 tenant: self.name.to_string(),
-                detail: format!("more than {} actions running", self.actions_max()),
+                detail: format!("more than {} actions running", self.actions.limit()),
                 retry_after_secs: 1,
+                limit: Limit::Actions.name(),
             }
         })
     }
 
-    fn running_max(&self) -> usize {
-        self.config.max_running_per_tenant.max(1)
+    /// The limits in force.
+    pub fn limits(&self) -> TenantLimits {
+        *self.limits.lock()
     }
 
-    fn actions_max(&self) -> usize {
-        self.config.actions.per_tenant.max(1)
+    /// What a call of this tenant may use in the JavaScript runtime.
+    pub(crate) fn call_limits(&self) -> nimbus_runtime::CallLimits {
+        let limits = self.limits();
+        nimbus_runtime::CallLimits {
+            cpu_time: limits.cpu_time,
+            memory_bytes: limits.memory_bytes,
+        }
+    }
+
+    /// Puts new limits in force, without a restart: each bound follows at once, and calls
+    /// already admitted under an old, higher limit finish (see `admission.rs`). The CPU
+    /// time and heap per call apply from the next call.
+    pub(crate) fn set_limits(&self, limits: TenantLimits) {
+        let mut current = self.limits.lock();
+        self.inflight.set_limit(limits.inflight);
+        self.actions.set_limit(limits.actions);
+        self.running.set_limit(limits.executing);
+        self.engine.set_admission_limit(limits.admission_queue);
+        self.live
+            .set_tenant_limits(limits.sockets, limits.subscriptions);
+        *current = limits;
     }
 
     /// Waits for a turn to make an outbound request. Waiters are bounded by the actions
@@ -320,8 +356,7 @@ impl Tenant {
     /// Waits for one of this tenant's JS worker slots.
     pub(crate) async fn acquire_worker(&self) -> Result<OwnedSemaphorePermit, AppError> {
         self.running
-            .clone()
-            .acquire_owned()
+            .acquire()
             .await
             .map_err(|_| AppError::Unavailable {
                 tenant: self.name.to_string(),
@@ -347,14 +382,14 @@ impl Tenant {
         };
         TenantStats {
             engine: self.engine.stats(),
-            inflight_calls: self.inflight_max - self.inflight.available_permits(),
-            inflight_max: self.inflight_max,
+            inflight_calls: self.inflight.held(),
+            inflight_max: self.inflight.limit(),
             rejected_calls: self.rejected.load(Ordering::Relaxed),
-            running_calls: self.running_max() - self.running.available_permits(),
-            running_max: self.running_max(),
+            running_calls: self.running.in_use(),
+            running_max: self.running.limit(),
             cpu_last_minute: self.cpu.last_minute(),
-            actions_running: self.actions_max() - self.actions.available_permits(),
-            actions_max: self.actions_max(),
+            actions_running: self.actions.held(),
+            actions_max: self.actions.limit(),
             rejected_actions: self.rejected_actions.load(Ordering::Relaxed),
             scheduler: self.scheduler.stats(),
             deployment_generation: deployment.generation,
@@ -363,6 +398,7 @@ impl Tenant {
             cached_query_bytes,
             memory_bytes: self.memory_bytes(),
             live: self.live.stats(),
+            limits: self.limits(),
             requests: self.requests.snapshot(),
         }
     }

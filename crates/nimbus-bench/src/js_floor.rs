@@ -241,6 +241,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             request_id: String::new(),
             system_env: Default::default(),
             http: None,
+            limits: None,
         };
         // One call; its time in QuickJS (for an action, the wall time of building its
         // isolate and both its steps), or why it failed.

@@ -1,6 +1,6 @@
 //! `TenantEngine`: one tenant's snapshots, transactions and committer.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ use crate::write_log::WriteLog;
 
 /// Global holding the tenant's ID salt and cursor secret.
 const SECRETS_GLOBAL: &str = "engine_secrets";
+
+/// The largest admission queue a tenant may be given: the capacity of the committer's
+/// channel, which holds only what is queued (its blocks are allocated as it fills).
+pub const ADMISSION_QUEUE_MAX: usize = 65_536;
 
 /// Bounds and knobs of one tenant's engine.
 #[derive(Debug, Clone)]
@@ -115,6 +119,8 @@ pub struct TenantEngine {
     metrics: Arc<EngineMetrics>,
     config: EngineConfig,
     cursor_codec: CursorCodec,
+    /// The admission queue's capacity in force (see [`TenantEngine::set_admission_limit`]).
+    admission_limit: AtomicUsize,
     write_log: Arc<Mutex<WriteLog>>,
     recent: Arc<Mutex<crate::committer::RecentSnapshots>>,
     health: watch::Receiver<StorageHealth>,
@@ -192,7 +198,11 @@ impl TenantEngine {
         )));
         recent.lock().push(snapshot.clone());
         let published = Arc::new(RwLock::new(snapshot));
-        let (sender, receiver) = mpsc::channel(config.admission_queue.max(1));
+        // The channel is sized for the largest limit an operator may set; the limit in force
+        // is `admission_limit`, checked as commits are admitted, so it can change live.
+        let (sender, receiver) = mpsc::channel(ADMISSION_QUEUE_MAX);
+        let admission_limit =
+            AtomicUsize::new(config.admission_queue.clamp(1, ADMISSION_QUEUE_MAX));
         let (ts_sender, ts_receiver) = watch::channel(start_ts);
         let (notices, _) = broadcast::channel(config.notice_capacity.max(1));
         let metrics = Arc::new(EngineMetrics::default());
@@ -231,6 +241,7 @@ impl TenantEngine {
             notices,
             metrics,
             cursor_codec: CursorCodec::new(cursor_secret),
+            admission_limit,
             config,
             write_log,
             recent,
@@ -482,19 +493,43 @@ impl TenantEngine {
         answer.await.map_err(|_| EngineError::ShutDown)?
     }
 
+    /// Queues a message for the committer, or refuses it at once when the admission queue
+    /// holds its limit. The check and the send are two steps, so callers admitting at the
+    /// same instant can pass the limit by as many as they are (never the channel's size).
     fn admit(&self, message: CommitterMessage) -> Result<(), EngineError> {
+        let limit = self.admission_limit();
+        let overloaded = || {
+            self.metrics
+                .rejected_overload
+                .fetch_add(1, Ordering::Relaxed);
+            EngineError::Overloaded { capacity: limit }
+        };
+        if self.queue_depth() >= limit {
+            return Err(overloaded());
+        }
         match self.sender.try_send(message) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics
-                    .rejected_overload
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(EngineError::Overloaded {
-                    capacity: self.config.admission_queue,
-                })
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(overloaded()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::ShutDown),
         }
+    }
+
+    /// Commits waiting for the committer.
+    fn queue_depth(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
+    /// The admission queue's capacity in force.
+    pub fn admission_limit(&self) -> usize {
+        self.admission_limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the admission queue's capacity, at once (clamped to
+    /// 1..=[`ADMISSION_QUEUE_MAX`]). Commits already queued beyond a lowered limit stay
+    /// queued; new ones are refused until the queue is below it.
+    pub fn set_admission_limit(&self, limit: usize) {
+        self.admission_limit
+            .store(limit.clamp(1, ADMISSION_QUEUE_MAX), Ordering::Relaxed);
     }
 
     /// Reads a global from storage (blocking; call from a blocking context or rarely).
@@ -530,8 +565,8 @@ impl TenantEngine {
             conflicts: m.conflicts.load(Ordering::Relaxed),
             write_micros: m.write_micros.load(Ordering::Relaxed),
             rejected_overload: m.rejected_overload.load(Ordering::Relaxed),
-            queue_capacity: self.sender.max_capacity(),
-            queue_depth: self.sender.max_capacity() - self.sender.capacity(),
+            queue_capacity: self.admission_limit(),
+            queue_depth: self.queue_depth(),
             documents: snapshot.resident_documents(),
             resident_bytes: snapshot.resident_bytes(),
             latest_ts: snapshot.ts.0,

@@ -32,6 +32,7 @@ pub use deploy::{
 };
 pub use engine::{
     DeploymentCodec, DeploymentDecoder, DeploymentHandle, EngineConfig, StoreOpener, TenantEngine,
+    ADMISSION_QUEUE_MAX,
 };
 pub use error::{EngineError, ErrorClass};
 pub use metrics::{EngineStats, StorageHealth, StorageState};

@@ -139,7 +139,11 @@ impl ActionState {
         invocation: Invocation,
         limits: &RuntimeLimits,
     ) -> (Option<ActionState>, ActionStep) {
-        let isolate = match Isolate::new(&invocation.modules, &invocation.system_env, limits) {
+        let mut own_limits = limits.clone();
+        if let Some(call) = invocation.limits {
+            own_limits.memory_bytes = call.memory_bytes;
+        }
+        let isolate = match Isolate::new(&invocation.modules, &invocation.system_env, &own_limits) {
             Ok(isolate) => isolate,
             Err(message) => {
                 let error =

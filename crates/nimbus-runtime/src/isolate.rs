@@ -304,6 +304,15 @@ impl Isolate {
         }
     }
 
+    /// Gives the runtime a new heap limit (a tenant's runtime is cached on a worker across
+    /// calls, and the tenant's limit may have changed since it was made).
+    fn set_memory_limit(&mut self, bytes: usize) {
+        if bytes != self.limits.memory_bytes {
+            self.runtime.set_memory_limit(bytes);
+            self.limits.memory_bytes = bytes;
+        }
+    }
+
     fn near_memory_limit(&self) -> bool {
         let usage = self.runtime.memory_usage();
         usage.malloc_size as usize >= self.limits.memory_bytes.saturating_mul(9) / 10
@@ -316,12 +325,15 @@ impl Isolate {
         host: Box<dyn SyscallHost>,
     ) -> (Box<dyn SyscallHost>, Outcome) {
         let kind = inv.kind.js_name();
-        let (host, result, elapsed) = self.run_entry(
-            host,
-            self.limits.cpu_time,
-            inv.rng_seed,
-            inv.now_ms,
-            |ctx| {
+        let cpu_time = match inv.limits {
+            Some(limits) => {
+                self.set_memory_limit(limits.memory_bytes);
+                limits.cpu_time
+            }
+            None => self.limits.cpu_time,
+        };
+        let (host, result, elapsed) =
+            self.run_entry(host, cpu_time, inv.rng_seed, inv.now_ms, |ctx| {
                 let invoke: Function = ctx.globals().get("__nimbus_invoke")?;
                 invoke.call::<_, ()>((
                     inv.module_path.as_str(),
@@ -330,8 +342,7 @@ impl Isolate {
                     inv.args_json.as_str(),
                     inv.request_id.as_str(),
                 ))
-            },
-        );
+            });
         let (result, log_lines) = match result {
             Ok((outcome, logs)) => (self.interpret(inv, &outcome), logs),
             Err(error) => (Err(error), Vec::new()),

@@ -178,6 +178,19 @@ pub struct Invocation {
     /// For an HTTP action (an action with `kind` Action): the request, routed by the
     /// default export of `http.js`.
     pub http: Option<HttpRequestIn>,
+    /// The calling tenant's own limits, over the pool's [`RuntimeLimits`] (`None`: the
+    /// pool's).
+    pub limits: Option<CallLimits>,
+}
+
+/// A tenant's limits of one call, where they differ from the pool's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// CPU time of one query or mutation (an action's total is
+    /// [`RuntimeLimits::action_cpu_time`]).
+    pub cpu_time: Duration,
+    /// Heap of the tenant's runtime, in bytes.
+    pub memory_bytes: usize,
 }
 
 /// An HTTP action's request as JavaScript builds its `Request` from it.

@@ -192,6 +192,7 @@ fn call(tenant: &str, export: &str, kind: FunctionKind, args: &str, seed: u64) -
         request_id: String::new(),
         system_env: Default::default(),
         http: None,
+        limits: None,
     }
 }
 

@@ -24,6 +24,37 @@ fn info_json(info: &TenantInfo) -> Json {
     json!({"name": info.name, "url": info.url, "createdAt": info.created_at_ms})
 }
 
+/// One tenant in full: its record, the limits in force, and which of them it overrides.
+fn detail_json(info: &TenantInfo) -> Json {
+    let mut json = info_json(info);
+    json["limits"] = info.limits.to_json();
+    json["limitOverrides"] = info.limit_overrides.to_json();
+    json
+}
+
+/// `PATCH /admin/tenants/<t>`: `{"limits": {...}}` changes the tenant's limits. Anything
+/// else in the body is refused, so a misspelt field is never silently ignored.
+async fn patch_tenant(state: &AppState, incoming: &Incoming, name: &str) -> Result<Json, ApiError> {
+    let body = incoming.json()?;
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::bad_json(
+            "expected a JSON object such as {\"limits\": {\"inflight\": 100}}",
+        ));
+    };
+    if let Some(other) = fields.keys().find(|key| key.as_str() != "limits") {
+        return Err(ApiError::bad_json(format!(
+            "unknown field {other:?}: a tenant's record can change only its \"limits\""
+        )));
+    }
+    let Some(change) = fields.get("limits") else {
+        return Err(ApiError::bad_json(
+            "expected {\"limits\": {...}}: nothing to change",
+        ));
+    };
+    let info = state.nimbus.set_tenant_limits(name, change).await?;
+    Ok(detail_json(&info))
+}
+
 pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Response, ApiError> {
     state
         .authenticate_instance_admin(incoming, "the admin API")
@@ -50,7 +81,10 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
             )
         }
         (&Method::GET, ["admin", "tenants", name]) => {
-            Ok(axum::Json(info_json(&state.nimbus.tenant_info(name).await?)).into_response())
+            Ok(axum::Json(detail_json(&state.nimbus.tenant_info(name).await?)).into_response())
+        }
+        (&Method::PATCH, ["admin", "tenants", name]) => {
+            Ok(axum::Json(patch_tenant(state, incoming, name).await?).into_response())
         }
         (&Method::GET, ["admin", "tenants", name, "diagnostics"]) => {
             Ok(axum::Json(tenant_diagnostics(state, name).await?).into_response())
@@ -201,7 +235,12 @@ fn diagnostics_json(name: &str, stats: &nimbus_app::TenantStats) -> Json {
             "lastCommitAgeMs": age_ms(e.latest_ts),
             "residentDocuments": e.documents, "residentBytes": e.resident_bytes,
         },
-        "live": {"sockets": stats.live.sessions, "subscriptions": stats.live.subscriptions},
+        "live": {
+            "sockets": stats.live.sessions, "socketsLimit": stats.limits.sockets,
+            "subscriptions": stats.live.subscriptions,
+            "subscriptionsLimit": stats.limits.subscriptions,
+        },
+        "limits": stats.limits.to_json(),
         "storage": storage_json(&e.storage),
         "memoryBytes": stats.memory_bytes,
     })

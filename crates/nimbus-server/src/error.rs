@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// For a 429: which limit refused the request (`limit` in the body).
+    pub limit: Option<&'static str>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            limit: None,
         }
     }
 
@@ -49,13 +52,17 @@ impl From<AppError> for ApiError {
             code: error.code(),
             message: error.to_string(),
             retry_after_secs: error.retry_after_secs(),
+            limit: error.overloaded_limit(),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "code": self.code, "message": self.message });
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let Some(limit) = self.limit {
+            body["limit"] = json!(limit);
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {

@@ -296,12 +296,25 @@ pub(crate) fn hard_message_limit(max_message_bytes: usize) -> usize {
     max_message_bytes.saturating_mul(2)
 }
 
-/// System errors a client should retry: overload, an unavailable tenant, a server bug.
+/// System errors after which a mutation may or may not have run (an unavailable tenant, a
+/// server bug): the client should re-send it. An overload is not one of them: the call was
+/// refused before it ran, and is answered on its own (`error_text`).
 fn is_transient(error: &AppError) -> bool {
-    matches!(
-        error,
-        AppError::Overloaded { .. } | AppError::Unavailable { .. } | AppError::Internal(_)
-    )
+    matches!(error, AppError::Unavailable { .. } | AppError::Internal(_))
+}
+
+/// A refused call's answer on the socket: its code, what happened and, for an overload,
+/// which limit refused it and when to retry (what HTTP says in `limit` and `Retry-After`).
+fn error_text(error: &AppError) -> String {
+    match (error.overloaded_limit(), error.retry_after_secs()) {
+        (Some(limit), Some(secs)) => {
+            format!(
+                "{}: {error} (limit: {limit}; retry after {secs} s)",
+                error.code()
+            )
+        }
+        _ => format!("{}: {error}", error.code()),
+    }
 }
 
 fn query_failed(query_id: QueryId, message: String) -> Json {
@@ -552,7 +565,7 @@ impl Connection {
             }
             Err(error) => {
                 message["success"] = json!(false);
-                message["result"] = json!(format!("{}: {error}", error.code()));
+                message["result"] = json!(error_text(&error));
                 message["logLines"] = json!([]);
             }
         }

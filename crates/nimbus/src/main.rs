@@ -104,6 +104,15 @@ struct ServeArgs {
     /// Largest request body in bytes (larger ones get 413).
     #[arg(long, default_value_t = 8 << 20)]
     max_request_bytes: usize,
+    /// Calls of one tenant in flight at once (executing, waiting for a worker or for
+    /// their commit); more are refused with 429 (`limit: "inflight"`). A tenant's own
+    /// limits (`PATCH /admin/tenants/<t>`) override this and the other per-tenant flags.
+    #[arg(long, default_value_t = 1024)]
+    max_inflight_per_tenant: usize,
+    /// Commits of one tenant waiting for its committer; more are refused with 429
+    /// (`limit: "admissionQueue"`). Values over 65,536 count as 65,536.
+    #[arg(long, default_value_t = 4096)]
+    admission_queue_per_tenant: usize,
     /// JavaScript worker threads (default: 2 × cores, at least 4).
     #[arg(long)]
     js_workers: Option<usize>,
@@ -225,6 +234,8 @@ fn main() -> Result<()> {
                 scheduled_retention_hours,
                 cron_run_retention_minutes,
                 max_request_bytes,
+                max_inflight_per_tenant,
+                admission_queue_per_tenant,
                 js_workers,
                 js_workers_per_tenant,
                 function_cpu_ms,
@@ -274,6 +285,9 @@ fn main() -> Result<()> {
             config.scheduler.cron_run_retention =
                 Duration::from_secs(cron_run_retention_minutes * 60);
             config.fetch.max_request_bytes = max_request_bytes;
+            config.max_inflight_per_tenant = max_inflight_per_tenant.max(1);
+            // The engine holds it to 65,536 (`ADMISSION_QUEUE_MAX`).
+            config.engine.admission_queue = admission_queue_per_tenant.max(1);
             config.admin_key = std::env::var("NIMBUS_ADMIN_KEY")
                 .ok()
                 .filter(|k| !k.is_empty());

@@ -47,7 +47,7 @@ use registry::{QueryKey, Registry, SessionId, SessionState};
 pub type QueryId = u32;
 
 /// Bounds of live queries. Bytes are estimated with [`subscription_cost`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct LiveLimits {
     /// Sessions (connections) one tenant may have open; further ones are refused.
     pub max_sessions: usize,
@@ -134,7 +134,8 @@ struct Counters {
 /// The live queries of one tenant.
 pub struct LiveQueries {
     registry: Mutex<Registry>,
-    limits: LiveLimits,
+    /// Its bounds; the tenant-wide ones change with the tenant's limits.
+    limits: Mutex<LiveLimits>,
     /// Wakes the registry task: new subscriptions or new code.
     wake: Notify,
     /// `published_ts` after each round, for sessions waiting for a commit to be reflected.
@@ -189,12 +190,25 @@ impl LiveQueries {
     pub(crate) fn new(limits: LiveLimits) -> Self {
         LiveQueries {
             registry: Mutex::new(Registry::default()),
-            limits,
+            limits: Mutex::new(limits),
             wake: Notify::new(),
             published: watch::channel(0).0,
             started: std::sync::Once::new(),
             counters: Counters::default(),
         }
+    }
+
+    fn limits(&self) -> LiveLimits {
+        *self.limits.lock()
+    }
+
+    /// Changes the tenant-wide bounds: live connections, and subscriptions over all of
+    /// them. Connections and subscriptions already open stay; new ones are refused while
+    /// the tenant is at or over a lowered bound.
+    pub(crate) fn set_tenant_limits(&self, sessions: usize, subscriptions: usize) {
+        let mut limits = self.limits.lock();
+        limits.max_sessions = sessions.max(1);
+        limits.max_subscriptions_per_tenant = subscriptions.max(1);
     }
 
     /// When the next query waiting out a transient failure is due.
@@ -236,8 +250,9 @@ impl Tenant {
     /// tenant's registry task on first use.
     pub fn live_session(self: &Arc<Self>, address: IpAddr) -> Result<LiveSession, TooManySessions> {
         let live = self.live().clone();
-        if live.registry.lock().sessions.len() >= live.limits.max_sessions {
-            return Err(TooManySessions(live.limits.max_sessions));
+        let max_sessions = live.limits().max_sessions;
+        if live.registry.lock().sessions.len() >= max_sessions {
+            return Err(TooManySessions(max_sessions));
         }
         live.started.call_once(|| {
             let notices = self.engine().subscribe();
@@ -311,7 +326,7 @@ impl LiveSession {
             journal,
         };
         let mut registry = self.live.registry.lock();
-        registry.subscribe(&self.live.limits, &self.live.wake, self.id, query_id, key)
+        registry.subscribe(&self.live.limits(), &self.live.wake, self.id, query_id, key)
     }
 
     /// Re-subscribes every subscription of the session under a new identity (every query
@@ -339,7 +354,7 @@ impl LiveSession {
                 ..(*key).clone()
             };
             if let Err(error) =
-                registry.subscribe(&self.live.limits, &self.live.wake, self.id, query_id, key)
+                registry.subscribe(&self.live.limits(), &self.live.wake, self.id, query_id, key)
             {
                 refused.push((query_id, error));
             }
