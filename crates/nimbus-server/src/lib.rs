@@ -75,6 +75,11 @@ impl Default for ServerConfig {
 /// Client addresses whose failed authentications are remembered at once.
 const MAX_TRACKED_AUTH_ADDRESSES: usize = 100_000;
 
+/// What a sync socket reads into before it knows a frame's size (see `BENCHMARKS.md`, "Idle
+/// sockets"): the protocol's messages are mostly small, and a larger frame gets room of its
+/// own size as it arrives.
+const SOCKET_READ_BUFFER_BYTES: usize = 4 << 10;
+
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub nimbus: Arc<Nimbus>,
@@ -376,6 +381,11 @@ async fn dispatch(
         return Ok(upgrade
             .max_message_size(limit)
             .max_frame_size(limit)
+            // The read buffer is allocated up front for every socket (128 KiB by default, most
+            // of what an idle socket cost); it grows for a large frame and reads in bigger
+            // steps only then. Writes are not buffered past what one send needs.
+            .read_buffer_size(SOCKET_READ_BUFFER_BYTES)
+            .write_buffer_size(0)
             .on_upgrade(move |socket| sync::run(state, tenant, session, slot, client, socket)));
     }
     let body = read_body(body, &parts.headers, state.config.max_request_bytes).await?;

@@ -89,7 +89,7 @@ struct PendingChange {
     identity: u64,
     awaiting: HashSet<QueryId>,
     /// Results for awaited queries, held until the change is acknowledged.
-    held: BTreeMap<QueryId, Json>,
+    held: BTreeMap<QueryId, Modification>,
     /// Modifications decided locally (removals, adds refused by a limit).
     local: Vec<Json>,
 }
@@ -149,9 +149,6 @@ pub(crate) async fn run(
     socket: WebSocket,
 ) {
     let config = state.config.sync.clone();
-    let (requests, queue) = mpsc::channel(config.max_queued_requests.max(1));
-    let (answer_tx, answers) = mpsc::channel(config.max_queued_requests.max(1));
-    let worker = tokio::spawn(run_requests(tenant.clone(), queue, answer_tx));
     let mut connection = Connection {
         state,
         client,
@@ -174,12 +171,14 @@ pub(crate) async fn run(
         awaiting_ts: None,
         owes_transition: false,
         mutations_in_flight: 0,
-        requests,
+        requests: None,
+        new_answers: None,
         last_sent: Instant::now(),
         last_received: Instant::now(),
     };
-    let end = connection.serve(answers).await;
-    worker.abort();
+    let end = connection.serve().await;
+    // Stops running its queued requests (actions already started finish on their own).
+    connection.requests = None;
     if let End::Close {
         fatal,
         code,
@@ -246,7 +245,11 @@ struct Connection {
     owes_transition: bool,
     /// Mutations queued or running on this connection whose response is not sent yet.
     mutations_in_flight: usize,
-    requests: mpsc::Sender<Request>,
+    /// Its mutations and actions, in order: made at the first one, so a socket that only
+    /// subscribes (most are) holds neither the queues nor the task.
+    requests: Option<RequestQueue>,
+    /// The answers of a queue just made, for `serve` to take.
+    new_answers: Option<mpsc::Receiver<Answer>>,
     last_sent: Instant,
     /// When the client last sent anything (a message, a pong).
     last_received: Instant,
@@ -269,6 +272,57 @@ fn fatal(message: impl Into<String>) -> End {
         code: 1008,
         reason: "protocol error".into(),
     }
+}
+
+/// One entry of a Transition's `modifications`.
+enum Modification {
+    /// A query's result. A value's JSON is rendered once per result and shared by every
+    /// subscriber of that query ([`LiveResult::value_json`]).
+    Result(QueryId, Arc<LiveResult>),
+    /// Built for this session alone: removals, and adds refused by a limit.
+    Local(Json),
+}
+
+impl Modification {
+    /// Whether it tells the client of a result (counted as an update sent).
+    fn is_result(&self) -> bool {
+        match self {
+            Modification::Result(..) => true,
+            Modification::Local(json) => json["type"] != "QueryRemoved",
+        }
+    }
+}
+
+impl serde::Serialize for Modification {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Modification::Result(query_id, result) => match result.value_json() {
+                Some(value) => {
+                    let mut map = serializer.serialize_map(Some(5))?;
+                    map.serialize_entry("type", "QueryUpdated")?;
+                    map.serialize_entry("queryId", query_id)?;
+                    map.serialize_entry("value", value)?;
+                    map.serialize_entry("logLines", &result.log_lines)?;
+                    map.serialize_entry("journal", &result.journal)?;
+                    map.end()
+                }
+                None => result_json(*query_id, result).serialize(serializer),
+            },
+            Modification::Local(json) => json.serialize(serializer),
+        }
+    }
+}
+
+/// A Transition as sent: serialized straight to text, so shared results are copied in as
+/// rendered.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TransitionMessage<'a> {
+    r#type: &'static str,
+    start_version: Json,
+    end_version: Json,
+    modifications: &'a [Modification],
 }
 
 fn result_json(query_id: QueryId, result: &LiveResult) -> Json {
@@ -339,7 +393,8 @@ fn field_str<'a>(message: &'a Json, name: &str) -> Result<&'a str, End> {
 }
 
 impl Connection {
-    async fn serve(&mut self, mut answers: mpsc::Receiver<Answer>) -> End {
+    async fn serve(&mut self) -> End {
+        let mut answers: Option<mpsc::Receiver<Answer>> = None;
         let mut closed = self.tenant.closed_signal();
         let mut kicked = self.tenant.disconnect_signal();
         let mut published = self.session.published_watch();
@@ -353,7 +408,14 @@ impl Connection {
             .max(Duration::from_millis(100));
         let mut ticker = tokio::time::interval(tick);
         loop {
-            let can_read = self.pending.is_none() && self.requests.capacity() > 0;
+            if let Some(made) = self.new_answers.take() {
+                answers = Some(made);
+            }
+            let can_read = self.pending.is_none()
+                && self
+                    .requests
+                    .as_ref()
+                    .is_none_or(|queue| queue.sender.capacity() > 0);
             if !can_read {
                 // Not reading: the client's silence says nothing about it meanwhile.
                 self.last_received = Instant::now();
@@ -368,7 +430,7 @@ impl Connection {
                 _ = kicked.changed() => Err(End::Close {
                     fatal: None, code: 1012, reason: "the server closed this connection; reconnect".into(),
                 }),
-                Some(answer) = answers.recv() => self.answer(answer).await,
+                Some(answer) = next_answer(&mut answers) => self.answer(answer).await,
                 // Not polled while a mutation is in flight: the notification keeps its
                 // permit and fires once the response is out.
                 _ = notify.notified(), if may_flush => self.flush().await,
@@ -436,7 +498,10 @@ impl Connection {
     }
 
     async fn send(&mut self, message: Json) -> Result<(), End> {
-        let text = message.to_string();
+        self.send_text(message.to_string()).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
         match tokio::time::timeout(
             self.config.send_timeout,
             self.socket.send(Message::Text(text.into())),
@@ -464,7 +529,7 @@ impl Connection {
         let drained = self.session.drain();
         let mut modifications = Vec::new();
         for (query_id, result) in &drained.updates {
-            let m = result_json(*query_id, result);
+            let m = Modification::Result(*query_id, result.clone());
             match &mut self.pending {
                 Some(change)
                     if change.awaiting.contains(query_id) || change.held.contains_key(query_id) =>
@@ -485,7 +550,7 @@ impl Connection {
             .is_some_and(|change| change.awaiting.is_empty())
         {
             if let Some(change) = self.pending.take() {
-                modifications.extend(change.local);
+                modifications.extend(change.local.into_iter().map(Modification::Local));
                 modifications.extend(change.held.into_values());
                 end.query_set = change.query_set;
                 end.identity = change.identity;
@@ -499,17 +564,16 @@ impl Connection {
         if modifications.is_empty() && !versions_moved && !reaches && !self.owes_transition {
             return Ok(());
         }
-        let updates = modifications
-            .iter()
-            .filter(|m| m["type"] != "QueryRemoved")
-            .count();
-        let transition = json!({
-            "type": "Transition",
-            "startVersion": self.version.to_json(),
-            "endVersion": end.to_json(),
-            "modifications": modifications,
-        });
-        self.send(transition).await?;
+        let updates = modifications.iter().filter(|m| m.is_result()).count();
+        let transition = TransitionMessage {
+            r#type: "Transition",
+            start_version: self.version.to_json(),
+            end_version: end.to_json(),
+            modifications: &modifications,
+        };
+        let text = serde_json::to_string(&transition)
+            .map_err(|e| fatal(format!("a Transition could not be written: {e}")))?;
+        self.send_text(text).await?;
         self.session.record_sent(updates);
         self.version = end;
         if reaches {
@@ -656,7 +720,10 @@ impl Connection {
                 let is_mutation = request.kind == FunctionKind::Mutation;
                 // The socket is read only while the queue has room, so this cannot fail
                 // for lack of space; it fails only if the worker is gone.
-                self.requests.try_send(request).map_err(|_| End::Gone)?;
+                self.request_queue()
+                    .sender
+                    .try_send(request)
+                    .map_err(|_| End::Gone)?;
                 if is_mutation {
                     self.mutations_in_flight += 1;
                 }
@@ -906,6 +973,45 @@ impl Connection {
             code: 1008,
             reason: "authentication failed".into(),
         })
+    }
+}
+
+/// A connection's queue of mutations and actions, and the task running them (stopped when
+/// the queue is dropped).
+struct RequestQueue {
+    sender: mpsc::Sender<Request>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RequestQueue {
+    fn drop(&mut self) {
+        self.worker.abort();
+    }
+}
+
+impl Connection {
+    /// The request queue, made (with its task and answer channel) on first use.
+    fn request_queue(&mut self) -> &RequestQueue {
+        let capacity = self.config.max_queued_requests.max(1);
+        let tenant = &self.tenant;
+        let new_answers = &mut self.new_answers;
+        self.requests.get_or_insert_with(|| {
+            let (sender, queue) = mpsc::channel(capacity);
+            let (answer_tx, answers) = mpsc::channel(capacity);
+            *new_answers = Some(answers);
+            RequestQueue {
+                sender,
+                worker: tokio::spawn(run_requests(tenant.clone(), queue, answer_tx)),
+            }
+        })
+    }
+}
+
+/// The next answer of a connection's request queue; never, while it has none.
+async fn next_answer(answers: &mut Option<mpsc::Receiver<Answer>>) -> Option<Answer> {
+    match answers {
+        Some(answers) => answers.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -85,12 +85,50 @@ pub fn subscription_cost(path: &str, args_json: &str) -> usize {
 }
 
 /// A query result as subscribers see it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LiveResult {
     pub result: Result<Value, FunctionFailure>,
     pub log_lines: Vec<String>,
     /// The journal to send with it (a paginated query's end cursor), if any.
     pub journal: Option<String>,
+    /// The value's convex-JSON, rendered by the first subscriber's send and reused by the
+    /// others (`None` inside: it could not be rendered as raw JSON; each renders its own).
+    rendered: std::sync::OnceLock<Option<Box<serde_json::value::RawValue>>>,
+}
+
+impl PartialEq for LiveResult {
+    fn eq(&self, other: &Self) -> bool {
+        self.result == other.result
+            && self.log_lines == other.log_lines
+            && self.journal == other.journal
+    }
+}
+
+impl LiveResult {
+    pub fn new(
+        result: Result<Value, FunctionFailure>,
+        log_lines: Vec<String>,
+        journal: Option<String>,
+    ) -> LiveResult {
+        LiveResult {
+            result,
+            log_lines,
+            journal,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The value as convex-JSON text, rendered once however many subscribers it goes to;
+    /// `None` for a failure.
+    pub fn value_json(&self) -> Option<&serde_json::value::RawValue> {
+        let value = self.result.as_ref().ok()?;
+        self.rendered
+            .get_or_init(|| {
+                serde_json::value::RawValue::from_string(nimbus_types::json::encode_text(value))
+                    .ok()
+            })
+            .as_deref()
+    }
 }
 
 /// Counters of a tenant's live queries.

@@ -263,11 +263,11 @@ fn apply(live: &LiveQueries, engine: &nimbus_engine::TenantEngine, completed: Co
     if let Some(end) = evaluation.page_end {
         query.journal = Some(end);
     }
-    let result = LiveResult {
-        result: evaluation.result,
-        log_lines: evaluation.log_lines,
-        journal: query.journal.clone(),
-    };
+    let result = LiveResult::new(
+        evaluation.result,
+        evaluation.log_lines,
+        query.journal.clone(),
+    );
     if query.result.as_deref() != Some(&result) {
         let result = Arc::new(result);
         query.result = Some(result.clone());
