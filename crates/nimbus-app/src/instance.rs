@@ -245,10 +245,15 @@ impl Nimbus {
         }
         let limits = overrides.resolve(&self.config);
         // A slot added after the catalog changed reads the new overrides when it opens;
-        // one there already is put right here (an opening one once it has opened).
+        // one there already is put right here (an opening one once it has opened). The
+        // change is stored either way: an activation that fails now leaves it for the next.
         match self.current_tenant(name) {
             Some(crate::scheduler::Lookup::Active(tenant)) => tenant.set_limits(limits),
-            Some(crate::scheduler::Lookup::Opening) => self.tenant(name).await?.set_limits(limits),
+            Some(crate::scheduler::Lookup::Opening) => {
+                if let Ok(tenant) = self.tenant(name).await {
+                    tenant.set_limits(limits);
+                }
+            }
             None => {}
         }
         tracing::info!(tenant = name, limits = %overrides.to_json(), "tenant limits changed");

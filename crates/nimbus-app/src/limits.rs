@@ -94,7 +94,8 @@ impl Limit {
         }
     }
 
-    /// The instance default (from flags).
+    /// The instance default (from flags), as the operator set it: the range above is for
+    /// overrides only.
     fn default_in(self, config: &NimbusConfig) -> u64 {
         let value = match self {
             Limit::Executing => config.max_running_per_tenant,
@@ -108,7 +109,7 @@ impl Limit {
             }
             Limit::MemoryMibPerCall => config.pool.limits.memory_bytes >> 20,
         };
-        (value as u64).clamp(self.min(), self.max())
+        (value as u64).max(1)
     }
 }
 
