@@ -6,9 +6,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import http from "node:http";
-import WebSocket from "ws";
-import { ConvexClient } from "convex/browser";
-import { NimbusServer, api, callRaw, httpRequest, withTimeout } from "./harness.mjs";
+import { NimbusServer, api, callRaw, httpRequest, socketClient, withTimeout } from "./harness.mjs";
 
 let open; // --egress-allow 127.0.0.1, short limits, two JS workers
 let closed; // the default egress policy, two actions per tenant
@@ -63,15 +61,6 @@ after(async () => {
   await closed?.cleanup();
   site?.close();
 });
-
-function socketClient(url) {
-  return new ConvexClient(url, {
-    webSocketConstructor: WebSocket,
-    skipConvexDeploymentUrlCheck: true,
-    unsavedChangesWarning: false,
-    logger: false,
-  });
-}
 
 /** Runs an action over HTTP and returns its value, failing the test on an error. */
 async function run(name, args = {}, t = tenant) {

@@ -14,7 +14,8 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { ConvexHttpClient } from "convex/browser";
+import { ConvexClient, ConvexHttpClient } from "convex/browser";
+import WebSocket from "ws";
 import { anyApi } from "convex/server";
 
 export const E2E_DIR = path.dirname(fileURLToPath(import.meta.url));
@@ -444,6 +445,38 @@ export function client(url, { timeoutMs = 120_000 } = {}) {
   const fetchWithTimeout = (input, init = {}) =>
     fetch(input, { ...init, signal: init.signal ?? AbortSignal.timeout(timeoutMs) });
   return new ConvexHttpClient(url, { logger: false, fetch: fetchWithTimeout });
+}
+
+/** The npm `ConvexClient` (the sync socket) for a tenant URL, quiet, over `ws`. */
+export function socketClient(url) {
+  return new ConvexClient(url, {
+    webSocketConstructor: WebSocket,
+    skipConvexDeploymentUrlCheck: true,
+    unsavedChangesWarning: false,
+    logger: false,
+  });
+}
+
+/**
+ * Times `resilience:calibrate` and returns the iteration count that spins about
+ * `targetMs` on this machine (the runtime's clock is frozen inside a call, so a duration
+ * cannot be spun directly).
+ */
+export async function calibrateSpin(url, targetMs) {
+  let iterations = 2_000_000;
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const started = performance.now();
+    const res = await callRaw(url, "query", "resilience:calibrate", { iterations });
+    const ms = performance.now() - started;
+    if (res.body?.status !== "success") {
+      throw new Error(`calibration call failed: ${res.text}`);
+    }
+    if (ms >= 150) {
+      return Math.ceil((iterations * targetMs) / ms);
+    }
+    iterations *= 4;
+  }
+  throw new Error("could not calibrate the spin loop");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import fs from "node:fs";
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
 import { ConvexClient } from "convex/browser";
-import { APP_DIR, NimbusServer, api, callRaw, client, deploy, randomName, sleep, withTimeout } from "./harness.mjs";
+import { APP_DIR, NimbusServer, api, calibrateSpin, callRaw, client, deploy, randomName, sleep, withTimeout } from "./harness.mjs";
 import { openSync, SYNC_PATH, connectMessage } from "./rawsync.mjs";
 
 const WAIT_MS = 30_000;
@@ -115,26 +115,6 @@ function resultsFor(socket, queryId) {
     }
   }
   return out;
-}
-
-/**
- * Times `resilience:calibrate` and returns the iteration count that spins about
- * `targetMs` on this machine (the runtime's clock is frozen inside a call, so a duration
- * cannot be spun directly).
- */
-async function calibrateSpin(url, targetMs) {
-  let iterations = 2_000_000;
-  for (let attempt = 0; attempt < 4; attempt++) {
-    const started = performance.now();
-    const res = await callRaw(url, "query", "resilience:calibrate", { iterations });
-    const ms = performance.now() - started;
-    assert.equal(res.body?.status, "success", `calibration call failed: ${res.text}`);
-    if (ms >= 150) {
-      return Math.ceil((iterations * targetMs) / ms);
-    }
-    iterations *= 4;
-  }
-  throw new Error("could not calibrate the spin loop");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 // of any kind. Latency is not asserted here (BENCHMARKS.md measures it); only outcomes are.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { NimbusServer, callRaw, httpRequest } from "./harness.mjs";
+import { NimbusServer, calibrateSpin, callRaw, httpRequest } from "./harness.mjs";
 
 let server;
 let a;
@@ -29,7 +29,7 @@ before(
       body: JSON.stringify({ limits: { inflight: 4 } }),
     });
     assert.equal(res.status, 200, res.text);
-    spinFor50ms = await calibrate(a.url, 50);
+    spinFor50ms = await calibrateSpin(a.url, 50);
   },
   { timeout: 300_000 },
 );
@@ -37,20 +37,6 @@ before(
 after(async () => {
   await server?.cleanup();
 });
-
-/** An iteration count of `resilience:calibrate` that spins about `targetMs` here. */
-async function calibrate(url, targetMs) {
-  let iterations = 1_000_000;
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const started = performance.now();
-    const res = await callRaw(url, "query", "resilience:calibrate", { iterations });
-    const ms = performance.now() - started;
-    assert.equal(res.body?.status, "success", res.text);
-    if (ms >= 100) return Math.ceil((iterations * targetMs) / ms);
-    iterations *= 4;
-  }
-  throw new Error("could not calibrate the spin loop");
-}
 
 /** Outcomes of A's requests: 200s, and 429s by limit (each must carry Retry-After). */
 function tally() {

@@ -6,8 +6,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { ConvexClient } from "convex/browser";
-import { NimbusServer, api, callRaw, expectFunctionError, httpRequest, rejection, withTimeout } from "./harness.mjs";
+import { NimbusServer, api, callRaw, expectFunctionError, httpRequest, rejection, socketClient, withTimeout } from "./harness.mjs";
 
 let server;
 let capped;
@@ -68,15 +67,6 @@ async function until(name, ready, what, ms = 10_000) {
     assert.ok(Date.now() < deadline, `timed out waiting for ${what}: ${JSON.stringify(d)}`);
     await new Promise((r) => setTimeout(r, 10));
   }
-}
-
-function socketClient(url) {
-  return new ConvexClient(url, {
-    webSocketConstructor: WebSocket,
-    skipConvexDeploymentUrlCheck: true,
-    unsavedChangesWarning: false,
-    logger: false,
-  });
 }
 
 describe("reading and changing a tenant's limits", () => {

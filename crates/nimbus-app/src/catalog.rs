@@ -31,6 +31,22 @@ fn internal(context: &str, e: rusqlite::Error) -> AppError {
     AppError::Internal(format!("tenant catalog: {context}: {e}"))
 }
 
+/// Runs `ddl` (which adds `column` to `tenants`) unless the column is there already.
+fn add_column_if_missing(conn: &Connection, column: &str, ddl: &str) -> Result<(), AppError> {
+    let present: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('tenants') WHERE name = ?1",
+            params![column],
+            |row| row.get(0),
+        )
+        .map_err(|e| internal("inspect schema", e))?;
+    if present == 0 {
+        conn.execute_batch(ddl)
+            .map_err(|e| internal(&format!("add {column}"), e))?;
+    }
+    Ok(())
+}
+
 impl TenantCatalog {
     pub fn open(path: &Path) -> Result<Self, AppError> {
         let conn = Connection::open(path).map_err(|e| internal("open", e))?;
@@ -45,36 +61,19 @@ impl TenantCatalog {
              );",
         )
         .map_err(|e| internal("create schema", e))?;
-        // Added with scheduled functions; older catalogs get the column here.
-        let has_due: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('tenants') WHERE name = 'next_due_ms'",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map_err(|e| internal("inspect schema", e))?
-            > 0;
-        if !has_due {
-            conn.execute_batch(
-                "ALTER TABLE tenants ADD COLUMN next_due_ms INTEGER;
-                 CREATE INDEX IF NOT EXISTS tenants_by_next_due ON tenants (next_due_ms)
-                     WHERE next_due_ms IS NOT NULL;",
-            )
-            .map_err(|e| internal("add next_due_ms", e))?;
-        }
-        // Added with per-tenant limits.
-        let has_limits: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('tenants') WHERE name = 'limits'",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map_err(|e| internal("inspect schema", e))?
-            > 0;
-        if !has_limits {
-            conn.execute_batch("ALTER TABLE tenants ADD COLUMN limits TEXT;")
-                .map_err(|e| internal("add limits", e))?;
-        }
+        // Columns added since the first catalogs; older ones get them here.
+        add_column_if_missing(
+            &conn,
+            "next_due_ms",
+            "ALTER TABLE tenants ADD COLUMN next_due_ms INTEGER;
+             CREATE INDEX IF NOT EXISTS tenants_by_next_due ON tenants (next_due_ms)
+                 WHERE next_due_ms IS NOT NULL;",
+        )?;
+        add_column_if_missing(
+            &conn,
+            "limits",
+            "ALTER TABLE tenants ADD COLUMN limits TEXT;",
+        )?;
         Ok(TenantCatalog {
             conn: Mutex::new(conn),
         })
@@ -262,5 +261,53 @@ impl crate::scheduler::DueRecord for TenantDueRecord {
         {
             tracing::warn!(tenant, %error, "recording the next due job failed");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catalog_from_before_the_added_columns_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.sqlite3");
+        {
+            // The schema of the first catalogs, with one tenant in it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tenants (
+                     name TEXT PRIMARY KEY,
+                     created_at_ms INTEGER NOT NULL,
+                     key_hash TEXT NOT NULL,
+                     state TEXT NOT NULL DEFAULT 'active'
+                 );
+                 INSERT INTO tenants (name, created_at_ms, key_hash) VALUES ('old', 7, 'ab');",
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // Opened twice: the second time finds the columns and adds nothing.
+            let catalog = TenantCatalog::open(&path).unwrap();
+            let row = catalog.get("old").unwrap().unwrap();
+            assert_eq!(
+                (row.created_at_ms, row.next_due_ms, row.limits),
+                (7, None, None)
+            );
+            assert!(catalog
+                .set_limits("old", Some(r#"{"inflight":5}"#))
+                .unwrap());
+            catalog.set_next_due("old", 7, Some(42)).unwrap();
+            let row = catalog.get("old").unwrap().unwrap();
+            assert_eq!(row.limits.as_deref(), Some(r#"{"inflight":5}"#));
+            assert_eq!(row.next_due_ms, Some(42));
+            assert!(catalog.set_limits("old", None).unwrap());
+            catalog.set_next_due("old", 7, None).unwrap();
+        }
+        assert!(!TenantCatalog::open(&path)
+            .unwrap()
+            .set_limits("missing", None)
+            .unwrap());
     }
 }
