@@ -31,6 +31,19 @@ fn internal(context: &str, e: rusqlite::Error) -> AppError {
     AppError::Internal(format!("tenant catalog: {context}: {e}"))
 }
 
+/// The columns [`tenant_row`] reads, in its order.
+const ROW_COLUMNS: &str = "name, created_at_ms, key_hash, next_due_ms, limits";
+
+fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
+    Ok(TenantRow {
+        name: row.get(0)?,
+        created_at_ms: row.get::<_, i64>(1)? as u64,
+        key_hash: row.get(2)?,
+        next_due_ms: row.get(3)?,
+        limits: row.get(4)?,
+    })
+}
+
 /// Runs `ddl` (which adds `column` to `tenants`) unless the column is there already.
 fn add_column_if_missing(conn: &Connection, column: &str, ddl: &str) -> Result<(), AppError> {
     let present: i64 = conn
@@ -110,14 +123,25 @@ impl TenantCatalog {
 
     /// Replaces an active tenant's admin key hash; false when there is no such tenant.
     pub fn set_key_hash(&self, name: &str, key_hash: &str) -> Result<bool, AppError> {
+        self.set_active_column(name, "key_hash", Some(key_hash))
+    }
+
+    /// Writes one column of an active tenant's row (durably, before returning); false
+    /// when there is no such tenant. `column` is one of this module's own names.
+    fn set_active_column(
+        &self,
+        name: &str,
+        column: &'static str,
+        value: Option<&str>,
+    ) -> Result<bool, AppError> {
         let changed = self
             .conn
             .lock()
             .execute(
-                "UPDATE tenants SET key_hash = ?2 WHERE name = ?1 AND state = 'active'",
-                params![name, key_hash],
+                &format!("UPDATE tenants SET {column} = ?2 WHERE name = ?1 AND state = 'active'"),
+                params![name, value],
             )
-            .map_err(|e| internal("set key hash", e))?;
+            .map_err(|e| internal(&format!("set {column}"), e))?;
         Ok(changed == 1)
     }
 
@@ -147,17 +171,9 @@ impl TenantCatalog {
         self.conn
             .lock()
             .query_row(
-                "SELECT name, created_at_ms, key_hash, next_due_ms, limits FROM tenants WHERE name = ?1 AND state = 'active'",
+                &format!("SELECT {ROW_COLUMNS} FROM tenants WHERE name = ?1 AND state = 'active'"),
                 params![name],
-                |row| {
-                    Ok(TenantRow {
-                        name: row.get(0)?,
-                        created_at_ms: row.get::<_, i64>(1)? as u64,
-                        key_hash: row.get(2)?,
-                        next_due_ms: row.get(3)?,
-                        limits: row.get(4)?,
-                    })
-                },
+                tenant_row,
             )
             .optional()
             .map_err(|e| internal("get", e))
@@ -166,18 +182,12 @@ impl TenantCatalog {
     pub fn list(&self) -> Result<Vec<TenantRow>, AppError> {
         let conn = self.conn.lock();
         let mut statement = conn
-            .prepare("SELECT name, created_at_ms, key_hash, next_due_ms, limits FROM tenants WHERE state = 'active' ORDER BY name")
+            .prepare(&format!(
+                "SELECT {ROW_COLUMNS} FROM tenants WHERE state = 'active' ORDER BY name"
+            ))
             .map_err(|e| internal("list", e))?;
         let rows = statement
-            .query_map([], |row| {
-                Ok(TenantRow {
-                    name: row.get(0)?,
-                    created_at_ms: row.get::<_, i64>(1)? as u64,
-                    key_hash: row.get(2)?,
-                    next_due_ms: row.get(3)?,
-                    limits: row.get(4)?,
-                })
-            })
+            .query_map([], tenant_row)
             .map_err(|e| internal("list", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal("list", e))
@@ -186,15 +196,7 @@ impl TenantCatalog {
     /// Replaces an active tenant's limit overrides (durably, before returning); false when
     /// there is no such tenant.
     pub fn set_limits(&self, name: &str, limits: Option<&str>) -> Result<bool, AppError> {
-        let changed = self
-            .conn
-            .lock()
-            .execute(
-                "UPDATE tenants SET limits = ?2 WHERE name = ?1 AND state = 'active'",
-                params![name, limits],
-            )
-            .map_err(|e| internal("set limits", e))?;
-        Ok(changed == 1)
+        self.set_active_column(name, "limits", limits)
     }
 
     /// Records when a tenant's earliest job is due (`None`: it has none). Only for the

@@ -101,7 +101,11 @@ impl Limit {
             Limit::Executing => config.max_running_per_tenant,
             Limit::Inflight => config.max_inflight_per_tenant,
             Limit::Actions => config.actions.per_tenant,
-            Limit::AdmissionQueue => config.engine.admission_queue,
+            // The engine holds a larger flag to its channel's size.
+            Limit::AdmissionQueue => config
+                .engine
+                .admission_queue
+                .min(nimbus_engine::ADMISSION_QUEUE_MAX),
             Limit::Subscriptions => config.live.max_subscriptions_per_tenant,
             Limit::Sockets => config.live.max_sessions,
             Limit::CpuMsPerCall => {

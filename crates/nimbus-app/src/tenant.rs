@@ -154,11 +154,7 @@ impl Tenant {
         limits: TenantLimits,
         scheduler: crate::scheduler::TenantScheduler,
     ) -> Arc<Tenant> {
-        engine.set_admission_limit(limits.admission_queue);
-        let mut live_limits = config.live;
-        live_limits.max_sessions = limits.sockets;
-        live_limits.max_subscriptions_per_tenant = limits.subscriptions;
-        Arc::new(Tenant {
+        let tenant = Arc::new(Tenant {
             name: Arc::from(name),
             engine,
             pool,
@@ -179,7 +175,7 @@ impl Tenant {
             cpu: crate::metrics::CpuWindow::default(),
             last_used: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(crate::execute::now_ms() as u64),
-            live: Arc::new(crate::live::LiveQueries::new(live_limits)),
+            live: Arc::new(crate::live::LiveQueries::new(config.live)),
             in_flight: Mutex::new(crate::dedup::InFlight::default()),
             closed: tokio::sync::watch::channel(false).0,
             disconnect: tokio::sync::watch::channel(0).0,
@@ -192,7 +188,11 @@ impl Tenant {
             system_env: Arc::new(system_env(name, config)),
             scheduler: Arc::new(scheduler),
             config: config.clone(),
-        })
+        });
+        // The engine's admission queue and the live bounds start from the instance's;
+        // this puts the tenant's own in force, as a later change would.
+        tenant.set_limits(limits);
+        tenant
     }
 
     pub fn name(&self) -> &str {
