@@ -14,7 +14,8 @@
 #             open-loop at TARGET_QUERY_RATE/s, uncached), one-document durable inserts
 #   tenants   TENANTS tenants evenly loaded, same connections (code pushed by replaying the
 #             CLI's push request; TENANT_PRODUCTS products each)
-#   noisy     a steady open-loop tenant alone, then beside a tenant flooding mutations
+#   noisy     a steady open-loop tenant (queries, then mutations) alone, then beside a
+#             tenant flooding mutations, then beside one flooding ~50 ms CPU-only queries
 #   cold      COLD_TENANTS tenants created through the admin API, COLD_PUSHED of them with
 #             code; server restarted; first-request latency and resident memory, while one
 #             already active tenant is queried at COLD_ACTIVE_RATE/s
@@ -49,6 +50,8 @@ LIVE_RATE="${LIVE_RATE:-200}"
 NOISY_QUERY_RATE="${NOISY_QUERY_RATE:-200}"
 NOISY_MUTATION_RATE="${NOISY_MUTATION_RATE:-100}"
 NEIGHBOUR_CONNECTIONS="${NEIGHBOUR_CONNECTIONS:-$CONNECTIONS}"
+# The flooding neighbour's in-flight limit: what it sends beyond this is shed (429).
+NOISY_NEIGHBOUR_INFLIGHT="${NOISY_NEIGHBOUR_INFLIGHT:-16}"
 COLD_TENANTS="${COLD_TENANTS:-10000}"
 # One more tenant with code than the phases use: it stays active, probed throughout.
 COLD_PUSHED="${COLD_PUSHED:-1001}"
@@ -139,14 +142,18 @@ load tenants-query.json --targets "$WORK/tenants-targets.json" --workload query 
 # --- noisy neighbour --------------------------------------------------------------------
 "$BENCH" provision --base "$BASE" --prefix n --count 2 --push-request "$WORK/push-request.json" \
   --push-count 2 --products "$TENANT_PRODUCTS" --out "$WORK/noisy-targets.json" >/dev/null
-noisy() { # noisy OUTPUT_FILE WORKLOAD RATE
-  log "noisy neighbour: steady $2 at $3/s alone, then beside a tenant flooding mutations ($NEIGHBOUR_CONNECTIONS connections)"
+NEIGHBOUR="$(node -e 'console.log(require(process.argv[1]).targets[1].name)' "$WORK/noisy-targets.json")"
+noisy() { # noisy OUTPUT_FILE STEADY_WORKLOAD RATE NEIGHBOUR_WORKLOAD
+  log "noisy neighbour: steady $2 at $3/s alone, then beside $NEIGHBOUR flooding $4 ($NEIGHBOUR_CONNECTIONS connections, inflight limit $NOISY_NEIGHBOUR_INFLIGHT)"
   "$BENCH" noisy --targets "$WORK/noisy-targets.json" --steady-workload "$2" --steady-rate "$3" \
-    --steady-connections 8 --neighbour-workload mutation --neighbour-connections "$NEIGHBOUR_CONNECTIONS" \
+    --steady-connections 8 --neighbour-workload "$4" --neighbour-connections "$NEIGHBOUR_CONNECTIONS" \
+    --neighbour-inflight "$NOISY_NEIGHBOUR_INFLIGHT" \
     --warmup-secs "$WARMUP" --duration-secs "$DURATION" >"$OUT/$1"
 }
-noisy noisy-query.json query "$NOISY_QUERY_RATE"
-noisy noisy-mutation.json mutation "$NOISY_MUTATION_RATE"
+noisy noisy-query.json query "$NOISY_QUERY_RATE" mutation
+noisy noisy-mutation.json mutation "$NOISY_MUTATION_RATE" mutation
+noisy noisy-query-cpu.json query "$NOISY_QUERY_RATE" cpu
+noisy noisy-mutation-cpu.json mutation "$NOISY_MUTATION_RATE" cpu
 
 # --- live queries: subscription fan-out over WebSockets ---------------------------------
 log "live queries: $LIVE_TENANTS tenants x $LIVE_PRODUCTS subscriptions over WebSockets, $LIVE_RATE commits/s"

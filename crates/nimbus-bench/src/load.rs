@@ -38,6 +38,10 @@ pub(crate) struct LoadSpec {
 struct Tally {
     histogram: Histogram<u64>,
     count: u64,
+    /// Successful requests alone (a refused request is fast, and would pull the
+    /// percentiles of what was served down).
+    accepted: Histogram<u64>,
+    accepted_count: u64,
     errors: Errors,
 }
 
@@ -46,6 +50,8 @@ impl Tally {
         Ok(Tally {
             histogram: stats::new_histogram()?,
             count: 0,
+            accepted: stats::new_histogram()?,
+            accepted_count: 0,
             errors: Errors::new(),
         })
     }
@@ -53,8 +59,12 @@ impl Tally {
     fn add(&mut self, latency: Duration, error: Option<&str>) -> Result<()> {
         stats::record(&mut self.histogram, latency)?;
         self.count += 1;
-        if let Some(kind) = error {
-            *self.errors.entry(kind.to_string()).or_default() += 1;
+        match error {
+            Some(kind) => *self.errors.entry(kind.to_string()).or_default() += 1,
+            None => {
+                stats::record(&mut self.accepted, latency)?;
+                self.accepted_count += 1;
+            }
         }
         Ok(())
     }
@@ -64,6 +74,10 @@ impl Tally {
             .add(&other.histogram)
             .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
         self.count += other.count;
+        self.accepted
+            .add(&other.accepted)
+            .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+        self.accepted_count += other.accepted_count;
         stats::merge_errors(&mut self.errors, &other.errors);
         Ok(())
     }
@@ -71,6 +85,13 @@ impl Tally {
     fn summary(&self, elapsed: Duration) -> Json {
         let mut out = stats::summary(&self.histogram, self.count, elapsed);
         out["errors"] = json!(self.errors);
+        let accepted = stats::summary(&self.accepted, self.accepted_count, elapsed);
+        out["accepted"] = json!({
+            "count": self.accepted_count,
+            "latency_ms": accepted["latency_ms"],
+            // Microseconds in the histogram.
+            "mean_ms": self.accepted.mean() / 1000.0,
+        });
         out
     }
 }
@@ -214,6 +235,9 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<Json> {
     Ok(result)
 }
 
+/// How long a closed-loop connection waits after a 429 before its next request.
+pub(crate) const OVERLOAD_BACKOFF: Duration = Duration::from_millis(100);
+
 async fn connection_loop(
     shared: &Shared,
     connection: usize,
@@ -282,6 +306,11 @@ async fn connection_loop(
             if error.is_some() {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        // A closed loop refused for load backs off briefly, as a client honouring
+        // `Retry-After` would, instead of turning the refusals into a flood of their own.
+        if interval.is_none() && error.as_deref() == Some("http-429") {
+            tokio::time::sleep(OVERLOAD_BACKOFF).await;
         }
     }
     Ok(tally)

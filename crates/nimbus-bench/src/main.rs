@@ -113,6 +113,13 @@ enum Command {
         /// The neighbour's connections (closed loop).
         #[arg(long, default_value_t = 64)]
         neighbour_connections: usize,
+        /// Sets the neighbour's `inflight` limit first (`PATCH /admin/tenants/<t>`, with
+        /// the instance key `--admin-key`), so what it sends beyond it is shed with 429s.
+        #[arg(long)]
+        neighbour_inflight: Option<u64>,
+        /// The instance admin key (for `--neighbour-inflight`).
+        #[arg(long, env = "NIMBUS_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
         #[command(flatten)]
         timing: Timing,
     },
@@ -360,6 +367,8 @@ fn main() -> Result<()> {
             steady_connections,
             neighbour_workload,
             neighbour_connections,
+            neighbour_inflight,
+            admin_key,
             timing,
         } => {
             let (_, targets) = read_targets(&targets, Some(2))?;
@@ -378,6 +387,11 @@ fn main() -> Result<()> {
                 steady_connections: steady_connections.max(1),
                 neighbour_workload,
                 neighbour_connections: neighbour_connections.max(1),
+                neighbour_inflight: match (neighbour_inflight, admin_key) {
+                    (Some(inflight), Some(key)) => Some((inflight, key)),
+                    (Some(_), None) => bail!("--neighbour-inflight needs --admin-key"),
+                    (None, _) => None,
+                },
                 warmup: timing.warmup(),
                 duration: timing.duration(),
             }))?;

@@ -19,6 +19,8 @@ pub(crate) struct Noisy {
     pub(crate) steady_connections: usize,
     pub(crate) neighbour_workload: Workload,
     pub(crate) neighbour_connections: usize,
+    /// The neighbour's `inflight` limit to set first, with the instance admin key.
+    pub(crate) neighbour_inflight: Option<(u64, String)>,
     pub(crate) warmup: Duration,
     pub(crate) duration: Duration,
 }
@@ -52,6 +54,9 @@ pub(crate) async fn run(n: Noisy) -> Result<Json> {
     if n.steady.name == n.neighbour.name {
         return Err(anyhow!("the steady tenant and the neighbour must differ"));
     }
+    if let Some((inflight, key)) = &n.neighbour_inflight {
+        set_inflight(&n.neighbour, *inflight, key).await?;
+    }
     let alone = load::run(n.steady_spec("steady tenant alone")).await?;
     let flood = LoadSpec {
         label: "neighbour flooding".into(),
@@ -74,6 +79,7 @@ pub(crate) async fn run(n: Noisy) -> Result<Json> {
         "kind": "noisy-neighbour",
         "steady_tenant": n.steady.name,
         "neighbour_tenant": n.neighbour.name,
+        "neighbour_inflight_limit": n.neighbour_inflight.as_ref().map(|(limit, _)| *limit),
         "p99_ratio": ratio(&with_neighbour, &alone, "/latency_ms/p99"),
         "p50_ratio": ratio(&with_neighbour, &alone, "/latency_ms/p50"),
         "throughput_ratio": ratio(&with_neighbour, &alone, "/throughput_per_sec"),
@@ -81,4 +87,27 @@ pub(crate) async fn run(n: Noisy) -> Result<Json> {
         "with_neighbour": with_neighbour,
         "neighbour": neighbour,
     }))
+}
+
+/// Sets a tenant's `inflight` limit through the admin API of the server it is on.
+async fn set_inflight(target: &Target, inflight: u64, admin_key: &str) -> Result<()> {
+    let suffix = format!("/t/{}", target.name);
+    let Some(base) = target.url.trim_end_matches('/').strip_suffix(&suffix) else {
+        return Err(anyhow!("{} is not a /t/<tenant> URL", target.url));
+    };
+    let response = crate::provision::client()?
+        .patch(format!("{base}/admin/tenants/{}", target.name))
+        .bearer_auth(admin_key)
+        .json(&json!({"limits": {"inflight": inflight}}))
+        .send()
+        .await?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(anyhow!(
+            "setting {}'s inflight limit: {status}: {body}",
+            target.name
+        ));
+    }
+    Ok(())
 }

@@ -25,7 +25,15 @@ pub(crate) enum Workload {
     /// An indexed read of 10 rows: Nimbus `orders:listOpen`; PocketBase a filtered,
     /// sorted list.
     Query,
+    /// CPU work alone, about 50 ms of it on this project's 2-core machines: Nimbus
+    /// `load:burn` ([`BURN_ITERATIONS`]), with arguments that differ on every call so
+    /// each one runs (no query cache). Nimbus only.
+    Cpu,
 }
+
+/// Iterations of `load:burn` per call in the `cpu` workload: about 50 ms of QuickJS on
+/// the Xeon of `BENCHMARKS.md` (the run reports the time it actually took).
+pub(crate) const BURN_ITERATIONS: u64 = 1_000_000;
 
 impl Workload {
     pub(crate) fn name(self) -> &'static str {
@@ -33,6 +41,7 @@ impl Workload {
             Workload::Mutation => "mutation",
             Workload::Insert => "insert",
             Workload::Query => "query",
+            Workload::Cpu => "cpu",
         }
     }
 }
@@ -131,6 +140,8 @@ pub(crate) enum Plan {
     /// A PocketBase order record (its `createdAt` is the time of sending, as Nimbus's
     /// `orders:open` takes `Date.now()`).
     PocketbaseOpen { url: String, shop: String },
+    /// Nimbus `load:burn`, salted with a fresh ID per request.
+    Burn { url: String },
 }
 
 /// One request ready to send.
@@ -178,6 +189,12 @@ impl Plan {
                     "args": [{"shopId": shop, "limit": 10.0}]}),
                 )?],
             },
+            (System::Nimbus, Workload::Cpu) => Plan::Burn {
+                url: format!("{base}/api/query"),
+            },
+            (System::Pocketbase, Workload::Cpu) => {
+                bail!("the cpu workload is Nimbus only (it calls a Convex function)")
+            }
             (System::Pocketbase, Workload::Mutation) => Plan::PocketbaseOrder {
                 url: format!("{base}/api/batch"),
                 shop,
@@ -203,7 +220,8 @@ impl Plan {
         match self {
             Plan::Fixed { url, .. }
             | Plan::PocketbaseOrder { url, .. }
-            | Plan::PocketbaseOpen { url, .. } => url,
+            | Plan::PocketbaseOpen { url, .. }
+            | Plan::Burn { url } => url,
         }
     }
 
@@ -217,6 +235,14 @@ impl Plan {
                     .map(|b| std::borrow::Cow::Borrowed(b.as_slice()))
                     .unwrap_or_default(),
             },
+            Plan::Burn { .. } => {
+                let body = json!({"path": "load:burn", "format": "convex_encoded_json",
+                    "args": [{"iterations": BURN_ITERATIONS as f64, "salt": order_id}]});
+                Request {
+                    method: Method::Post,
+                    body: serde_json::to_vec(&body)?.into(),
+                }
+            }
             Plan::PocketbaseOpen { shop, .. } => {
                 let body = json!({"shop": shop, "status": "open", "createdAt": now_ms(),
                                   "totalCents": 0});

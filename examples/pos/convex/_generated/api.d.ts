@@ -9,6 +9,7 @@
  */
 
 import type * as dashboard from "../dashboard.js";
+import type * as load from "../load.js";
 import type * as model from "../model.js";
 import type * as orders from "../orders.js";
 import type * as products from "../products.js";
@@ -22,6 +23,7 @@ import type {
 
 declare const fullApi: ApiFromModules<{
   dashboard: typeof dashboard;
+  load: typeof load;
   model: typeof model;
   orders: typeof orders;
   products: typeof products;
