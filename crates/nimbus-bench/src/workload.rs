@@ -25,14 +25,15 @@ pub(crate) enum Workload {
     /// An indexed read of 10 rows: Nimbus `orders:listOpen`; PocketBase a filtered,
     /// sorted list.
     Query,
-    /// CPU work alone, about 50 ms of it on this project's 2-core machines: Nimbus
+    /// CPU work alone, about 50–60 ms of it on this project's 2-core machines: Nimbus
     /// `load:burn` ([`BURN_ITERATIONS`]), with arguments that differ on every call so
     /// each one runs (no query cache). Nimbus only.
     Cpu,
 }
 
-/// Iterations of `load:burn` per call in the `cpu` workload: about 50 ms of QuickJS on
-/// the Xeon of `BENCHMARKS.md` (the run reports the time it actually took).
+/// Iterations of `load:burn` per call in the `cpu` workload: about 50–60 ms of QuickJS on
+/// this project's 2-core machines (measured on an AMD EPYC: 34 calls/s over both cores;
+/// the run reports its own rate).
 pub(crate) const BURN_ITERATIONS: u64 = 1_000_000;
 
 impl Workload {
