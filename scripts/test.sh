@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run): formatting, clippy, the Rust tests, a release
 # build of nimbus, then the end-to-end tests (official convex CLI + ConvexHttpClient against a
-# real `nimbus serve`; a web page in headless Chromium from another origin).
+# real `nimbus serve`; a web page in headless Chromium from another origin). The Postgres
+# backend's tests need the local PostgreSQL (127.0.0.1:5432, trust auth); this script starts a
+# PgBouncer in front of it (scripts/pgbouncer.sh, installing Debian's package if needed).
 #
 # Environment:
 #   CARGO_TARGET_DIR   cargo target directory (default $HOME/.cache/nimbus-target)
 #   NIMBUS_BIN         binary for the e2e tests (default $CARGO_TARGET_DIR/release/nimbus)
 #   E2E_ONLY=1         skip the cargo steps (fmt, clippy, tests, build) and run only the e2e tests
 #   FUZZ_SECONDS       seconds per fuzz target (default 60)
+#   NIMBUS_TEST_POSTGRES_URL  the Postgres server of the Postgres tests (default
+#                      postgres://postgres@127.0.0.1:5432/...)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -83,6 +87,15 @@ fi
 # Before the Rust tests: the Rust-client test pushes examples/pos with the official CLI.
 step npm-ci-e2e npm_ci "$REPO_ROOT/tests/e2e"
 step npm-ci-pos npm_ci "$REPO_ROOT/examples/pos"
+# The Postgres backend's tests (Rust conformance suite, e2e) reach the shared tier through a
+# real PgBouncer in transaction mode, and the local Postgres directly.
+start_pgbouncer() {
+  NIMBUS_TEST_PGBOUNCER_URL="$(bash "$REPO_ROOT/scripts/pgbouncer.sh")"
+  export NIMBUS_TEST_PGBOUNCER_URL
+  info "NIMBUS_TEST_PGBOUNCER_URL=$NIMBUS_TEST_PGBOUNCER_URL"
+}
+need_cmd psql postgresql-client
+step pgbouncer start_pgbouncer
 if [ -z "${E2E_ONLY:-}" ]; then
   step rust-tests rust_tests
   step build cargo build --release -p nimbus

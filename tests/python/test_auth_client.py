@@ -18,7 +18,8 @@ paths. When that name does not resolve, the test adds it to /etc/hosts (CI runs 
 fails saying so.
 
 Settings (environment): NIMBUS_BIN (default `$CARGO_TARGET_DIR/release/nimbus`, with
-CARGO_TARGET_DIR defaulting to ~/.cache/nimbus-target), NIMBUS_TEST_LOG (the server's
+CARGO_TARGET_DIR defaulting to ~/.cache/nimbus-target), NIMBUS_TEST_SERVE_ARGS (more
+`nimbus serve` flags, split like a shell), NIMBUS_TEST_LOG (the server's
 RUST_LOG, default `warn`).
 
 Every blocking client call runs under a step timer (SIGALRM): the client checks for Python
@@ -35,6 +36,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -322,7 +324,17 @@ class Server:
         env = dict(os.environ, NIMBUS_ADMIN_KEY=self.admin_key)
         env["RUST_LOG"] = os.environ.get("NIMBUS_TEST_LOG", "warn")
         self.process = subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data, *extra_args],
+            [
+                binary,
+                "serve",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                self.data,
+                *extra_args,
+                # Extra flags, e.g. the same tests with tenants stored in Postgres.
+                *shlex.split(os.environ.get("NIMBUS_TEST_SERVE_ARGS", "")),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             preexec_fn=die_with_parent,

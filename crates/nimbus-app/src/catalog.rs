@@ -21,6 +21,9 @@ pub(crate) struct TenantRow {
     pub next_due_ms: Option<i64>,
     /// Its limit overrides as JSON (`limits.rs`), or `None` when it follows the instance.
     pub limits: Option<String>,
+    /// Where its namespace lives (`Placement::name`); `None` in rows from before
+    /// placements existed, which are all SQLite.
+    pub storage: Option<String>,
 }
 
 pub(crate) struct TenantCatalog {
@@ -32,7 +35,7 @@ fn internal(context: &str, e: rusqlite::Error) -> AppError {
 }
 
 /// The columns [`tenant_row`] reads, in its order.
-const ROW_COLUMNS: &str = "name, created_at_ms, key_hash, next_due_ms, limits";
+const ROW_COLUMNS: &str = "name, created_at_ms, key_hash, next_due_ms, limits, storage";
 
 fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
     Ok(TenantRow {
@@ -41,6 +44,7 @@ fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
         key_hash: row.get(2)?,
         next_due_ms: row.get(3)?,
         limits: row.get(4)?,
+        storage: row.get(5)?,
     })
 }
 
@@ -87,6 +91,11 @@ impl TenantCatalog {
             "limits",
             "ALTER TABLE tenants ADD COLUMN limits TEXT;",
         )?;
+        add_column_if_missing(
+            &conn,
+            "storage",
+            "ALTER TABLE tenants ADD COLUMN storage TEXT;",
+        )?;
         Ok(TenantCatalog {
             conn: Mutex::new(conn),
         })
@@ -96,8 +105,14 @@ impl TenantCatalog {
     pub fn insert_creating(&self, row: &TenantRow) -> Result<(), AppError> {
         let conn = self.conn.lock();
         let result = conn.execute(
-            "INSERT INTO tenants (name, created_at_ms, key_hash, state) VALUES (?1, ?2, ?3, 'creating')",
-            params![row.name, row.created_at_ms as i64, row.key_hash],
+            "INSERT INTO tenants (name, created_at_ms, key_hash, state, storage) \
+             VALUES (?1, ?2, ?3, 'creating', ?4)",
+            params![
+                row.name,
+                row.created_at_ms as i64,
+                row.key_hash,
+                row.storage
+            ],
         );
         match result {
             Ok(_) => Ok(()),
@@ -235,13 +250,13 @@ impl TenantCatalog {
     }
 
     /// Tenants left half-created or half-deleted by a crash.
-    pub fn unfinished(&self) -> Result<Vec<(String, String)>, AppError> {
+    pub fn unfinished(&self) -> Result<Vec<(String, String, Option<String>)>, AppError> {
         let conn = self.conn.lock();
         let mut statement = conn
-            .prepare("SELECT name, state FROM tenants WHERE state != 'active'")
+            .prepare("SELECT name, state, storage FROM tenants WHERE state != 'active'")
             .map_err(|e| internal("unfinished", e))?;
         let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
             .map_err(|e| internal("unfinished", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal("unfinished", e))

@@ -73,6 +73,10 @@ pub struct NimbusConfig {
     pub scheduler: crate::scheduler::SchedulerConfig,
     /// Bounds of actions' outbound requests (`fetch`).
     pub fetch: crate::fetch::FetchLimits,
+    /// Where new tenants are stored unless their creation names a placement.
+    pub default_storage: crate::placement::Placement,
+    /// The Postgres server, when tenants may be stored there.
+    pub postgres: Option<crate::placement::PostgresSettings>,
 }
 
 /// Half the machine's memory (from /proc/meminfo), or 4 GiB when it cannot be read.
@@ -131,6 +135,8 @@ impl NimbusConfig {
             actions: crate::action::ActionLimits::default(),
             scheduler: crate::scheduler::SchedulerConfig::default(),
             fetch: crate::fetch::FetchLimits::default(),
+            default_storage: crate::placement::Placement::Sqlite,
+            postgres: None,
         };
         config.set_js_workers(workers);
         config

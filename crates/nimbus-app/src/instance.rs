@@ -8,7 +8,6 @@ use std::sync::Arc;
 use nimbus_engine::{EngineError, StoreOpener, TenantEngine};
 use nimbus_runtime::JsPool;
 use nimbus_storage::{StorageBackend, StorageError};
-use nimbus_storage_sqlite::{SqliteBackend, SqliteConfig};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
@@ -17,6 +16,7 @@ use crate::config::NimbusConfig;
 use crate::error::AppError;
 use crate::is_valid_tenant_name;
 use crate::limits::LimitOverrides;
+use crate::placement::{Backends, Placement};
 use crate::tenant::Tenant;
 
 /// A tenant just created, with its admin key (shown once; only its hash is kept).
@@ -37,6 +37,8 @@ pub struct TenantInfo {
     pub limit_overrides: crate::limits::LimitOverrides,
     /// The limits in force: the overrides over the instance defaults.
     pub limits: crate::limits::TenantLimits,
+    /// Where its namespace lives.
+    pub storage: Placement,
 }
 
 /// A tenant's place in the active map: empty while the tenant is being activated.
@@ -56,7 +58,7 @@ pub struct Nimbus {
     admin_key_hash: String,
     admin_key_path: PathBuf,
     catalog: Arc<TenantCatalog>,
-    storage: Arc<dyn StorageBackend>,
+    storage: Backends,
     pool: Arc<JsPool>,
     /// Fetches auth providers' keys for every tenant, under the egress policy.
     key_fetcher: Arc<crate::auth::KeyFetcher>,
@@ -102,8 +104,15 @@ fn random_secret() -> String {
     hex::encode(rand::random::<[u8; 24]>())
 }
 
-fn storage_error(context: &str, e: StorageError) -> AppError {
-    AppError::Internal(format!("{context}: {e}"))
+fn storage_error(tenant: &str, context: &str, e: StorageError) -> AppError {
+    match e {
+        // A networked backend that is unreachable or out of connections: retry later.
+        StorageError::Busy(detail) => AppError::Unavailable {
+            tenant: tenant.to_string(),
+            detail: format!("{context}: storage is busy: {detail}"),
+        },
+        e => AppError::Internal(format!("{context}: {e}")),
+    }
 }
 
 impl Nimbus {
@@ -143,10 +152,13 @@ impl Nimbus {
             }
         }
         let catalog = Arc::new(TenantCatalog::open(&catalog_path)?);
-        let storage: Arc<dyn StorageBackend> = Arc::new(
-            SqliteBackend::new(config.data_dir.clone(), SqliteConfig::default())
-                .map_err(|e| storage_error("opening SQLite storage", e))?,
-        );
+        if config.default_storage != Placement::Sqlite && config.postgres.is_none() {
+            return Err(AppError::BadRequest(format!(
+                "--storage {} needs --postgres-url",
+                config.default_storage.name()
+            )));
+        }
+        let storage = Backends::open(&config.data_dir, config.postgres.as_ref())?;
         let pool = Arc::new(
             JsPool::new(config.pool.clone())
                 .map_err(|e| AppError::Internal(format!("starting the JS pool: {e}")))?,
@@ -177,19 +189,35 @@ impl Nimbus {
         Ok(nimbus)
     }
 
+    /// The backend an existing tenant lives in; unavailable (not a client error) when this
+    /// server was started without that backend.
+    fn backend(
+        &self,
+        tenant: &str,
+        placement: Placement,
+    ) -> Result<Arc<dyn StorageBackend>, AppError> {
+        self.storage
+            .get(placement)
+            .map_err(|detail| AppError::Unavailable {
+                tenant: tenant.to_string(),
+                detail,
+            })
+    }
+
     /// Completes creations and deletions a crash interrupted: both end with the tenant
     /// gone (a creation never returned its key, so nobody can use it).
     fn finish_interrupted(&self) -> Result<(), AppError> {
-        for (name, state) in self.catalog.unfinished()? {
+        for (name, state, stored) in self.catalog.unfinished()? {
             tracing::warn!(tenant = %name, %state, "removing a tenant left unfinished by a crash");
-            if self
-                .storage
+            let placement = Placement::from_catalog(&name, stored.as_deref())?;
+            let storage = self.backend(&name, placement)?;
+            if storage
                 .namespace_exists(&name)
-                .map_err(|e| storage_error("recovery", e))?
+                .map_err(|e| storage_error(&name, "recovery", e))?
             {
-                self.storage
+                storage
                     .delete_namespace(&name)
-                    .map_err(|e| storage_error("recovery", e))?;
+                    .map_err(|e| storage_error(&name, "recovery", e))?;
             }
             self.catalog.remove(&name)?;
         }
@@ -221,6 +249,11 @@ impl Nimbus {
             created_at_ms: row.created_at_ms,
             limits: limit_overrides.resolve(&self.config),
             limit_overrides,
+            storage: row
+                .storage
+                .as_deref()
+                .and_then(Placement::parse)
+                .unwrap_or_default(),
         }
     }
 
@@ -264,10 +297,22 @@ impl Nimbus {
         })
     }
 
+    /// Creates a tenant where the instance's default storage says.
     pub async fn create_tenant(&self, name: &str) -> Result<CreatedTenant, AppError> {
+        self.create_tenant_in(name, None).await
+    }
+
+    /// Creates a tenant in `storage` (the instance's default when `None`).
+    pub async fn create_tenant_in(
+        &self,
+        name: &str,
+        storage: Option<Placement>,
+    ) -> Result<CreatedTenant, AppError> {
         if !is_valid_tenant_name(name) {
             return Err(AppError::InvalidTenantName(name.to_string()));
         }
+        let placement = storage.unwrap_or(self.config.default_storage);
+        let storage = self.storage.get(placement).map_err(AppError::BadRequest)?;
         let admin_key = format!("{name}|{}", random_secret());
         let created_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -279,9 +324,9 @@ impl Nimbus {
             key_hash: sha256_hex(&admin_key),
             next_due_ms: None,
             limits: None,
+            storage: Some(placement.name().to_string()),
         };
         self.catalog.insert_creating(&row)?;
-        let storage = self.storage.clone();
         let namespace = name.to_string();
         let created = tokio::task::spawn_blocking(move || {
             if storage.namespace_exists(&namespace)? {
@@ -294,7 +339,7 @@ impl Nimbus {
         .map_err(|e| AppError::Internal(format!("create task: {e}")))?;
         if let Err(e) = created {
             self.catalog.remove(name)?;
-            return Err(storage_error("creating the tenant's storage", e));
+            return Err(storage_error(name, "creating the tenant's storage", e));
         }
         self.catalog.set_active(name)?;
         tracing::info!(tenant = name, "tenant created");
@@ -352,6 +397,10 @@ impl Nimbus {
     }
 
     async fn delete_fenced(&self, name: &str, removed: Option<Slot>) -> Result<(), AppError> {
+        let Some(row) = self.catalog.get(name)? else {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        };
+        let storage = self.backend(name, Placement::from_catalog(name, row.storage.as_deref())?)?;
         if !self.catalog.set_deleting(name)? {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
@@ -367,12 +416,11 @@ impl Nimbus {
             }
         }
         self.pool.forget_tenant(name);
-        let storage = self.storage.clone();
         let namespace = name.to_string();
         tokio::task::spawn_blocking(move || storage.delete_namespace(&namespace))
             .await
             .map_err(|e| AppError::Internal(format!("delete task: {e}")))?
-            .map_err(|e| storage_error("deleting the tenant's storage", e))?;
+            .map_err(|e| storage_error(name, "deleting the tenant's storage", e))?;
         self.catalog.remove(name)?;
         tracing::info!(tenant = name, "tenant deleted");
         Ok(())
@@ -557,7 +605,13 @@ impl Nimbus {
     }
 
     async fn open_tenant(&self, name: &str) -> Result<Arc<Tenant>, AppError> {
-        let storage = self.storage.clone();
+        let Some(placed) = self.catalog.get(name)? else {
+            return Err(AppError::TenantNotFound(name.to_string()));
+        };
+        let storage = self.backend(
+            name,
+            Placement::from_catalog(name, placed.storage.as_deref())?,
+        )?;
         let namespace = name.to_string();
         let opener: StoreOpener = Arc::new(move || storage.open_namespace(&namespace));
         let engine = TenantEngine::open(
@@ -568,7 +622,7 @@ impl Nimbus {
         )
         .await
         .map_err(|e| match e {
-            EngineError::Storage(e) => storage_error("opening the tenant's storage", e),
+            EngineError::Storage(e) => storage_error(name, "opening the tenant's storage", e),
             other => AppError::from_engine(name, other),
         })?;
         let Some(row) = self.catalog.get(name)? else {

@@ -24,6 +24,7 @@ mod instance;
 mod limits;
 mod live;
 pub mod metrics;
+mod placement;
 mod push;
 mod query_cache;
 mod scheduler;
@@ -51,6 +52,7 @@ pub use live::{
 };
 pub use nimbus_engine::{StorageHealth, StorageState};
 pub use nimbus_runtime::FunctionKind;
+pub use placement::{Placement, PostgresSettings};
 pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
 pub use scheduler::{SchedulerConfig, SchedulerStats};
 pub use tenant::{Tenant, TenantStats};

@@ -2,7 +2,7 @@
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use nimbus_app::TenantInfo;
+use nimbus_app::{Placement, TenantInfo};
 use serde_json::{json, Value as Json};
 
 use crate::{ApiError, AppState, Incoming};
@@ -21,7 +21,12 @@ fn storage_json(health: &nimbus_app::StorageHealth) -> Json {
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn info_json(info: &TenantInfo) -> Json {
-    json!({"name": info.name, "url": info.url, "createdAt": info.created_at_ms})
+    json!({
+        "name": info.name,
+        "url": info.url,
+        "createdAt": info.created_at_ms,
+        "storage": info.storage.name(),
+    })
 }
 
 /// One tenant in full: its record, the limits in force, and which of them it overrides.
@@ -68,7 +73,20 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                     "expected a JSON body {\"name\": \"<tenant>\"}",
                 ));
             };
-            let created = state.nimbus.create_tenant(name).await?;
+            let storage = match body.get("storage") {
+                None | Some(Json::Null) => None,
+                Some(Json::String(storage)) => Some(Placement::parse(storage).ok_or_else(|| {
+                    ApiError::bad_json(format!(
+                        "unknown storage {storage:?}: one of \"sqlite\", \"postgres-shared\", \"postgres-dedicated\""
+                    ))
+                })?),
+                Some(_) => {
+                    return Err(ApiError::bad_json(
+                        "\"storage\" must be a string such as \"postgres-shared\"",
+                    ))
+                }
+            };
+            let created = state.nimbus.create_tenant_in(name, storage).await?;
             let body =
                 json!({"name": created.name, "url": created.url, "adminKey": created.admin_key});
             Ok((StatusCode::CREATED, axum::Json(body)).into_response())

@@ -199,12 +199,49 @@ struct ServeArgs {
     /// pings every 5 s) before the server closes the connection.
     #[arg(long, default_value_t = 120)]
     sync_idle_timeout_secs: u64,
+    /// Where new tenants are stored: `sqlite` (a file each, embedded), `postgres-shared`
+    /// (a schema each, through --postgres-pooler-url; `postgres` means this) or
+    /// `postgres-dedicated` (a database each). A tenant stays where it was created;
+    /// `POST /admin/tenants` may name another placement for one tenant.
+    #[arg(long, default_value = "sqlite", value_parser = parse_placement)]
+    storage: nimbus_app::Placement,
+    /// Direct Postgres URL (`postgres://user@host:port/database`): control connections,
+    /// the dedicated tier, and the database of the shared tier's schemas (created when
+    /// missing). Without it, only SQLite is available.
+    #[arg(long, env = "NIMBUS_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// The shared tier's runtime connections, normally a PgBouncer in transaction mode in
+    /// front of the same server (default: --postgres-url, direct).
+    #[arg(long, env = "NIMBUS_POSTGRES_POOLER_URL")]
+    postgres_pooler_url: Option<String>,
+    /// Postgres connections one active tenant may hold (per tier); an idle tenant that is
+    /// released (--tenant-idle-secs) holds none.
+    #[arg(long, default_value_t = 4)]
+    postgres_connections_per_tenant: usize,
+    /// Prefix of the schemas and databases of tenants (a-z, 0-9, _; at most 20 bytes).
+    #[arg(long, default_value = "nimbus_")]
+    postgres_prefix: String,
+}
+
+fn parse_placement(name: &str) -> Result<nimbus_app::Placement, String> {
+    nimbus_app::Placement::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = nimbus_app::Placement::ALL
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        format!("unknown storage {name:?}: one of {}", names.join(", "))
+    })
 }
 
 #[derive(Subcommand)]
 enum TenantAction {
     /// Create a tenant; prints its URL and admin key.
-    Create { name: String },
+    Create {
+        name: String,
+        /// Where to store it (default: the server's --storage).
+        #[arg(long, value_parser = parse_placement)]
+        storage: Option<nimbus_app::Placement>,
+    },
     /// List tenants.
     List,
     /// Delete a tenant and all its data.
@@ -259,6 +296,11 @@ fn main() -> Result<()> {
                 metrics_max_tenants,
                 sync_send_timeout_secs,
                 sync_idle_timeout_secs,
+                storage,
+                postgres_url,
+                postgres_pooler_url,
+                postgres_connections_per_tenant,
+                postgres_prefix,
             } = *args;
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -272,6 +314,14 @@ fn main() -> Result<()> {
                 .to_string();
             let mut config = NimbusConfig::new(data_dir.clone(), public_url.clone());
             config.egress_allow = egress_allow;
+            config.default_storage = storage;
+            config.postgres = postgres_url.map(|url| {
+                let mut postgres = nimbus_app::PostgresSettings::new(url);
+                postgres.pooler_url = postgres_pooler_url;
+                postgres.max_connections_per_tenant = postgres_connections_per_tenant.max(1);
+                postgres.prefix = postgres_prefix;
+                postgres
+            });
             config.site_url = site_listen.map(|addr| format!("http://{addr}"));
             config.actions.timeout = Duration::from_secs(action_timeout_secs.max(1));
             config.actions.per_tenant = max_actions_per_tenant.max(1);
@@ -480,9 +530,13 @@ fn tenant_command(
         .build()?;
     let base = url.trim_end_matches('/');
     let request = match &action {
-        TenantAction::Create { name } => client
-            .post(format!("{base}/admin/tenants"))
-            .json(&serde_json::json!({"name": name})),
+        TenantAction::Create { name, storage } => {
+            let mut body = serde_json::json!({"name": name});
+            if let Some(storage) = storage {
+                body["storage"] = storage.name().into();
+            }
+            client.post(format!("{base}/admin/tenants")).json(&body)
+        }
         TenantAction::List => client.get(format!("{base}/admin/tenants")),
         TenantAction::Delete { name } => client.delete(format!("{base}/admin/tenants/{name}")),
     };

@@ -1,0 +1,668 @@
+//! One open namespace: its runtime connection pool and the [`TenantStore`] methods.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use nimbus_storage::{
+    IndexNumber, IndexScan, IndexWrite, KeyRange, NamespaceStats, ScanOrder, StorageError,
+    StoredDocument, TenantStore, WriteBatch,
+};
+use nimbus_types::{DocumentId, TableNumber, Timestamp};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{NoTls, Row};
+
+use crate::bridge::Bridge;
+use crate::error::{pg, pool};
+use crate::sql::{Statements, FORMAT_VERSION};
+use crate::PostgresConfig;
+
+/// Rows per page of a table scan: the bound on what a scan holds beyond what its caller
+/// has not yet visited (one page in the channel, one being fetched).
+const SCAN_PAGE_ROWS: usize = 256;
+
+/// One statement of a batch: what it does (for errors), its SQL and its typed parameters.
+type Statement<'a> = (&'static str, &'a str, Vec<(&'a (dyn ToSql + Sync), Type)>);
+
+pub(crate) struct PostgresStore {
+    inner: Arc<Inner>,
+    bridge: Arc<Bridge>,
+}
+
+struct Inner {
+    namespace: String,
+    sql: Statements,
+    pool: Pool,
+}
+
+impl PostgresStore {
+    pub(crate) fn open(
+        namespace: &str,
+        schema: &str,
+        runtime: tokio_postgres::Config,
+        config: &PostgresConfig,
+        bridge: Arc<Bridge>,
+    ) -> Result<PostgresStore, StorageError> {
+        let manager = Manager::from_config(
+            runtime,
+            NoTls,
+            ManagerConfig {
+                // A pooled connection is checked only for being closed: a statement on a
+                // connection that died since fails as busy and the engine retries.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.max_connections_per_namespace.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(config.wait_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| StorageError::Io(format!("{namespace}: building the pool: {e}")))?;
+        let store = PostgresStore {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                sql: Statements::new(schema),
+                pool,
+            }),
+            bridge,
+        };
+        // No existence check of its own (that would take a control connection per
+        // activation): a missing database, schema or table is a missing namespace.
+        let version = store.with(|inner| async move {
+            let missing = |e: &tokio_postgres::Error| {
+                [
+                    SqlState::INVALID_CATALOG_NAME,
+                    SqlState::INVALID_SCHEMA_NAME,
+                    SqlState::UNDEFINED_TABLE,
+                ]
+                .iter()
+                .any(|state| e.code() == Some(state))
+            };
+            let not_found = || StorageError::NamespaceNotFound(inner.namespace.clone());
+            let client = match inner.pool.get().await {
+                Ok(client) => client,
+                Err(deadpool_postgres::PoolError::Backend(e)) if missing(&e) => {
+                    return Err(not_found())
+                }
+                Err(e) => return Err(crate::error::pool("connect", &inner.namespace, e)),
+            };
+            let row = match client.query_typed_one(&inner.sql.format_version, &[]).await {
+                Ok(row) => row,
+                Err(e) if missing(&e) => return Err(not_found()),
+                Err(e) => return Err(pg("read format version", &inner.namespace, e)),
+            };
+            row.try_get::<_, i64>(0)
+                .map_err(|e| pg("read format version", &inner.namespace, e))
+        })?;
+        if version > FORMAT_VERSION {
+            return Err(StorageError::Corrupted {
+                namespace: namespace.to_string(),
+                detail: format!(
+                    "format version {version} is newer than this Nimbus ({FORMAT_VERSION})"
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Runs `work` with the namespace on the backend's runtime.
+    fn with<T, F, Fut>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
+        self.bridge.run(work(self.inner.clone()))
+    }
+}
+
+impl Inner {
+    async fn connection(&self) -> Result<deadpool_postgres::Object, StorageError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| pool("connect", &self.namespace, e))
+    }
+
+    fn corrupted(&self, detail: String) -> StorageError {
+        StorageError::Corrupted {
+            namespace: self.namespace.clone(),
+            detail,
+        }
+    }
+
+    /// A document from a row of `(id, table_number, ts, body)` starting at column `at`.
+    fn document(&self, row: &Row, at: usize) -> Result<StoredDocument, StorageError> {
+        let get = |e| pg("read row", &self.namespace, e);
+        let id: Vec<u8> = row.try_get(at).map_err(get)?;
+        let table: i64 = row.try_get(at + 1).map_err(get)?;
+        let ts: i64 = row.try_get(at + 2).map_err(get)?;
+        let body: Vec<u8> = row.try_get(at + 3).map_err(get)?;
+        let id = id_from_bytes(&id)
+            .ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?;
+        Ok(StoredDocument {
+            id,
+            table: TableNumber(
+                u32::try_from(table)
+                    .map_err(|_| self.corrupted(format!("table number {table}")))?,
+            ),
+            ts: Timestamp(
+                u64::try_from(ts).map_err(|_| self.corrupted(format!("timestamp {ts}")))?,
+            ),
+            body,
+        })
+    }
+
+    /// Writes a batch in one transaction: `BEGIN`, then every statement pipelined (sent
+    /// together, run in order, one round trip), then `COMMIT`. The first statement moves
+    /// `max_ts` forward and takes its row lock; when it changes no row the batch is refused
+    /// and the transaction is rolled back (dropped), so nothing of it stays.
+    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let ns = &self.namespace;
+        let sql = &self.sql;
+        let ts = i64::try_from(batch.ts.0).map_err(|_| {
+            StorageError::Io(format!("{ns}: batch timestamp {} too large", batch.ts))
+        })?;
+        let rows = BatchRows::new(&batch);
+        let mut ops: Vec<Statement> = Vec::new();
+        ops.push((
+            "advance max_ts",
+            &sql.advance_max_ts,
+            vec![(&ts, Type::INT8)],
+        ));
+        if !rows.put_ids.is_empty() {
+            ops.push((
+                "write documents",
+                &sql.put_documents,
+                vec![
+                    (&rows.put_ids, Type::BYTEA_ARRAY),
+                    (&rows.put_tables, Type::INT8_ARRAY),
+                    (&ts, Type::INT8),
+                    (&rows.put_bodies, Type::BYTEA_ARRAY),
+                ],
+            ));
+        }
+        if !rows.deleted_ids.is_empty() {
+            ops.push((
+                "delete documents",
+                &sql.delete_documents,
+                vec![(&rows.deleted_ids, Type::BYTEA_ARRAY)],
+            ));
+        }
+        for step in &rows.index_steps {
+            match step {
+                IndexStep::Entries(entries) => {
+                    if !entries.del_keys.is_empty() {
+                        ops.push((
+                            "delete index entries",
+                            &sql.delete_entries,
+                            vec![
+                                (&entries.del_indexes, Type::INT8_ARRAY),
+                                (&entries.del_keys, Type::BYTEA_ARRAY),
+                            ],
+                        ));
+                    }
+                    if !entries.put_keys.is_empty() {
+                        ops.push((
+                            "write index entries",
+                            &sql.put_entries,
+                            vec![
+                                (&entries.put_indexes, Type::INT8_ARRAY),
+                                (&entries.put_keys, Type::BYTEA_ARRAY),
+                                (&entries.put_ids, Type::BYTEA_ARRAY),
+                            ],
+                        ));
+                    }
+                }
+                IndexStep::Drop(index) => {
+                    ops.push(("drop index", &sql.drop_index, vec![(index, Type::INT8)]));
+                }
+                IndexStep::DropChunk(index, limit) => ops.push((
+                    "drop index chunk",
+                    &sql.drop_index_chunk,
+                    vec![(index, Type::INT8), (limit, Type::INT8)],
+                )),
+            }
+        }
+        if !rows.put_names.is_empty() {
+            ops.push((
+                "write globals",
+                &sql.put_globals,
+                vec![
+                    (&rows.put_names, Type::TEXT_ARRAY),
+                    (&rows.put_values, Type::BYTEA_ARRAY),
+                ],
+            ));
+        }
+        if !rows.deleted_names.is_empty() {
+            ops.push((
+                "delete globals",
+                &sql.delete_globals,
+                vec![(&rows.deleted_names, Type::TEXT_ARRAY)],
+            ));
+        }
+        if !rows.receipt_keys.is_empty() {
+            ops.push((
+                "write receipts",
+                &sql.put_receipts,
+                vec![
+                    (&rows.receipt_keys, Type::BYTEA_ARRAY),
+                    (&ts, Type::INT8),
+                    (&rows.receipt_bodies, Type::BYTEA_ARRAY),
+                ],
+            ));
+        }
+        if let Some(before) = &rows.expire_before {
+            ops.push((
+                "expire receipts",
+                &sql.expire_receipts,
+                vec![(before, Type::INT8)],
+            ));
+        }
+
+        let mut client = self.connection().await?;
+        let tx = client.transaction().await.map_err(|e| pg("begin", ns, e))?;
+        // Polled in order, so sent in order; the server runs them in that order. On the
+        // first failure the rest are dropped (their answers are discarded) and so is `tx`.
+        let done = futures::future::try_join_all(ops.iter().map(|(what, statement, params)| {
+            let tx = &tx;
+            async move {
+                tx.execute_typed(statement, params)
+                    .await
+                    .map_err(|e| pg(what, ns, e))
+            }
+        }))
+        .await?;
+        if done.first() != Some(&1) {
+            let max_ts = tx
+                .query_typed_one(&sql.max_ts, &[])
+                .await
+                .and_then(|row| row.try_get::<_, i64>(0))
+                .map_err(|e| pg("read max_ts", ns, e))?;
+            return Err(StorageError::Io(format!(
+                "{ns}: batch timestamp {} is not after the last one ({max_ts})",
+                batch.ts
+            )));
+        }
+        tx.commit().await.map_err(|e| pg("commit", ns, e))
+    }
+
+    async fn scan_index(
+        &self,
+        index: IndexNumber,
+        range: KeyRange,
+        order: ScanOrder,
+        limit: usize,
+    ) -> Result<IndexScan, StorageError> {
+        let ns = &self.namespace;
+        let index = i64::from(index.0);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut bounds = String::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for (bound, included, excluded) in [(&range.start, ">=", ">"), (&range.end, "<=", "<")] {
+            let (op, key) = match bound {
+                Bound::Included(key) => (included, key),
+                Bound::Excluded(key) => (excluded, key),
+                Bound::Unbounded => continue,
+            };
+            keys.push(key);
+            bounds.push_str(&format!(" AND e.key {op} ${}", keys.len() + 1));
+        }
+        let statement =
+            self.sql
+                .scan_index(&bounds, order == ScanOrder::Descending, keys.len() + 2);
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&index, Type::INT8)];
+        for key in &keys {
+            params.push((key, Type::BYTEA));
+        }
+        params.push((&limit, Type::INT8));
+        let client = self.connection().await?;
+        let rows = client
+            .query_typed(&statement, &params)
+            .await
+            .map_err(|e| pg("scan index", ns, e))?;
+        let mut scan = IndexScan::default();
+        for row in &rows {
+            let get = |e| pg("scan index", ns, e);
+            let ts: i64 = row.try_get(0).map_err(get)?;
+            scan.ts =
+                Timestamp(u64::try_from(ts).map_err(|_| self.corrupted(format!("max_ts {ts}")))?);
+            // The meta row joined to an empty range: one row of NULLs.
+            let key: Option<Vec<u8>> = row.try_get(1).map_err(get)?;
+            if let Some(key) = key {
+                scan.entries.push((key, self.document(row, 2)?));
+            }
+        }
+        if rows.is_empty() {
+            return Err(self.corrupted("the max_ts row is missing".into()));
+        }
+        Ok(scan)
+    }
+
+    /// Streams one table's documents into `pages` from a cursor (one snapshot), a page at
+    /// a time, until the table ends or the receiver is gone.
+    async fn scan_table(
+        &self,
+        table: TableNumber,
+        pages: &tokio::sync::mpsc::Sender<Result<Vec<StoredDocument>, StorageError>>,
+    ) -> Result<(), StorageError> {
+        let ns = &self.namespace;
+        let mut client = self.connection().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| pg("begin scan", ns, e))?;
+        tx.batch_execute(&self.sql.declare_table_cursor("nimbus_scan", table.0))
+            .await
+            .map_err(|e| pg("scan table", ns, e))?;
+        let fetch = format!("FETCH {SCAN_PAGE_ROWS} FROM nimbus_scan");
+        loop {
+            let rows = tx
+                .query_typed(&fetch, &[])
+                .await
+                .map_err(|e| pg("scan table", ns, e))?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let page = rows
+                .iter()
+                .map(|row| self.document(row, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            if pages.send(Ok(page)).await.is_err() {
+                return Ok(()); // the caller stopped early
+            }
+        }
+    }
+}
+
+impl TenantStore for PostgresStore {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+        let batch = batch.clone();
+        self.with(|inner| async move { inner.write(batch).await })
+    }
+
+    fn max_ts(&self) -> Result<Timestamp, StorageError> {
+        self.with(|inner| async move {
+            let client = inner.connection().await?;
+            let ts: i64 = client
+                .query_typed_one(&inner.sql.max_ts, &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|e| pg("read max_ts", &inner.namespace, e))?;
+            u64::try_from(ts)
+                .map(Timestamp)
+                .map_err(|_| inner.corrupted(format!("max_ts {ts}")))
+        })
+    }
+
+    fn get_global(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let name = name.to_string();
+        self.with(|inner| async move {
+            let client = inner.connection().await?;
+            let row = client
+                .query_typed_opt(&inner.sql.get_global, &[(&name, Type::TEXT)])
+                .await
+                .map_err(|e| pg("read global", &inner.namespace, e))?;
+            row.map(|row| row.try_get(0))
+                .transpose()
+                .map_err(|e| pg("read global", &inner.namespace, e))
+        })
+    }
+
+    fn get_document(&self, id: &DocumentId) -> Result<Option<StoredDocument>, StorageError> {
+        let id = id_bytes(id);
+        self.with(|inner| async move {
+            let client = inner.connection().await?;
+            let row = client
+                .query_typed_opt(&inner.sql.get_document, &[(&&id[..], Type::BYTEA)])
+                .await
+                .map_err(|e| pg("read document", &inner.namespace, e))?;
+            row.map(|row| inner.document(&row, 0)).transpose()
+        })
+    }
+
+    fn scan_table(
+        &self,
+        table: TableNumber,
+        visit: &mut dyn FnMut(StoredDocument) -> bool,
+    ) -> Result<(), StorageError> {
+        let (pages_tx, mut pages) = tokio::sync::mpsc::channel(1);
+        let inner = self.inner.clone();
+        self.bridge.spawn(async move {
+            if let Err(e) = inner.scan_table(table, &pages_tx).await {
+                let _ = pages_tx.send(Err(e)).await;
+            }
+        })?;
+        // A plain executor wait, not `blocking_recv`: sound on any thread.
+        while let Some(page) = futures::executor::block_on(pages.recv()) {
+            for doc in page? {
+                if !visit(doc) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_index(
+        &self,
+        index: IndexNumber,
+        range: &KeyRange,
+        order: ScanOrder,
+        limit: usize,
+    ) -> Result<IndexScan, StorageError> {
+        let range = range.clone();
+        self.with(|inner| async move { inner.scan_index(index, range, order, limit).await })
+    }
+
+    fn stats(&self) -> Result<NamespaceStats, StorageError> {
+        self.with(|inner| async move {
+            let client = inner.connection().await?;
+            let row = client
+                .query_typed_one(&inner.sql.stats, &[])
+                .await
+                .map_err(|e| pg("stats", &inner.namespace, e))?;
+            let get = |e| pg("stats", &inner.namespace, e);
+            let documents: i64 = row.try_get(0).map_err(get)?;
+            let bytes: i64 = row.try_get(1).map_err(get)?;
+            Ok(NamespaceStats {
+                documents: u64::try_from(documents).unwrap_or(0),
+                body_bytes: u64::try_from(bytes).unwrap_or(0),
+            })
+        })
+    }
+
+    fn table_counts(&self) -> Result<Vec<(TableNumber, u64)>, StorageError> {
+        self.with(|inner| async move {
+            let client = inner.connection().await?;
+            let rows = client
+                .query_typed(&inner.sql.table_counts, &[])
+                .await
+                .map_err(|e| pg("table counts", &inner.namespace, e))?;
+            rows.iter()
+                .map(|row| {
+                    let get = |e| pg("table counts", &inner.namespace, e);
+                    let table: i64 = row.try_get(0).map_err(get)?;
+                    let count: i64 = row.try_get(1).map_err(get)?;
+                    let table = u32::try_from(table)
+                        .map_err(|_| inner.corrupted(format!("table number {table}")))?;
+                    Ok((TableNumber(table), u64::try_from(count).unwrap_or(0)))
+                })
+                .collect()
+        })
+    }
+
+    fn get_receipt(&self, key: &[u8]) -> Result<Option<(Timestamp, Vec<u8>)>, StorageError> {
+        let key = key.to_vec();
+        self.with(|inner| async move {
+            let client = inner.connection().await?;
+            let row = client
+                .query_typed_opt(&inner.sql.get_receipt, &[(&key, Type::BYTEA)])
+                .await
+                .map_err(|e| pg("read receipt", &inner.namespace, e))?;
+            let Some(row) = row else { return Ok(None) };
+            let get = |e| pg("read receipt", &inner.namespace, e);
+            let ts: i64 = row.try_get(0).map_err(get)?;
+            let body: Vec<u8> = row.try_get(1).map_err(get)?;
+            Ok(Some((Timestamp(u64::try_from(ts).unwrap_or(0)), body)))
+        })
+    }
+}
+
+fn id_bytes(id: &DocumentId) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[..4].copy_from_slice(&id.table.0.to_be_bytes());
+    out[4..].copy_from_slice(&id.internal);
+    out
+}
+
+fn id_from_bytes(bytes: &[u8]) -> Option<DocumentId> {
+    let table: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    let internal: [u8; 16] = bytes.get(4..)?.try_into().ok()?;
+    Some(DocumentId {
+        table: TableNumber(u32::from_be_bytes(table)),
+        internal,
+    })
+}
+
+/// A batch as the arrays its statements take: only the last write of each key (one
+/// `INSERT ... ON CONFLICT` may not touch a row twice), index writes coalesced per key
+/// between drops (a drop applies after the writes before it and before those after it).
+struct BatchRows<'a> {
+    put_ids: Vec<Vec<u8>>,
+    put_tables: Vec<i64>,
+    put_bodies: Vec<&'a [u8]>,
+    deleted_ids: Vec<Vec<u8>>,
+    index_steps: Vec<IndexStep<'a>>,
+    put_names: Vec<&'a str>,
+    put_values: Vec<&'a [u8]>,
+    deleted_names: Vec<&'a str>,
+    receipt_keys: Vec<&'a [u8]>,
+    receipt_bodies: Vec<&'a [u8]>,
+    expire_before: Option<i64>,
+}
+
+impl<'a> BatchRows<'a> {
+    fn new(batch: &'a WriteBatch) -> BatchRows<'a> {
+        let mut documents: BTreeMap<[u8; 20], Option<(i64, &[u8])>> = BTreeMap::new();
+        for doc in &batch.documents {
+            let value = doc
+                .body
+                .as_deref()
+                .map(|body| (i64::from(doc.table.0), body));
+            documents.insert(id_bytes(&doc.id), value);
+        }
+        let (mut put_ids, mut put_tables, mut put_bodies, mut deleted_ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, value) in documents {
+            match value {
+                Some((table, body)) => {
+                    put_ids.push(id.to_vec());
+                    put_tables.push(table);
+                    put_bodies.push(body);
+                }
+                None => deleted_ids.push(id.to_vec()),
+            }
+        }
+
+        let mut index_steps = Vec::new();
+        let mut pending: BTreeMap<(i64, &[u8]), Option<[u8; 20]>> = BTreeMap::new();
+        for write in &batch.indexes {
+            match write {
+                IndexWrite::Insert { index, key, id } => {
+                    pending.insert((i64::from(index.0), key), Some(id_bytes(id)));
+                }
+                IndexWrite::Delete { index, key } => {
+                    pending.insert((i64::from(index.0), key), None);
+                }
+                IndexWrite::DropIndex { index } => {
+                    let before = std::mem::take(&mut pending);
+                    index_steps.push(IndexStep::Entries(EntryRows::from_pending(before)));
+                    index_steps.push(IndexStep::Drop(i64::from(index.0)));
+                }
+                IndexWrite::DropIndexChunk { index, max_entries } => {
+                    let before = std::mem::take(&mut pending);
+                    index_steps.push(IndexStep::Entries(EntryRows::from_pending(before)));
+                    let limit = i64::try_from(*max_entries).unwrap_or(i64::MAX);
+                    index_steps.push(IndexStep::DropChunk(i64::from(index.0), limit));
+                }
+            }
+        }
+        index_steps.push(IndexStep::Entries(EntryRows::from_pending(pending)));
+
+        let mut globals: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
+        for (name, value) in &batch.globals {
+            globals.insert(name, value.as_deref());
+        }
+        let (mut put_names, mut put_values, mut deleted_names) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for (name, value) in globals {
+            match value {
+                Some(value) => {
+                    put_names.push(name);
+                    put_values.push(value);
+                }
+                None => deleted_names.push(name),
+            }
+        }
+
+        let mut receipts: BTreeMap<&[u8], &[u8]> = BTreeMap::new();
+        for receipt in &batch.receipts {
+            receipts.insert(&receipt.key, &receipt.body);
+        }
+        BatchRows {
+            put_ids,
+            put_tables,
+            put_bodies,
+            deleted_ids,
+            index_steps,
+            put_names,
+            put_values,
+            deleted_names,
+            receipt_keys: receipts.keys().copied().collect(),
+            receipt_bodies: receipts.values().copied().collect(),
+            expire_before: batch
+                .expire_receipts_before
+                .map(|before| i64::try_from(before.0).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+enum IndexStep<'a> {
+    Entries(EntryRows<'a>),
+    Drop(i64),
+    DropChunk(i64, i64),
+}
+
+#[derive(Default)]
+struct EntryRows<'a> {
+    put_indexes: Vec<i64>,
+    put_keys: Vec<&'a [u8]>,
+    put_ids: Vec<Vec<u8>>,
+    del_indexes: Vec<i64>,
+    del_keys: Vec<&'a [u8]>,
+}
+
+impl<'a> EntryRows<'a> {
+    fn from_pending(pending: BTreeMap<(i64, &'a [u8]), Option<[u8; 20]>>) -> EntryRows<'a> {
+        let mut rows = EntryRows::default();
+        for ((index, key), id) in pending {
+            match id {
+                Some(id) => {
+                    rows.put_indexes.push(index);
+                    rows.put_keys.push(key);
+                    rows.put_ids.push(id.to_vec());
+                }
+                None => {
+                    rows.del_indexes.push(index);
+                    rows.del_keys.push(key);
+                }
+            }
+        }
+        rows
+    }
+}

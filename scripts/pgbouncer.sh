@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Starts a PgBouncer in transaction mode in front of the local Postgres, for the Postgres
+# backend's tests (the shared tier as deployed). Installs Debian's `pgbouncer` when missing.
+# Prints the URL to reach it through (the `nimbus_conformance` database); a PgBouncer this
+# script started earlier is stopped first, so the configuration is always this one.
+#
+# Environment:
+#   PGBOUNCER_PORT       loopback port to listen on (default 6439; Debian's own service, if
+#                        it runs, keeps 6432)
+#   PGBOUNCER_DIR        configuration, pid and log directory (default /tmp/nimbus-pgbouncer)
+#   POSTGRES_HOST/PORT   the server behind it (default 127.0.0.1:5432, trust auth)
+#   PGBOUNCER_POOL_SIZE  server connections per database and user (default 4: small, so
+#                        transactions of different clients share server connections)
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PORT="${PGBOUNCER_PORT:-6439}"
+DIR="${PGBOUNCER_DIR:-/tmp/nimbus-pgbouncer}"
+PG_HOST="${POSTGRES_HOST:-127.0.0.1}"
+PG_PORT="${POSTGRES_PORT:-5432}"
+POOL_SIZE="${PGBOUNCER_POOL_SIZE:-4}"
+
+PGBOUNCER="$(command -v pgbouncer || true)"
+[ -n "$PGBOUNCER" ] || [ ! -x /usr/sbin/pgbouncer ] || PGBOUNCER=/usr/sbin/pgbouncer
+if [ -z "$PGBOUNCER" ]; then
+  info "pgbouncer not found: installing Debian package pgbouncer" >&2
+  apt_install pgbouncer >&2
+  PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+fi
+[ -x "$PGBOUNCER" ] || die "pgbouncer missing after installing it"
+
+# PgBouncer refuses to run as root; run it as the postgres user when we are root.
+RUN_AS=()
+if [ "$(id -u)" -eq 0 ]; then
+  id postgres >/dev/null 2>&1 || die "running as root needs a postgres user to run pgbouncer as"
+  RUN_AS=(runuser -u postgres --)
+fi
+
+mkdir -p "$DIR"
+if [ -f "$DIR/pgbouncer.pid" ] && kill -0 "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null; then
+  kill "$(cat "$DIR/pgbouncer.pid")"
+  for _ in $(seq 50); do kill -0 "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || break; sleep 0.1; done
+fi
+rm -f "$DIR/pgbouncer.pid"
+
+# Trust auth needs the user names in auth_file; passwords are not checked.
+cat > "$DIR/userlist.txt" <<USERS
+"postgres" ""
+"root" ""
+USERS
+cat > "$DIR/pgbouncer.ini" <<INI
+[databases]
+* = host=$PG_HOST port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $DIR/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 2000
+server_idle_timeout = 10
+server_reset_query =
+ignore_startup_parameters = extra_float_digits,options
+logfile = $DIR/pgbouncer.log
+pidfile = $DIR/pgbouncer.pid
+admin_users = postgres
+stats_users = postgres
+INI
+chown -R postgres "$DIR" 2>/dev/null || true
+
+"${RUN_AS[@]}" "$PGBOUNCER" -d "$DIR/pgbouncer.ini" >&2
+for _ in $(seq 50); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    echo "postgres://postgres@127.0.0.1:$PORT/nimbus_conformance"
+    exit 0
+  fi
+  sleep 0.1
+done
+tail -20 "$DIR/pgbouncer.log" >&2 || true
+die "pgbouncer did not start listening on 127.0.0.1:$PORT"
