@@ -237,14 +237,26 @@ async fn connect_creating_database(
     }
 }
 
-/// `CREATE DATABASE`, retried while the template is busy: Postgres refuses to copy a
-/// template that another session is connected to, and a concurrent `CREATE DATABASE` is
-/// such a session. [`StorageError::NamespaceExists`] when the name is taken.
+/// `CREATE DATABASE` (see [`database_ddl`]).
 async fn create_database(admin: &tokio_postgres::Client, name: &str) -> Result<(), StorageError> {
     let statement = format!("CREATE DATABASE {}", ident(name));
+    database_ddl(admin, &statement, name, "create database").await
+}
+
+/// Runs a statement that creates or renames a database, retried while a database it needs
+/// is in use: Postgres refuses to copy a template that another session is connected to (a
+/// concurrent `CREATE DATABASE` is such a session), and to rename a database that has
+/// sessions (a closed client's server process exits a moment after the client).
+/// [`StorageError::NamespaceExists`] when the target name is taken.
+async fn database_ddl(
+    admin: &tokio_postgres::Client,
+    statement: &str,
+    namespace: &str,
+    what: &str,
+) -> Result<(), StorageError> {
     let mut waited = Duration::ZERO;
     loop {
-        match admin.batch_execute(&statement).await {
+        match admin.batch_execute(statement).await {
             Ok(()) => return Ok(()),
             // Two concurrent creations of one name: the loser may see the catalog's unique
             // index rather than the friendlier "already exists".
@@ -252,13 +264,13 @@ async fn create_database(admin: &tokio_postgres::Client, name: &str) -> Result<(
                 if error::is(&e, &SqlState::DUPLICATE_DATABASE)
                     || error::is(&e, &SqlState::UNIQUE_VIOLATION) =>
             {
-                return Err(StorageError::NamespaceExists(name.to_string()))
+                return Err(StorageError::NamespaceExists(namespace.to_string()))
             }
             Err(e) if error::is(&e, &SqlState::OBJECT_IN_USE) && waited < BUSY_RETRY => {
                 tokio::time::sleep(BUSY_PAUSE).await;
                 waited += BUSY_PAUSE;
             }
-            Err(e) => return Err(pg("create database", name, e)),
+            Err(e) => return Err(pg(what, namespace, e)),
         }
     }
 }
@@ -366,7 +378,12 @@ impl StorageBackend for PostgresBackend {
                     let mut client = connect(&inside).await?;
                     create_schema(&mut client, &namespace, &name).await?;
                     drop(client);
-                    rename_database(&admin, &namespace, &building, &name).await
+                    let rename = format!(
+                        "ALTER DATABASE {} RENAME TO {}",
+                        ident(&building),
+                        ident(&name)
+                    );
+                    database_ddl(&admin, &rename, &namespace, "rename database").await
                 }
                 .await;
                 if built.is_err() {
@@ -452,36 +469,6 @@ impl StorageBackend for PostgresBackend {
                 Tier::Dedicated => database_exists(&client, &name).await,
             }
         })
-    }
-}
-
-/// Renames a database once the session that built it has gone (a database with sessions
-/// cannot be renamed, and a closed client's server process exits a moment later).
-async fn rename_database(
-    admin: &tokio_postgres::Client,
-    namespace: &str,
-    from: &str,
-    to: &str,
-) -> Result<(), StorageError> {
-    let statement = format!("ALTER DATABASE {} RENAME TO {}", ident(from), ident(to));
-    let mut waited = Duration::ZERO;
-    loop {
-        match admin.batch_execute(&statement).await {
-            Ok(()) => return Ok(()),
-            // Two concurrent creations of one name: the loser may see the catalog's unique
-            // index rather than the friendlier "already exists".
-            Err(e)
-                if error::is(&e, &SqlState::DUPLICATE_DATABASE)
-                    || error::is(&e, &SqlState::UNIQUE_VIOLATION) =>
-            {
-                return Err(StorageError::NamespaceExists(namespace.to_string()))
-            }
-            Err(e) if error::is(&e, &SqlState::OBJECT_IN_USE) && waited < BUSY_RETRY => {
-                tokio::time::sleep(BUSY_PAUSE).await;
-                waited += BUSY_PAUSE;
-            }
-            Err(e) => return Err(pg("rename database", namespace, e)),
-        }
     }
 }
 

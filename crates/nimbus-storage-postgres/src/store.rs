@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use nimbus_storage::{
-    IndexNumber, IndexScan, IndexWrite, KeyRange, NamespaceStats, ScanOrder, StorageError,
-    StoredDocument, TenantStore, WriteBatch,
+    decode_document_id, encode_document_id, IndexNumber, IndexScan, IndexWrite, KeyRange,
+    NamespaceStats, ScanOrder, StorageError, StoredDocument, TenantStore, WriteBatch,
 };
 use nimbus_types::{DocumentId, TableNumber, Timestamp};
 use tokio_postgres::error::SqlState;
@@ -142,7 +142,7 @@ impl Inner {
         let table: i64 = row.try_get(at + 1).map_err(get)?;
         let ts: i64 = row.try_get(at + 2).map_err(get)?;
         let body: Vec<u8> = row.try_get(at + 3).map_err(get)?;
-        let id = id_from_bytes(&id)
+        let id = decode_document_id(&id)
             .ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?;
         Ok(StoredDocument {
             id,
@@ -414,7 +414,7 @@ impl TenantStore for PostgresStore {
     }
 
     fn get_document(&self, id: &DocumentId) -> Result<Option<StoredDocument>, StorageError> {
-        let id = id_bytes(id);
+        let id = encode_document_id(id);
         self.with(|inner| async move {
             let client = inner.connection().await?;
             let row = client
@@ -513,22 +513,6 @@ impl TenantStore for PostgresStore {
     }
 }
 
-fn id_bytes(id: &DocumentId) -> [u8; 20] {
-    let mut out = [0u8; 20];
-    out[..4].copy_from_slice(&id.table.0.to_be_bytes());
-    out[4..].copy_from_slice(&id.internal);
-    out
-}
-
-fn id_from_bytes(bytes: &[u8]) -> Option<DocumentId> {
-    let table: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
-    let internal: [u8; 16] = bytes.get(4..)?.try_into().ok()?;
-    Some(DocumentId {
-        table: TableNumber(u32::from_be_bytes(table)),
-        internal,
-    })
-}
-
 /// A batch as the arrays its statements take: only the last write of each key (one
 /// `INSERT ... ON CONFLICT` may not touch a row twice), index writes coalesced per key
 /// between drops (a drop applies after the writes before it and before those after it).
@@ -554,7 +538,7 @@ impl<'a> BatchRows<'a> {
                 .body
                 .as_deref()
                 .map(|body| (i64::from(doc.table.0), body));
-            documents.insert(id_bytes(&doc.id), value);
+            documents.insert(encode_document_id(&doc.id), value);
         }
         let (mut put_ids, mut put_tables, mut put_bodies, mut deleted_ids) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -574,7 +558,7 @@ impl<'a> BatchRows<'a> {
         for write in &batch.indexes {
             match write {
                 IndexWrite::Insert { index, key, id } => {
-                    pending.insert((i64::from(index.0), key), Some(id_bytes(id)));
+                    pending.insert((i64::from(index.0), key), Some(encode_document_id(id)));
                 }
                 IndexWrite::Delete { index, key } => {
                     pending.insert((i64::from(index.0), key), None);

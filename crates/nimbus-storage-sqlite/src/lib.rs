@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nimbus_storage::{
-    IndexScan, IndexWrite, KeyRange, NamespaceStats, ScanOrder, StorageBackend, StorageError,
-    StoredDocument, TenantStore, WriteBatch,
+    decode_document_id, encode_document_id, IndexScan, IndexWrite, KeyRange, NamespaceStats,
+    ScanOrder, StorageBackend, StorageError, StoredDocument, TenantStore, WriteBatch,
 };
 use nimbus_types::{DocumentId, TableNumber, Timestamp};
 use parking_lot::{Condvar, Mutex};
@@ -327,25 +327,6 @@ impl Reader<'_> {
     }
 }
 
-fn id_bytes(id: &DocumentId) -> [u8; 20] {
-    let mut out = [0u8; 20];
-    out[..4].copy_from_slice(&id.table.0.to_be_bytes());
-    out[4..].copy_from_slice(&id.internal);
-    out
-}
-
-fn id_from_bytes(bytes: &[u8]) -> Option<DocumentId> {
-    if bytes.len() != 20 {
-        return None;
-    }
-    let table = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let internal: [u8; 16] = bytes[4..].try_into().ok()?;
-    Some(DocumentId {
-        table: TableNumber(table),
-        internal,
-    })
-}
-
 impl SqliteStore {
     fn reader(&self) -> Reader<'_> {
         let mut pool = self.readers.lock();
@@ -374,7 +355,7 @@ impl SqliteStore {
         ts: i64,
         body: Vec<u8>,
     ) -> Result<StoredDocument, StorageError> {
-        let id = id_from_bytes(&id)
+        let id = decode_document_id(&id)
             .ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?;
         Ok(StoredDocument {
             id,
@@ -406,7 +387,7 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
         .prepare_cached("DELETE FROM documents WHERE id = ?1")
         .map_err(|e| io("prepare", ns, e))?;
     for doc in &batch.documents {
-        let id = id_bytes(&doc.id);
+        let id = encode_document_id(&doc.id);
         match &doc.body {
             Some(body) => put_doc.execute(params![
                 &id[..],
@@ -432,7 +413,7 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
     for write in &batch.indexes {
         match write {
             IndexWrite::Insert { index, key, id } => {
-                put_entry.execute(params![index.0 as i64, key, &id_bytes(id)[..]])
+                put_entry.execute(params![index.0 as i64, key, &encode_document_id(id)[..]])
             }
             IndexWrite::Delete { index, key } => del_entry.execute(params![index.0 as i64, key]),
             IndexWrite::DropIndex { index } => drop_index.execute(params![index.0 as i64]),
@@ -548,7 +529,7 @@ impl TenantStore for SqliteStore {
             .prepare_cached("SELECT id, table_number, ts, body FROM documents WHERE id = ?1")
             .map_err(|e| io("prepare", &self.namespace, e))?;
         let row = statement
-            .query_row(params![&id_bytes(id)[..]], |r| {
+            .query_row(params![&encode_document_id(id)[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()

@@ -191,6 +191,25 @@ pub trait TenantStore: Send + Sync + 'static {
     fn get_receipt(&self, key: &[u8]) -> Result<Option<(Timestamp, Vec<u8>)>, StorageError>;
 }
 
+/// A document ID as backends store it: the table number (4 bytes, big-endian), then the 16
+/// internal bytes, so one table's documents are one contiguous range of keys.
+pub fn encode_document_id(id: &DocumentId) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[..4].copy_from_slice(&id.table.0.to_be_bytes());
+    out[4..].copy_from_slice(&id.internal);
+    out
+}
+
+/// The inverse of [`encode_document_id`]; `None` unless `bytes` is 20 bytes long.
+pub fn decode_document_id(bytes: &[u8]) -> Option<DocumentId> {
+    let table: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    let internal: [u8; 16] = bytes.get(4..)?.try_into().ok()?;
+    (bytes.len() == 20).then_some(DocumentId {
+        table: TableNumber(u32::from_be_bytes(table)),
+        internal,
+    })
+}
+
 /// Result of [`TenantStore::scan_index`].
 #[derive(Debug, Clone, Default)]
 pub struct IndexScan {
@@ -209,3 +228,26 @@ pub struct NamespaceStats {
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_ids_round_trip_and_keep_tables_contiguous() {
+        let id = DocumentId {
+            table: TableNumber(0x0102_0304),
+            internal: [7; 16],
+        };
+        let encoded = encode_document_id(&id);
+        assert_eq!(&encoded[..4], &[1, 2, 3, 4]);
+        assert_eq!(decode_document_id(&encoded), Some(id));
+        assert_eq!(decode_document_id(&encoded[..19]), None);
+        assert_eq!(decode_document_id(&[0; 21]), None);
+        let next_table = DocumentId {
+            table: TableNumber(0x0102_0305),
+            internal: [0; 16],
+        };
+        assert!(encode_document_id(&next_table) > encode_document_id(&id));
+    }
+}
