@@ -11,7 +11,9 @@
 // - a SQLite tenant on the same server still gets its file;
 // - SIGKILL during writes, restart: every acknowledged write of the Postgres tenant is there;
 // - the placement is shown by the admin API and refused with a clear 400 when unknown or
-//   not configured.
+//   not configured;
+// - GET /admin/capacity shows the connection budget with live numbers from Postgres and
+//   PgBouncer.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -135,6 +137,40 @@ test("a shared-tier tenant: CLI push, HTTP and WebSocket clients, rows only in i
   assert.deepEqual(publicTables, []);
   if (before !== null) {
     assert.ok(pgbouncerTransactions() > before, "the tenant's traffic went through PgBouncer");
+  }
+});
+
+test("GET /admin/capacity evaluates the connection budget with live numbers", { timeout: 60_000 }, async () => {
+  const res = await server.admin("GET", "/admin/capacity");
+  assert.equal(res.status, 200, res.text);
+  const [report] = res.body.servers;
+  const [[maxConnections]] = sql("SHOW max_connections");
+  const [[reserved]] = sql("SHOW superuser_reserved_connections");
+  assert.equal(report.maxConnections, Number(maxConnections));
+  assert.equal(report.budget, Number(maxConnections) - Number(reserved) - report.controlReserve);
+  assert.equal(report.database, DATABASE);
+  // The shared tenant of the first test is active and has been served.
+  assert.ok(report.tenants.shared.registered >= 1 && report.tenants.shared.active >= 1, JSON.stringify(report.tenants));
+  assert.ok(report.clientBackends >= 1 && report.clientBackends <= report.maxConnections);
+  assert.equal(report.demand, report.formulas.unpooled.demand + report.formulas.pooled.demand);
+  assert.equal(report.headroom, report.budget - report.demand);
+  if (pooler) {
+    assert.equal(report.formulas.pooled.databases, 1);
+    assert.equal(report.formulas.pooled.demand, report.pgbouncer.defaultPoolSize);
+    const pool = report.pgbouncer.pools.find((p) => p.database === DATABASE);
+    assert.ok(pool, `SHOW POOLS has ${DATABASE}: ${JSON.stringify(report.pgbouncer.pools)}`);
+    assert.equal(pool.poolMode, "transaction");
+  } else {
+    assert.equal(report.pgbouncer, null);
+  }
+  const plain = await NimbusServer.start();
+  try {
+    const none = await plain.admin("GET", "/admin/capacity");
+    assert.equal(none.status, 200);
+    assert.deepEqual(none.body, { servers: [] });
+    assert.equal((await plain.admin("GET", "/admin/capacity", undefined, { key: null })).status, 401);
+  } finally {
+    await plain.cleanup();
   }
 });
 

@@ -754,6 +754,16 @@ impl Nimbus {
     }
 
     /// The tenants active in memory now, without activating any (for metrics).
+    /// The storage backends (for the capacity report).
+    pub(crate) fn storage_backends(&self) -> &Backends {
+        &self.storage
+    }
+
+    /// Every catalog row (for the capacity report).
+    pub(crate) fn catalog_rows(&self) -> Result<Vec<TenantRow>, AppError> {
+        self.catalog.list()
+    }
+
     pub fn active_tenant_handles(&self) -> Vec<Arc<Tenant>> {
         self.active
             .lock()

@@ -9,6 +9,7 @@
 mod action;
 mod admission;
 mod auth;
+mod capacity;
 mod catalog;
 mod config;
 mod cron_schedule;

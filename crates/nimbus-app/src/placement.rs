@@ -90,8 +90,8 @@ impl PostgresSettings {
 /// The backends of one instance.
 pub(crate) struct Backends {
     sqlite: Arc<dyn StorageBackend>,
-    shared: Option<Arc<dyn StorageBackend>>,
-    dedicated: Option<Arc<dyn StorageBackend>>,
+    shared: Option<Arc<PostgresBackend>>,
+    dedicated: Option<Arc<PostgresBackend>>,
 }
 
 impl Backends {
@@ -103,7 +103,7 @@ impl Backends {
             .map_err(|e| AppError::Internal(format!("opening SQLite storage: {e}")))?;
         let (mut shared, mut dedicated) = (None, None);
         if let Some(settings) = postgres {
-            let open = |tier: Tier| -> Result<Arc<dyn StorageBackend>, AppError> {
+            let open = |tier: Tier| -> Result<Arc<PostgresBackend>, AppError> {
                 let mut config = PostgresConfig::new(settings.url.clone(), tier);
                 config.pooler_url = settings.pooler_url.clone();
                 config.max_connections_per_namespace = settings.max_connections_per_tenant;
@@ -129,16 +129,26 @@ impl Backends {
     /// The backend of a placement; the message says how to configure it when this instance
     /// was started without it.
     pub(crate) fn get(&self, placement: Placement) -> Result<Arc<dyn StorageBackend>, String> {
-        let backend = match placement {
-            Placement::Sqlite => Some(&self.sqlite),
-            Placement::PostgresShared => self.shared.as_ref(),
-            Placement::PostgresDedicated => self.dedicated.as_ref(),
+        let backend: Option<Arc<dyn StorageBackend>> = match placement {
+            Placement::Sqlite => Some(self.sqlite.clone()),
+            Placement::PostgresShared => self.shared.clone().map(|b| b as Arc<dyn StorageBackend>),
+            Placement::PostgresDedicated => {
+                self.dedicated.clone().map(|b| b as Arc<dyn StorageBackend>)
+            }
         };
-        backend.cloned().ok_or_else(|| {
+        backend.ok_or_else(|| {
             format!(
                 "storage {:?} is not configured on this server: start it with --postgres-url",
                 placement.name()
             )
         })
+    }
+}
+
+impl Backends {
+    /// The Postgres backend of the shared tier, for capacity sampling (`None` without
+    /// `--postgres-url`).
+    pub(crate) fn postgres(&self) -> Option<Arc<PostgresBackend>> {
+        self.shared.clone()
     }
 }

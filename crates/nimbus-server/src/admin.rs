@@ -107,6 +107,9 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         (&Method::GET, ["admin", "tenants", name, "diagnostics"]) => {
             Ok(axum::Json(tenant_diagnostics(state, name).await?).into_response())
         }
+        (&Method::GET, ["admin", "capacity"]) => {
+            Ok(axum::Json(state.nimbus.capacity().await?).into_response())
+        }
         (&Method::GET, ["admin", "diagnostics"]) => {
             let mut tenants = state.nimbus.active_tenant_handles();
             let mut rows: Vec<(nimbus_app::TenantStats, Json)> = tenants

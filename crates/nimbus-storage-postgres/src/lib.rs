@@ -25,6 +25,7 @@
 //! is a flushed WAL record).
 
 mod bridge;
+mod capacity;
 mod error;
 mod sql;
 mod store;
@@ -37,6 +38,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, NoTls};
 
 use crate::bridge::Bridge;
+pub use crate::capacity::{PoolerPool, PoolerSample, ServerSample};
 use crate::error::pg;
 use crate::sql::ident;
 
