@@ -11,6 +11,7 @@
 #   POSTGRES_HOST/PORT   the server behind it (default 127.0.0.1:5432, trust auth)
 #   PGBOUNCER_POOL_SIZE  server connections per database and user (default 4: small, so
 #                        transactions of different clients share server connections)
+#   PGBOUNCER_SERVER_IDLE_TIMEOUT  seconds an unused server connection is kept (default 10)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -21,6 +22,7 @@ DIR="${PGBOUNCER_DIR:-/tmp/nimbus-pgbouncer}"
 PG_HOST="${POSTGRES_HOST:-127.0.0.1}"
 PG_PORT="${POSTGRES_PORT:-5432}"
 POOL_SIZE="${PGBOUNCER_POOL_SIZE:-4}"
+SERVER_IDLE_TIMEOUT="${PGBOUNCER_SERVER_IDLE_TIMEOUT:-10}"
 
 PGBOUNCER="$(command -v pgbouncer || true)"
 [ -n "$PGBOUNCER" ] || [ ! -x /usr/sbin/pgbouncer ] || PGBOUNCER=/usr/sbin/pgbouncer
@@ -63,7 +65,7 @@ auth_file = $DIR/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
 max_client_conn = 2000
-server_idle_timeout = 10
+server_idle_timeout = $SERVER_IDLE_TIMEOUT
 server_reset_query =
 ignore_startup_parameters = extra_float_digits,options
 logfile = $DIR/pgbouncer.log
