@@ -22,7 +22,13 @@
 #   5. search_path isolation: each tenant's rows are in its own schema only (its seeded shop
 #      name is there, no other tenant's is), and no tables outside the tenants' schemas;
 #   6. no server connection of the pool has a non-default search_path, and no advisory
-#      lock is held.
+#      lock is held;
+#   7. faults (FAULTS=1, the default): one-document durable inserts over every tenant for
+#      FAULT_DURATION seconds while PgBouncer is restarted and then Postgres is restarted
+#      (`pg_ctl restart -m fast`); requests fail only with retryable statuses (503, 429),
+#      every acknowledged insert is in Postgres afterwards, and after the outage (and the
+#      tenants' storage backoff, at most 5 s) inserts succeed with no error and no restart
+#      of Nimbus.
 # Everything listens on 127.0.0.1 and is stopped and removed on exit.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -38,6 +44,8 @@ CONNECTIONS="${CONNECTIONS:-64}"
 PG_PORT="${PG_PORT:-5499}"
 PGBOUNCER_PORT="${PGBOUNCER_PORT:-6499}"
 PORT="${PORT:-3297}"
+FAULTS="${FAULTS:-1}"
+FAULT_DURATION="${FAULT_DURATION:-16}"
 OUT="${OUT:-$REPO_ROOT/target-bench/capacity}"
 CONTROL_RESERVE=2 # nimbus-app/src/capacity.rs
 DB=nimbus
@@ -178,6 +186,51 @@ server_conns="$(cut -d' ' -f1 "$OUT/search-paths.txt" | sort -u | wc -l)"
 odd_paths="$(grep -cv ' "\$user", public$' "$OUT/search-paths.txt" || true)"
 advisory="$(psql "$DIRECT/postgres" -XAtq -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")"
 
+# Faults: PgBouncer, then Postgres, restarted under inserts.
+documents() { # the documents of every tenant schema, summed
+  {
+    echo "SELECT sum(n) FROM ("
+    first=1
+    for t in $tenant_names; do
+      [ "$first" -eq 1 ] || echo "UNION ALL"
+      first=0
+      echo "SELECT count(*) AS n FROM \"$PREFIX$t\".documents"
+    done
+    echo ") counts;"
+  } >"$WORK/documents.sql"
+  psql "$DIRECT/$DB" -XAtq -f "$WORK/documents.sql"
+}
+fault_kinds="n/a"; fault_ok=0; fault_lost="n/a"; recovered_ok=0; fault_accepted=0; recovery_accepted=0
+if [ "$FAULTS" = 1 ] && [ "$provisioned" -eq 1 ]; then
+  log "faults: inserts for ${FAULT_DURATION}s; PgBouncer restarted at 4 s, Postgres at $((FAULT_DURATION / 2 + 2)) s"
+  before="$(documents)"
+  "$BENCH" http --warmup-secs 0 --duration-secs "$FAULT_DURATION" --targets "$WORK/targets.json" \
+    --workload insert --connections "$CONNECTIONS" --label "inserts under faults" >"$OUT/faults.json" &
+  load_pid=$!
+  sleep 4
+  info "restarting PgBouncer"
+  PGBOUNCER_DIR="$WORK/pgbouncer" PGBOUNCER_PORT="$PGBOUNCER_PORT" POSTGRES_PORT="$PG_PORT" \
+    PGBOUNCER_POOL_SIZE="$POOL_SIZE" PGBOUNCER_SERVER_IDLE_TIMEOUT="$SERVER_IDLE_TIMEOUT" \
+    bash scripts/pgbouncer.sh >/dev/null
+  sleep $((FAULT_DURATION / 2 - 2))
+  info "restarting Postgres"
+  "${AS_POSTGRES[@]}" "$PG_BIN/pg_ctl" -D "$CLUSTER" -m fast -w restart -l "$CLUSTER/server.log" \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$CLUSTER -c max_connections=$MAX_CONNECTIONS" >/dev/null
+  wait "$load_pid" || true
+  # The tenants whose writes failed reopen their storage with a backoff of at most 5 s.
+  sleep 6
+  "$BENCH" http --warmup-secs 0 --duration-secs 5 --targets "$WORK/targets.json" \
+    --workload insert --connections "$CONNECTIONS" --label "inserts after the faults" >"$OUT/recovered.json" || true
+  after="$(documents)"
+  fault_accepted="$(jq '.accepted.count // 0' "$OUT/faults.json")"
+  recovery_accepted="$(jq '.accepted.count // 0' "$OUT/recovered.json")"
+  fault_kinds="$(jq -c '.errors // {}' "$OUT/faults.json")"
+  # Only retryable answers while the pooler or the server was down.
+  fault_ok="$(jq '[(.errors // {}) | keys[] | select(. != "http-503" and . != "http-429")] | length == 0' "$OUT/faults.json" | grep -c true || true)"
+  fault_lost=$((fault_accepted + recovery_accepted - (after - before)))
+  recovered_ok="$(jq '((.errors // {}) | add // 0) == 0 and .accepted.count > 0' "$OUT/recovered.json" | grep -c true || true)"
+fi
+
 # The numbers.
 budget=$((MAX_CONNECTIONS - CONTROL_RESERVE))
 samples="$(wc -l <"$OUT/backends.txt")"
@@ -207,6 +260,11 @@ check "$(yes "[ -n '$idle_after' ]")" "the tenants' database had no backend ${id
 check "$(yes "[ $checked -eq $TENANTS ] && [ $own_missing = 0 ] && [ $foreign = 0 ] && [ $stray_tables = 0 ]")" "search_path isolation: $checked schemas checked, $own_missing without their own rows, $foreign with another tenant's, $stray_tables tables outside tenant schemas"
 check "$(yes "[ $server_conns -ge 1 ] && [ $odd_paths = 0 ]")" "$server_conns server connections of the pool held at once: $odd_paths with a non-default search_path"
 check "$(yes "[ $advisory = 0 ]")" "advisory locks held after the run: $advisory"
+if [ "$FAULTS" = 1 ]; then
+  check "$fault_ok" "PgBouncer and Postgres restarted under inserts: only retryable errors ($fault_kinds), $fault_accepted inserts acknowledged"
+  check "$(yes "[ '$fault_lost' != n/a ] && [ $fault_lost -le 0 ]")" "every acknowledged insert is in Postgres ($((fault_accepted + recovery_accepted)) acknowledged, $((fault_accepted + recovery_accepted - fault_lost)) new documents)"
+  check "$recovered_ok" "after the outage, inserts succeed with no error and no restart of Nimbus ($recovery_accepted in 5 s, $OUT/recovered.json)"
+fi
 jq -n --argjson tenants "$TENANTS" --argjson max_connections "$MAX_CONNECTIONS" --argjson pool "$POOL_SIZE" \
   --argjson max_backends "$max_all" --argjson samples "$samples" --argjson errors "$errors" \
   --argjson throughput "$throughput" --argjson p95 "$p95" --argjson p99 "$p99" --argjson passed "$((1 - failed))" \

@@ -41,9 +41,10 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 mkdir -p "$DIR"
-if [ -f "$DIR/pgbouncer.pid" ] && kill -0 "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null; then
-  kill "$(cat "$DIR/pgbouncer.pid")"
-  for _ in $(seq 50); do kill -0 "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || break; sleep 0.1; done
+OLD_PID="$(cat "$DIR/pgbouncer.pid" 2>/dev/null || true)"
+if [ -n "$OLD_PID" ] && kill -0 "$OLD_PID" 2>/dev/null; then
+  kill "$OLD_PID"
+  for _ in $(seq 50); do kill -0 "$OLD_PID" 2>/dev/null || break; sleep 0.1; done
 fi
 rm -f "$DIR/pgbouncer.pid"
 

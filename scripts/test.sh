@@ -108,7 +108,8 @@ step e2e e2e_tests
 step python-client bash "$REPO_ROOT/scripts/python-tests.sh"
 step bench-smoke env SMOKE=1 bash "$REPO_ROOT/scripts/bench.sh"
 # The Postgres capacity runbook, short: 200 shared-tier tenants on a throwaway cluster with
-# max_connections = 50 behind PgBouncer, under load, with its pass/fail checklist.
+# max_connections = 50 behind PgBouncer, under load, then PgBouncer and Postgres restarted
+# under inserts; its pass/fail checklist.
 step capacity env DURATION=10 bash "$REPO_ROOT/scripts/capacity-test.sh"
 # Every fuzz target for a minute (scripts/fuzz.sh; nightly Rust, cargo-fuzz).
 step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash "$REPO_ROOT/scripts/fuzz.sh"

@@ -20,8 +20,10 @@ use crate::sql::{Statements, FORMAT_VERSION};
 use crate::PostgresConfig;
 
 /// Rows per page of a table scan: the bound on what a scan holds beyond what its caller
-/// has not yet visited (one page in the channel, one being fetched).
-const SCAN_PAGE_ROWS: usize = 256;
+/// has not yet visited (one page in the channel, one being fetched). Documents are at
+/// most 1 MiB (`nimbus_types::value::MAX_DOCUMENT_SIZE`), so two pages are at most 128 MiB, and
+/// typically (documents of a few hundred bytes) some tens of KiB.
+const SCAN_PAGE_ROWS: usize = 64;
 
 /// One statement of a batch: what it does (for errors), its SQL and its typed parameters.
 type Statement<'a> = (&'static str, &'a str, Vec<(&'a (dyn ToSql + Sync), Type)>);
