@@ -207,6 +207,12 @@ test("unknown or unconfigured storage is refused with a clear 400", { timeout: 6
   const unknown = await server.admin("POST", "/admin/tenants", { name: "nope", storage: "oracle" });
   assert.equal(unknown.status, 400, unknown.text);
   assert.match(unknown.body.message, /unknown storage "oracle"/);
+  // A valid tenant name (63 characters at most) longer than Postgres leaves after the prefix.
+  const long = `l${"x".repeat(62 - PREFIX.length)}z`;
+  const tooLong = await server.admin("POST", "/admin/tenants", { name: long });
+  assert.equal(tooLong.status, 400, tooLong.text);
+  assert.match(tooLong.body.message, /too long for postgres-shared: at most \d+ characters/);
+  assert.equal((await server.admin("GET", `/admin/tenants/${long}`)).status, 404, "nothing was created");
   const plain = await NimbusServer.start();
   try {
     const refused = await plain.admin("POST", "/admin/tenants", { name: "nope", storage: "postgres-shared" });

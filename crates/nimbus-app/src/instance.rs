@@ -210,7 +210,12 @@ impl Nimbus {
         for (name, state, stored) in self.catalog.unfinished()? {
             tracing::warn!(tenant = %name, %state, "removing a tenant left unfinished by a crash");
             let placement = Placement::from_catalog(&name, stored.as_deref())?;
-            let storage = self.backend(&name, placement)?;
+            let Ok(storage) = self.backend(&name, placement) else {
+                // Left for a start that has that backend; the tenant stays invisible
+                // (not active) until then.
+                tracing::warn!(tenant = %name, storage = placement.name(), "cannot finish this tenant's interrupted creation or deletion: its storage is not configured");
+                continue;
+            };
             if storage
                 .namespace_exists(&name)
                 .map_err(|e| storage_error(&name, "recovery", e))?
@@ -313,6 +318,9 @@ impl Nimbus {
         }
         let placement = storage.unwrap_or(self.config.default_storage);
         let storage = self.storage.get(placement).map_err(AppError::BadRequest)?;
+        self.storage
+            .check_name(placement, name)
+            .map_err(AppError::BadRequest)?;
         let admin_key = format!("{name}|{}", random_secret());
         let created_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

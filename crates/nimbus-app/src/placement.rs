@@ -146,6 +146,25 @@ impl Backends {
 }
 
 impl Backends {
+    /// Refuses a tenant name the placement cannot store (Postgres names are at most 63
+    /// bytes, prefix included).
+    pub(crate) fn check_name(&self, placement: Placement, name: &str) -> Result<(), String> {
+        let postgres = match placement {
+            Placement::Sqlite => return Ok(()),
+            Placement::PostgresShared => self.shared.as_ref(),
+            Placement::PostgresDedicated => self.dedicated.as_ref(),
+        };
+        match postgres {
+            Some(backend) if name.len() > backend.max_namespace_len() => Err(format!(
+                "tenant name {name:?} is too long for {}: at most {} characters there \
+                 (Postgres names have 63 bytes, and --postgres-prefix comes first)",
+                placement.name(),
+                backend.max_namespace_len()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The Postgres backend of the shared tier, for capacity sampling (`None` without
     /// `--postgres-url`).
     pub(crate) fn postgres(&self) -> Option<Arc<PostgresBackend>> {

@@ -195,6 +195,12 @@ impl PostgresBackend {
     pub fn tier(&self) -> Tier {
         self.config.tier
     }
+
+    /// The longest namespace name this backend takes: Postgres cuts identifiers at 63
+    /// bytes, and the prefix comes first.
+    pub fn max_namespace_len(&self) -> usize {
+        MAX_IDENTIFIER - self.config.prefix.len()
+    }
 }
 
 /// Opens one direct connection, its driver task on the current (the backend's) runtime.
