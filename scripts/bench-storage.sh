@@ -4,6 +4,7 @@
 #
 #   bash scripts/bench-storage.sh
 #   DURATION=20 TENANTS=100 bash scripts/bench-storage.sh
+#   SERVER_ARGS="--js-isolates-per-worker 128" BACKENDS=sqlite bash scripts/bench-storage.sh
 #
 # Backends: sqlite (embedded, the default), postgres-direct (shared tier, a schema per
 # tenant, direct connections), postgres-pgbouncer (shared tier through PgBouncer in
@@ -93,7 +94,8 @@ for backend in $BACKENDS; do
     *) die "unknown backend $backend" ;;
   esac
   log "$backend: one hot tenant, $PRODUCTS products"
-  start "$backend" "${args[@]}"
+  # shellcheck disable=SC2086 # SERVER_ARGS: more `nimbus serve` flags, split on spaces
+  start "$backend" "${args[@]}" ${SERVER_ARGS:-}
   "$BENCH" provision --base "$BASE" --prefix hot --count 1 --push-request "$WORK/push-request.json" \
     --push-count 1 --products "$PRODUCTS" --out "$WORK/hot.json" >"$OUT/$backend-hot-provision.json"
   "$BENCH" http --warmup-secs "$WARMUP" --duration-secs "$DURATION" --targets "$WORK/hot.json" \

@@ -120,6 +120,11 @@ struct ServeArgs {
     /// half the workers, at least 2). A tenant's cached runtimes live on its homes only.
     #[arg(long)]
     js_workers_per_tenant: Option<usize>,
+    /// Tenant runtimes each JavaScript worker keeps loaded (least recently used ones are
+    /// dropped; a call whose runtime was dropped loads its tenant's code again). Each one
+    /// holds its tenant's loaded modules and heap, up to --function-memory-mib.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    js_isolates_per_worker: u32,
     /// CPU time limit of one function call, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     function_cpu_ms: u64,
@@ -275,6 +280,7 @@ fn main() -> Result<()> {
                 admission_queue_per_tenant,
                 js_workers,
                 js_workers_per_tenant,
+                js_isolates_per_worker,
                 function_cpu_ms,
                 function_memory_mib,
                 tenant_memory_mib,
@@ -355,6 +361,7 @@ fn main() -> Result<()> {
             if let Some(workers) = js_workers {
                 config.set_js_workers(workers);
             }
+            config.pool.isolates_per_worker = js_isolates_per_worker as usize;
             if let Some(per_tenant) = js_workers_per_tenant {
                 config.set_js_workers_per_tenant(per_tenant);
             }
