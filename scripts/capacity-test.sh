@@ -116,13 +116,7 @@ SERVER=$!
 wait_healthy "$BASE" "$SERVER" 30 "$OUT/server.log"
 
 log "writing the push request with the official CLI"
-created="$(curl -fsS -X POST "$BASE/admin/tenants" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" \
-  -H 'content-type: application/json' -d '{"name":"push","storage":"sqlite"}')"
-URL="$(printf '%s' "$created" | json_field url)"
-KEY="$(printf '%s' "$created" | json_field adminKey)"
-(cd examples/pos && env -u CONVEX_DEPLOYMENT CONVEX_SELF_HOSTED_URL="$URL" CONVEX_SELF_HOSTED_ADMIN_KEY="$KEY" \
-  node node_modules/convex/bin/main.js deploy --yes --typecheck disable --codegen disable --push-all-modules \
-  --write-push-request "$WORK/push-request") >"$OUT/push.log" 2>&1 || { cat "$OUT/push.log"; die "writing the push request failed"; }
+write_push_request "$BASE" "$WORK/push-request" "$OUT/push.log"
 
 log "creating $TENANTS shared-tier tenants with examples/pos"
 provisioned=0

@@ -71,6 +71,22 @@ json_field() {
     });' "$1"
 }
 
+# write_push_request BASE OUT_PREFIX LOG : creates a SQLite tenant `push` on the server at BASE
+# (admin key in NIMBUS_ADMIN_KEY) and has the official CLI of examples/pos write its push of
+# examples/pos to OUT_PREFIX.json instead of pushing, for `nimbus-bench provision` to replay.
+write_push_request() {
+  local created url key
+  created="$(curl -fsS -X POST "$1/admin/tenants" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" \
+    -H 'content-type: application/json' -d '{"name":"push","storage":"sqlite"}')" || die "creating the tenant push failed"
+  url="$(printf '%s' "$created" | json_field url)"
+  key="$(printf '%s' "$created" | json_field adminKey)"
+  (cd "$REPO_ROOT/examples/pos" && env -u CONVEX_DEPLOYMENT CONVEX_SELF_HOSTED_URL="$url" \
+    CONVEX_SELF_HOSTED_ADMIN_KEY="$key" node node_modules/convex/bin/main.js deploy --yes --typecheck disable \
+    --codegen disable --push-all-modules --write-push-request "$2") >"$3" 2>&1 ||
+    { cat "$3"; die "writing the push request failed"; }
+  [ -s "$2.json" ] || die "the CLI wrote no push request to $2.json"
+}
+
 # wait_healthy URL PID TIMEOUT_S LOG : polls URL/health until 200, fails early if PID exits.
 wait_healthy() {
   local url="$1" pid="$2" timeout="$3" logfile="$4" waited=0

@@ -290,24 +290,26 @@ const BUSY_PAUSE: Duration = Duration::from_millis(20);
 /// Whether a database exists and is usable (an interrupted `DROP DATABASE` leaves it
 /// marked invalid with `datconnlimit = -2`; such a database only waits to be dropped).
 async fn database_exists(client: &impl GenericClient, name: &str) -> Result<bool, StorageError> {
-    let row = client
-        .query_typed_opt(
-            "SELECT 1 FROM pg_database WHERE datname = $1 AND datconnlimit <> -2",
-            &[(&name, tokio_postgres::types::Type::TEXT)],
-        )
-        .await
-        .map_err(|e| pg("find database", name, e))?;
-    Ok(row.is_some())
+    let query = "SELECT 1 FROM pg_database WHERE datname = $1 AND datconnlimit <> -2";
+    catalog_has(client, query, name, "find database").await
 }
 
 async fn schema_exists(client: &impl GenericClient, name: &str) -> Result<bool, StorageError> {
+    let query = "SELECT 1 FROM pg_namespace WHERE nspname = $1";
+    catalog_has(client, query, name, "find schema").await
+}
+
+/// Whether a query of the system catalogs by one name finds a row.
+async fn catalog_has(
+    client: &impl GenericClient,
+    query: &str,
+    name: &str,
+    what: &str,
+) -> Result<bool, StorageError> {
     let row = client
-        .query_typed_opt(
-            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-            &[(&name, tokio_postgres::types::Type::TEXT)],
-        )
+        .query_typed_opt(query, &[(&name, tokio_postgres::types::Type::TEXT)])
         .await
-        .map_err(|e| pg("find schema", name, e))?;
+        .map_err(|e| pg(what, name, e))?;
     Ok(row.is_some())
 }
 
@@ -445,14 +447,9 @@ impl StorageBackend for PostgresBackend {
             }),
             Tier::Dedicated => self.bridge.run(async move {
                 let admin = connect(&control).await?;
-                let found = admin
-                    .query_typed_opt(
-                        "SELECT 1 FROM pg_database WHERE datname = $1",
-                        &[(&name, tokio_postgres::types::Type::TEXT)],
-                    )
-                    .await
-                    .map_err(|e| pg("find database", &namespace, e))?;
-                if found.is_none() {
+                // Invalid databases too: an interrupted drop is finished here.
+                let query = "SELECT 1 FROM pg_database WHERE datname = $1";
+                if !catalog_has(&admin, query, &name, "find database").await? {
                     return Err(StorageError::NamespaceNotFound(namespace));
                 }
                 // FORCE ends the sessions of handles a caller still holds (their next
