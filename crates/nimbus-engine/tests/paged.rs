@@ -13,8 +13,8 @@ use nimbus_engine::{
     TenantEngine,
 };
 use nimbus_storage::{
-    IndexNumber, IndexScan, KeyRange, NamespaceStats, ScanOrder, StorageBackend, StorageError,
-    StoredDocument, TenantStore, WriteBatch,
+    ExportPage, ExportPosition, ExportedRow, IndexNumber, IndexScan, KeyRange, NamespaceStats,
+    ScanOrder, StorageBackend, StorageError, StoredDocument, TenantStore, WriteBatch,
 };
 use nimbus_storage_sqlite::{SqliteBackend, SqliteConfig};
 use nimbus_types::query::SerializedQuery;
@@ -67,6 +67,17 @@ impl TenantStore for Flaky {
     }
     fn get_receipt(&self, key: &[u8]) -> Result<Option<(Timestamp, Vec<u8>)>, StorageError> {
         self.inner.get_receipt(key)
+    }
+    fn export_page(
+        &self,
+        from: &ExportPosition,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<ExportPage, StorageError> {
+        self.inner.export_page(from, max_rows, max_bytes)
+    }
+    fn import(&self, rows: &[ExportedRow], max_ts: Option<Timestamp>) -> Result<(), StorageError> {
+        self.inner.import(rows, max_ts)
     }
 }
 

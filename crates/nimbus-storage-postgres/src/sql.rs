@@ -3,6 +3,8 @@
 //! locks): a pooler in transaction mode may hand each transaction a different server
 //! connection.
 
+use nimbus_storage::ExportKind;
+
 /// Layout version written into `meta`; a namespace of a newer version is refused.
 pub(crate) const FORMAT_VERSION: i64 = 1;
 
@@ -56,6 +58,9 @@ pub(crate) struct Statements {
     pub delete_globals: String,
     pub put_receipts: String,
     pub expire_receipts: String,
+    pub import_documents: String,
+    pub import_receipts: String,
+    pub set_max_ts: String,
 }
 
 impl Statements {
@@ -119,7 +124,83 @@ impl Statements {
                  ON CONFLICT (key) DO UPDATE SET ts = EXCLUDED.ts, body = EXCLUDED.body"
             ),
             expire_receipts: format!("DELETE FROM {s}.receipts WHERE ts < $1"),
+            // An import writes rows as exported: each document and receipt with its own ts.
+            import_documents: format!(
+                "INSERT INTO {s}.documents (id, table_number, ts, body) \
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE SET table_number = EXCLUDED.table_number, \
+                 ts = EXCLUDED.ts, body = EXCLUDED.body"
+            ),
+            import_receipts: format!(
+                "INSERT INTO {s}.receipts (key, ts, body) \
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET ts = EXCLUDED.ts, body = EXCLUDED.body"
+            ),
+            set_max_ts: format!("UPDATE {s}.meta SET value = $1 WHERE name = 'max_ts'"),
         }
+    }
+
+    /// One kind's rows for an export page, after a key (`after`) or from the first, in one
+    /// statement. Parameters: `$1` the most rows to return, `$2` one more (what is
+    /// selected, so the last column, the number selected, tells whether more follow), `$3`
+    /// the byte budget, then the key columns of the last row read. A row comes only while
+    /// the rows before it total less than the budget (by `ExportedRow::size_bytes`; the
+    /// first always comes). Only keys and sizes pass through the window; bodies are read
+    /// for the rows returned alone, joined back by key in the same snapshot.
+    pub(crate) fn export(&self, kind: ExportKind, after: bool) -> String {
+        let s = &self.schema;
+        // (table, key columns, order, size, after condition, returned columns)
+        let (table, key, order, size, after_key, columns) = match kind {
+            ExportKind::Documents => (
+                "documents",
+                "id",
+                "id",
+                "32 + octet_length(body)",
+                "id > $4",
+                "id, t.table_number, t.ts, t.body",
+            ),
+            ExportKind::IndexEntries => (
+                "index_entries",
+                "index_number, key",
+                "index_number, key",
+                "24 + octet_length(key)",
+                "(index_number, key) > ($4, $5)",
+                "index_number, key, t.id",
+            ),
+            // Names in bytewise order (as SQLite and Rust order them), whatever the
+            // database's collation.
+            ExportKind::Globals => (
+                "globals",
+                "name",
+                "name COLLATE \"C\"",
+                "octet_length(name) + octet_length(value)",
+                "name COLLATE \"C\" > $4",
+                "name, t.value",
+            ),
+            ExportKind::Receipts => (
+                "receipts",
+                "key",
+                "key",
+                "8 + octet_length(key) + octet_length(body)",
+                "key > $4",
+                "key, t.ts, t.body",
+            ),
+        };
+        let filter = if after {
+            format!(" WHERE {after_key}")
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT {columns}, r.selected FROM \
+             (SELECT {key}, row_number() OVER w AS n, sum(k.size) OVER w - k.size AS before, \
+                 count(*) OVER () AS selected \
+              FROM (SELECT {key}, {size} AS size FROM {s}.{table}{filter} \
+                  ORDER BY {order} LIMIT $2) k \
+              WINDOW w AS (ORDER BY {order} ROWS UNBOUNDED PRECEDING)) r \
+             JOIN {s}.{table} t USING ({key}) \
+             WHERE r.n <= $1 AND (r.n = 1 OR r.before < $3) ORDER BY r.n"
+        )
     }
 
     /// An index range with its documents and the `max_ts` of the same snapshot, in one

@@ -1,4 +1,9 @@
 //! One open namespace: its runtime connection pool and the [`TenantStore`] methods.
+//!
+//! Copying a namespace: an export page is one keyset statement per kind of row it
+//! reaches (`Statements::export`), each its own snapshot; an import is one transaction
+//! written like a batch (`BEGIN`, upserts of arrays pipelined, an optional `max_ts`
+//! update, `COMMIT`).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -6,8 +11,9 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use nimbus_storage::{
-    decode_document_id, encode_document_id, IndexNumber, IndexScan, IndexWrite, KeyRange,
-    NamespaceStats, ScanOrder, StorageError, StoredDocument, TenantStore, WriteBatch,
+    decode_document_id, encode_document_id, export_page_by_kind, ExportChunk, ExportCursor,
+    ExportKind, ExportPage, ExportPosition, ExportedRow, IndexNumber, IndexScan, IndexWrite,
+    KeyRange, NamespaceStats, ScanOrder, StorageError, StoredDocument, TenantStore, WriteBatch,
 };
 use nimbus_types::{DocumentId, TableNumber, Timestamp};
 use tokio_postgres::error::SqlState;
@@ -293,6 +299,176 @@ impl Inner {
         tx.commit().await.map_err(|e| pg("commit", ns, e))
     }
 
+    /// Writes exported rows and, when given, `max_ts` in one transaction: `BEGIN`, one
+    /// upsert per kind of row (rows as arrays, pipelined like a batch's), then `COMMIT`.
+    async fn import(
+        &self,
+        rows: Vec<ExportedRow>,
+        max_ts: Option<Timestamp>,
+    ) -> Result<(), StorageError> {
+        let ns = &self.namespace;
+        let sql = &self.sql;
+        let rows = ImportRows::new(ns, &rows)?;
+        let max_ts = max_ts.map(|ts| i64_timestamp(ns, ts)).transpose()?;
+        let mut ops: Vec<Statement> = Vec::new();
+        if !rows.doc_ids.is_empty() {
+            ops.push((
+                "import documents",
+                &sql.import_documents,
+                vec![
+                    (&rows.doc_ids, Type::BYTEA_ARRAY),
+                    (&rows.doc_tables, Type::INT8_ARRAY),
+                    (&rows.doc_ts, Type::INT8_ARRAY),
+                    (&rows.doc_bodies, Type::BYTEA_ARRAY),
+                ],
+            ));
+        }
+        if !rows.entry_keys.is_empty() {
+            ops.push((
+                "import index entries",
+                &sql.put_entries,
+                vec![
+                    (&rows.entry_indexes, Type::INT8_ARRAY),
+                    (&rows.entry_keys, Type::BYTEA_ARRAY),
+                    (&rows.entry_ids, Type::BYTEA_ARRAY),
+                ],
+            ));
+        }
+        if !rows.global_names.is_empty() {
+            ops.push((
+                "import globals",
+                &sql.put_globals,
+                vec![
+                    (&rows.global_names, Type::TEXT_ARRAY),
+                    (&rows.global_values, Type::BYTEA_ARRAY),
+                ],
+            ));
+        }
+        if !rows.receipt_keys.is_empty() {
+            ops.push((
+                "import receipts",
+                &sql.import_receipts,
+                vec![
+                    (&rows.receipt_keys, Type::BYTEA_ARRAY),
+                    (&rows.receipt_ts, Type::INT8_ARRAY),
+                    (&rows.receipt_bodies, Type::BYTEA_ARRAY),
+                ],
+            ));
+        }
+        if let Some(max_ts) = &max_ts {
+            ops.push(("import max_ts", &sql.set_max_ts, vec![(max_ts, Type::INT8)]));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+
+        let mut client = self.connection().await?;
+        let tx = client.transaction().await.map_err(|e| pg("begin", ns, e))?;
+        let done = futures::future::try_join_all(ops.iter().map(|(what, statement, params)| {
+            let tx = &tx;
+            async move {
+                tx.execute_typed(statement, params)
+                    .await
+                    .map_err(|e| pg(what, ns, e))
+            }
+        }))
+        .await?;
+        if max_ts.is_some() && done.last() != Some(&1) {
+            return Err(self.corrupted("the max_ts row is missing".into()));
+        }
+        tx.commit().await.map_err(|e| pg("commit", ns, e))
+    }
+
+    /// Reads one kind's rows for [`export_page_by_kind`] in one statement.
+    async fn export_chunk(
+        &self,
+        after: ChunkAfter,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<ExportChunk, StorageError> {
+        let ns = &self.namespace;
+        let kind = after.kind();
+        let rows_max = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        let selected_max = rows_max.saturating_add(1);
+        let bytes_max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&rows_max, Type::INT8),
+            (&selected_max, Type::INT8),
+            (&bytes_max, Type::INT8),
+        ];
+        let is_after = match &after {
+            ChunkAfter::Start(_) => false,
+            ChunkAfter::Key(_, key) => {
+                params.push((key, Type::BYTEA));
+                true
+            }
+            ChunkAfter::Entry(index, key) => {
+                params.push((index, Type::INT8));
+                params.push((key, Type::BYTEA));
+                true
+            }
+            ChunkAfter::Name(name) => {
+                params.push((name, Type::TEXT));
+                true
+            }
+        };
+        let statement = self.sql.export(kind, is_after);
+        let client = self.connection().await?;
+        let rows = client
+            .query_typed(&statement, &params)
+            .await
+            .map_err(|e| pg("export", ns, e))?;
+        let get = |e| pg("export", ns, e);
+        let mut chunk = ExportChunk::default();
+        let mut selected = 0i64;
+        for row in &rows {
+            let exported = match kind {
+                ExportKind::Documents => {
+                    selected = row.try_get(4).map_err(get)?;
+                    ExportedRow::Document(self.document(row, 0)?)
+                }
+                ExportKind::IndexEntries => {
+                    selected = row.try_get(3).map_err(get)?;
+                    let index: i64 = row.try_get(0).map_err(get)?;
+                    let id: Vec<u8> = row.try_get(2).map_err(get)?;
+                    ExportedRow::IndexEntry {
+                        index: IndexNumber(
+                            u32::try_from(index)
+                                .map_err(|_| self.corrupted(format!("index number {index}")))?,
+                        ),
+                        key: row.try_get(1).map_err(get)?,
+                        id: decode_document_id(&id)
+                            .ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?,
+                    }
+                }
+                ExportKind::Globals => {
+                    selected = row.try_get(2).map_err(get)?;
+                    ExportedRow::Global {
+                        name: row.try_get(0).map_err(get)?,
+                        value: row.try_get(1).map_err(get)?,
+                    }
+                }
+                ExportKind::Receipts => {
+                    selected = row.try_get(3).map_err(get)?;
+                    let ts: i64 = row.try_get(1).map_err(get)?;
+                    ExportedRow::Receipt {
+                        key: row.try_get(0).map_err(get)?,
+                        ts: Timestamp(
+                            u64::try_from(ts)
+                                .map_err(|_| self.corrupted(format!("timestamp {ts}")))?,
+                        ),
+                        body: row.try_get(2).map_err(get)?,
+                    }
+                }
+            };
+            chunk.rows.push(exported);
+        }
+        // Every row selected was returned: nothing of this kind follows. (No row at all:
+        // none was selected, since the first always comes.)
+        chunk.exhausted = usize::try_from(selected).is_ok_and(|n| n <= chunk.rows.len());
+        Ok(chunk)
+    }
+
     async fn scan_index(
         &self,
         index: IndexNumber,
@@ -385,6 +561,23 @@ impl TenantStore for PostgresStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         let batch = batch.clone();
         self.with(|inner| async move { inner.write(batch).await })
+    }
+
+    fn export_page(
+        &self,
+        from: &ExportPosition,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<ExportPage, StorageError> {
+        export_page_by_kind(from, max_rows, max_bytes, &mut |cursor, rows, bytes| {
+            let after = ChunkAfter::new(cursor);
+            self.with(|inner| async move { inner.export_chunk(after, rows, bytes).await })
+        })
+    }
+
+    fn import(&self, rows: &[ExportedRow], max_ts: Option<Timestamp>) -> Result<(), StorageError> {
+        let rows = rows.to_vec();
+        self.with(|inner| async move { inner.import(rows, max_ts).await })
     }
 
     fn max_ts(&self) -> Result<Timestamp, StorageError> {
@@ -512,6 +705,129 @@ impl TenantStore for PostgresStore {
             let body: Vec<u8> = row.try_get(1).map_err(get)?;
             Ok(Some((Timestamp(u64::try_from(ts).unwrap_or(0)), body)))
         })
+    }
+}
+
+fn i64_timestamp(ns: &str, ts: Timestamp) -> Result<i64, StorageError> {
+    i64::try_from(ts.0).map_err(|_| StorageError::Io(format!("{ns}: timestamp {ts} too large")))
+}
+
+/// An [`ExportCursor`] as the runtime task takes it (owned), with the key as bound.
+enum ChunkAfter {
+    /// From the kind's first row.
+    Start(ExportKind),
+    /// After a document ID (encoded) or a receipt key.
+    Key(ExportKind, Vec<u8>),
+    /// After an index entry.
+    Entry(i64, Vec<u8>),
+    /// After a global.
+    Name(String),
+}
+
+impl ChunkAfter {
+    fn new(cursor: ExportCursor<'_>) -> ChunkAfter {
+        match cursor {
+            ExportCursor::Documents(Some(id)) => {
+                ChunkAfter::Key(ExportKind::Documents, encode_document_id(id).to_vec())
+            }
+            ExportCursor::IndexEntries(Some((index, key))) => {
+                ChunkAfter::Entry(i64::from(index.0), key.to_vec())
+            }
+            ExportCursor::Globals(Some(name)) => ChunkAfter::Name(name.to_string()),
+            ExportCursor::Receipts(Some(key)) => {
+                ChunkAfter::Key(ExportKind::Receipts, key.to_vec())
+            }
+            ExportCursor::Documents(None)
+            | ExportCursor::IndexEntries(None)
+            | ExportCursor::Globals(None)
+            | ExportCursor::Receipts(None) => ChunkAfter::Start(cursor.kind()),
+        }
+    }
+
+    fn kind(&self) -> ExportKind {
+        match self {
+            ChunkAfter::Start(kind) | ChunkAfter::Key(kind, _) => *kind,
+            ChunkAfter::Entry(..) => ExportKind::IndexEntries,
+            ChunkAfter::Name(_) => ExportKind::Globals,
+        }
+    }
+}
+
+/// Exported rows as the arrays the import statements take: only the last row of each key
+/// (one `INSERT ... ON CONFLICT` may not touch a row twice).
+struct ImportRows<'a> {
+    doc_ids: Vec<Vec<u8>>,
+    doc_tables: Vec<i64>,
+    doc_ts: Vec<i64>,
+    doc_bodies: Vec<&'a [u8]>,
+    entry_indexes: Vec<i64>,
+    entry_keys: Vec<&'a [u8]>,
+    entry_ids: Vec<Vec<u8>>,
+    global_names: Vec<&'a str>,
+    global_values: Vec<&'a [u8]>,
+    receipt_keys: Vec<&'a [u8]>,
+    receipt_ts: Vec<i64>,
+    receipt_bodies: Vec<&'a [u8]>,
+}
+
+impl<'a> ImportRows<'a> {
+    fn new(ns: &str, rows: &'a [ExportedRow]) -> Result<ImportRows<'a>, StorageError> {
+        let mut documents: BTreeMap<[u8; 20], (i64, i64, &[u8])> = BTreeMap::new();
+        let mut entries: BTreeMap<(i64, &[u8]), [u8; 20]> = BTreeMap::new();
+        let mut globals: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        let mut receipts: BTreeMap<&[u8], (i64, &[u8])> = BTreeMap::new();
+        for row in rows {
+            match row {
+                ExportedRow::Document(doc) => {
+                    let value = (
+                        i64::from(doc.table.0),
+                        i64_timestamp(ns, doc.ts)?,
+                        &doc.body[..],
+                    );
+                    documents.insert(encode_document_id(&doc.id), value);
+                }
+                ExportedRow::IndexEntry { index, key, id } => {
+                    entries.insert((i64::from(index.0), key), encode_document_id(id));
+                }
+                ExportedRow::Global { name, value } => {
+                    globals.insert(name, value);
+                }
+                ExportedRow::Receipt { key, ts, body } => {
+                    receipts.insert(key, (i64_timestamp(ns, *ts)?, body));
+                }
+            }
+        }
+        let mut out = ImportRows {
+            doc_ids: Vec::with_capacity(documents.len()),
+            doc_tables: Vec::with_capacity(documents.len()),
+            doc_ts: Vec::with_capacity(documents.len()),
+            doc_bodies: Vec::with_capacity(documents.len()),
+            entry_indexes: Vec::with_capacity(entries.len()),
+            entry_keys: Vec::with_capacity(entries.len()),
+            entry_ids: Vec::with_capacity(entries.len()),
+            global_names: globals.keys().copied().collect(),
+            global_values: globals.values().copied().collect(),
+            receipt_keys: Vec::with_capacity(receipts.len()),
+            receipt_ts: Vec::with_capacity(receipts.len()),
+            receipt_bodies: Vec::with_capacity(receipts.len()),
+        };
+        for (id, (table, ts, body)) in documents {
+            out.doc_ids.push(id.to_vec());
+            out.doc_tables.push(table);
+            out.doc_ts.push(ts);
+            out.doc_bodies.push(body);
+        }
+        for ((index, key), id) in entries {
+            out.entry_indexes.push(index);
+            out.entry_keys.push(key);
+            out.entry_ids.push(id.to_vec());
+        }
+        for (key, (ts, body)) in receipts {
+            out.receipt_keys.push(key);
+            out.receipt_ts.push(ts);
+            out.receipt_bodies.push(body);
+        }
+        Ok(out)
     }
 }
 

@@ -169,6 +169,9 @@ mod shared_pgbouncer {
         a_refused_batch_writes_nothing,
         receipts,
         index_chunks_are_dropped,
-        model_based
+        model_based,
+        export_round_trip,
+        import_then_write,
+        export_replay_converges
     );
 }

@@ -12,14 +12,21 @@
 //! transaction, so one fsync covers a whole group commit. Concurrency: one writer
 //! connection (only the tenant's committer writes) and a bounded pool of reader
 //! connections; when every reader is busy, a read waits for one to come back.
+//!
+//! Copying: [`TenantStore::export_page`] runs on a reader, one keyset query
+//! (`WHERE key > ? ORDER BY key LIMIT ?`) per kind of row it reaches, stepping no further
+//! than the page's bounds; [`TenantStore::import`] is one transaction on the writer, like a
+//! batch.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nimbus_storage::{
-    decode_document_id, encode_document_id, IndexScan, IndexWrite, KeyRange, NamespaceStats,
-    ScanOrder, StorageBackend, StorageError, StoredDocument, TenantStore, WriteBatch,
+    decode_document_id, encode_document_id, export_page_by_kind, ExportChunk, ExportCursor,
+    ExportPage, ExportPosition, ExportedRow, IndexNumber, IndexScan, IndexWrite, KeyRange,
+    NamespaceStats, ScanOrder, StorageBackend, StorageError, StoredDocument, TenantStore,
+    WriteBatch,
 };
 use nimbus_types::{DocumentId, TableNumber, Timestamp};
 use parking_lot::{Condvar, Mutex};
@@ -465,8 +472,13 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
     Ok(())
 }
 
-impl TenantStore for SqliteStore {
-    fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+impl SqliteStore {
+    /// Runs `rows` in one transaction on the writer connection and commits it (durable on
+    /// return), or rolls it back when anything fails.
+    fn in_write_transaction(
+        &self,
+        rows: impl FnOnce(&Connection, &str) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let ns = &self.namespace;
         let mut conn = self.writer.lock();
         // Every statement of a batch, BEGIN and COMMIT included, is a cached prepared
@@ -475,15 +487,16 @@ impl TenantStore for SqliteStore {
         conn.prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut begin| begin.execute([]))
             .map_err(|e| io("begin", ns, e))?;
-        let written = write_rows(&conn, ns, batch).and_then(|()| {
+        let written = rows(&conn, ns).and_then(|()| {
             conn.prepare_cached("COMMIT")
                 .and_then(|mut commit| commit.execute([]))
                 .map(|_| ())
                 .map_err(|e| io("commit", ns, e))
         });
         if written.is_err() && !conn.is_autocommit() {
-            // Nothing of the batch may stay pending on the writer connection (the committer
-            // refuses writes until it reopens the storage either way). A connection that
+            // Nothing of a failed transaction may stay pending on the writer connection (after
+            // a failed batch the committer refuses writes until it reopens the storage either
+            // way). A connection that
             // cannot even roll back (a full disk, an I/O error) is replaced, so it holds no
             // lock that would block the reopened store's writer.
             if conn.execute_batch("ROLLBACK").is_err() {
@@ -496,6 +509,212 @@ impl TenantStore for SqliteStore {
             }
         }
         written
+    }
+
+    /// Reads one kind's rows for [`export_page_by_kind`]: one more row than asked for is
+    /// selected, and stepping stops at the first row the page has no room for, so no row
+    /// beyond the page is decoded.
+    fn export_chunk(
+        &self,
+        conn: &Connection,
+        cursor: ExportCursor<'_>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<ExportChunk, StorageError> {
+        let ns = &self.namespace;
+        let (sql, after): (&str, Vec<rusqlite::types::Value>) = match cursor {
+            ExportCursor::Documents(None) => (
+                "SELECT id, table_number, ts, body FROM documents ORDER BY id LIMIT ?1",
+                vec![],
+            ),
+            ExportCursor::Documents(Some(id)) => (
+                "SELECT id, table_number, ts, body FROM documents WHERE id > ?2 \
+                 ORDER BY id LIMIT ?1",
+                vec![encode_document_id(id).to_vec().into()],
+            ),
+            ExportCursor::IndexEntries(None) => (
+                "SELECT index_number, key, id FROM index_entries \
+                 ORDER BY index_number, key LIMIT ?1",
+                vec![],
+            ),
+            ExportCursor::IndexEntries(Some((index, key))) => (
+                "SELECT index_number, key, id FROM index_entries \
+                 WHERE (index_number, key) > (?2, ?3) ORDER BY index_number, key LIMIT ?1",
+                vec![i64::from(index.0).into(), key.to_vec().into()],
+            ),
+            // `globals.name` has SQLite's default collation, BINARY: the bytes of the name.
+            ExportCursor::Globals(None) => (
+                "SELECT name, value FROM globals ORDER BY name LIMIT ?1",
+                vec![],
+            ),
+            ExportCursor::Globals(Some(name)) => (
+                "SELECT name, value FROM globals WHERE name > ?2 ORDER BY name LIMIT ?1",
+                vec![name.to_string().into()],
+            ),
+            ExportCursor::Receipts(None) => (
+                "SELECT key, ts, body FROM receipts ORDER BY key LIMIT ?1",
+                vec![],
+            ),
+            ExportCursor::Receipts(Some(key)) => (
+                "SELECT key, ts, body FROM receipts WHERE key > ?2 ORDER BY key LIMIT ?1",
+                vec![key.to_vec().into()],
+            ),
+        };
+        let limit = i64::try_from(max_rows.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut values: Vec<rusqlite::types::Value> = vec![limit.into()];
+        values.extend(after);
+        let mut statement = conn
+            .prepare_cached(sql)
+            .map_err(|e| io("prepare export", ns, e))?;
+        let mut selected = statement
+            .query(rusqlite::params_from_iter(values))
+            .map_err(|e| io("export", ns, e))?;
+        let mut chunk = ExportChunk::default();
+        let mut bytes = 0usize;
+        while let Some(row) = selected.next().map_err(|e| io("export", ns, e))? {
+            if chunk.rows.len() >= max_rows || (!chunk.rows.is_empty() && bytes >= max_bytes) {
+                return Ok(chunk);
+            }
+            let exported = self.exported_row(cursor, row)?;
+            bytes = bytes.saturating_add(exported.size_bytes());
+            chunk.rows.push(exported);
+        }
+        chunk.exhausted = true;
+        Ok(chunk)
+    }
+
+    /// A row of [`SqliteStore::export_chunk`]'s query for `cursor`.
+    fn exported_row(
+        &self,
+        cursor: ExportCursor<'_>,
+        row: &rusqlite::Row<'_>,
+    ) -> Result<ExportedRow, StorageError> {
+        let ns = &self.namespace;
+        let get = |e| io("export", ns, e);
+        let timestamp = |ts: i64| {
+            u64::try_from(ts)
+                .map(Timestamp)
+                .map_err(|_| self.corrupted(format!("timestamp {ts}")))
+        };
+        Ok(match cursor {
+            ExportCursor::Documents(_) => ExportedRow::Document(self.row_document(
+                row.get(0).map_err(get)?,
+                row.get(1).map_err(get)?,
+                row.get(2).map_err(get)?,
+                row.get(3).map_err(get)?,
+            )?),
+            ExportCursor::IndexEntries(_) => {
+                let index: i64 = row.get(0).map_err(get)?;
+                let id: Vec<u8> = row.get(2).map_err(get)?;
+                ExportedRow::IndexEntry {
+                    index: IndexNumber(
+                        u32::try_from(index)
+                            .map_err(|_| self.corrupted(format!("index number {index}")))?,
+                    ),
+                    key: row.get(1).map_err(get)?,
+                    id: decode_document_id(&id)
+                        .ok_or_else(|| self.corrupted("document id is not 20 bytes".into()))?,
+                }
+            }
+            ExportCursor::Globals(_) => ExportedRow::Global {
+                name: row.get(0).map_err(get)?,
+                value: row.get(1).map_err(get)?,
+            },
+            ExportCursor::Receipts(_) => ExportedRow::Receipt {
+                key: row.get(0).map_err(get)?,
+                ts: timestamp(row.get(1).map_err(get)?)?,
+                body: row.get(2).map_err(get)?,
+            },
+        })
+    }
+}
+
+/// An exported row written back as it is, inside the writer's open transaction.
+fn import_row(tx: &Connection, ns: &str, row: &ExportedRow) -> Result<(), StorageError> {
+    let ts_value = |ts: Timestamp| {
+        i64::try_from(ts.0).map_err(|_| StorageError::Io(format!("{ns}: timestamp {ts} too large")))
+    };
+    match row {
+        ExportedRow::Document(doc) => {
+            let ts = ts_value(doc.ts)?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO documents (id, table_number, ts, body) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut put| {
+                put.execute(params![
+                    &encode_document_id(&doc.id)[..],
+                    i64::from(doc.table.0),
+                    ts,
+                    doc.body
+                ])
+            })
+            .map(|_| ())
+            .map_err(|e| io("import document", ns, e))
+        }
+        ExportedRow::IndexEntry { index, key, id } => tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO index_entries (index_number, key, id) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut put| {
+                put.execute(params![
+                    i64::from(index.0),
+                    key,
+                    &encode_document_id(id)[..]
+                ])
+            })
+            .map(|_| ())
+            .map_err(|e| io("import index entry", ns, e)),
+        ExportedRow::Global { name, value } => tx
+            .prepare_cached("INSERT OR REPLACE INTO globals (name, value) VALUES (?1, ?2)")
+            .and_then(|mut put| put.execute(params![name, value]))
+            .map(|_| ())
+            .map_err(|e| io("import global", ns, e)),
+        ExportedRow::Receipt { key, ts, body } => {
+            let ts = ts_value(*ts)?;
+            tx.prepare_cached("INSERT OR REPLACE INTO receipts (key, ts, body) VALUES (?1, ?2, ?3)")
+                .and_then(|mut put| put.execute(params![key, ts, body]))
+                .map(|_| ())
+                .map_err(|e| io("import receipt", ns, e))
+        }
+    }
+}
+
+impl TenantStore for SqliteStore {
+    fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.in_write_transaction(|tx, ns| write_rows(tx, ns, batch))
+    }
+
+    fn export_page(
+        &self,
+        from: &ExportPosition,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<ExportPage, StorageError> {
+        let mut reader = self.reader();
+        let conn = reader.conn()?;
+        export_page_by_kind(from, max_rows, max_bytes, &mut |cursor, rows, bytes| {
+            self.export_chunk(conn, cursor, rows, bytes)
+        })
+    }
+
+    fn import(&self, rows: &[ExportedRow], max_ts: Option<Timestamp>) -> Result<(), StorageError> {
+        self.in_write_transaction(|tx, ns| {
+            for row in rows {
+                import_row(tx, ns, row)?;
+            }
+            let Some(max_ts) = max_ts else { return Ok(()) };
+            let value = i64::try_from(max_ts.0)
+                .map_err(|_| StorageError::Io(format!("{ns}: max_ts {max_ts} too large")))?;
+            let changed = tx
+                .prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'max_ts'")
+                .and_then(|mut update| update.execute(params![value]))
+                .map_err(|e| io("import max_ts", ns, e))?;
+            if changed != 1 {
+                return Err(self.corrupted("the max_ts row is missing".into()));
+            }
+            Ok(())
+        })
     }
 
     fn max_ts(&self) -> Result<Timestamp, StorageError> {

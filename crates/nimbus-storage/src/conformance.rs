@@ -12,8 +12,8 @@ use std::path::Path;
 use nimbus_types::{DocumentId, TableNumber, Timestamp};
 
 use crate::{
-    DocumentWrite, IndexNumber, IndexWrite, KeyRange, ScanOrder, StorageBackend, StorageError,
-    WriteBatch,
+    DocumentWrite, ExportPosition, ExportedRow, IndexNumber, IndexWrite, KeyRange, Receipt,
+    ScanOrder, StorageBackend, StorageError, StoredDocument, TenantStore, WriteBatch,
 };
 
 /// Opens a backend at a root directory.
@@ -330,7 +330,6 @@ pub fn a_refused_batch_writes_nothing(make: Constructor, root: &Path) {
 /// Receipts are written with their batch (atomically, durably), read back with its `ts`,
 /// replaced by a later write of the same key, and expired by `ts`.
 pub fn receipts(make: Constructor, root: &Path) {
-    use crate::Receipt;
     let backend = make(root);
     backend.create_namespace("t").unwrap();
     let store = backend.open_namespace("t").unwrap();
@@ -494,6 +493,454 @@ pub fn model_based(make: Constructor, root: &Path) {
     }
 }
 
+fn delete(table: u32, n: u8) -> DocumentWrite {
+    DocumentWrite {
+        id: id(table, n),
+        table: TableNumber(table),
+        body: None,
+    }
+}
+
+fn entry(index: u32, key: &[u8], doc: DocumentId) -> IndexWrite {
+    IndexWrite::Insert {
+        index: IndexNumber(index),
+        key: key.to_vec(),
+        id: doc,
+    }
+}
+
+fn receipt(key: &[u8], body: &str) -> Receipt {
+    Receipt {
+        key: key.to_vec(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// Index keys with the bytes an encoding may hold at its edges (0x00, 0xff, prefixes).
+const EDGE_KEYS: [&[u8]; 7] = [
+    &[0x00],
+    &[0x00, 0x00],
+    &[0x00, 0xff],
+    &[0x7f],
+    &[0xff],
+    &[0xff, 0x00],
+    &[0xff, 0xff, 0xff],
+];
+
+/// Global names whose bytewise order differs from most collations' (case, accents).
+const GLOBAL_NAMES: [&str; 5] = ["Zed", "_catalog", "alpha", "code", "\u{e9}t\u{e9}"];
+
+/// Three batches, from `first_ts` on, over two tables, two indexes, globals and receipts;
+/// something deleted, overwritten and expired.
+fn fill_for_export(store: &dyn TenantStore, first_ts: u64) {
+    let mut b = batch(first_ts);
+    for n in 1..=6u8 {
+        b.documents.push(put(1, n, &format!("table one, doc {n}")));
+    }
+    for n in [0u8, 1, 0xff] {
+        b.documents.push(put(2, n, &"x".repeat(usize::from(n) + 1)));
+    }
+    for (k, key) in EDGE_KEYS.iter().enumerate() {
+        b.indexes.push(entry(1, key, id(1, k as u8 % 6 + 1)));
+        b.indexes.push(entry(2, key, id(2, [0, 1, 0xff][k % 3])));
+    }
+    for name in GLOBAL_NAMES {
+        b.globals
+            .push((name.into(), Some(format!("value of {name}").into_bytes())));
+    }
+    b.receipts.push(receipt(b"s1/0", "answer 0"));
+    b.receipts.push(receipt(&[0x00], "binary key"));
+    store.write(&b).unwrap();
+
+    let mut b = batch(first_ts + 1);
+    b.documents.push(put(1, 2, "table one, doc 2, again"));
+    b.documents.push(delete(1, 3));
+    b.indexes.push(IndexWrite::Delete {
+        index: IndexNumber(1),
+        key: EDGE_KEYS[2].to_vec(),
+    });
+    b.globals.push(("code".into(), None));
+    b.globals
+        .push(("".into(), Some(b"the empty name".to_vec())));
+    b.receipts.push(receipt(b"s1/1", "answer 1"));
+    b.receipts
+        .push(receipt(&[0xff, 0x00], "another binary key"));
+    store.write(&b).unwrap();
+
+    let mut b = batch(first_ts + 2);
+    b.documents.push(put(2, 7, "late"));
+    b.indexes.push(entry(2, &[0x80], id(2, 7)));
+    b.receipts.push(receipt(b"s2/0", "answer 2"));
+    b.expire_receipts_before = Some(Timestamp(first_ts + 1));
+    store.write(&b).unwrap();
+}
+
+/// Every page of a full export, checking each page's bounds on the way.
+fn export_pages(
+    store: &dyn TenantStore,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Vec<crate::ExportPage> {
+    let mut pages: Vec<crate::ExportPage> = Vec::new();
+    let mut from = ExportPosition::Start;
+    loop {
+        assert!(pages.len() < 10_000, "the export does not end");
+        let page = store.export_page(&from, max_rows, max_bytes).unwrap();
+        assert!(
+            page.rows.len() <= max_rows.max(1),
+            "{} rows in a page of {max_rows}",
+            page.rows.len()
+        );
+        let before_last: usize = page
+            .rows
+            .iter()
+            .rev()
+            .skip(1)
+            .map(ExportedRow::size_bytes)
+            .sum();
+        assert!(
+            page.rows.len() <= 1 || before_last < max_bytes,
+            "a page of {max_bytes} bytes holds {before_last} before its last row"
+        );
+        let next = page.next.clone();
+        if next.is_some() {
+            assert!(
+                !page.rows.is_empty(),
+                "an unfinished export made no progress"
+            );
+        }
+        pages.push(page);
+        match next {
+            Some(next) => from = next,
+            None => return pages,
+        }
+    }
+}
+
+fn export_rows(store: &dyn TenantStore, max_rows: usize, max_bytes: usize) -> Vec<ExportedRow> {
+    export_pages(store, max_rows, max_bytes)
+        .into_iter()
+        .flat_map(|page| page.rows)
+        .collect()
+}
+
+/// Copies `from` into `to` a page at a time, setting `max_ts` with the last page.
+fn copy_namespace(from: &dyn TenantStore, to: &dyn TenantStore, max_ts: Timestamp) {
+    let pages = export_pages(from, 3, usize::MAX);
+    let last = pages.len() - 1;
+    for (n, page) in pages.iter().enumerate() {
+        to.import(&page.rows, (n == last).then_some(max_ts))
+            .unwrap();
+    }
+}
+
+/// Everything the read methods show of a namespace, for comparing two of them.
+#[derive(Debug, PartialEq, Eq)]
+struct Contents {
+    max_ts: Timestamp,
+    stats: crate::NamespaceStats,
+    table_counts: Vec<(TableNumber, u64)>,
+    documents: Vec<Option<StoredDocument>>,
+    tables: Vec<Vec<StoredDocument>>,
+    indexes: Vec<IndexContents>,
+    globals: Vec<Option<Vec<u8>>>,
+    receipts: Vec<Option<(Timestamp, Vec<u8>)>>,
+    rows: Vec<ExportedRow>,
+}
+
+/// One index scanned whole, ascending and descending, and the `ts` of the scan.
+#[derive(Debug, PartialEq, Eq)]
+struct IndexContents {
+    ascending: Vec<(Vec<u8>, StoredDocument)>,
+    descending: Vec<(Vec<u8>, StoredDocument)>,
+    ts: Timestamp,
+}
+
+fn contents(store: &dyn TenantStore) -> Contents {
+    let mut table_counts = store.table_counts().unwrap();
+    table_counts.sort();
+    let doc_ids = (1..=2).flat_map(|t| (0..=255u8).map(move |n| id(t, n)));
+    let tables = (1..=2)
+        .map(|t| {
+            let mut docs = Vec::new();
+            store
+                .scan_table(TableNumber(t), &mut |d| {
+                    docs.push(d);
+                    true
+                })
+                .unwrap();
+            docs
+        })
+        .collect();
+    let indexes = (1..=2)
+        .map(|index| {
+            let scan = |order| {
+                store
+                    .scan_index(IndexNumber(index), &KeyRange::all(), order, 1000)
+                    .unwrap()
+            };
+            let (up, down) = (scan(ScanOrder::Ascending), scan(ScanOrder::Descending));
+            IndexContents {
+                ascending: up.entries,
+                descending: down.entries,
+                ts: up.ts,
+            }
+        })
+        .collect();
+    let receipt_keys: [&[u8]; 6] = [b"s1/0", b"s1/1", b"s2/0", &[0x00], &[0xff, 0x00], b"s3/0"];
+    Contents {
+        max_ts: store.max_ts().unwrap(),
+        stats: store.stats().unwrap(),
+        table_counts,
+        documents: doc_ids.map(|d| store.get_document(&d).unwrap()).collect(),
+        tables,
+        indexes,
+        globals: GLOBAL_NAMES
+            .iter()
+            .chain(["", "missing", "added"].iter())
+            .map(|name| store.get_global(name).unwrap())
+            .collect(),
+        receipts: receipt_keys
+            .iter()
+            .map(|key| store.get_receipt(key).unwrap())
+            .collect(),
+        rows: export_rows(store, usize::MAX, usize::MAX),
+    }
+}
+
+/// A namespace exported a few rows at a time and imported into another reads the same
+/// through every read method, and survives a reopen; a page's bounds never stop progress.
+pub fn export_round_trip(make: Constructor, root: &Path) {
+    let backend = make(root);
+    backend.create_namespace("a").unwrap();
+    backend.create_namespace("b").unwrap();
+    let a = backend.open_namespace("a").unwrap();
+    let b = backend.open_namespace("b").unwrap();
+    let empty = b.export_page(&ExportPosition::Start, 3, 1).unwrap();
+    assert_eq!(
+        empty,
+        crate::ExportPage::default(),
+        "an empty namespace exports nothing"
+    );
+    fill_for_export(a.as_ref(), 10);
+
+    let rows = export_rows(a.as_ref(), usize::MAX, usize::MAX);
+    assert_eq!(export_pages(a.as_ref(), usize::MAX, usize::MAX).len(), 1);
+    let count = |kind: fn(&ExportedRow) -> bool| rows.iter().filter(|r| kind(r)).count();
+    assert_eq!(count(|r| matches!(r, ExportedRow::Document(_))), 9);
+    assert_eq!(count(|r| matches!(r, ExportedRow::IndexEntry { .. })), 14);
+    assert_eq!(count(|r| matches!(r, ExportedRow::Global { .. })), 5);
+    assert_eq!(count(|r| matches!(r, ExportedRow::Receipt { .. })), 3);
+    // Fixed order: kinds in turn, each by key as bytes (a name's UTF-8 bytes, too).
+    let positions: Vec<_> = rows.iter().map(|r| r.position().order_key()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{rows:#?}");
+    assert!(rows.contains(&ExportedRow::Receipt {
+        key: vec![0xff, 0x00],
+        ts: Timestamp(11),
+        body: b"another binary key".to_vec(),
+    }));
+
+    for (max_rows, max_bytes) in [(3, usize::MAX), (1000, 1), (3, 0), (0, 100), (5, 60)] {
+        assert_eq!(
+            export_rows(a.as_ref(), max_rows, max_bytes),
+            rows,
+            "pages of {max_rows} rows and {max_bytes} bytes"
+        );
+    }
+    let one_byte = export_pages(a.as_ref(), 1000, 1);
+    assert!(one_byte.iter().all(|page| page.rows.len() <= 1));
+
+    copy_namespace(a.as_ref(), b.as_ref(), a.max_ts().unwrap());
+    let expected = contents(a.as_ref());
+    assert_eq!(contents(b.as_ref()), expected);
+    drop((a, b));
+    drop(backend);
+    let b = make(root).open_namespace("b").unwrap();
+    assert_eq!(contents(b.as_ref()), expected, "an import is durable");
+}
+
+/// An import sets `max_ts` backwards or forwards; batches after it are written as usual,
+/// and a batch not after it is refused as before. Imported rows overwrite and keep their
+/// timestamps.
+pub fn import_then_write(make: Constructor, root: &Path) {
+    let backend = make(root);
+    backend.create_namespace("t").unwrap();
+    let store = backend.open_namespace("t").unwrap();
+    let mut first = batch(100);
+    first.documents.push(put(1, 1, "written"));
+    first.documents.push(put(1, 2, "written, stays"));
+    store.write(&first).unwrap();
+
+    let imported = |n: u8, ts: u64| StoredDocument {
+        id: id(1, n),
+        table: TableNumber(1),
+        ts: Timestamp(ts),
+        body: format!("imported {n}").into_bytes(),
+    };
+    let rows = vec![
+        ExportedRow::Document(imported(1, 5)),
+        ExportedRow::Document(imported(3, 40)),
+        ExportedRow::IndexEntry {
+            index: IndexNumber(1),
+            key: vec![0xff],
+            id: id(1, 3),
+        },
+        ExportedRow::Global {
+            name: "g".into(),
+            value: b"first".to_vec(),
+        },
+        ExportedRow::Global {
+            name: "g".into(),
+            value: b"second".to_vec(),
+        },
+        ExportedRow::Receipt {
+            key: b"r".to_vec(),
+            ts: Timestamp(30),
+            body: b"answer".to_vec(),
+        },
+    ];
+    store.import(&rows, Some(Timestamp(50))).unwrap();
+    assert_eq!(
+        store.max_ts().unwrap(),
+        Timestamp(50),
+        "max_ts moves backwards"
+    );
+    assert_eq!(
+        store.get_document(&id(1, 1)).unwrap(),
+        Some(imported(1, 5)),
+        "an imported row overwrites, with its own ts"
+    );
+    assert_eq!(
+        store.get_document(&id(1, 2)).unwrap().unwrap().ts,
+        Timestamp(100)
+    );
+    assert_eq!(
+        store.get_global("g").unwrap(),
+        Some(b"second".to_vec()),
+        "the later row wins"
+    );
+    assert_eq!(
+        store.get_receipt(b"r").unwrap(),
+        Some((Timestamp(30), b"answer".to_vec()))
+    );
+    let scan = store
+        .scan_index(IndexNumber(1), &KeyRange::all(), ScanOrder::Ascending, 10)
+        .unwrap();
+    assert_eq!(scan.ts, Timestamp(50));
+    assert_eq!(keys(&scan), vec![vec![0xff]]);
+    assert_eq!(scan.entries[0].1.ts, Timestamp(40));
+
+    let mut refused = batch(50);
+    refused.documents.push(put(1, 9, "refused"));
+    assert!(
+        store.write(&refused).is_err(),
+        "a batch at the imported max_ts is refused"
+    );
+    assert!(store.get_document(&id(1, 9)).unwrap().is_none());
+    store.import(&[], None).unwrap();
+    assert_eq!(
+        store.max_ts().unwrap(),
+        Timestamp(50),
+        "no max_ts, no change"
+    );
+
+    let mut next = batch(51);
+    next.documents.push(put(1, 3, "written after"));
+    next.receipts.push(receipt(b"r2", "after"));
+    store.write(&next).unwrap();
+    assert_eq!(store.max_ts().unwrap(), Timestamp(51));
+    assert_eq!(
+        store.get_document(&id(1, 3)).unwrap().unwrap().ts,
+        Timestamp(51)
+    );
+    store.import(&[], Some(Timestamp(200))).unwrap();
+    assert_eq!(
+        store.max_ts().unwrap(),
+        Timestamp(200),
+        "max_ts moves forwards"
+    );
+    assert!(store.write(&batch(150)).is_err());
+    store.write(&batch(201)).unwrap();
+    drop(store);
+    drop(backend);
+    let store = make(root).open_namespace("t").unwrap();
+    assert_eq!(store.max_ts().unwrap(), Timestamp(201));
+    assert_eq!(
+        store.get_receipt(b"r").unwrap().map(|(ts, _)| ts),
+        Some(Timestamp(30))
+    );
+}
+
+/// An export taken while the namespace is written, imported with the `max_ts` from before
+/// those writes, then the writes' batches replayed on top: the copy equals the original.
+pub fn export_replay_converges(make: Constructor, root: &Path) {
+    let backend = make(root);
+    backend.create_namespace("a").unwrap();
+    backend.create_namespace("b").unwrap();
+    let a = backend.open_namespace("a").unwrap();
+    let b = backend.open_namespace("b").unwrap();
+    fill_for_export(a.as_ref(), 10);
+    let before = a.max_ts().unwrap();
+    let first = a
+        .export_page(&ExportPosition::Start, 3, usize::MAX)
+        .unwrap();
+    assert_eq!(first.rows.len(), 3);
+    let exported_ids: Vec<DocumentId> = first
+        .rows
+        .iter()
+        .map(|row| match row {
+            ExportedRow::Document(doc) => doc.id,
+            other => panic!("documents come first: {other:?}"),
+        })
+        .collect();
+    assert_eq!(exported_ids, vec![id(1, 1), id(1, 2), id(1, 4)]);
+
+    // Written while the export runs: the caller keeps these batches to replay them.
+    let mut replay = Vec::new();
+    let mut w = batch(before.0 + 1);
+    w.documents.push(put(1, 1, "overwritten after its export"));
+    w.documents.push(delete(1, 2));
+    w.indexes.push(IndexWrite::Delete {
+        index: IndexNumber(1),
+        key: EDGE_KEYS[1].to_vec(),
+    });
+    w.indexes.push(entry(1, &[0x00, 0x01], id(1, 1)));
+    w.globals.push(("added".into(), Some(b"new".to_vec())));
+    w.globals.push(("alpha".into(), None));
+    w.receipts.push(receipt(b"s3/0", "answer 3"));
+    replay.push(w);
+    let mut w = batch(before.0 + 5);
+    w.documents
+        .push(put(2, 0xff, "overwritten before its export"));
+    w.documents.push(put(1, 2, "back again"));
+    w.indexes.push(IndexWrite::DropIndex {
+        index: IndexNumber(2),
+    });
+    w.indexes.push(entry(2, &[0x42], id(2, 0xff)));
+    w.expire_receipts_before = Some(Timestamp(before.0));
+    replay.push(w);
+    for w in &replay {
+        a.write(w).unwrap();
+    }
+
+    let mut rows = first.rows.clone();
+    let mut from = first.next.clone().unwrap();
+    loop {
+        let page = a.export_page(&from, 3, usize::MAX).unwrap();
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    b.import(&rows, Some(before)).unwrap();
+    assert_eq!(b.max_ts().unwrap(), before);
+    for w in &replay {
+        b.write(w).unwrap();
+    }
+    assert_eq!(contents(b.as_ref()), contents(a.as_ref()));
+}
+
 /// Expands into one `#[test]` per conformance check. `$make` is an expression of type
 /// `impl Fn(&Path) -> Box<dyn StorageBackend>`.
 #[macro_export]
@@ -502,7 +949,8 @@ macro_rules! run_conformance_suite {
         $crate::run_conformance_suite!(@tests $make;
             namespaces, documents_and_globals, index_ranges, namespaces_are_isolated,
             batches_are_atomic_for_readers, a_refused_batch_writes_nothing, receipts,
-            index_chunks_are_dropped, model_based);
+            index_chunks_are_dropped, model_based, export_round_trip, import_then_write,
+            export_replay_converges);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
