@@ -167,7 +167,7 @@ test("GET /admin/capacity evaluates the connection budget with live numbers", { 
   try {
     const none = await plain.admin("GET", "/admin/capacity");
     assert.equal(none.status, 200);
-    assert.deepEqual(none.body, { servers: [] });
+    assert.deepEqual(none.body, { placement: "least-loaded", servers: [] });
     assert.equal((await plain.admin("GET", "/admin/capacity", undefined, { key: null })).status, 401);
   } finally {
     await plain.cleanup();

@@ -24,6 +24,23 @@ pub(crate) struct TenantRow {
     /// Where its namespace lives (`Placement::name`); `None` in rows from before
     /// placements existed, which are all SQLite.
     pub storage: Option<String>,
+    /// The Postgres server of a Postgres tenant (`None` in rows from before the server
+    /// pool: the `default` server).
+    pub server: Option<String>,
+    /// A location the tenant graduated from whose namespace is not deleted yet
+    /// (`<placement>@<server>`); a start finishes the deletion.
+    pub retired: Option<String>,
+}
+
+impl TenantRow {
+    /// Where the tenant lives.
+    pub fn location(&self) -> Result<crate::placement::Location, AppError> {
+        crate::placement::Location::from_catalog(
+            &self.name,
+            self.storage.as_deref(),
+            self.server.as_deref(),
+        )
+    }
 }
 
 pub(crate) struct TenantCatalog {
@@ -35,7 +52,8 @@ fn internal(context: &str, e: rusqlite::Error) -> AppError {
 }
 
 /// The columns [`tenant_row`] reads, in its order.
-const ROW_COLUMNS: &str = "name, created_at_ms, key_hash, next_due_ms, limits, storage";
+const ROW_COLUMNS: &str =
+    "name, created_at_ms, key_hash, next_due_ms, limits, storage, server, retired";
 
 fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
     Ok(TenantRow {
@@ -45,6 +63,8 @@ fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
         next_due_ms: row.get(3)?,
         limits: row.get(4)?,
         storage: row.get(5)?,
+        server: row.get(6)?,
+        retired: row.get(7)?,
     })
 }
 
@@ -96,6 +116,25 @@ impl TenantCatalog {
             "storage",
             "ALTER TABLE tenants ADD COLUMN storage TEXT;",
         )?;
+        add_column_if_missing(
+            &conn,
+            "server",
+            "ALTER TABLE tenants ADD COLUMN server TEXT;",
+        )?;
+        add_column_if_missing(
+            &conn,
+            "retired",
+            "ALTER TABLE tenants ADD COLUMN retired TEXT;",
+        )?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS servers (
+                 name TEXT PRIMARY KEY,
+                 url TEXT NOT NULL,
+                 pooler_url TEXT,
+                 max_connections INTEGER
+             );",
+        )
+        .map_err(|e| internal("create servers", e))?;
         Ok(TenantCatalog {
             conn: Mutex::new(conn),
         })
@@ -105,13 +144,14 @@ impl TenantCatalog {
     pub fn insert_creating(&self, row: &TenantRow) -> Result<(), AppError> {
         let conn = self.conn.lock();
         let result = conn.execute(
-            "INSERT INTO tenants (name, created_at_ms, key_hash, state, storage) \
-             VALUES (?1, ?2, ?3, 'creating', ?4)",
+            "INSERT INTO tenants (name, created_at_ms, key_hash, state, storage, server) \
+             VALUES (?1, ?2, ?3, 'creating', ?4, ?5)",
             params![
                 row.name,
                 row.created_at_ms as i64,
                 row.key_hash,
-                row.storage
+                row.storage,
+                row.server
             ],
         );
         match result {
@@ -249,17 +289,141 @@ impl TenantCatalog {
             .map_err(|e| internal("due tenants", e))
     }
 
-    /// Tenants left half-created or half-deleted by a crash.
-    pub fn unfinished(&self) -> Result<Vec<(String, String, Option<String>)>, AppError> {
+    /// Tenants left half-created or half-deleted by a crash, with their state.
+    pub fn unfinished(&self) -> Result<Vec<(TenantRow, String)>, AppError> {
         let conn = self.conn.lock();
         let mut statement = conn
-            .prepare("SELECT name, state, storage FROM tenants WHERE state != 'active'")
+            .prepare(&format!(
+                "SELECT {ROW_COLUMNS}, state FROM tenants WHERE state != 'active'"
+            ))
             .map_err(|e| internal("unfinished", e))?;
         let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .query_map([], |row| Ok((tenant_row(row)?, row.get(8)?)))
             .map_err(|e| internal("unfinished", e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| internal("unfinished", e))
+    }
+
+    /// Active tenants with a retired location still to delete.
+    pub fn retired(&self) -> Result<Vec<TenantRow>, AppError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|row| row.retired.is_some())
+            .collect())
+    }
+
+    /// Moves an active tenant to a new location durably, recording the old one as retired
+    /// (`retired`), in one statement; false when there is no such tenant (deleted
+    /// meanwhile).
+    pub fn set_location(
+        &self,
+        name: &str,
+        storage: &str,
+        server: Option<&str>,
+        retired: Option<&str>,
+    ) -> Result<bool, AppError> {
+        let changed = self
+            .conn
+            .lock()
+            .execute(
+                "UPDATE tenants SET storage = ?2, server = ?3, retired = ?4 \
+                 WHERE name = ?1 AND state = 'active'",
+                params![name, storage, server, retired],
+            )
+            .map_err(|e| internal("set location", e))?;
+        Ok(changed == 1)
+    }
+
+    /// Forgets a retired location once its namespace is deleted.
+    pub fn clear_retired(&self, name: &str) -> Result<(), AppError> {
+        self.conn
+            .lock()
+            .execute(
+                "UPDATE tenants SET retired = NULL WHERE name = ?1",
+                params![name],
+            )
+            .map_err(|e| internal("clear retired", e))?;
+        Ok(())
+    }
+
+    /// Postgres tenants per server, in every state (a creation in flight counts).
+    pub fn tenants_per_server(
+        &self,
+        default_server: &str,
+    ) -> Result<std::collections::HashMap<String, i64>, AppError> {
+        let conn = self.conn.lock();
+        let mut statement = conn
+            .prepare(
+                "SELECT COALESCE(server, ?1), COUNT(*) FROM tenants \
+                 WHERE storage LIKE 'postgres%' GROUP BY 1",
+            )
+            .map_err(|e| internal("tenants per server", e))?;
+        let rows = statement
+            .query_map(params![default_server], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(|e| internal("tenants per server", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| internal("tenants per server", e))
+    }
+
+    /// Postgres servers added through the admin API.
+    pub fn servers(&self) -> Result<Vec<crate::placement::ServerSettings>, AppError> {
+        let conn = self.conn.lock();
+        let mut statement = conn
+            .prepare("SELECT name, url, pooler_url, max_connections FROM servers ORDER BY name")
+            .map_err(|e| internal("servers", e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(crate::placement::ServerSettings {
+                    name: row.get(0)?,
+                    url: row.get(1)?,
+                    pooler_url: row.get(2)?,
+                    max_connections: row.get(3)?,
+                })
+            })
+            .map_err(|e| internal("servers", e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| internal("servers", e))
+    }
+
+    /// Records a server added through the admin API; false when the name is taken.
+    pub fn insert_server(
+        &self,
+        server: &crate::placement::ServerSettings,
+    ) -> Result<bool, AppError> {
+        let changed = self
+            .conn
+            .lock()
+            .execute(
+                "INSERT INTO servers (name, url, pooler_url, max_connections) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
+                params![
+                    server.name,
+                    server.url,
+                    server.pooler_url,
+                    server.max_connections
+                ],
+            )
+            .map_err(|e| internal("insert server", e))?;
+        Ok(changed == 1)
+    }
+
+    /// Forgets a server added through the admin API, unless a tenant (in any state) is on
+    /// it; returns whether it was removed.
+    pub fn remove_server(&self, name: &str, default_server: &str) -> Result<bool, AppError> {
+        let changed = self
+            .conn
+            .lock()
+            .execute(
+                "DELETE FROM servers WHERE name = ?1 AND NOT EXISTS (SELECT 1 FROM tenants \
+                 WHERE storage LIKE 'postgres%' AND COALESCE(server, ?2) = ?1 \
+                    OR retired LIKE '%@' || ?1)",
+                params![name, default_server],
+            )
+            .map_err(|e| internal("remove server", e))?;
+        Ok(changed == 1)
     }
 }
 

@@ -44,6 +44,13 @@ pub enum AppError {
     /// An environment variable change that breaks a rule or a limit.
     #[error("{0}")]
     InvalidEnvironmentVariable(String),
+    /// The request conflicts with the state of what it names (a tenant already in its own
+    /// database, a server that still holds tenants).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something the admin API names (other than a tenant) does not exist.
+    #[error("{0}")]
+    NotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,6 +72,8 @@ impl AppError {
             AppError::PushFailed { code, .. } => code,
             AppError::SnapshotUnavailable(_) => "SnapshotUnavailable",
             AppError::InvalidEnvironmentVariable(_) => "InvalidEnvironmentVariable",
+            AppError::Conflict(_) => "Conflict",
+            AppError::NotFound(_) => "NotFound",
             AppError::Internal(_) => "InternalServerError",
         }
     }
@@ -72,8 +81,8 @@ impl AppError {
     /// HTTP status for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            AppError::TenantNotFound(_) => 404,
-            AppError::TenantExists(_) => 409,
+            AppError::TenantNotFound(_) | AppError::NotFound(_) => 404,
+            AppError::TenantExists(_) | AppError::Conflict(_) => 409,
             AppError::InvalidTenantName(_)
             | AppError::BadRequest(_)
             | AppError::InvalidValue(_)

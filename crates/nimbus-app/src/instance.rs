@@ -16,8 +16,20 @@ use crate::config::NimbusConfig;
 use crate::error::AppError;
 use crate::is_valid_tenant_name;
 use crate::limits::LimitOverrides;
-use crate::placement::{Backends, Placement};
+use crate::placement::{Backends, Location, Placement, DEFAULT_SERVER};
 use crate::tenant::Tenant;
+
+/// Held while a tenant graduates.
+pub(crate) struct GraduationGuard<'a> {
+    nimbus: &'a Nimbus,
+    tenant: String,
+}
+
+impl Drop for GraduationGuard<'_> {
+    fn drop(&mut self) {
+        self.nimbus.graduating.lock().remove(&self.tenant);
+    }
+}
 
 /// A tenant just created, with its admin key (shown once; only its hash is kept).
 #[derive(Debug, Clone)]
@@ -39,6 +51,8 @@ pub struct TenantInfo {
     pub limits: crate::limits::TenantLimits,
     /// Where its namespace lives.
     pub storage: Placement,
+    /// Its Postgres server (`None` for SQLite).
+    pub server: Option<String>,
 }
 
 /// A tenant's place in the active map: empty while the tenant is being activated.
@@ -63,6 +77,8 @@ pub struct Nimbus {
     /// Fetches auth providers' keys for every tenant, under the egress policy.
     key_fetcher: Arc<crate::auth::KeyFetcher>,
     fetcher: Arc<crate::fetch::Fetcher>,
+    /// Tenants being graduated (one graduation per tenant at a time).
+    graduating: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Active tenants, tenants being activated, and tenants being deleted. The lock is held
     /// only to look up, insert or remove, never across an activation: opening one tenant
     /// (storage, documents, code) must not stall requests to tenants that are already
@@ -104,7 +120,7 @@ fn random_secret() -> String {
     hex::encode(rand::random::<[u8; 24]>())
 }
 
-fn storage_error(tenant: &str, context: &str, e: StorageError) -> AppError {
+pub(crate) fn storage_error(tenant: &str, context: &str, e: StorageError) -> AppError {
     match e {
         // A networked backend that is unreachable or out of connections: retry later.
         StorageError::Busy(detail) => AppError::Unavailable {
@@ -152,13 +168,19 @@ impl Nimbus {
             }
         }
         let catalog = Arc::new(TenantCatalog::open(&catalog_path)?);
-        if config.default_storage != Placement::Sqlite && config.postgres.is_none() {
+        let stored_servers = catalog.servers()?;
+        let no_servers = config
+            .postgres
+            .as_ref()
+            .is_none_or(|p| p.servers.is_empty())
+            && stored_servers.is_empty();
+        if config.default_storage != Placement::Sqlite && no_servers {
             return Err(AppError::BadRequest(format!(
-                "--storage {} needs --postgres-url",
+                "--storage {} needs --postgres-url (or --postgres-server)",
                 config.default_storage.name()
             )));
         }
-        let storage = Backends::open(&config.data_dir, config.postgres.as_ref())?;
+        let storage = Backends::open(&config.data_dir, config.postgres.as_ref(), stored_servers)?;
         let pool = Arc::new(
             JsPool::new(config.pool.clone())
                 .map_err(|e| AppError::Internal(format!("starting the JS pool: {e}")))?,
@@ -182,9 +204,11 @@ impl Nimbus {
             activations: tokio::sync::Semaphore::new(config.max_concurrent_activations.max(1)),
             clock: std::sync::atomic::AtomicU64::new(0),
             limits_lock: tokio::sync::Mutex::new(()),
+            graduating: parking_lot::Mutex::default(),
             config,
         });
         nimbus.finish_interrupted()?;
+        nimbus.finish_retired()?;
         tokio::spawn(run_waker(Arc::downgrade(&nimbus)));
         Ok(nimbus)
     }
@@ -194,10 +218,10 @@ impl Nimbus {
     fn backend(
         &self,
         tenant: &str,
-        placement: Placement,
+        location: &Location,
     ) -> Result<Arc<dyn StorageBackend>, AppError> {
         self.storage
-            .get(placement)
+            .get(location)
             .map_err(|detail| AppError::Unavailable {
                 tenant: tenant.to_string(),
                 detail,
@@ -207,13 +231,14 @@ impl Nimbus {
     /// Completes creations and deletions a crash interrupted: both end with the tenant
     /// gone (a creation never returned its key, so nobody can use it).
     fn finish_interrupted(&self) -> Result<(), AppError> {
-        for (name, state, stored) in self.catalog.unfinished()? {
+        for (row, state) in self.catalog.unfinished()? {
+            let name = row.name.clone();
             tracing::warn!(tenant = %name, %state, "removing a tenant left unfinished by a crash");
-            let placement = Placement::from_catalog(&name, stored.as_deref())?;
-            let Ok(storage) = self.backend(&name, placement) else {
+            let location = row.location()?;
+            let Ok(storage) = self.backend(&name, &location) else {
                 // Left for a start that has that backend; the tenant stays invisible
                 // (not active) until then.
-                tracing::warn!(tenant = %name, storage = placement.name(), "cannot finish this tenant's interrupted creation or deletion: its storage is not configured");
+                tracing::warn!(tenant = %name, storage = location.placement.name(), server = ?location.server, "cannot finish this tenant's interrupted creation or deletion: its storage is not configured");
                 continue;
             };
             if storage
@@ -227,6 +252,80 @@ impl Nimbus {
             self.catalog.remove(&name)?;
         }
         Ok(())
+    }
+
+    /// Deletes the namespaces that graduated tenants left where they were before, when a
+    /// crash came between the switch and the deletion.
+    fn finish_retired(&self) -> Result<(), AppError> {
+        for row in self.catalog.retired()? {
+            let Some(retired) = row.retired.as_deref() else {
+                continue;
+            };
+            let name = row.name.as_str();
+            let Some(location) = Location::parse_retired(retired) else {
+                tracing::warn!(
+                    tenant = name,
+                    retired,
+                    "unreadable retired location in the catalog; left alone"
+                );
+                continue;
+            };
+            let Ok(storage) = self.backend(name, &location) else {
+                tracing::warn!(
+                    tenant = name,
+                    retired,
+                    "cannot delete this tenant's retired namespace: its server is not configured"
+                );
+                continue;
+            };
+            tracing::info!(
+                tenant = name,
+                retired,
+                "deleting the namespace a graduation left"
+            );
+            if storage
+                .namespace_exists(name)
+                .map_err(|e| storage_error(name, "recovery", e))?
+            {
+                storage
+                    .delete_namespace(name)
+                    .map_err(|e| storage_error(name, "recovery", e))?;
+            }
+            self.catalog.clear_retired(name)?;
+        }
+        Ok(())
+    }
+
+    /// This instance, for work handed to another thread.
+    pub(crate) fn me(&self) -> Option<Arc<Nimbus>> {
+        self.me.upgrade()
+    }
+
+    /// The catalog (graduation updates a tenant's location in it).
+    pub(crate) fn catalog(&self) -> &Arc<TenantCatalog> {
+        &self.catalog
+    }
+
+    /// The backend of a tenant's location (503 when this instance lacks it).
+    pub(crate) fn backend_of(
+        &self,
+        tenant: &str,
+        location: &Location,
+    ) -> Result<Arc<dyn StorageBackend>, AppError> {
+        self.backend(tenant, location)
+    }
+
+    /// Marks a tenant as graduating until the guard drops; 409 when it already is.
+    pub(crate) fn graduation_lock(&self, tenant: &str) -> Result<GraduationGuard<'_>, AppError> {
+        if !self.graduating.lock().insert(tenant.to_string()) {
+            return Err(AppError::Conflict(format!(
+                "tenant {tenant:?} is already graduating"
+            )));
+        }
+        Ok(GraduationGuard {
+            nimbus: self,
+            tenant: tenant.to_string(),
+        })
     }
 
     /// Where the generated instance admin key is written.
@@ -259,6 +358,7 @@ impl Nimbus {
                 .as_deref()
                 .and_then(Placement::parse)
                 .unwrap_or_default(),
+            server: row.location().ok().and_then(|l| l.server),
         }
     }
 
@@ -304,22 +404,33 @@ impl Nimbus {
 
     /// Creates a tenant where the instance's default storage says.
     pub async fn create_tenant(&self, name: &str) -> Result<CreatedTenant, AppError> {
-        self.create_tenant_in(name, None).await
+        self.create_tenant_in(name, None, None).await
     }
 
-    /// Creates a tenant in `storage` (the instance's default when `None`).
+    /// Creates a tenant in `storage` (the instance's default when `None`), on `server`
+    /// for Postgres (the placement policy's choice when `None`).
     pub async fn create_tenant_in(
         &self,
         name: &str,
         storage: Option<Placement>,
+        server: Option<&str>,
     ) -> Result<CreatedTenant, AppError> {
         if !is_valid_tenant_name(name) {
             return Err(AppError::InvalidTenantName(name.to_string()));
         }
         let placement = storage.unwrap_or(self.config.default_storage);
-        let storage = self.storage.get(placement).map_err(AppError::BadRequest)?;
+        let load = if placement.is_postgres() && server.is_none() {
+            self.catalog.tenants_per_server(DEFAULT_SERVER)?
+        } else {
+            HashMap::new()
+        };
+        let location = self
+            .storage
+            .choose(placement, server, &load)
+            .map_err(AppError::BadRequest)?;
+        let storage = self.storage.get(&location).map_err(AppError::BadRequest)?;
         self.storage
-            .check_name(placement, name)
+            .check_name(&location, name)
             .map_err(AppError::BadRequest)?;
         let admin_key = format!("{name}|{}", random_secret());
         let created_at_ms = std::time::SystemTime::now()
@@ -333,6 +444,8 @@ impl Nimbus {
             next_due_ms: None,
             limits: None,
             storage: Some(placement.name().to_string()),
+            server: location.server.clone(),
+            retired: None,
         };
         self.catalog.insert_creating(&row)?;
         let namespace = name.to_string();
@@ -350,7 +463,7 @@ impl Nimbus {
             return Err(storage_error(name, "creating the tenant's storage", e));
         }
         self.catalog.set_active(name)?;
-        tracing::info!(tenant = name, "tenant created");
+        tracing::info!(tenant = name, storage = placement.name(), server = ?location.server, "tenant created");
         Ok(CreatedTenant {
             name: name.to_string(),
             url: self.tenant_url(name),
@@ -408,7 +521,7 @@ impl Nimbus {
         let Some(row) = self.catalog.get(name)? else {
             return Err(AppError::TenantNotFound(name.to_string()));
         };
-        let storage = self.backend(name, Placement::from_catalog(name, row.storage.as_deref())?)?;
+        let storage = self.backend(name, &row.location()?)?;
         if !self.catalog.set_deleting(name)? {
             return Err(AppError::TenantNotFound(name.to_string()));
         }
@@ -429,6 +542,19 @@ impl Nimbus {
             .await
             .map_err(|e| AppError::Internal(format!("delete task: {e}")))?
             .map_err(|e| storage_error(name, "deleting the tenant's storage", e))?;
+        if let Some(location) = row.retired.as_deref().and_then(Location::parse_retired) {
+            // What a graduation left behind goes with the tenant.
+            if let Ok(retired) = self.backend(name, &location) {
+                let namespace = name.to_string();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if retired.namespace_exists(&namespace)? {
+                        retired.delete_namespace(&namespace)?;
+                    }
+                    Ok::<(), StorageError>(())
+                })
+                .await;
+            }
+        }
         self.catalog.remove(name)?;
         tracing::info!(tenant = name, "tenant deleted");
         Ok(())
@@ -616,10 +742,7 @@ impl Nimbus {
         let Some(placed) = self.catalog.get(name)? else {
             return Err(AppError::TenantNotFound(name.to_string()));
         };
-        let storage = self.backend(
-            name,
-            Placement::from_catalog(name, placed.storage.as_deref())?,
-        )?;
+        let storage = self.backend(name, &placed.location()?)?;
         let namespace = name.to_string();
         let opener: StoreOpener = Arc::new(move || storage.open_namespace(&namespace));
         let engine = TenantEngine::open(

@@ -20,6 +20,7 @@ mod env;
 mod error;
 mod execute;
 mod fetch;
+mod graduate;
 mod http_action;
 mod instance;
 mod limits;
@@ -29,6 +30,7 @@ mod placement;
 mod push;
 mod query_cache;
 mod scheduler;
+mod servers;
 mod syscalls;
 mod system;
 mod tenant;
@@ -44,6 +46,7 @@ pub use env::EnvChange;
 pub use error::AppError;
 pub use execute::{parse_args, Caller, FunctionFailure, FunctionRequest, FunctionResponse};
 pub use fetch::FetchLimits;
+pub use graduate::Graduated;
 pub use http_action::{HttpActionRequest, HttpActionResponse};
 pub use instance::{CreatedTenant, Nimbus, TenantInfo, MIN_ADMIN_KEY_LEN, TENANT_BASE_BYTES};
 pub use limits::{Limit, LimitOverrides, TenantLimits};
@@ -53,9 +56,13 @@ pub use live::{
 };
 pub use nimbus_engine::{StorageHealth, StorageState};
 pub use nimbus_runtime::FunctionKind;
-pub use placement::{Placement, PostgresSettings};
+pub use placement::{
+    redact_url, Location, Placement, PlacementPolicy, PostgresSettings, ServerOrigin,
+    ServerSettings, DEFAULT_SERVER,
+};
 pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
 pub use scheduler::{SchedulerConfig, SchedulerStats};
+pub use servers::ServerInfo;
 pub use tenant::{Tenant, TenantStats};
 
 /// Tenant names: `^[a-z][a-z0-9-]{0,62}$`.

@@ -73,6 +73,8 @@ pub(crate) enum CommitterMessage {
         wanted: crate::deploy::WantedIndexes,
         reply: oneshot::Sender<Result<bool, EngineError>>,
     },
+    /// A step of moving the tenant to another namespace (`relocate.rs`).
+    Relocate(crate::relocate::RelocationStep),
     /// Stop after everything queued before it; see [`crate::TenantEngine::shutdown`].
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -89,6 +91,7 @@ impl CommitterMessage {
                 | CommitterMessage::Unstage { .. }
                 | CommitterMessage::CollectGarbage { .. }
                 | CommitterMessage::SystemTables { .. }
+                | CommitterMessage::Relocate(_)
                 | CommitterMessage::Shutdown { .. }
         )
     }
@@ -172,6 +175,8 @@ pub(crate) struct CommitterState {
     /// Above this many resident bytes the tenant switches to paged serving.
     pub memory_budget: usize,
     pub recent: Arc<parking_lot::Mutex<RecentSnapshots>>,
+    /// While the tenant is being moved: a copy of every batch written (`relocate.rs`).
+    pub mirror: Option<crate::relocate::SharedMirror>,
 }
 
 /// How a message is answered once its group is published, or when the group fails.
@@ -226,10 +231,17 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, mut state: Com
                 None => break,
             },
         };
-        if let CommitterMessage::Shutdown { reply } = first {
-            let _ = reply.send(());
-            break;
-        }
+        let first = match first {
+            CommitterMessage::Shutdown { reply } => {
+                let _ = reply.send(());
+                break;
+            }
+            CommitterMessage::Relocate(step) => {
+                crate::relocate::handle(step, &mut state).await;
+                continue;
+            }
+            other => other,
+        };
         let alone = first.is_barrier();
         batch.push(first);
         while !alone && batch.len() < state.max_batch {
@@ -342,6 +354,7 @@ fn refuse(message: CommitterMessage, error: EngineError) {
         CommitterMessage::SystemTables { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        CommitterMessage::Relocate(step) => step.refuse(error),
         CommitterMessage::Shutdown { reply } => {
             let _ = reply.send(());
         }
@@ -421,6 +434,10 @@ async fn process_batch(
             CommitterMessage::Shutdown { reply } => {
                 // Only ever first in a group, where `run` takes it.
                 let _ = reply.send(());
+            }
+            CommitterMessage::Relocate(step) => {
+                // Likewise a barrier that `run` takes.
+                step.refuse(EngineError::Relocation("out of order".into()));
             }
             CommitterMessage::Deploy { request, reply } => {
                 match apply_deploy(request, &mut working, &mut storage, &mut state.staging) {
@@ -522,11 +539,19 @@ async fn process_batch(
             tokio::task::spawn_blocking(move || store.write(&storage).map(|()| storage)).await;
         state.metrics.record_write(started.elapsed(), commits);
         let failure = match write {
-            Ok(Ok(_)) => None,
+            Ok(Ok(written)) => {
+                keep_mirrored(state, written);
+                None
+            }
             Ok(Err(e)) => Some(e.to_string()),
             Err(join) => Some(format!("storage writer task failed: {join}")),
         };
         if let Some(reason) = failure {
+            if let Some(mirror) = state.mirror.take() {
+                mirror
+                    .lock()
+                    .break_with(format!("a storage write failed during the move: {reason}"));
+            }
             tracing::error!(%reason, "storage write failed; the tenant refuses writes until its storage is reopened");
             // Failed before anyone hears of it: a caller told "unavailable" finds the tenant
             // failed.
@@ -611,6 +636,17 @@ fn collect_garbage(
         .indexes
         .push(IndexWrite::DropIndexChunk { index, max_entries });
     Ok(false)
+}
+
+/// Hands a durable batch to a move in progress; lets an abandoned move's mirror go.
+fn keep_mirrored(state: &mut CommitterState, written: WriteBatch) {
+    if let Some(mirror) = &state.mirror {
+        if Arc::strong_count(mirror) == 1 {
+            state.mirror = None;
+        } else {
+            mirror.lock().push(written);
+        }
+    }
 }
 
 fn conflict(

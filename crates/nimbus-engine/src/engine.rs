@@ -230,6 +230,7 @@ impl TenantEngine {
             receipt_ttl: config.receipt_ttl,
             last_expiry: std::time::Instant::now(),
             staging: None,
+            mirror: None,
         };
         tokio::spawn(committer::run(receiver, state));
         Ok(Arc::new(TenantEngine {
@@ -553,6 +554,15 @@ impl TenantEngine {
         {
             let _ = answer.await;
         }
+    }
+
+    /// Queues a control message (a move's steps), waiting for room in the queue rather
+    /// than failing when it is full: an operator's request gets in line behind the load.
+    pub(crate) async fn send_control(&self, message: CommitterMessage) -> Result<(), EngineError> {
+        self.sender
+            .send(message)
+            .await
+            .map_err(|_| EngineError::ShutDown)
     }
 
     /// Counters and gauges.

@@ -32,6 +32,10 @@ pub enum EngineError {
     /// retries by itself).
     #[error("the tenant's storage failed and it refuses writes until it is reopened (retried automatically): {0}")]
     Poisoned(String),
+    /// Moving the tenant to another namespace failed or was refused; the tenant stays where
+    /// it was (`relocate.rs`).
+    #[error("moving the tenant's storage failed: {0}")]
+    Relocation(String),
 }
 
 /// How an error is reported.
@@ -57,7 +61,7 @@ impl EngineError {
             EngineError::Overloaded { .. } => ErrorClass::Overloaded,
             EngineError::ShutDown | EngineError::Poisoned(_) => ErrorClass::Unavailable,
             EngineError::Storage(StorageError::Busy(_)) => ErrorClass::Overloaded,
-            EngineError::Storage(_) => ErrorClass::Internal,
+            EngineError::Storage(_) | EngineError::Relocation(_) => ErrorClass::Internal,
         }
     }
 }

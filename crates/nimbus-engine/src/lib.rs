@@ -20,6 +20,7 @@ pub mod error;
 mod metrics;
 pub mod range_index;
 pub mod read_set;
+mod relocate;
 pub mod snapshot;
 pub mod transaction;
 mod undo_log;
@@ -38,6 +39,7 @@ pub use error::{EngineError, ErrorClass};
 pub use metrics::{EngineStats, StorageHealth, StorageState};
 pub use range_index::{RangeHandle, RangeIndex};
 pub use read_set::ReadSet;
+pub use relocate::{Relocation, RelocationOutcome, Switch, MIRROR_MAX_BYTES};
 pub use snapshot::{ScanEntry, Snapshot};
 pub use transaction::{
     FinishedTransaction, Page, Transaction, TransactionLimits, TransactionStats,

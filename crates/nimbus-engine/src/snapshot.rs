@@ -477,6 +477,15 @@ impl Snapshot {
         paged.deployment = self.deployment;
         paged
     }
+
+    /// The same paged snapshot, read from another store holding the same state (a tenant
+    /// moved to another namespace, see `relocate.rs`); a resident one is returned as is.
+    pub(crate) fn repoint(mut self, store: Arc<dyn TenantStore>, undo: Arc<UndoLog>) -> Snapshot {
+        if let Source::Paged(paged) = &mut self.source {
+            *paged = Paged { store, undo };
+        }
+        self
+    }
 }
 
 fn undo_window_passed() -> EngineError {

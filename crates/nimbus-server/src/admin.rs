@@ -26,6 +26,7 @@ fn info_json(info: &TenantInfo) -> Json {
         "url": info.url,
         "createdAt": info.created_at_ms,
         "storage": info.storage.name(),
+        "server": info.server,
     })
 }
 
@@ -60,6 +61,92 @@ async fn patch_tenant(state: &AppState, incoming: &Incoming, name: &str) -> Resu
     Ok(detail_json(&info))
 }
 
+/// `?server=<name>` of a graduation; nothing else is accepted in the query.
+fn graduation_server(incoming: &Incoming) -> Result<Option<String>, ApiError> {
+    let mut server = None;
+    // Server names are a-z, 0-9 and -, so nothing in a valid query needs decoding.
+    for pair in incoming
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "server" if server.is_none() && !value.is_empty() => server = Some(value.to_string()),
+            "server" => {
+                return Err(ApiError::bad_json(
+                    "give ?server=<name> once, naming a Postgres server",
+                ))
+            }
+            other => {
+                return Err(ApiError::bad_json(format!(
+                    "unknown query parameter {other:?}: a graduation takes only ?server=<name>"
+                )))
+            }
+        }
+    }
+    Ok(server)
+}
+
+fn server_json(info: &nimbus_app::ServerInfo) -> Json {
+    json!({
+        "name": info.settings.name,
+        "url": nimbus_app::redact_url(&info.settings.url),
+        "poolerUrl": info.settings.pooler_url.as_deref().map(nimbus_app::redact_url),
+        "maxConnections": info.max_connections,
+        "origin": match info.origin {
+            nimbus_app::ServerOrigin::Config => "config",
+            nimbus_app::ServerOrigin::Api => "api",
+        },
+        "tenants": info.tenants,
+    })
+}
+
+/// The body of `POST /admin/servers`: `name`, `url`, optional `poolerUrl` and
+/// `maxConnections`; anything else is refused.
+fn server_settings(body: &Json) -> Result<nimbus_app::ServerSettings, ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Err(ApiError::bad_json(
+            "expected {\"name\": ..., \"url\": \"postgres://...\"}",
+        ));
+    };
+    if let Some(other) = fields
+        .keys()
+        .find(|k| !["name", "url", "poolerUrl", "maxConnections"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_json(format!(
+            "unknown field {other:?}: a server takes name, url, poolerUrl and maxConnections"
+        )));
+    }
+    let text = |key: &str, required: bool| -> Result<Option<String>, ApiError> {
+        match fields.get(key) {
+            None | Some(Json::Null) if !required => Ok(None),
+            Some(Json::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            _ => Err(ApiError::bad_json(format!(
+                "\"{key}\" must be a non-empty string"
+            ))),
+        }
+    };
+    let max_connections = match fields.get("maxConnections") {
+        None | Some(Json::Null) => None,
+        Some(value) => Some(
+            value
+                .as_i64()
+                .ok_or_else(|| ApiError::bad_json("\"maxConnections\" must be a whole number"))?,
+        ),
+    };
+    let settings = nimbus_app::ServerSettings {
+        name: text("name", true)?.unwrap_or_default(),
+        url: text("url", true)?.unwrap_or_default(),
+        pooler_url: text("poolerUrl", false)?,
+        max_connections,
+    };
+    settings.check().map_err(ApiError::bad_json)?;
+    Ok(settings)
+}
+
 pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Response, ApiError> {
     state
         .authenticate_instance_admin(incoming, "the admin API")
@@ -86,7 +173,25 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
                     ))
                 }
             };
-            let created = state.nimbus.create_tenant_in(name, storage).await?;
+            let server = match body.get("server") {
+                None | Some(Json::Null) => None,
+                Some(Json::String(server)) => Some(server.as_str()),
+                Some(_) => {
+                    return Err(ApiError::bad_json(
+                        "\"server\" must be a string naming a Postgres server",
+                    ))
+                }
+            };
+            if let Some(other) = body.as_object().and_then(|fields| {
+                fields
+                    .keys()
+                    .find(|key| !["name", "storage", "server"].contains(&key.as_str()))
+            }) {
+                return Err(ApiError::bad_json(format!(
+                    "unknown field {other:?}: a new tenant takes \"name\", \"storage\" and \"server\""
+                )));
+            }
+            let created = state.nimbus.create_tenant_in(name, storage, server).await?;
             let body =
                 json!({"name": created.name, "url": created.url, "adminKey": created.admin_key});
             Ok((StatusCode::CREATED, axum::Json(body)).into_response())
@@ -106,6 +211,42 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         }
         (&Method::GET, ["admin", "tenants", name, "diagnostics"]) => {
             Ok(axum::Json(tenant_diagnostics(state, name).await?).into_response())
+        }
+        (&Method::POST, ["admin", "tenants", name, "graduate"]) => {
+            let server = graduation_server(incoming)?;
+            let done = state
+                .nimbus
+                .graduate_tenant(name, server.as_deref())
+                .await?;
+            Ok(axum::Json(json!({
+                "name": name,
+                "from": {"storage": done.from.placement.name(), "server": done.from.server},
+                "to": {"storage": done.to.placement.name(), "server": done.to.server},
+                "copiedRows": done.copied_rows,
+                "copiedBytes": done.copied_bytes,
+                "caughtUpBatches": done.caught_up_batches,
+                "finalBatches": done.final_batches,
+                "pauseMs": done.pause.as_secs_f64() * 1000.0,
+                "durationMs": done.duration.as_secs_f64() * 1000.0,
+            }))
+            .into_response())
+        }
+        (&Method::GET, ["admin", "servers"]) => {
+            let (policy, servers) = state.nimbus.list_servers()?;
+            Ok(axum::Json(json!({
+                "placement": policy.name(),
+                "servers": servers.iter().map(server_json).collect::<Vec<_>>(),
+            }))
+            .into_response())
+        }
+        (&Method::POST, ["admin", "servers"]) => {
+            let settings = server_settings(&incoming.json()?)?;
+            let added = state.nimbus.add_server(settings).await?;
+            Ok((StatusCode::CREATED, axum::Json(server_json(&added))).into_response())
+        }
+        (&Method::DELETE, ["admin", "servers", name]) => {
+            state.nimbus.remove_server(name).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
         (&Method::GET, ["admin", "capacity"]) => {
             Ok(axum::Json(state.nimbus.capacity().await?).into_response())

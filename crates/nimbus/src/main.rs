@@ -226,6 +226,21 @@ struct ServeArgs {
     /// Prefix of the schemas and databases of tenants (a-z, 0-9, _; at most 20 bytes).
     #[arg(long, default_value = "nimbus_")]
     postgres_prefix: String,
+    /// Another Postgres server of the placement pool (repeatable), as space-separated
+    /// `key=value` pairs: `name=b url=postgres://... [pooler=postgres://...]
+    /// [max-connections=N]`. --postgres-url is the server named `default`.
+    #[arg(long = "postgres-server", value_parser = nimbus_app::ServerSettings::parse_flag)]
+    postgres_servers: Vec<nimbus_app::ServerSettings>,
+    /// How new Postgres tenants are spread over the servers: `least-loaded` (fewest
+    /// tenants per connection of max_connections) or `round-robin`. Existing tenants stay
+    /// where they are.
+    #[arg(long, default_value = "least-loaded", value_parser = parse_policy)]
+    placement: nimbus_app::PlacementPolicy,
+}
+
+fn parse_policy(name: &str) -> Result<nimbus_app::PlacementPolicy, String> {
+    nimbus_app::PlacementPolicy::parse(name)
+        .ok_or_else(|| format!("unknown placement {name:?}: least-loaded or round-robin"))
 }
 
 fn parse_placement(name: &str) -> Result<nimbus_app::Placement, String> {
@@ -246,11 +261,21 @@ enum TenantAction {
         /// Where to store it (default: the server's --storage).
         #[arg(long, value_parser = parse_placement)]
         storage: Option<nimbus_app::Placement>,
+        /// The Postgres server to put it on (default: the server's --placement policy).
+        #[arg(long)]
+        server: Option<String>,
     },
     /// List tenants.
     List,
     /// Delete a tenant and all its data.
     Delete { name: String },
+    /// Move a shared-tier Postgres tenant into a database of its own, live.
+    Graduate {
+        name: String,
+        /// The Postgres server of its new database (default: its current server).
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -307,6 +332,8 @@ fn main() -> Result<()> {
                 postgres_pooler_url,
                 postgres_connections_per_tenant,
                 postgres_prefix,
+                postgres_servers,
+                placement,
             } = *args;
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -321,12 +348,18 @@ fn main() -> Result<()> {
             let mut config = NimbusConfig::new(data_dir.clone(), public_url.clone());
             config.egress_allow = egress_allow;
             config.default_storage = storage;
-            config.postgres = postgres_url.map(|url| {
-                let mut postgres = nimbus_app::PostgresSettings::new(url);
-                postgres.pooler_url = postgres_pooler_url;
-                postgres.max_connections_per_tenant = postgres_connections_per_tenant.max(1);
-                postgres.prefix = postgres_prefix;
-                postgres
+            let mut servers = Vec::new();
+            if let Some(url) = postgres_url {
+                let mut default = nimbus_app::ServerSettings::new(nimbus_app::DEFAULT_SERVER, url);
+                default.pooler_url = postgres_pooler_url;
+                servers.push(default);
+            }
+            servers.extend(postgres_servers);
+            config.postgres = Some(nimbus_app::PostgresSettings {
+                servers,
+                max_connections_per_tenant: postgres_connections_per_tenant.max(1),
+                prefix: postgres_prefix,
+                policy: placement,
             });
             config.site_url = site_listen.map(|addr| format!("http://{addr}"));
             config.actions.timeout = Duration::from_secs(action_timeout_secs.max(1));
@@ -537,12 +570,26 @@ fn tenant_command(
         .build()?;
     let base = url.trim_end_matches('/');
     let request = match &action {
-        TenantAction::Create { name, storage } => {
+        TenantAction::Create {
+            name,
+            storage,
+            server,
+        } => {
             let mut body = serde_json::json!({"name": name});
             if let Some(storage) = storage {
                 body["storage"] = storage.name().into();
             }
+            if let Some(server) = server {
+                body["server"] = server.as_str().into();
+            }
             client.post(format!("{base}/admin/tenants")).json(&body)
+        }
+        TenantAction::Graduate { name, server } => {
+            let query = server
+                .as_ref()
+                .map(|s| format!("?server={s}"))
+                .unwrap_or_default();
+            client.post(format!("{base}/admin/tenants/{name}/graduate{query}"))
         }
         TenantAction::List => client.get(format!("{base}/admin/tenants")),
         TenantAction::Delete { name } => client.delete(format!("{base}/admin/tenants/{name}")),
@@ -588,6 +635,20 @@ fn tenant_command(
             }
         }
         TenantAction::Delete { name } => println!("deleted tenant {name}"),
+        TenantAction::Graduate { name, .. } => {
+            println!(
+                "graduated tenant {name} to its own database on server {}",
+                body["to"]["server"].as_str().unwrap_or_default()
+            );
+            println!(
+                "  copied {} rows, replayed {} batches; writes paused {:.1} ms of {:.0} ms",
+                body["copiedRows"],
+                body["caughtUpBatches"].as_u64().unwrap_or(0)
+                    + body["finalBatches"].as_u64().unwrap_or(0),
+                body["pauseMs"].as_f64().unwrap_or(0.0),
+                body["durationMs"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
     Ok(())
 }
