@@ -589,7 +589,10 @@ fn tenant_command(
                 .as_ref()
                 .map(|s| format!("?server={s}"))
                 .unwrap_or_default();
-            client.post(format!("{base}/admin/tenants/{name}/graduate{query}"))
+            // A graduation copies the whole tenant: allow it far longer than a plain call.
+            client
+                .post(format!("{base}/admin/tenants/{name}/graduate{query}"))
+                .timeout(Duration::from_secs(3600))
         }
         TenantAction::List => client.get(format!("{base}/admin/tenants")),
         TenantAction::Delete { name } => client.delete(format!("{base}/admin/tenants/{name}")),
