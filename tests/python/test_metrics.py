@@ -134,6 +134,10 @@ class Metrics(unittest.TestCase):
         self.assertGreaterEqual(value("nimbus_active_tenants"), 1)
         self.assertGreater(value("nimbus_process_resident_memory_bytes"), 0)
         self.assertEqual(value("nimbus_metrics_tenants_folded"), 0)
+        # The tenant ran code, so its runtime is cached on its home workers, with a heap.
+        self.assertGreaterEqual(value("nimbus_js_cached_runtimes"), 1)
+        self.assertGreater(value("nimbus_js_cached_runtime_bytes"), 10_000)
+        self.assertEqual(value("nimbus_js_runtime_cache_evictions_total"), 0)
 
     def test_only_the_instance_admin_may_scrape(self) -> None:
         for key in (None, "wrong-key", self.server.admin_key[:-1]):

@@ -296,6 +296,11 @@ impl Nimbus {
         Ok(())
     }
 
+    /// The JavaScript workers' runtime caches (for metrics).
+    pub fn js_cache_stats(&self) -> nimbus_runtime::CacheStats {
+        self.pool.cache_stats()
+    }
+
     /// This instance, for work handed to another thread.
     pub(crate) fn me(&self) -> Option<Arc<Nimbus>> {
         self.me.upgrade()

@@ -55,7 +55,7 @@ pub use live::{
     SubscribeError, TooManySessions,
 };
 pub use nimbus_engine::{StorageHealth, StorageState};
-pub use nimbus_runtime::FunctionKind;
+pub use nimbus_runtime::{CacheStats as JsCacheStats, FunctionKind};
 pub use placement::{
     redact_url, Location, Placement, PlacementPolicy, PostgresSettings, ServerOrigin,
     ServerSettings, DEFAULT_SERVER,

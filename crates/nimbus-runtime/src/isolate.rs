@@ -313,6 +313,11 @@ impl Isolate {
         }
     }
 
+    /// Bytes the runtime's allocator holds now (its heap, modules and objects).
+    pub fn heap_bytes(&self) -> usize {
+        usize::try_from(self.runtime.memory_usage().malloc_size).unwrap_or(0)
+    }
+
     fn near_memory_limit(&self) -> bool {
         let usage = self.runtime.memory_usage();
         usage.malloc_size as usize >= self.limits.memory_bytes.saturating_mul(9) / 10

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use action::{ActionStep, AsyncOp, OpResult, OpValue, MAX_OPS_IN_FLIGHT};
 pub use isolate::{analyze_modules, evaluate_schema};
-pub use pool::{ActionHandle, JsPool};
+pub use pool::{ActionHandle, CacheStats, JsPool};
 
 /// Limits of one function call.
 #[derive(Debug, Clone)]
@@ -66,6 +66,10 @@ pub struct PoolConfig {
     pub workers_per_tenant: usize,
     /// Cached tenant runtimes per worker (least recently used ones are dropped).
     pub isolates_per_worker: usize,
+    /// Bytes of cached tenant runtimes per worker (their heaps, as QuickJS counts them):
+    /// least recently used ones are dropped to stay under it. A runtime larger than this
+    /// alone is still used, and cached by itself.
+    pub cache_bytes_per_worker: usize,
     /// Actions alive at once in the whole pool (running or waiting between steps), each
     /// with an isolate of its own; starting one more fails with
     /// [`PoolError::TooManyActions`].
@@ -80,12 +84,20 @@ impl Default for PoolConfig {
             workers: (cores * 2).max(4),
             queue_capacity: 1024,
             workers_per_tenant: default_workers_per_tenant((cores * 2).max(4)),
-            isolates_per_worker: 64,
+            isolates_per_worker: DEFAULT_ISOLATES_PER_WORKER,
+            cache_bytes_per_worker: DEFAULT_CACHE_MIB_PER_WORKER << 20,
             max_actions: 256,
             limits: RuntimeLimits::default(),
         }
     }
 }
+
+/// Default bound on cached runtimes per worker, by count: high enough that the byte bound
+/// decides for small apps (a thousand active tenants with two homes each over four workers
+/// need 500 each).
+pub const DEFAULT_ISOLATES_PER_WORKER: usize = 1024;
+/// Default bound on cached runtimes per worker, in MiB.
+pub const DEFAULT_CACHE_MIB_PER_WORKER: usize = 256;
 
 /// Half the workers, at least 2 (or all of them when there are fewer): a busy tenant can
 /// use about half the machine's cores, and each tenant's isolates live on half the workers.

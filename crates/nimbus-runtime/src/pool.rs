@@ -64,6 +64,15 @@ pub struct JsPool {
     actions: Arc<AtomicUsize>,
     max_actions: usize,
     next_action: AtomicU64,
+    gauges: Vec<Arc<CacheGauge>>,
+}
+
+/// The workers' runtime caches, summed ([`JsPool::cache_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub runtimes: usize,
+    pub bytes: usize,
+    pub evictions: u64,
 }
 
 struct Cached {
@@ -71,11 +80,30 @@ struct Cached {
     code_id: CodeId,
     isolate: Isolate,
     last_used: u64,
+    /// Its heap as last measured (at load, then every [`MEASURE_EVERY`] calls: measuring
+    /// walks the heap, so not on every call).
+    bytes: usize,
+    calls: u64,
+}
+
+/// Calls of a cached runtime between two measurements of its heap.
+const MEASURE_EVERY: u64 = 32;
+
+/// What a worker's runtime cache holds, shared with the pool for its metrics.
+#[derive(Default)]
+pub(crate) struct CacheGauge {
+    pub runtimes: AtomicUsize,
+    pub bytes: AtomicUsize,
+    pub evictions: AtomicU64,
 }
 
 struct WorkerState {
     cache: Vec<Cached>,
     max_cached: usize,
+    max_cached_bytes: usize,
+    /// Sum of `bytes` over `cache`.
+    cached_bytes: usize,
+    gauge: Arc<CacheGauge>,
     limits: RuntimeLimits,
     clock: u64,
     /// The pool's load counters and this worker's index in them.
@@ -110,6 +138,7 @@ impl WorkerState {
         let code_id = inv.modules.code_id;
         self.cache
             .retain(|c| !(c.tenant == inv.tenant && c.code_id != code_id));
+        self.recount();
         let position = self.cache.iter().position(|c| c.code_id == code_id);
         let index = match position {
             Some(index) => index,
@@ -127,33 +156,67 @@ impl WorkerState {
                         return (host, outcome);
                     }
                 };
-                if self.cache.len() >= self.max_cached {
-                    if let Some(oldest) = self
-                        .cache
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, c)| c.last_used)
-                        .map(|(i, _)| i)
-                    {
-                        self.cache.swap_remove(oldest);
-                    }
-                }
+                let bytes = isolate.heap_bytes();
+                self.make_room(1, bytes);
                 self.cache.push(Cached {
                     tenant: inv.tenant.clone(),
                     code_id,
                     isolate,
                     last_used: 0,
+                    bytes,
+                    calls: 0,
                 });
+                self.recount();
                 self.cache.len() - 1
             }
         };
         let cached = &mut self.cache[index];
         cached.last_used = self.clock;
+        cached.calls += 1;
         let (host, outcome) = cached.isolate.invoke(inv, host);
         if cached.isolate.broken {
             self.cache.swap_remove(index);
+            self.recount();
+        } else if cached.calls.is_multiple_of(MEASURE_EVERY) {
+            // A runtime's heap grows with what its tenant's code keeps; the cache stays
+            // within its bytes by dropping the least recently used others.
+            cached.bytes = cached.isolate.heap_bytes();
+            self.recount();
+            self.make_room(0, 0);
         }
         (host, outcome)
+    }
+
+    /// Drops least recently used runtimes until `entries` more and `bytes` more fit (the
+    /// runtime just used, the most recent, is never dropped here).
+    fn make_room(&mut self, entries: usize, bytes: usize) {
+        while !self.cache.is_empty()
+            && (self.cache.len() + entries > self.max_cached
+                || self.cached_bytes + bytes > self.max_cached_bytes)
+        {
+            let Some((oldest, _)) = self
+                .cache
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.last_used != self.clock)
+                .min_by_key(|(_, c)| c.last_used)
+            else {
+                break;
+            };
+            let dropped = self.cache.swap_remove(oldest);
+            self.cached_bytes -= dropped.bytes.min(self.cached_bytes);
+            self.gauge.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        self.recount();
+    }
+
+    /// Recomputes the cache's byte total and publishes both gauges.
+    fn recount(&mut self) {
+        self.cached_bytes = self.cache.iter().map(|c| c.bytes).sum();
+        self.gauge
+            .runtimes
+            .store(self.cache.len(), Ordering::Relaxed);
+        self.gauge.bytes.store(self.cached_bytes, Ordering::Relaxed);
     }
 }
 
@@ -162,12 +225,15 @@ fn worker(
     control: Receiver<Control>,
     load: Arc<Vec<AtomicUsize>>,
     index: usize,
-    max_cached: usize,
+    (max_cached, max_cached_bytes, gauge): (usize, usize, Arc<CacheGauge>),
     limits: RuntimeLimits,
 ) {
     let mut state = WorkerState {
         cache: Vec::new(),
         max_cached: max_cached.max(1),
+        max_cached_bytes: max_cached_bytes.max(1),
+        cached_bytes: 0,
+        gauge,
         limits,
         clock: 0,
         load,
@@ -195,6 +261,7 @@ fn worker(
                         "a JavaScript job panicked; dropping this worker's cached isolates"
                     );
                     state.cache.clear();
+                    state.recount();
                 }
                 state.release();
             }
@@ -323,11 +390,16 @@ impl JsPool {
         let max_actions = config.max_actions.max(1);
         let load: Arc<Vec<AtomicUsize>> =
             Arc::new((0..workers).map(|_| AtomicUsize::new(0)).collect());
-        for n in 0..workers {
+        let gauges: Vec<Arc<CacheGauge>> = (0..workers).map(|_| Arc::default()).collect();
+        for (n, gauge) in gauges.iter().enumerate() {
             let (sender, receiver) = bounded::<Job>(per_worker);
             let (control, control_receiver) = bounded::<Control>(2 * max_actions);
             let limits = config.limits.clone();
-            let max_cached = config.isolates_per_worker;
+            let cache_bounds = (
+                config.isolates_per_worker,
+                config.cache_bytes_per_worker,
+                gauge.clone(),
+            );
             let worker_load = load.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("nimbus-js-{n}"))
@@ -339,7 +411,7 @@ impl JsPool {
                         control_receiver,
                         worker_load,
                         n,
-                        max_cached,
+                        cache_bounds,
                         limits,
                     )
                 })
@@ -358,7 +430,20 @@ impl JsPool {
             actions: Arc::new(AtomicUsize::new(0)),
             max_actions,
             next_action: AtomicU64::new(0),
+            gauges,
         })
+    }
+
+    /// Runtimes cached on all workers, their bytes, and how many were dropped to make room
+    /// since the start.
+    pub fn cache_stats(&self) -> CacheStats {
+        let mut stats = CacheStats::default();
+        for gauge in &self.gauges {
+            stats.runtimes += gauge.runtimes.load(Ordering::Relaxed);
+            stats.bytes += gauge.bytes.load(Ordering::Relaxed);
+            stats.evictions += gauge.evictions.load(Ordering::Relaxed);
+        }
+        stats
     }
 
     /// Drops every cached isolate of `tenant` (it was deleted). Each worker drops them
@@ -373,6 +458,7 @@ impl JsPool {
             self.load[w].fetch_add(1, Ordering::AcqRel);
             let job: Job = Box::new(move |state: &mut WorkerState| {
                 state.cache.retain(|c| c.tenant != tenant);
+                state.recount();
             });
             if sender.try_send(job).is_err() {
                 self.load[w].fetch_sub(1, Ordering::AcqRel);

@@ -152,11 +152,21 @@ fn pool_with_homes(workers: usize, workers_per_tenant: usize) -> JsPool {
 }
 
 fn pool_with(workers: usize, workers_per_tenant: usize, cpu_time: Duration) -> JsPool {
+    pool_with_cache(workers, workers_per_tenant, cpu_time, (4, 256 << 20))
+}
+
+fn pool_with_cache(
+    workers: usize,
+    workers_per_tenant: usize,
+    cpu_time: Duration,
+    (isolates_per_worker, cache_bytes_per_worker): (usize, usize),
+) -> JsPool {
     let config = PoolConfig {
         workers,
         workers_per_tenant,
         queue_capacity: 16,
-        isolates_per_worker: 4,
+        isolates_per_worker,
+        cache_bytes_per_worker,
         max_actions: 4,
         limits: RuntimeLimits {
             memory_bytes: 32 << 20,
@@ -739,4 +749,58 @@ async fn an_action_whose_caller_gave_up_is_not_left_parked() {
         .unwrap_or_else(|e| panic!("{e}"));
     drop(handle);
     assert_eq!(pool.parked_actions().await.unwrap_or(usize::MAX), 0);
+}
+
+/// One call of `tenant`, whose code is its own (a code identity per tenant, as pushes get).
+async fn one_call(pool: &JsPool, tenant: &str) {
+    let mut invocation = echo(tenant, 1);
+    invocation.modules = modules(u128::from(tenant.as_bytes()[0]));
+    pool.invoke(invocation, FakeHost::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .1
+        .result
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn the_runtime_cache_is_bounded_in_bytes_as_well_as_in_runtimes() {
+    // One runtime's heap, as the cache measures it.
+    let roomy = pool_with_cache(1, 1, Duration::from_millis(300), (16, 256 << 20));
+    one_call(&roomy, "a").await;
+    let one = roomy.cache_stats();
+    assert_eq!(one.runtimes, 1);
+    assert!(
+        one.bytes > 10_000,
+        "a runtime with code has a heap ({} bytes)",
+        one.bytes
+    );
+
+    // Room for two and a half runtimes by bytes, sixteen by count: bytes decide.
+    let bound = one.bytes * 5 / 2;
+    let by_bytes = pool_with_cache(1, 1, Duration::from_millis(300), (16, bound));
+    for tenant in ["a", "b", "c", "d"] {
+        one_call(&by_bytes, tenant).await;
+    }
+    let stats = by_bytes.cache_stats();
+    assert_eq!((stats.runtimes, stats.evictions), (2, 2), "{stats:?}");
+    assert!(stats.bytes <= bound, "{stats:?} within {bound}");
+    // The most recent ones stayed: "d" runs from the cache, "a" was dropped.
+    assert_eq!(by_bytes.cached_isolates("d").await.ok(), Some(1));
+    assert_eq!(by_bytes.cached_isolates("a").await.ok(), Some(0));
+
+    // Three by count, plenty of bytes: the count decides.
+    let by_count = pool_with_cache(1, 1, Duration::from_millis(300), (3, 256 << 20));
+    for tenant in ["a", "b", "c", "d", "e"] {
+        one_call(&by_count, tenant).await;
+    }
+    let stats = by_count.cache_stats();
+    assert_eq!((stats.runtimes, stats.evictions), (3, 2), "{stats:?}");
+
+    // A runtime larger than the whole bound still runs, cached alone.
+    let tiny = pool_with_cache(1, 1, Duration::from_millis(300), (16, 1));
+    for tenant in ["a", "b"] {
+        one_call(&tiny, tenant).await;
+    }
+    assert_eq!(tiny.cache_stats().runtimes, 1);
 }

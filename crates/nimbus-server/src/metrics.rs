@@ -63,6 +63,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         connections: state.connections.open_total(),
         resident_bytes: resident_bytes(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
+        js_cache: state.nimbus.js_cache_stats(),
     };
     let body = render(&process, &shown);
     let mut response = (StatusCode::OK, body).into_response();
@@ -112,6 +113,7 @@ struct Process {
     connections: usize,
     resident_bytes: Option<u64>,
     uptime_seconds: f64,
+    js_cache: nimbus_app::JsCacheStats,
 }
 
 /// The process's resident memory, from `/proc/self/statm` (Linux).
@@ -189,6 +191,39 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
         "Seconds since the server started.",
     );
     let _ = writeln!(out, "nimbus_uptime_seconds {:.3}", process.uptime_seconds);
+    family(
+        &mut out,
+        "nimbus_js_cached_runtimes",
+        "gauge",
+        "Tenant JavaScript runtimes cached on the workers (--js-isolates-per-worker).",
+    );
+    let _ = writeln!(
+        out,
+        "nimbus_js_cached_runtimes {}",
+        process.js_cache.runtimes
+    );
+    family(
+        &mut out,
+        "nimbus_js_cached_runtime_bytes",
+        "gauge",
+        "Heap bytes of the cached runtimes, as last measured (--js-cache-mib-per-worker).",
+    );
+    let _ = writeln!(
+        out,
+        "nimbus_js_cached_runtime_bytes {}",
+        process.js_cache.bytes
+    );
+    family(
+        &mut out,
+        "nimbus_js_runtime_cache_evictions_total",
+        "counter",
+        "Cached runtimes dropped to stay within the cache's bounds.",
+    );
+    let _ = writeln!(
+        out,
+        "nimbus_js_runtime_cache_evictions_total {}",
+        process.js_cache.evictions
+    );
 
     per_tenant(
         &mut out,

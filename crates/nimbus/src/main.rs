@@ -122,9 +122,14 @@ struct ServeArgs {
     js_workers_per_tenant: Option<usize>,
     /// Tenant runtimes each JavaScript worker keeps loaded (least recently used ones are
     /// dropped; a call whose runtime was dropped loads its tenant's code again). Each one
-    /// holds its tenant's loaded modules and heap, up to --function-memory-mib.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// holds its tenant's loaded modules and heap, up to --function-memory-mib; the cache
+    /// is bounded in bytes too (--js-cache-mib-per-worker), whichever comes first.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=4096))]
     js_isolates_per_worker: u32,
+    /// MiB of cached tenant runtimes each JavaScript worker keeps (their heaps, measured
+    /// at load and every 32 calls); least recently used ones are dropped to stay under it.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65536))]
+    js_cache_mib_per_worker: u32,
     /// CPU time limit of one function call, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     function_cpu_ms: u64,
@@ -306,6 +311,7 @@ fn main() -> Result<()> {
                 js_workers,
                 js_workers_per_tenant,
                 js_isolates_per_worker,
+                js_cache_mib_per_worker,
                 function_cpu_ms,
                 function_memory_mib,
                 tenant_memory_mib,
@@ -395,6 +401,7 @@ fn main() -> Result<()> {
                 config.set_js_workers(workers);
             }
             config.pool.isolates_per_worker = js_isolates_per_worker as usize;
+            config.pool.cache_bytes_per_worker = (js_cache_mib_per_worker as usize) << 20;
             if let Some(per_tenant) = js_workers_per_tenant {
                 config.set_js_workers_per_tenant(per_tenant);
             }
