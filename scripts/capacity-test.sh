@@ -12,7 +12,8 @@
 # POOL_SIZE server connections, SERVER_IDLE_TIMEOUT), starts `nimbus serve --storage
 # postgres` against them, creates TENANTS tenants with examples/pos (pushed by replaying the
 # official CLI's push request, seeded), and drives durable mutations over all of them
-# (CONNECTIONS closed loops, DURATION seconds). Client backends are sampled every 100 ms
+# (CONNECTIONS closed loops, or open loop at RATE requests/s in all when RATE is set;
+# DURATION seconds). Extra `nimbus serve` flags go in SERVER_ARGS. Client backends are sampled every 100 ms
 # throughout (psql's \watch on a direct connection). Checks:
 #   1. every tenant was created, pushed and seeded, and the load had zero errors (no
 #      connection errors, no 503s);
@@ -41,6 +42,7 @@ SERVER_IDLE_TIMEOUT="${SERVER_IDLE_TIMEOUT:-10}"
 DURATION="${DURATION:-20}"
 WARMUP="${WARMUP:-2}"
 CONNECTIONS="${CONNECTIONS:-64}"
+RATE="${RATE:-}" # requests/s in all: open loop (nimbus-bench http --rate); empty: closed loops
 PG_PORT="${PG_PORT:-5499}"
 PGBOUNCER_PORT="${PGBOUNCER_PORT:-6499}"
 PORT="${PORT:-3297}"
@@ -73,6 +75,7 @@ CLUSTER="$WORK/cluster"
 SERVER=""
 SAMPLER=""
 cleanup() {
+  cp "$WORK/pgbouncer/pgbouncer.log" "$OUT/" 2>/dev/null || true
   [ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
   if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; fi
   if [ -f "$WORK/pgbouncer/pgbouncer.pid" ]; then kill "$(cat "$WORK/pgbouncer/pgbouncer.pid")" 2>/dev/null || true; fi
@@ -111,7 +114,7 @@ export NIMBUS_ADMIN_KEY="capacity-$(head -c 16 /dev/urandom | od -An -tx1 | tr -
 BASE="http://127.0.0.1:$PORT"
 RUST_LOG=warn "$NIMBUS" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/nimbus" \
   --storage postgres --postgres-url "$DIRECT/$DB" --postgres-pooler-url "$POOLED/$DB" \
-  --postgres-prefix "$PREFIX" --max-active-tenants "$((TENANTS + 10))" >"$OUT/server.log" 2>&1 &
+  --postgres-prefix "$PREFIX" --max-active-tenants "$((TENANTS + 10))" ${SERVER_ARGS:-} >"$OUT/server.log" 2>&1 &
 SERVER=$!
 wait_healthy "$BASE" "$SERVER" 30 "$OUT/server.log"
 
@@ -130,10 +133,11 @@ log "load: durable mutations over $TENANTS tenants, $CONNECTIONS connections, ${
 loaded=0
 if [ "$provisioned" -eq 1 ] && "$BENCH" http --warmup-secs "$WARMUP" --duration-secs "$DURATION" \
   --targets "$WORK/targets.json" --workload mutation --connections "$CONNECTIONS" \
-  --label "capacity: $TENANTS tenants" >"$OUT/load.json"; then
+  ${RATE:+--rate "$RATE"} --label "capacity: $TENANTS tenants" >"$OUT/load.json"; then
   loaded=1
 fi
 curl -fsS "$BASE/admin/capacity" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" >"$OUT/capacity.json" || echo '{}' >"$OUT/capacity.json"
+curl -fsS "$BASE/metrics" -H "authorization: Bearer $NIMBUS_ADMIN_KEY" | grep -v '^nimbus_tenant\|^nimbus_request' >"$OUT/metrics.txt" || true
 LOAD_UNTIL=$(( $(date +%s%3N) ))
 
 log "waiting for the pool's backends to go (server_idle_timeout $SERVER_IDLE_TIMEOUT s + 5 s)"

@@ -12,6 +12,11 @@
 #   PGBOUNCER_POOL_SIZE  server connections per database and user (default 4: small, so
 #                        transactions of different clients share server connections)
 #   PGBOUNCER_SERVER_IDLE_TIMEOUT  seconds an unused server connection is kept (default 10)
+#   PGBOUNCER_MAX_CLIENT_CONN  client connections it accepts (default 10000: every active
+#                        tenant keeps up to --postgres-connections-per-tenant open). Its
+#                        file descriptor limit is raised to fit (runuser's session would
+#                        leave it at 1024, and a PgBouncer out of descriptors can neither
+#                        accept clients nor reach Postgres).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -23,6 +28,16 @@ PG_HOST="${POSTGRES_HOST:-127.0.0.1}"
 PG_PORT="${POSTGRES_PORT:-5432}"
 POOL_SIZE="${PGBOUNCER_POOL_SIZE:-4}"
 SERVER_IDLE_TIMEOUT="${PGBOUNCER_SERVER_IDLE_TIMEOUT:-10}"
+MAX_CLIENT_CONN="${PGBOUNCER_MAX_CLIENT_CONN:-10000}"
+# Descriptors: every client, every server connection, and some to spare.
+HARD_NOFILE="$(ulimit -Hn)"
+NOFILE=$((MAX_CLIENT_CONN + 1024))
+if [ "$HARD_NOFILE" != unlimited ] && [ "$NOFILE" -gt "$HARD_NOFILE" ]; then
+  NOFILE="$HARD_NOFILE"
+  MAX_CLIENT_CONN=$((HARD_NOFILE - 1024))
+  [ "$MAX_CLIENT_CONN" -gt 100 ] || die "the file descriptor limit ($HARD_NOFILE) is too low for pgbouncer"
+  info "max_client_conn lowered to $MAX_CLIENT_CONN to fit the file descriptor limit $HARD_NOFILE" >&2
+fi
 
 PGBOUNCER="$(command -v pgbouncer || true)"
 [ -n "$PGBOUNCER" ] || [ ! -x /usr/sbin/pgbouncer ] || PGBOUNCER=/usr/sbin/pgbouncer
@@ -65,7 +80,7 @@ auth_type = trust
 auth_file = $DIR/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
-max_client_conn = 2000
+max_client_conn = $MAX_CLIENT_CONN
 server_idle_timeout = $SERVER_IDLE_TIMEOUT
 server_reset_query =
 ignore_startup_parameters = extra_float_digits,options
@@ -76,7 +91,13 @@ stats_users = postgres
 INI
 chown -R postgres "$DIR" 2>/dev/null || true
 
-"${RUN_AS[@]}" "$PGBOUNCER" -d "$DIR/pgbouncer.ini" >&2
+# The limit is set in the shell that becomes pgbouncer, after runuser's session has set its own.
+"${RUN_AS[@]}" bash -c 'ulimit -n "$1" && exec "$2" -d "$3"' pgbouncer "$NOFILE" "$PGBOUNCER" "$DIR/pgbouncer.ini" >&2
+PID="$(cat "$DIR/pgbouncer.pid" 2>/dev/null || true)"
+if [ -n "$PID" ] && [ -r "/proc/$PID/limits" ]; then
+  grep -q "Max open files *$NOFILE " "/proc/$PID/limits" ||
+    die "pgbouncer runs with a lower file descriptor limit than $NOFILE: $(grep 'Max open files' "/proc/$PID/limits")"
+fi
 for _ in $(seq 50); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     echo "postgres://postgres@127.0.0.1:$PORT/nimbus_conformance"
