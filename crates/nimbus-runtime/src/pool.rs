@@ -136,9 +136,12 @@ impl WorkerState {
         // Drop this tenant's isolates of other code (an older push, or a deleted tenant of
         // the same name). Only the code identity finds an isolate: names are reused.
         let code_id = inv.modules.code_id;
+        let before = self.cache.len();
         self.cache
             .retain(|c| !(c.tenant == inv.tenant && c.code_id != code_id));
-        self.recount();
+        if self.cache.len() != before {
+            self.recount();
+        }
         let position = self.cache.iter().position(|c| c.code_id == code_id);
         let index = match position {
             Some(index) => index,
