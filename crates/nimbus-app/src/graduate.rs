@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_engine::{Relocation, StoreOpener};
-use nimbus_storage::{ExportPosition, StorageError, TenantStore};
+use nimbus_storage::{ExportPosition, ExportedRow, StorageError, TenantStore};
 
 use crate::error::AppError;
 use crate::instance::Nimbus;
@@ -34,6 +34,8 @@ const PAGE_ROWS: usize = 2_000;
 const PAGE_BYTES: usize = 4 << 20;
 /// Catch-up rounds before the switch, and the backlog small enough to switch on.
 const CATCH_UP_ROUNDS: usize = 20;
+/// Documents a copy may find beyond twice the tenant's size at the start.
+const CHASE_ALLOWANCE: u64 = 100_000;
 const SWITCH_BACKLOG: usize = 32;
 
 /// What a graduation did (the admin API's answer).
@@ -244,11 +246,33 @@ async fn copy(
     let relocation = relocation.clone();
     blocking(name, "copying the tenant", move || {
         let (mut rows, mut bytes, mut replayed) = (0u64, 0u64, 0usize);
+        // Documents inserted during the copy land after its position (IDs are time-ordered),
+        // so a tenant inserting faster than the copy would be chased for ever: past twice
+        // what it held at the start, the move gives up.
+        let most_documents = relocation
+            .source()
+            .stats()?
+            .documents
+            .saturating_mul(2)
+            .saturating_add(CHASE_ALLOWANCE);
+        let mut documents = 0u64;
         let mut position = ExportPosition::Start;
         loop {
             let page = relocation
                 .source()
                 .export_page(&position, PAGE_ROWS, PAGE_BYTES)?;
+            documents += page
+                .rows
+                .iter()
+                .filter(|r| matches!(r, ExportedRow::Document(_)))
+                .count() as u64;
+            if documents > most_documents {
+                return Err(StorageError::Busy(format!(
+                    "the tenant gained documents faster than they could be copied ({documents} \
+                     copied, more than twice what it held at the start); retry when it is \
+                     less busy"
+                )));
+            }
             rows += page.rows.len() as u64;
             bytes += page.rows.iter().map(|r| r.size_bytes() as u64).sum::<u64>();
             // The first page sets the copy's max_ts: the mirrored batches follow it.
