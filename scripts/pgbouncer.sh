@@ -82,6 +82,9 @@ pool_mode = transaction
 default_pool_size = $POOL_SIZE
 max_client_conn = $MAX_CLIENT_CONN
 server_idle_timeout = $SERVER_IDLE_TIMEOUT
+; After a failed server login (Postgres restarting), retry in 1 s, not the default 15 s
+; during which every client of the pool waits.
+server_login_retry = 1
 server_reset_query =
 ignore_startup_parameters = extra_float_digits,options
 logfile = $DIR/pgbouncer.log
