@@ -352,8 +352,25 @@ async function graduateUnderLoad(name, query) {
   const running = load(tenant.url, "g");
   try {
     await sleep(1_500);
-    const res = await server.admin("POST", `/admin/tenants/${name}/graduate${query}`);
+    let finished = false;
+    const graduating = server.admin("POST", `/admin/tenants/${name}/graduate${query}`).finally(() => {
+      finished = true;
+    });
+    // While it runs the tenant shows `graduating` and cannot be deleted: the move cleans
+    // up by name and must never meet a new tenant of that name.
+    let shown = false;
+    while (!finished && !shown) {
+      shown = (await server.admin("GET", `/admin/tenants/${name}`)).body.graduating === true;
+      if (!shown) await sleep(5);
+    }
+    assert.ok(shown, "the graduation showed in GET /admin/tenants/<t> while it ran");
+    const deleting = await server.admin("DELETE", `/admin/tenants/${name}`);
+    assert.ok(!finished, "the graduation was still running when the delete was sent");
+    assert.equal(deleting.status, 409, deleting.text);
+    assert.match(deleting.body.message, /is graduating/);
+    const res = await graduating;
     assert.equal(res.status, 200, res.text);
+    assert.equal((await server.admin("GET", `/admin/tenants/${name}`)).body.graduating, false);
     const atSwitch = running.state.acknowledged.size;
     await sleep(1_500);
     const state = await running.stop();

@@ -63,6 +63,9 @@ impl Nimbus {
         server: Option<&str>,
     ) -> Result<Graduated, AppError> {
         let started = Instant::now();
+        // Taken before the catalog is read: while it is held the tenant cannot be deleted,
+        // so the row read here stays this tenant's (a name is never reused under us).
+        let _one_at_a_time = self.graduation_lock(name)?;
         let Some(row) = self.catalog().get(name)? else {
             return Err(AppError::TenantNotFound(name.to_string()));
         };
@@ -99,7 +102,6 @@ impl Nimbus {
             .map_err(AppError::BadRequest)?;
         let source_backend = self.backend_of(name, &from)?;
         let target_backend = self.backend_of(name, &to)?;
-        let _one_at_a_time = self.graduation_lock(name)?;
         tracing::info!(tenant = name, from = ?from.server, to = ?to.server, "graduation started");
 
         let namespace = name.to_string();

@@ -53,6 +53,8 @@ pub struct TenantInfo {
     pub storage: Placement,
     /// Its Postgres server (`None` for SQLite).
     pub server: Option<String>,
+    /// Whether a graduation is moving it now (it cannot be deleted meanwhile).
+    pub graduating: bool,
 }
 
 /// A tenant's place in the active map: empty while the tenant is being activated.
@@ -321,16 +323,29 @@ impl Nimbus {
     }
 
     /// Marks a tenant as graduating until the guard drops; 409 when it already is.
+    /// A tenant being deleted is not found. Lock order: `graduating`, then `active` (as in
+    /// [`Nimbus::delete_tenant`]), so a graduation and a delete of one name never both
+    /// start.
     pub(crate) fn graduation_lock(&self, tenant: &str) -> Result<GraduationGuard<'_>, AppError> {
-        if !self.graduating.lock().insert(tenant.to_string()) {
+        let mut graduating = self.graduating.lock();
+        if self.active.lock().deleting.contains(tenant) {
+            return Err(AppError::TenantNotFound(tenant.to_string()));
+        }
+        if !graduating.insert(tenant.to_string()) {
             return Err(AppError::Conflict(format!(
                 "tenant {tenant:?} is already graduating"
             )));
         }
+        drop(graduating);
         Ok(GraduationGuard {
             nimbus: self,
             tenant: tenant.to_string(),
         })
+    }
+
+    /// Whether a graduation is moving `tenant` now.
+    pub fn is_graduating(&self, tenant: &str) -> bool {
+        self.graduating.lock().contains(tenant)
     }
 
     /// Where the generated instance admin key is written.
@@ -364,6 +379,7 @@ impl Nimbus {
                 .and_then(Placement::parse)
                 .unwrap_or_default(),
             server: row.location().ok().and_then(|l| l.server),
+            graduating: self.is_graduating(&row.name),
         }
     }
 
@@ -506,11 +522,20 @@ impl Nimbus {
 
     /// Deletes a tenant: invisible at once; then any activation of it finishes and is
     /// closed, its committer stops after what it already accepted (later writes fail), its
-    /// cached runtimes are dropped, and its namespace is removed as a unit.
+    /// cached runtimes are dropped, and its namespace is removed as a unit. Refused (409)
+    /// while a graduation moves the tenant.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), AppError> {
         // First fence off new activations, then take the slot: an activation that already
         // looked the tenant up cannot add a slot after this point.
+        // A graduation of this name refuses the delete: its failure cleanup and its drop of
+        // the old namespace go by name, and must never meet a new tenant of that name.
         let removed = {
+            let graduating = self.graduating.lock();
+            if graduating.contains(name) {
+                return Err(AppError::Conflict(format!(
+                    "tenant {name:?} is graduating; delete it once the graduation has finished"
+                )));
+            }
             let mut active = self.active.lock();
             if !active.deleting.insert(name.to_string()) {
                 return Err(AppError::TenantNotFound(name.to_string()));

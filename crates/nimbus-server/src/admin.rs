@@ -27,6 +27,7 @@ fn info_json(info: &TenantInfo) -> Json {
         "createdAt": info.created_at_ms,
         "storage": info.storage.name(),
         "server": info.server,
+        "graduating": info.graduating,
     })
 }
 
