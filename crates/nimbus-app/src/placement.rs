@@ -234,6 +234,8 @@ pub struct PostgresSettings {
     /// Prepended to tenant names to name their schemas and databases.
     pub prefix: String,
     pub policy: PlacementPolicy,
+    /// Bound on one storage call of a tenant (`PostgresConfig::operation_timeout`).
+    pub operation_timeout: std::time::Duration,
 }
 
 impl Default for PostgresSettings {
@@ -243,6 +245,7 @@ impl Default for PostgresSettings {
             max_connections_per_tenant: 4,
             prefix: "nimbus_".into(),
             policy: PlacementPolicy::default(),
+            operation_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -289,6 +292,7 @@ impl Server {
             config.pooler_url = settings.pooler_url.clone();
             config.max_connections_per_namespace = common.max_connections_per_tenant;
             config.prefix = common.prefix.clone();
+            config.operation_timeout = common.operation_timeout;
             PostgresBackend::new(config).map(Arc::new).map_err(|e| {
                 format!(
                     "opening Postgres server {:?} ({} tier): {e}",

@@ -80,6 +80,11 @@ pub struct PostgresConfig {
     pub wait_timeout: Duration,
     /// Bound on opening one connection.
     pub connect_timeout: Duration,
+    /// Bound on one call of a namespace (waiting for a connection, connecting, and its
+    /// statements): past it the call fails as busy and its connections are closed, so a
+    /// server or pooler that stops answering (PgBouncer holds a client up to its
+    /// `query_wait_timeout`, 120 s by default) never holds a request longer.
+    pub operation_timeout: Duration,
 }
 
 impl PostgresConfig {
@@ -92,6 +97,7 @@ impl PostgresConfig {
             max_connections_per_namespace: 4,
             wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(30),
         }
     }
 }

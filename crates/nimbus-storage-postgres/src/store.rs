@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use nimbus_storage::{
@@ -43,6 +45,48 @@ struct Inner {
     namespace: String,
     sql: Statements,
     pool: Pool,
+    /// Bound on one trait call ([`PostgresConfig::operation_timeout`]).
+    operation_timeout: Duration,
+}
+
+tokio::task_local! {
+    /// Set once the trait call this task runs for has given up (its operation timeout
+    /// passed). Connections it holds are then closed rather than pooled: one may still have
+    /// a statement running, and the next caller would wait behind it.
+    static ABANDONED: Arc<AtomicBool>;
+}
+
+/// A pooled connection that is closed instead of returned when its call was abandoned.
+pub(crate) struct Connection {
+    object: Option<deadpool_postgres::Object>,
+    abandoned: Option<Arc<AtomicBool>>,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        // Invariant: `object` is `Some` until `drop`.
+        self.object.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.object.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let abandoned = self
+            .abandoned
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Acquire));
+        if let (true, Some(object)) = (abandoned, self.object.take()) {
+            // Out of the pool; dropping the client closes the connection.
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
 }
 
 impl PostgresStore {
@@ -75,6 +119,7 @@ impl PostgresStore {
                 namespace: namespace.to_string(),
                 sql: Statements::new(schema),
                 pool,
+                operation_timeout: config.operation_timeout,
             }),
             bridge,
         };
@@ -92,7 +137,7 @@ impl PostgresStore {
             };
             let not_found = || StorageError::NamespaceNotFound(inner.namespace.clone());
             let client = match inner.pool.get().await {
-                Ok(client) => client,
+                Ok(object) => Connection::new(object),
                 Err(deadpool_postgres::PoolError::Backend(e)) if missing(&e) => {
                     return Err(not_found())
                 }
@@ -117,22 +162,73 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Runs `work` with the namespace on the backend's runtime.
+    /// Runs `work` with the namespace on the backend's runtime, for at most the operation
+    /// timeout: past it the call fails as busy (retryable) and the connections it holds
+    /// are closed. A write abandoned this way may or may not have committed, like one whose
+    /// connection broke; the engine treats both as a storage failure and reloads from what
+    /// is durable.
     fn with<T, F, Fut>(&self, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Inner>) -> Fut,
         Fut: std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
     {
-        self.bridge.run(work(self.inner.clone()))
+        let limit = self.inner.operation_timeout;
+        let inner = self.inner.clone();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut work = Box::pin(ABANDONED.scope(abandoned.clone(), work(self.inner.clone())));
+        self.bridge.run(async move {
+            match tokio::time::timeout(limit, &mut work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Flag first, then drop: the connections see the flag as they drop.
+                    abandoned.store(true, Ordering::Release);
+                    drop(work);
+                    Err(inner.timed_out())
+                }
+            }
+        })
+    }
+}
+
+impl Connection {
+    fn new(object: deadpool_postgres::Object) -> Connection {
+        Connection {
+            object: Some(object),
+            abandoned: ABANDONED.try_with(Arc::clone).ok(),
+        }
     }
 }
 
 impl Inner {
-    async fn connection(&self) -> Result<deadpool_postgres::Object, StorageError> {
+    /// One step of a call spawned on its own (a table scan), bounded by the operation
+    /// timeout; past it the task's connections are marked to be closed.
+    async fn bounded<T>(
+        &self,
+        step: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        match tokio::time::timeout(self.operation_timeout, step).await {
+            Ok(result) => result,
+            Err(_) => {
+                let _ = ABANDONED.try_with(|flag| flag.store(true, Ordering::Release));
+                Err(self.timed_out())
+            }
+        }
+    }
+
+    fn timed_out(&self) -> StorageError {
+        StorageError::Busy(format!(
+            "{}: Postgres did not answer within {} s",
+            self.namespace,
+            self.operation_timeout.as_secs_f64()
+        ))
+    }
+
+    async fn connection(&self) -> Result<Connection, StorageError> {
         self.pool
             .get()
             .await
+            .map(Connection::new)
             .map_err(|e| pool("connect", &self.namespace, e))
     }
 
@@ -529,20 +625,32 @@ impl Inner {
         pages: &tokio::sync::mpsc::Sender<Result<Vec<StoredDocument>, StorageError>>,
     ) -> Result<(), StorageError> {
         let ns = &self.namespace;
-        let mut client = self.connection().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| pg("begin scan", ns, e))?;
-        tx.batch_execute(&self.sql.declare_table_cursor("nimbus_scan", table.0))
-            .await
-            .map_err(|e| pg("scan table", ns, e))?;
+        // Each step waiting on Postgres is bounded on its own; waiting for the caller to
+        // take a page is not (it is not Postgres that is slow then).
+        let mut client = self.bounded(self.connection()).await?;
+        let tx = self
+            .bounded(async {
+                client
+                    .transaction()
+                    .await
+                    .map_err(|e| pg("begin scan", ns, e))
+            })
+            .await?;
+        self.bounded(async {
+            tx.batch_execute(&self.sql.declare_table_cursor("nimbus_scan", table.0))
+                .await
+                .map_err(|e| pg("scan table", ns, e))
+        })
+        .await?;
         let fetch = format!("FETCH {SCAN_PAGE_ROWS} FROM nimbus_scan");
         loop {
-            let rows = tx
-                .query_typed(&fetch, &[])
-                .await
-                .map_err(|e| pg("scan table", ns, e))?;
+            let rows = self
+                .bounded(async {
+                    tx.query_typed(&fetch, &[])
+                        .await
+                        .map_err(|e| pg("scan table", ns, e))
+                })
+                .await?;
             if rows.is_empty() {
                 return Ok(());
             }
@@ -627,11 +735,12 @@ impl TenantStore for PostgresStore {
     ) -> Result<(), StorageError> {
         let (pages_tx, mut pages) = tokio::sync::mpsc::channel(1);
         let inner = self.inner.clone();
-        self.bridge.spawn(async move {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        self.bridge.spawn(ABANDONED.scope(abandoned, async move {
             if let Err(e) = inner.scan_table(table, &pages_tx).await {
                 let _ = pages_tx.send(Err(e)).await;
             }
-        })?;
+        }))?;
         // A plain executor wait, not `blocking_recv`: sound on any thread.
         while let Some(page) = futures::executor::block_on(pages.recv()) {
             for doc in page? {

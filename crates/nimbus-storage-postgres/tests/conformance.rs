@@ -57,6 +57,14 @@ impl Fixture {
     }
 
     fn backend(&self, root: &Path) -> Box<dyn StorageBackend> {
+        self.backend_with(root, |_| {})
+    }
+
+    fn backend_with(
+        &self,
+        root: &Path,
+        adjust: impl FnOnce(&mut PostgresConfig),
+    ) -> Box<dyn StorageBackend> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         root.hash(&mut h);
@@ -70,6 +78,7 @@ impl Fixture {
         config.prefix = prefix;
         // Tests run in parallel against one server of 100 connections.
         config.max_connections_per_namespace = 2;
+        adjust(&mut config);
         Box::new(PostgresBackend::new(config).expect("postgres backend"))
     }
 }
@@ -174,4 +183,112 @@ mod shared_pgbouncer {
         import_then_write,
         export_replay_converges
     );
+}
+
+/// A call that Postgres does not answer fails as busy after the operation timeout, and its
+/// connection is closed rather than pooled: with one connection per namespace, the next
+/// call gets a fresh one instead of queueing behind the abandoned statement.
+#[test]
+fn an_unanswered_call_times_out_and_its_connection_is_not_reused() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use nimbus_storage::{StorageError, WriteBatch};
+    use nimbus_types::Timestamp;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture = Fixture::new("ct", Tier::Shared, None);
+    let backend = fixture.backend_with(dir.path(), |config| {
+        config.max_connections_per_namespace = 1;
+        config.operation_timeout = Duration::from_secs(1);
+    });
+    backend.create_namespace("slow").expect("create");
+    let store = backend.open_namespace("slow").expect("open");
+    let global = |ts: u64, value: &[u8]| WriteBatch {
+        ts: Timestamp(ts),
+        globals: vec![("g".into(), Some(value.to_vec()))],
+        ..WriteBatch::default()
+    };
+    store.write(&global(1, b"one")).expect("first write");
+
+    // Another session holds the row every write updates first.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let schema: String = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let task = tokio::spawn(connection);
+        let rows = client
+            .query(
+                "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, 'ct') \
+                 AND nspname LIKE '%slow'",
+                &[],
+            )
+            .await
+            .expect("schema");
+        assert_eq!(rows.len(), 1, "one schema for the namespace");
+        let schema: String = rows[0].get(0);
+        drop(client);
+        let _ = task.await;
+        schema
+    });
+    let (locker, connection) = runtime
+        .block_on(tokio_postgres::connect(&url(), tokio_postgres::NoTls))
+        .expect("connect");
+    let connection = runtime.spawn(connection);
+    runtime
+        .block_on(locker.batch_execute(&format!(
+            "BEGIN; SELECT value FROM \"{schema}\".meta WHERE name = 'max_ts' FOR UPDATE"
+        )))
+        .expect("lock max_ts");
+
+    // The write waits for the lock; without a bound it would wait for ever.
+    let (done, answer) = mpsc::channel();
+    let writer = store.clone();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(writer.write(&global(2, b"two")));
+    });
+    let result = answer
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the blocked write returned");
+    assert!(
+        matches!(&result, Err(StorageError::Busy(message)) if message.contains("did not answer within 1 s")),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The lock is still held: a read on a pooled connection behind the abandoned write
+    // would wait for it too.
+    let (done, answer) = mpsc::channel();
+    let reader = store.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(reader.get_global("g"));
+    });
+    let read = answer
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the read returned");
+    assert_eq!(read.expect("read"), Some(b"one".to_vec()));
+
+    // Once the lock goes, writes go through (the abandoned one never committed).
+    runtime
+        .block_on(locker.batch_execute("ROLLBACK"))
+        .expect("unlock");
+    drop(locker);
+    let _ = runtime.block_on(connection);
+    store
+        .write(&global(3, b"three"))
+        .expect("write after the lock");
+    assert_eq!(
+        store.get_global("g").expect("read"),
+        Some(b"three".to_vec())
+    );
+    assert_eq!(store.max_ts().expect("max_ts"), Timestamp(3));
 }

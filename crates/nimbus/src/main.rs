@@ -231,6 +231,11 @@ struct ServeArgs {
     /// Prefix of the schemas and databases of tenants (a-z, 0-9, _; at most 20 bytes).
     #[arg(long, default_value = "nimbus_")]
     postgres_prefix: String,
+    /// Bound on one storage call of a Postgres tenant (waiting for a connection,
+    /// connecting, its statements), in seconds: past it the request fails with 503 and the
+    /// connection is closed, so a stalled server or pooler never holds requests longer.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    postgres_operation_timeout_secs: u64,
     /// Another Postgres server of the placement pool (repeatable), as space-separated
     /// `key=value` pairs: `name=b url=postgres://... [pooler=postgres://...]
     /// [max-connections=N]`. --postgres-url is the server named `default`.
@@ -338,6 +343,7 @@ fn main() -> Result<()> {
                 postgres_pooler_url,
                 postgres_connections_per_tenant,
                 postgres_prefix,
+                postgres_operation_timeout_secs,
                 postgres_servers,
                 placement,
             } = *args;
@@ -366,6 +372,7 @@ fn main() -> Result<()> {
                 max_connections_per_tenant: postgres_connections_per_tenant.max(1),
                 prefix: postgres_prefix,
                 policy: placement,
+                operation_timeout: Duration::from_secs(postgres_operation_timeout_secs),
             });
             config.site_url = site_listen.map(|addr| format!("http://{addr}"));
             config.actions.timeout = Duration::from_secs(action_timeout_secs.max(1));
