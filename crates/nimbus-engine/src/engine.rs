@@ -757,9 +757,11 @@ pub(crate) fn load(
         })
     })?;
     let stats = store.stats()?;
-    // Stored bodies are JSON text; in memory a document with its index entries takes
-    // about as much again, so compare twice the stored size with the budget.
-    if (stats.body_bytes as usize).saturating_mul(2) > budget {
+    // Stored bodies are JSON text; in memory a document (compactly encoded) with its index
+    // entries is charged about 2.5 times that (`resident.rs`; measured 2.45× for small
+    // documents with three indexes), so compare that with the budget: a tenant that opens
+    // resident does not go over it at its first commit.
+    if (stats.body_bytes as usize).saturating_mul(5) / 2 > budget {
         tracing::info!(
             documents = stats.documents,
             body_bytes = stats.body_bytes,

@@ -13,6 +13,7 @@
 pub mod catalog;
 mod codec;
 mod committer;
+mod compact;
 mod cursor;
 mod deploy;
 mod engine;
@@ -21,6 +22,7 @@ mod metrics;
 pub mod range_index;
 pub mod read_set;
 mod relocate;
+mod resident;
 pub mod snapshot;
 pub mod transaction;
 mod undo_log;
