@@ -34,6 +34,9 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use nimbus_types::index_key::KeyRange;
+
+mod batch_codec;
+pub use batch_codec::{decode_batch, encode_batch};
 use nimbus_types::{DocumentId, TableNumber, Timestamp};
 
 /// Identifies an index inside one tenant (allocated by the engine's catalog).
