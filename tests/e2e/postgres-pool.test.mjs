@@ -292,6 +292,21 @@ test("placement: round-robin, least-loaded by max_connections, named servers; te
   assert.match(res.body.message, /flags/);
   res = await server.admin("DELETE", "/admin/servers/nope");
   assert.equal(res.status, 404, res.text);
+  // The pool is bounded: 64 servers, the flags' and the API's together.
+  const before = (await server.admin("GET", "/admin/servers")).body.servers.length;
+  const extra = [];
+  for (let i = 0; ; i++) {
+    res = await server.admin("POST", "/admin/servers", { name: `x${i}`, url: cUrl });
+    if (res.status !== 201) break;
+    extra.push(`x${i}`);
+    assert.ok(extra.length < 100, "the pool never refused a server");
+  }
+  assert.equal(res.status, 409, res.text);
+  assert.match(res.body.message, /maximum of 64 Postgres servers/);
+  assert.equal(before + extra.length, 64);
+  for (const name of extra) {
+    assert.equal((await server.admin("DELETE", `/admin/servers/${name}`)).status, 204);
+  }
   await server.deleteTenant("on-c");
   res = await server.admin("DELETE", "/admin/servers/c");
   assert.equal(res.status, 204, res.text);

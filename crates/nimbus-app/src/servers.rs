@@ -22,6 +22,9 @@ pub struct ServerInfo {
     pub tenants: i64,
 }
 
+/// Postgres servers one instance holds at most (the flags' and the admin API's together).
+pub const MAX_SERVERS: usize = 64;
+
 impl Nimbus {
     /// The placement policy and every server with its tenant count.
     pub fn list_servers(&self) -> Result<(PlacementPolicy, Vec<ServerInfo>), AppError> {
@@ -42,6 +45,13 @@ impl Nimbus {
         let taken = || AppError::Conflict(format!("server {:?} exists already", settings.name));
         if self.storage_backends().server(&settings.name).is_some() {
             return Err(taken());
+        }
+        // Each server holds a runtime of its own (two threads per tier) and control
+        // connections: the pool is bounded like everything else.
+        if self.storage_backends().servers().len() >= MAX_SERVERS {
+            return Err(AppError::Conflict(format!(
+                "the pool holds its maximum of {MAX_SERVERS} Postgres servers; remove one first"
+            )));
         }
         let nimbus = self
             .me()
