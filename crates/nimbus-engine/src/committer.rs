@@ -177,6 +177,11 @@ pub(crate) struct CommitterState {
     pub recent: Arc<parking_lot::Mutex<RecentSnapshots>>,
     /// While the tenant is being moved: a copy of every batch written (`relocate.rs`).
     pub mirror: Option<crate::relocate::SharedMirror>,
+    /// Commits go through the shared journal (`journaled.rs`).
+    pub journal: Option<crate::journaled::TenantJournal>,
+    /// The last journal record applied to storage but not yet synced there.
+    pub unsynced: Option<nimbus_journal::Lsn>,
+    pub last_sync: std::time::Instant,
 }
 
 /// How a message is answered once its group is published, or when the group fails.
@@ -226,13 +231,34 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, mut state: Com
         batch.clear();
         let first = match carried.take() {
             Some(message) => message,
-            None => match rx.recv().await {
-                Some(message) => message,
-                None => break,
-            },
+            None => {
+                // Journaled writes left unsynced are synced once they are due, even when
+                // nothing more arrives.
+                let due = state
+                    .unsynced
+                    .map(|_| state.last_sync + crate::journaled::SYNC_EVERY);
+                let received = match due {
+                    Some(due) => tokio::select! {
+                        message = rx.recv() => message,
+                        _ = tokio::time::sleep_until(due.into()) => {
+                            sync_storage(&mut state).await;
+                            continue;
+                        }
+                    },
+                    None => rx.recv().await,
+                };
+                match received {
+                    Some(message) => message,
+                    None => {
+                        sync_storage(&mut state).await;
+                        break;
+                    }
+                }
+            }
         };
         let first = match first {
             CommitterMessage::Shutdown { reply } => {
+                sync_storage(&mut state).await;
                 let _ = reply.send(());
                 break;
             }
@@ -260,8 +286,43 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, mut state: Com
         );
         if process_batch(&mut batch, &mut state).await.is_err() {
             backoff = REOPEN_FIRST;
+        } else if state.last_sync.elapsed() >= crate::journaled::SYNC_EVERY {
+            sync_storage(&mut state).await;
         }
     }
+}
+
+/// Makes the journaled batches applied to storage durable there, and tells the journal
+/// (which may then delete the segments holding them). A failure is a storage failure.
+async fn sync_storage(state: &mut CommitterState) {
+    let (Some(lsn), Some(journal)) = (state.unsynced, state.journal.clone()) else {
+        return;
+    };
+    let store = state.store.read().clone();
+    let synced = tokio::task::spawn_blocking(move || store.sync()).await;
+    state.last_sync = std::time::Instant::now();
+    match synced {
+        Ok(Ok(())) => {
+            journal.journal.set_applied(&journal.key, lsn);
+            state.unsynced = None;
+        }
+        Ok(Err(e)) => fail_storage(state, e.to_string()),
+        Err(join) => fail_storage(state, format!("storage sync task failed: {join}")),
+    }
+}
+
+/// Marks the storage failed: the tenant refuses writes until it is reopened.
+fn fail_storage(state: &mut CommitterState, reason: String) {
+    tracing::error!(%reason, "storage write failed; the tenant refuses writes until its storage is reopened");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    state.health.send_modify(|health| {
+        health.state = crate::metrics::StorageState::Failed;
+        health.last_error = Some(reason);
+        health.failed_at_ms = Some(now_ms);
+        health.reopen_attempts = 0;
+    });
 }
 
 /// Refuses `message` while the storage is failed; true for a shutdown (stop the loop).
@@ -285,6 +346,11 @@ async fn recover(state: &mut CommitterState) -> bool {
     let loader = state.loader.clone();
     let reloaded = tokio::task::spawn_blocking(move || {
         let store = (loader.opener)()?;
+        // Journaled commits the storage lost go back in before the probe: its `ts` is
+        // after theirs.
+        if let Some(journal) = &loader.journal {
+            journal.catch_up(store.as_ref())?;
+        }
         let probe = store.max_ts()?.next_after(Timestamp::wall_clock_ns());
         store.write(&WriteBatch {
             ts: probe,
@@ -306,6 +372,8 @@ async fn recover(state: &mut CommitterState) -> bool {
     );
     *state.store.write() = store;
     state.undo = undo;
+    // The reload caught up with the journal and synced.
+    state.unsynced = None;
     let published = Arc::new(snapshot);
     state.write_log.lock().restart_at(ts);
     state.recent.lock().restart_with(published.clone());
@@ -534,12 +602,26 @@ async fn process_batch(
             state.undo.append(std::mem::take(&mut pre_images));
         }
         let store = state.store.read().clone();
+        let journal = state.journal.clone();
         let started = std::time::Instant::now();
-        let write =
-            tokio::task::spawn_blocking(move || store.write(&storage).map(|()| storage)).await;
+        let write = tokio::task::spawn_blocking(move || match journal {
+            None => store.write(&storage).map(|()| (storage, None)),
+            Some(journal) => {
+                // Durable once journaled; applied to storage before it is published.
+                let lsn = journal.append(&storage)?;
+                storage.globals.push(crate::journaled::applied_global(lsn));
+                store
+                    .write_unsynced(&storage)
+                    .map(|()| (storage, Some(lsn)))
+            }
+        })
+        .await;
         state.metrics.record_write(started.elapsed(), commits);
         let failure = match write {
-            Ok(Ok(written)) => {
+            Ok(Ok((written, lsn))) => {
+                if lsn.is_some() {
+                    state.unsynced = lsn;
+                }
                 keep_mirrored(state, written);
                 None
             }
@@ -552,18 +634,9 @@ async fn process_batch(
                     .lock()
                     .break_with(format!("a storage write failed during the move: {reason}"));
             }
-            tracing::error!(%reason, "storage write failed; the tenant refuses writes until its storage is reopened");
             // Failed before anyone hears of it: a caller told "unavailable" finds the tenant
             // failed.
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            state.health.send_modify(|health| {
-                health.state = crate::metrics::StorageState::Failed;
-                health.last_error = Some(reason.clone());
-                health.failed_at_ms = Some(now_ms);
-                health.reopen_attempts = 0;
-            });
+            fail_storage(state, reason.clone());
             let answer = format!(
                 "{reason} (the write may or may not have been applied; a mutation re-sent with \
                  the same session and request ID after recovery is answered exactly once)"

@@ -56,6 +56,9 @@ pub struct EngineConfig {
     pub undo_log_age: Duration,
     /// How long a mutation's receipt (its answer, for re-sent copies) is kept.
     pub receipt_ttl: Duration,
+    /// Commit through the shared journal (`journaled.rs`) instead of a sync of the
+    /// tenant's own storage per group.
+    pub journal: Option<crate::journaled::TenantJournal>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +75,7 @@ impl Default for EngineConfig {
             undo_log_entries: 200_000,
             undo_log_age: Duration::from_secs(30),
             receipt_ttl: Duration::from_secs(3600),
+            journal: None,
         }
     }
 }
@@ -135,6 +139,7 @@ pub(crate) struct Loader {
     pub memory_budget: usize,
     pub undo_entries: usize,
     pub undo_age: Duration,
+    pub journal: Option<crate::journaled::TenantJournal>,
 }
 
 /// A tenant as loaded from its storage.
@@ -149,6 +154,9 @@ impl Loader {
     /// Opens the store and loads the tenant from it (blocking).
     pub fn load(&self) -> Result<Loaded, EngineError> {
         let store = (self.opener)()?;
+        if let Some(journal) = &self.journal {
+            journal.catch_up(store.as_ref())?;
+        }
         let (snapshot, cursor_secret, undo) = load(
             store.clone(),
             self.memory_budget,
@@ -179,6 +187,7 @@ impl TenantEngine {
             memory_budget: config.memory_budget_bytes,
             undo_entries: config.undo_log_entries,
             undo_age: config.undo_log_age,
+            journal: config.journal.clone(),
         };
         let first_load = loader.clone();
         let Loaded {
@@ -231,6 +240,9 @@ impl TenantEngine {
             last_expiry: std::time::Instant::now(),
             staging: None,
             mirror: None,
+            journal: config.journal.clone(),
+            unsynced: None,
+            last_sync: std::time::Instant::now(),
         };
         tokio::spawn(committer::run(receiver, state));
         Ok(Arc::new(TenantEngine {

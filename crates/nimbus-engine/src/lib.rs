@@ -18,6 +18,7 @@ mod cursor;
 mod deploy;
 mod engine;
 pub mod error;
+mod journaled;
 mod metrics;
 pub mod range_index;
 pub mod read_set;
@@ -38,6 +39,7 @@ pub use engine::{
     ADMISSION_QUEUE_MAX,
 };
 pub use error::{EngineError, ErrorClass};
+pub use journaled::{TenantJournal, APPLIED_GLOBAL};
 pub use metrics::{EngineStats, StorageHealth, StorageState};
 pub use range_index::{RangeHandle, RangeIndex};
 pub use read_set::ReadSet;

@@ -218,6 +218,13 @@ impl TenantEngine {
 pub(crate) async fn handle(step: RelocationStep, state: &mut CommitterState) {
     match step {
         RelocationStep::Start { reply } => {
+            if state.journal.is_some() {
+                // Its storage may be behind its journal, which the copy would not see.
+                let _ = reply.send(Err(EngineError::Relocation(
+                    "a tenant that commits through the journal cannot be moved".into(),
+                )));
+                return;
+            }
             if state
                 .mirror
                 .as_ref()

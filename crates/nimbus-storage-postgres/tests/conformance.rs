@@ -181,7 +181,8 @@ mod shared_pgbouncer {
         model_based,
         export_round_trip,
         import_then_write,
-        export_replay_converges
+        export_replay_converges,
+        unsynced_writes_then_sync
     );
 }
 

@@ -9,7 +9,9 @@
 //!   came out, so it is created when missing whenever a namespace is opened.
 //!
 //! Durability: WAL with `synchronous = FULL`; each [`TenantStore::write`] is one
-//! transaction, so one fsync covers a whole group commit. Concurrency: one writer
+//! transaction, so one fsync covers a whole group commit. [`TenantStore::write_unsynced`]
+//! commits under `synchronous = NORMAL` (no sync; checkpoints still sync), and
+//! [`TenantStore::sync`] makes those durable with one small `FULL` commit. Concurrency: one writer
 //! connection (only the tenant's committer writes) and a bounded pool of reader
 //! connections; when every reader is busy, a read waits for one to come back.
 //!
@@ -254,7 +256,11 @@ impl StorageBackend for SqliteBackend {
             namespace: namespace.to_string(),
             path,
             cache_kib: self.config.cache_kib,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer {
+                conn: writer,
+                full: true,
+                unsynced: false,
+            }),
             readers: Mutex::new(readers),
             reader_returned: Condvar::new(),
         }))
@@ -305,9 +311,32 @@ struct SqliteStore {
     namespace: String,
     path: PathBuf,
     cache_kib: usize,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
+}
+
+/// The writer connection and what it has left unsynced.
+struct Writer {
+    conn: Connection,
+    /// The connection's `synchronous` setting: `FULL` (every commit syncs the WAL) or
+    /// `NORMAL` (commits do not sync; checkpoints still sync before and after copying).
+    full: bool,
+    /// Commits made under `NORMAL` since the last sync.
+    unsynced: bool,
+}
+
+impl Writer {
+    fn set_full(&mut self, full: bool, ns: &str) -> Result<(), StorageError> {
+        if self.full != full {
+            let mode = if full { "FULL" } else { "NORMAL" };
+            self.conn
+                .execute_batch(&format!("PRAGMA synchronous = {mode}"))
+                .map_err(|e| io("set synchronous", ns, e))?;
+            self.full = full;
+        }
+        Ok(())
+    }
 }
 
 /// A reader connection borrowed from the pool; returned on drop.
@@ -474,34 +503,34 @@ fn write_rows(tx: &Connection, ns: &str, batch: &WriteBatch) -> Result<(), Stora
 
 impl SqliteStore {
     /// Runs `rows` in one transaction on the writer connection and commits it (durable on
-    /// return), or rolls it back when anything fails.
+    /// return when `durable`), or rolls it back when anything fails.
     fn in_write_transaction(
         &self,
+        durable: bool,
         rows: impl FnOnce(&Connection, &str) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let ns = &self.namespace;
-        let mut conn = self.writer.lock();
-        // Every statement of a batch, BEGIN and COMMIT included, is a cached prepared
-        // statement: a group commit parses no SQL (rusqlite's `Transaction` would send
-        // BEGIN and COMMIT as text each time).
-        conn.prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut begin| begin.execute([]))
-            .map_err(|e| io("begin", ns, e))?;
-        let written = rows(&conn, ns).and_then(|()| {
-            conn.prepare_cached("COMMIT")
-                .and_then(|mut commit| commit.execute([]))
-                .map(|_| ())
-                .map_err(|e| io("commit", ns, e))
-        });
-        if written.is_err() && !conn.is_autocommit() {
+        let mut writer = self.writer.lock();
+        writer.set_full(durable, ns)?;
+        let written = Self::commit_rows(&mut writer.conn, ns, rows);
+        match (&written, durable) {
+            // A durable commit syncs the WAL, and with it every commit before it.
+            (Ok(()), true) => writer.unsynced = false,
+            (Ok(()), false) => writer.unsynced = true,
+            (Err(_), _) => {}
+        }
+        if written.is_err() && !writer.conn.is_autocommit() {
             // Nothing of a failed transaction may stay pending on the writer connection (after
             // a failed batch the committer refuses writes until it reopens the storage either
             // way). A connection that
             // cannot even roll back (a full disk, an I/O error) is replaced, so it holds no
             // lock that would block the reopened store's writer.
-            if conn.execute_batch("ROLLBACK").is_err() {
+            if writer.conn.execute_batch("ROLLBACK").is_err() {
                 match open_connection(&self.path, ns, false, self.cache_kib) {
-                    Ok(fresh) => *conn = fresh,
+                    Ok(fresh) => {
+                        writer.conn = fresh;
+                        writer.full = true;
+                    }
                     Err(e) => {
                         tracing::warn!(namespace = %ns, error = %e, "cannot replace a failed writer connection")
                     }
@@ -509,6 +538,26 @@ impl SqliteStore {
             }
         }
         written
+    }
+
+    /// `BEGIN IMMEDIATE`, `rows`, `COMMIT` on the writer connection.
+    fn commit_rows(
+        conn: &mut Connection,
+        ns: &str,
+        rows: impl FnOnce(&Connection, &str) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        // Every statement of a batch, BEGIN and COMMIT included, is a cached prepared
+        // statement: a group commit parses no SQL (rusqlite's `Transaction` would send
+        // BEGIN and COMMIT as text each time).
+        conn.prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut begin| begin.execute([]))
+            .map_err(|e| io("begin", ns, e))?;
+        rows(conn, ns).and_then(|()| {
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut commit| commit.execute([]))
+                .map(|_| ())
+                .map_err(|e| io("commit", ns, e))
+        })
     }
 
     /// Reads one kind's rows for [`export_page_by_kind`]: one more row than asked for is
@@ -682,7 +731,30 @@ fn import_row(tx: &Connection, ns: &str, row: &ExportedRow) -> Result<(), Storag
 
 impl TenantStore for SqliteStore {
     fn write(&self, batch: &WriteBatch) -> Result<(), StorageError> {
-        self.in_write_transaction(|tx, ns| write_rows(tx, ns, batch))
+        self.in_write_transaction(true, |tx, ns| write_rows(tx, ns, batch))
+    }
+
+    fn write_unsynced(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.in_write_transaction(false, |tx, ns| write_rows(tx, ns, batch))
+    }
+
+    /// A commit under `synchronous = FULL` syncs the WAL file, which holds every unsynced
+    /// commit before it (a checkpoint in between synced what it copied): so a sync is one
+    /// small durable commit, and nothing when nothing is unsynced.
+    fn sync(&self) -> Result<(), StorageError> {
+        if !self.writer.lock().unsynced {
+            return Ok(());
+        }
+        self.in_write_transaction(true, |tx, ns| {
+            // A row that really changes, so the commit has a page to write and sync.
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('syncs', \
+                 COALESCE((SELECT value FROM meta WHERE name = 'syncs'), 0) + 1)",
+            )
+            .and_then(|mut touch| touch.execute([]))
+            .map(|_| ())
+            .map_err(|e| io("sync", ns, e))
+        })
     }
 
     fn export_page(
@@ -699,7 +771,7 @@ impl TenantStore for SqliteStore {
     }
 
     fn import(&self, rows: &[ExportedRow], max_ts: Option<Timestamp>) -> Result<(), StorageError> {
-        self.in_write_transaction(|tx, ns| {
+        self.in_write_transaction(true, |tx, ns| {
             for row in rows {
                 import_row(tx, ns, row)?;
             }

@@ -941,6 +941,56 @@ pub fn export_replay_converges(make: Constructor, root: &Path) {
     assert_eq!(contents(b.as_ref()), contents(a.as_ref()));
 }
 
+/// `write_unsynced` is a write like any other for readers, ordering and refusals; `sync`
+/// (with or without anything unsynced) loses nothing; a reopened namespace has it all.
+pub fn unsynced_writes_then_sync(make: Constructor, root: &Path) {
+    let backend = make(root);
+    backend.create_namespace("u").unwrap();
+    let store = backend.open_namespace("u").unwrap();
+    store.sync().unwrap();
+    let mut b = batch(10);
+    b.documents = vec![put(1, 1, "one")];
+    b.globals = vec![("applied".into(), Some(b"1".to_vec()))];
+    store.write_unsynced(&b).unwrap();
+    assert_eq!(store.get_document(&id(1, 1)).unwrap().unwrap().body, b"one");
+    assert_eq!(store.max_ts().unwrap(), Timestamp(10));
+    // Refused like a write: not after max_ts.
+    let mut stale = batch(10);
+    stale.documents = vec![put(1, 2, "stale")];
+    assert!(store.write_unsynced(&stale).is_err());
+    assert!(store.get_document(&id(1, 2)).unwrap().is_none());
+    // Unsynced, then synced, then unsynced again, interleaved.
+    let mut b = batch(11);
+    b.documents = vec![put(1, 2, "two")];
+    store.write(&b).unwrap();
+    let mut b = batch(12);
+    b.documents = vec![put(1, 3, "three")];
+    b.globals = vec![("applied".into(), Some(b"3".to_vec()))];
+    store.write_unsynced(&b).unwrap();
+    store.sync().unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let store = backend.open_namespace("u").unwrap();
+    assert_eq!(store.max_ts().unwrap(), Timestamp(12));
+    for (n, body) in [(1, "one"), (2, "two"), (3, "three")] {
+        assert_eq!(
+            store.get_document(&id(1, n)).unwrap().unwrap().body,
+            body.as_bytes()
+        );
+    }
+    assert_eq!(store.get_global("applied").unwrap(), Some(b"3".to_vec()));
+    // Nothing of a sync shows as data.
+    let page = store
+        .export_page(&crate::ExportPosition::Start, 1000, 1 << 20)
+        .unwrap();
+    assert_eq!(
+        page.rows.len(),
+        3 + 1,
+        "three documents and one global: {:?}",
+        page.rows
+    );
+}
+
 /// Expands into one `#[test]` per conformance check. `$make` is an expression of type
 /// `impl Fn(&Path) -> Box<dyn StorageBackend>`.
 #[macro_export]
@@ -950,7 +1000,7 @@ macro_rules! run_conformance_suite {
             namespaces, documents_and_globals, index_ranges, namespaces_are_isolated,
             batches_are_atomic_for_readers, a_refused_batch_writes_nothing, receipts,
             index_chunks_are_dropped, model_based, export_round_trip, import_then_write,
-            export_replay_converges);
+            export_replay_converges, unsynced_writes_then_sync);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

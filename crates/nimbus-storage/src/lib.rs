@@ -426,6 +426,17 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Applies a batch atomically; returns once it is durable. Committer only. A batch whose
     /// `ts` is not after [`TenantStore::max_ts`] is refused and writes nothing.
     fn write(&self, batch: &WriteBatch) -> Result<(), StorageError>;
+    /// Applies a batch atomically like [`TenantStore::write`] (readers see it on return),
+    /// but need not make it durable: for a caller that holds the batch durably elsewhere (a
+    /// journal) and calls [`TenantStore::sync`] later. A crash may lose any suffix of
+    /// the unsynced batches, never part of one. Committer only.
+    fn write_unsynced(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.write(batch)
+    }
+    /// Makes every batch written so far durable.
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// The `ts` of the last durable batch (0 for a new namespace).
     fn max_ts(&self) -> Result<Timestamp, StorageError>;
     /// Reads a global.
