@@ -293,7 +293,7 @@ test("placement: round-robin, least-loaded by max_connections, named servers; te
   res = await server.admin("DELETE", "/admin/servers/nope");
   assert.equal(res.status, 404, res.text);
   // The pool is bounded: 64 servers, the flags' and the API's together.
-  const before = (await server.admin("GET", "/admin/servers")).body.servers.length;
+  const serversBefore = (await server.admin("GET", "/admin/servers")).body.servers.length;
   const extra = [];
   for (let i = 0; ; i++) {
     res = await server.admin("POST", "/admin/servers", { name: `x${i}`, url: cUrl });
@@ -303,7 +303,7 @@ test("placement: round-robin, least-loaded by max_connections, named servers; te
   }
   assert.equal(res.status, 409, res.text);
   assert.match(res.body.message, /maximum of 64 Postgres servers/);
-  assert.equal(before + extra.length, 64);
+  assert.equal(serversBefore + extra.length, 64);
   for (const name of extra) {
     assert.equal((await server.admin("DELETE", `/admin/servers/${name}`)).status, 204);
   }

@@ -30,6 +30,10 @@ pub(crate) struct TenantRow {
     /// A location the tenant graduated from whose namespace is not deleted yet
     /// (`<placement>@<server>`); a start finishes the deletion.
     pub retired: Option<String>,
+    /// Chosen at random when the tenant is created (or when a catalog from before it is
+    /// opened), never changed: its journal records carry it, so a tenant deleted and
+    /// created again under the same name never gets its predecessor's records.
+    pub incarnation: u64,
 }
 
 impl TenantRow {
@@ -53,7 +57,7 @@ fn internal(context: &str, e: rusqlite::Error) -> AppError {
 
 /// The columns [`tenant_row`] reads, in its order.
 const ROW_COLUMNS: &str =
-    "name, created_at_ms, key_hash, next_due_ms, limits, storage, server, retired";
+    "name, created_at_ms, key_hash, next_due_ms, limits, storage, server, retired, incarnation";
 
 fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
     Ok(TenantRow {
@@ -65,6 +69,8 @@ fn tenant_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRow> {
         storage: row.get(5)?,
         server: row.get(6)?,
         retired: row.get(7)?,
+        // Stored as SQLite's signed 64 bits; the same bits either way.
+        incarnation: row.get::<_, Option<i64>>(8)?.unwrap_or_default() as u64,
     })
 }
 
@@ -126,6 +132,17 @@ impl TenantCatalog {
             "retired",
             "ALTER TABLE tenants ADD COLUMN retired TEXT;",
         )?;
+        add_column_if_missing(
+            &conn,
+            "incarnation",
+            "ALTER TABLE tenants ADD COLUMN incarnation INTEGER;",
+        )?;
+        // Rows from before incarnations get one now, once.
+        conn.execute(
+            "UPDATE tenants SET incarnation = random() WHERE incarnation IS NULL",
+            [],
+        )
+        .map_err(|e| internal("give incarnations", e))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS servers (
                  name TEXT PRIMARY KEY,
@@ -144,14 +161,15 @@ impl TenantCatalog {
     pub fn insert_creating(&self, row: &TenantRow) -> Result<(), AppError> {
         let conn = self.conn.lock();
         let result = conn.execute(
-            "INSERT INTO tenants (name, created_at_ms, key_hash, state, storage, server) \
-             VALUES (?1, ?2, ?3, 'creating', ?4, ?5)",
+            "INSERT INTO tenants (name, created_at_ms, key_hash, state, storage, server, \
+             incarnation) VALUES (?1, ?2, ?3, 'creating', ?4, ?5, ?6)",
             params![
                 row.name,
                 row.created_at_ms as i64,
                 row.key_hash,
                 row.storage,
-                row.server
+                row.server,
+                row.incarnation as i64
             ],
         );
         match result {

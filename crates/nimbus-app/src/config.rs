@@ -75,6 +75,9 @@ pub struct NimbusConfig {
     pub fetch: crate::fetch::FetchLimits,
     /// Where new tenants are stored unless their creation names a placement.
     pub default_storage: crate::placement::Placement,
+    /// The shared journal of SQLite tenants (`<data-dir>/journal`): `None` makes every
+    /// commit sync the tenant's own file instead.
+    pub journal: Option<JournalSettings>,
     /// The Postgres server, when tenants may be stored there.
     pub postgres: Option<crate::placement::PostgresSettings>,
 }
@@ -136,6 +139,7 @@ impl NimbusConfig {
             scheduler: crate::scheduler::SchedulerConfig::default(),
             fetch: crate::fetch::FetchLimits::default(),
             default_storage: crate::placement::Placement::Sqlite,
+            journal: Some(JournalSettings::default()),
             postgres: None,
         };
         config.set_js_workers(workers);
@@ -183,5 +187,24 @@ mod tests {
             ),
             (1, 2)
         );
+    }
+}
+
+/// The shared journal's bounds (`nimbus serve --journal-max-mib`).
+#[derive(Debug, Clone)]
+pub struct JournalSettings {
+    /// Bytes of segments on disk; past it commits of journaled tenants fail with 503 until
+    /// tenants have applied their records and old segments are deleted.
+    pub max_disk_bytes: u64,
+    /// A segment is closed (and may be deleted once applied) past this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            max_disk_bytes: 4 << 30,
+            segment_bytes: 64 << 20,
+        }
     }
 }

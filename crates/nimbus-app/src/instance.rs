@@ -79,6 +79,8 @@ pub struct Nimbus {
     /// Fetches auth providers' keys for every tenant, under the egress policy.
     key_fetcher: Arc<crate::auth::KeyFetcher>,
     fetcher: Arc<crate::fetch::Fetcher>,
+    /// The journal SQLite tenants commit through (`--journal`), shared by all of them.
+    journal: Option<Arc<nimbus_journal::Journal>>,
     /// Tenants being graduated (one graduation per tenant at a time).
     graduating: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Active tenants, tenants being activated, and tenants being deleted. The lock is held
@@ -183,6 +185,19 @@ impl Nimbus {
             )));
         }
         let storage = Backends::open(&config.data_dir, config.postgres.as_ref(), stored_servers)?;
+        let journal = match &config.journal {
+            None => None,
+            Some(settings) => {
+                let mut journal_config =
+                    nimbus_journal::JournalConfig::new(config.data_dir.join("journal"));
+                journal_config.max_disk_bytes = settings.max_disk_bytes;
+                journal_config.segment_bytes = settings.segment_bytes;
+                Some(Arc::new(
+                    nimbus_journal::Journal::open(journal_config)
+                        .map_err(|e| AppError::Internal(format!("opening the journal: {e}")))?,
+                ))
+            }
+        };
         let pool = Arc::new(
             JsPool::new(config.pool.clone())
                 .map_err(|e| AppError::Internal(format!("starting the JS pool: {e}")))?,
@@ -207,10 +222,15 @@ impl Nimbus {
             clock: std::sync::atomic::AtomicU64::new(0),
             limits_lock: tokio::sync::Mutex::new(()),
             graduating: parking_lot::Mutex::default(),
+            journal,
             config,
         });
         nimbus.finish_interrupted()?;
         nimbus.finish_retired()?;
+        let behind = nimbus.journaled_tenants_behind()?;
+        if !behind.is_empty() {
+            nimbus.catch_up_journal(behind).await;
+        }
         tokio::spawn(run_waker(Arc::downgrade(&nimbus)));
         Ok(nimbus)
     }
@@ -320,6 +340,119 @@ impl Nimbus {
         location: &Location,
     ) -> Result<Arc<dyn StorageBackend>, AppError> {
         self.backend(tenant, location)
+    }
+
+    /// The journal key of a tenant's records.
+    fn journal_key(row: &TenantRow) -> nimbus_journal::TenantKey {
+        nimbus_journal::TenantKey {
+            name: row.name.clone(),
+            incarnation: row.incarnation,
+        }
+    }
+
+    /// Tenants with journal records their storage may not have applied (after a crash),
+    /// to be caught up; records of tenants that no longer exist, or of an earlier tenant of
+    /// the same name, are forgotten here.
+    fn journaled_tenants_behind(&self) -> Result<Vec<String>, AppError> {
+        let Some(journal) = &self.journal else {
+            return Ok(Vec::new());
+        };
+        let mut open = Vec::new();
+        for (key, _) in journal.tenants_behind() {
+            match self.catalog.get(&key.name)? {
+                Some(row)
+                    if row.incarnation == key.incarnation
+                        && row
+                            .location()
+                            .is_ok_and(|l| l.placement == Placement::Sqlite) =>
+                {
+                    open.push(key.name)
+                }
+                _ => {
+                    tracing::info!(tenant = %key.name, incarnation = key.incarnation, "forgetting the journal records of a tenant that is gone");
+                    journal.forget(&key);
+                }
+            }
+        }
+        Ok(open)
+    }
+
+    /// At start, before anything is served: brings the storage of each tenant in `names`
+    /// up to the journal (without activating it: only its namespace is opened), so the
+    /// journal knows every tenant's applied position and can delete old segments again. A
+    /// tenant that fails here catches up when it next opens; its records wait for it.
+    async fn catch_up_journal(&self, names: Vec<String>) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let count = names.len();
+        for name in names {
+            let row = match self.catalog.get(&name) {
+                Ok(Some(row)) => row,
+                _ => continue,
+            };
+            let backend = match row.location().and_then(|l| self.backend(&name, &l)) {
+                Ok(backend) => backend,
+                Err(error) => {
+                    tracing::warn!(tenant = %name, %error, "cannot open a tenant to apply its journal records");
+                    continue;
+                }
+            };
+            let tenant = nimbus_engine::TenantJournal {
+                journal: journal.clone(),
+                key: Self::journal_key(&row),
+            };
+            let caught_up = tokio::task::spawn_blocking(move || {
+                let store = backend
+                    .open_namespace(&name)
+                    .map_err(nimbus_engine::EngineError::from)?;
+                tenant.catch_up(store.as_ref()).map(|lsn| (name, lsn))
+            })
+            .await;
+            match caught_up {
+                Ok(Ok((name, lsn))) => {
+                    tracing::debug!(tenant = %name, applied = lsn.0, "caught up with the journal")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "a tenant could not apply its journal records at start; it will when it opens")
+                }
+                Err(join) => tracing::warn!(%join, "a journal catch-up task failed"),
+            }
+        }
+        tracing::info!(
+            tenants = count,
+            ms = started.elapsed().as_millis() as u64,
+            "tenants caught up with the journal"
+        );
+    }
+
+    /// The shared journal's figures (`None` without `--journal`).
+    pub fn journal_stats(&self) -> Option<nimbus_journal::JournalStats> {
+        self.journal.as_ref().map(|j| j.stats())
+    }
+
+    /// What a tenant has not applied from the journal yet (`None` when it does not commit
+    /// through it).
+    pub fn journal_lag(&self, name: &str) -> Option<nimbus_journal::TenantLag> {
+        let journal = self.journal.as_ref()?;
+        let row = self.catalog.get(name).ok()??;
+        if !row
+            .location()
+            .is_ok_and(|l| l.placement == Placement::Sqlite)
+        {
+            return None;
+        }
+        Some(journal.lag(&Self::journal_key(&row)))
+    }
+
+    /// Deletes the journal segments every tenant has applied (the waker calls it).
+    fn truncate_journal(&self) {
+        if let Some(journal) = &self.journal {
+            if let Err(error) = journal.truncate() {
+                tracing::warn!(%error, "deleting applied journal segments failed");
+            }
+        }
     }
 
     /// Marks a tenant as graduating until the guard drops; 409 when it already is.
@@ -467,6 +600,7 @@ impl Nimbus {
             storage: Some(placement.name().to_string()),
             server: location.server.clone(),
             retired: None,
+            incarnation: rand::random(),
         };
         self.catalog.insert_creating(&row)?;
         let namespace = name.to_string();
@@ -567,6 +701,10 @@ impl Nimbus {
             }
         }
         self.pool.forget_tenant(name);
+        if let Some(journal) = &self.journal {
+            // Its records are dead: never replayed, and they pin no segment.
+            journal.forget(&Self::journal_key(&row));
+        }
         let namespace = name.to_string();
         tokio::task::spawn_blocking(move || storage.delete_namespace(&namespace))
             .await
@@ -772,13 +910,23 @@ impl Nimbus {
         let Some(placed) = self.catalog.get(name)? else {
             return Err(AppError::TenantNotFound(name.to_string()));
         };
-        let storage = self.backend(name, &placed.location()?)?;
+        let location = placed.location()?;
+        let storage = self.backend(name, &location)?;
         let namespace = name.to_string();
         let opener: StoreOpener = Arc::new(move || storage.open_namespace(&namespace));
+        let mut engine_config = self.engine_config_for_activation();
+        // SQLite tenants commit through the shared journal; Postgres keeps durability in
+        // its own database (a commit there is a network round trip either way).
+        if let (Some(journal), Placement::Sqlite) = (&self.journal, location.placement) {
+            engine_config.journal = Some(nimbus_engine::TenantJournal {
+                journal: journal.clone(),
+                key: Self::journal_key(&placed),
+            });
+        }
         let engine = TenantEngine::open(
             name,
             opener,
-            self.engine_config_for_activation(),
+            engine_config,
             crate::tenant::deployment_codec(),
         )
         .await
@@ -1009,6 +1157,7 @@ async fn run_waker(nimbus: std::sync::Weak<Nimbus>) {
         // while the record it had may be earlier; the next look, a second later, sees the
         // exact one rather than reopening the tenant at once.
         instance.release_idle();
+        instance.truncate_journal();
     }
 }
 

@@ -39,7 +39,7 @@ pub use action::ActionLimits;
 pub use auth::{
     check_token_offline, Algorithm as AuthAlgorithm, AuthConfig, AuthProvider, UserIdentity,
 };
-pub use config::NimbusConfig;
+pub use config::{JournalSettings, NimbusConfig};
 pub use deployment::{FunctionInfo, ModuleHash};
 pub use egress::EgressPolicy;
 pub use env::EnvChange;
@@ -55,6 +55,7 @@ pub use live::{
     SubscribeError, TooManySessions,
 };
 pub use nimbus_engine::{StorageHealth, StorageState};
+pub use nimbus_journal::{JournalStats, TenantLag};
 pub use nimbus_runtime::{CacheStats as JsCacheStats, FunctionKind};
 pub use placement::{
     redact_url, Location, Placement, PlacementPolicy, PostgresSettings, ServerOrigin,

@@ -138,6 +138,9 @@ pub struct TenantStats {
     pub limits: TenantLimits,
     /// Function calls by kind (in the order of [`crate::metrics::KINDS`]).
     pub requests: [crate::metrics::KindSnapshot; 3],
+    /// Its records in the shared journal not yet applied to its storage (`None`: it does
+    /// not commit through the journal).
+    pub journal: Option<nimbus_journal::TenantLag>,
 }
 
 impl Tenant {
@@ -400,6 +403,7 @@ impl Tenant {
             live: self.live.stats(),
             limits: self.limits(),
             requests: self.requests.snapshot(),
+            journal: self.engine.journal_lag(),
         }
     }
 }

@@ -267,6 +267,13 @@ impl TenantEngine {
         &self.name
     }
 
+    /// What this tenant has not applied from the shared journal (`None` when it does not
+    /// commit through one).
+    pub fn journal_lag(&self) -> Option<nimbus_journal::TenantLag> {
+        let journal = self.config.journal.as_ref()?;
+        Some(journal.journal.lag(&journal.key))
+    }
+
     /// The latest published snapshot. Never waits for the committer.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.published.read().clone()

@@ -65,8 +65,10 @@ impl TenantJournal {
     }
 
     /// Applies every record past the applied position stored in `store`, synced; the
-    /// applied LSN afterwards (also reported to the journal).
-    pub(crate) fn catch_up(&self, store: &dyn TenantStore) -> Result<Lsn, EngineError> {
+    /// applied LSN afterwards (also reported to the journal). Blocking. The caller makes
+    /// sure nothing else writes to the store meanwhile (a tenant's open does it; so does a
+    /// start before it serves).
+    pub fn catch_up(&self, store: &dyn TenantStore) -> Result<Lsn, EngineError> {
         let mut applied = applied(store)?;
         let from = applied;
         let mut failure: Option<EngineError> = None;
@@ -88,6 +90,7 @@ impl TenantJournal {
                     return false;
                 }
                 applied = record.lsn;
+                nimbus_journal::fault("during-catch-up");
                 true
             })
             .map_err(|e| EngineError::Storage(StorageError::Io(format!("journal replay: {e}"))))?;

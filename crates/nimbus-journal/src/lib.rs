@@ -40,6 +40,7 @@ use std::time::Duration;
 pub use error::JournalError;
 pub use format::{Record, MAX_TENANT_NAME_BYTES};
 pub use state::{JournalStats, TenantLag};
+pub use writer::fault;
 
 /// Log sequence number: a record's place in the journal. The first record is 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

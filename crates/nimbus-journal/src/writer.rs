@@ -57,9 +57,33 @@ pub(crate) fn run(shared: &Shared) {
             written.push((record.tenant.clone(), lsn, (buffer.len() - before) as u32));
         }
         let outcome = write_round(shared, &mut active, first_lsn, &buffer);
+        // A failed round is undone on disk before anyone hears of it.
+        let undone = match &outcome {
+            Ok(_) => Ok(()),
+            Err(_) => undo_round(shared, &mut active, first_lsn),
+        };
 
         let mut state = shared.state.lock();
         state.pending_bytes -= round.iter().map(|p| p.bytes).sum::<usize>();
+        let outcome = match (outcome, undone) {
+            (Err(error), Ok(())) => {
+                // Nothing of the round is in the journal: its callers fail (their commits
+                // never happened), its LSNs go to the next round, and appends go on — a
+                // full disk, once freed, needs no restart.
+                tracing::error!(%error, "a journal round failed and was undone; appends go on");
+                state.next_lsn = first_lsn;
+                drop(state);
+                shared.room.notify_all();
+                for record in round {
+                    let _ = record.reply.send(Err(error.clone()));
+                }
+                continue;
+            }
+            (Err(error), Err(undo)) => Err(JournalError::Io(format!(
+                "{error}; undoing the round failed too: {undo}"
+            ))),
+            (ok, _) => ok,
+        };
         match outcome {
             Ok((segment_first, durable)) => {
                 shared.written(&mut state, segment_first, durable, &written);
@@ -72,7 +96,7 @@ pub(crate) fn run(shared: &Shared) {
             Err(error) => {
                 // What reached the disk is unknown: refuse everything until a new open
                 // scans it.
-                tracing::error!(%error, "journal write failed; the journal refuses appends");
+                tracing::error!(%error, "journal write failed and could not be undone; the journal refuses appends until a restart");
                 state.failed = Some(error.clone());
                 let waiting: Vec<Pending> = state.pending.drain(..).collect();
                 state.pending_bytes = 0;
@@ -136,6 +160,39 @@ fn write_round(
     Ok((segment.first, segment.bytes))
 }
 
+/// After a failed round: cuts the active segment back to what was durable before it and
+/// stops appending to that file (after a failed sync, the kernel may have dropped pages it
+/// still reports as written), and removes a segment made for this round. The next round
+/// starts a new segment, at the same LSN.
+fn undo_round(
+    shared: &Shared,
+    active: &mut Option<Active>,
+    first_lsn: Lsn,
+) -> Result<(), JournalError> {
+    if let Some(segment) = active.take() {
+        segment
+            .file
+            .set_len(segment.bytes)
+            .map_err(|e| io("cutting a failed round off its segment", e))?;
+        segment
+            .file
+            .sync_all()
+            .map_err(|e| io("syncing a segment after a failed round", e))?;
+    }
+    let made_for_round = segment_path(&shared.config.dir, first_lsn);
+    if made_for_round.exists() {
+        std::fs::remove_file(&made_for_round)
+            .map_err(|e| io("removing the segment of a failed round", e))?;
+        let mut state = shared.state.lock();
+        if state.segments.back().is_some_and(|s| s.first == first_lsn) {
+            if let Some(segment) = state.segments.pop_back() {
+                state.disk_bytes -= segment.bytes;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates a segment with its header, durably (the file and its directory entry).
 fn create_segment(dir: &Path, first: Lsn) -> Result<File, JournalError> {
     let path = segment_path(dir, first);
@@ -155,11 +212,13 @@ fn create_segment(dir: &Path, first: Lsn) -> Result<File, JournalError> {
 }
 
 /// Crash tests: with `NIMBUS_JOURNAL_FAULT=<point>` the process kills itself with SIGKILL
-/// when it reaches that point (`after-append`, `after-sync`, `during-truncation`), after
-/// `NIMBUS_JOURNAL_FAULT_AFTER` earlier passes (default 0). Only in builds with the
-/// `fault-injection` feature.
+/// when it reaches that point, after `NIMBUS_JOURNAL_FAULT_AFTER` earlier passes (default
+/// 0). The journal's points are `after-append` (written, not synced), `after-sync` (synced,
+/// not yet answered, so not applied) and `during-truncation` (after deleting a segment);
+/// its users name their own. Only in builds with the `fault-injection` feature; a no-op
+/// otherwise.
 #[cfg(feature = "fault-injection")]
-pub(crate) fn fault(point: &str) {
+pub fn fault(point: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PASSES: AtomicU64 = AtomicU64::new(0);
     if std::env::var("NIMBUS_JOURNAL_FAULT").ok().as_deref() != Some(point) {
@@ -179,4 +238,4 @@ pub(crate) fn fault(point: &str) {
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub(crate) fn fault(_point: &str) {}
+pub fn fault(_point: &str) {}

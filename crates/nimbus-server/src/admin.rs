@@ -392,6 +392,11 @@ fn diagnostics_json(name: &str, stats: &nimbus_app::TenantStats) -> Json {
             "acknowledgedTs": e.latest_ts, "durableTs": e.latest_ts, "appliedTs": e.latest_ts,
             "commits": e.commits, "liveQueriesTs": stats.live.published_ts,
             "liveQueriesBehindMs": e.latest_ts.saturating_sub(stats.live.published_ts) / 1_000_000,
+            "shared": stats.journal.map(|lag| json!({
+                "unsyncedRecords": lag.records,
+                "unsyncedBytes": lag.bytes,
+                "oldestUnsyncedMs": lag.oldest.as_secs_f64() * 1000.0,
+            })),
         },
         "serving": {
             "snapshotTs": e.latest_ts,

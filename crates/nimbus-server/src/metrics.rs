@@ -64,6 +64,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         resident_bytes: resident_bytes(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         js_cache: state.nimbus.js_cache_stats(),
+        journal: state.nimbus.journal_stats(),
     };
     let body = render(&process, &shown);
     let mut response = (StatusCode::OK, body).into_response();
@@ -102,6 +103,12 @@ fn add_stats(sum: &mut TenantStats, other: &TenantStats) {
     sum.memory_bytes += other.memory_bytes;
     sum.live.sessions += other.live.sessions;
     sum.live.subscriptions += other.live.subscriptions;
+    if let Some(lag) = other.journal {
+        let folded = sum.journal.get_or_insert_with(Default::default);
+        folded.records += lag.records;
+        folded.bytes += lag.bytes;
+        folded.oldest = folded.oldest.max(lag.oldest);
+    }
     for (a, b) in sum.requests.iter_mut().zip(&other.requests) {
         a.add(b);
     }
@@ -114,6 +121,7 @@ struct Process {
     resident_bytes: Option<u64>,
     uptime_seconds: f64,
     js_cache: nimbus_app::JsCacheStats,
+    journal: Option<nimbus_app::JournalStats>,
 }
 
 /// The process's resident memory, from `/proc/self/statm` (Linux).
@@ -225,6 +233,51 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
         process.js_cache.evictions
     );
 
+    if let Some(journal) = &process.journal {
+        for (name, kind, help, value) in [
+            (
+                "nimbus_journal_disk_bytes",
+                "gauge",
+                "Bytes of the shared journal's segments on disk (--journal-max-mib).",
+                journal.disk_bytes,
+            ),
+            (
+                "nimbus_journal_segments",
+                "gauge",
+                "Segment files of the shared journal.",
+                journal.segments,
+            ),
+            (
+                "nimbus_journal_syncs_total",
+                "counter",
+                "Rounds the shared journal wrote, each one sync, since the start.",
+                journal.rounds,
+            ),
+            (
+                "nimbus_journal_records_total",
+                "counter",
+                "Commit records appended to the shared journal since the start.",
+                journal.records,
+            ),
+            (
+                "nimbus_journal_tenants_behind",
+                "gauge",
+                "Tenants with journal records not yet synced to their own storage.",
+                journal.tenants_behind,
+            ),
+        ] {
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+    per_tenant(
+        &mut out,
+        tenants,
+        "nimbus_tenant_journal_unsynced_records",
+        "gauge",
+        "Journal records of the tenant applied to its storage but not yet synced there (0 when it does not commit through the journal).",
+        |s| s.journal.map_or(0.0, |lag| lag.records as f64),
+    );
     per_tenant(
         &mut out,
         tenants,

@@ -148,6 +148,18 @@ struct ServeArgs {
     /// runtimes; its next request reopens it. 0: never.
     #[arg(long, default_value_t = 300)]
     tenant_idle_secs: u64,
+    /// Commit each SQLite tenant with a sync of its own file, instead of through the shared
+    /// journal (`<data-dir>/journal`), where the commits of all tenants share one sync.
+    #[arg(long)]
+    no_journal: bool,
+    /// Most bytes the shared journal's segments may hold on disk, in MiB; past it, commits
+    /// of SQLite tenants fail with 503 until tenants have synced their records.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    journal_max_mib: u64,
+    /// Size of one journal segment file, in MiB: segments are deleted whole, once every
+    /// tenant with records in them has synced them to its own storage.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    journal_segment_mib: u64,
     /// Memory budget of all active tenants together, in MiB (each counted as 4 MiB
     /// plus its resident data, cached results and subscriptions). Activations close idle
     /// tenants to stay within it, or get 503 when all are busy (default: half the
@@ -324,6 +336,9 @@ fn main() -> Result<()> {
                 query_cache_mib,
                 max_active_tenants,
                 tenant_idle_secs,
+                no_journal,
+                journal_max_mib,
+                journal_segment_mib,
                 max_memory_mib,
                 max_concurrent_activations,
                 max_connections_per_tenant,
@@ -420,6 +435,10 @@ fn main() -> Result<()> {
             config.max_active_tenants = max_active_tenants.max(1);
             config.idle_release =
                 (tenant_idle_secs > 0).then(|| Duration::from_secs(tenant_idle_secs));
+            config.journal = (!no_journal).then_some(nimbus_app::JournalSettings {
+                max_disk_bytes: journal_max_mib << 20,
+                segment_bytes: journal_segment_mib << 20,
+            });
             if let Some(mib) = max_memory_mib {
                 config.instance_memory_bytes = mib.max(1) << 20;
             }
