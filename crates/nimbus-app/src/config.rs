@@ -75,8 +75,8 @@ pub struct NimbusConfig {
     pub fetch: crate::fetch::FetchLimits,
     /// Where new tenants are stored unless their creation names a placement.
     pub default_storage: crate::placement::Placement,
-    /// The shared journal of SQLite tenants (`<data-dir>/journal`): `None` makes every
-    /// commit sync the tenant's own file instead.
+    /// The shared journal of SQLite tenants (`<data-dir>/journal`, `--journal`): `None`
+    /// (the default) makes every commit sync the tenant's own file instead.
     pub journal: Option<JournalSettings>,
     /// The Postgres server, when tenants may be stored there.
     pub postgres: Option<crate::placement::PostgresSettings>,
@@ -139,7 +139,7 @@ impl NimbusConfig {
             scheduler: crate::scheduler::SchedulerConfig::default(),
             fetch: crate::fetch::FetchLimits::default(),
             default_storage: crate::placement::Placement::Sqlite,
-            journal: Some(JournalSettings::default()),
+            journal: None,
             postgres: None,
         };
         config.set_js_workers(workers);

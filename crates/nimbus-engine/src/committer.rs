@@ -179,9 +179,10 @@ pub(crate) struct CommitterState {
     pub mirror: Option<crate::relocate::SharedMirror>,
     /// Commits go through the shared journal (`journaled.rs`).
     pub journal: Option<crate::journaled::TenantJournal>,
-    /// The last journal record applied to storage but not yet synced there.
+    /// The last journal record applied to storage but not yet synced there, and when the
+    /// first of those unsynced records was applied.
     pub unsynced: Option<nimbus_journal::Lsn>,
-    pub last_sync: std::time::Instant,
+    pub unsynced_since: std::time::Instant,
 }
 
 /// How a message is answered once its group is published, or when the group fails.
@@ -236,7 +237,7 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, mut state: Com
                 // nothing more arrives.
                 let due = state
                     .unsynced
-                    .map(|_| state.last_sync + crate::journaled::SYNC_EVERY);
+                    .map(|_| state.unsynced_since + crate::journaled::SYNC_EVERY);
                 let received = match due {
                     Some(due) => tokio::select! {
                         message = rx.recv() => message,
@@ -286,7 +287,9 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<CommitterMessage>, mut state: Com
         );
         if process_batch(&mut batch, &mut state).await.is_err() {
             backoff = REOPEN_FIRST;
-        } else if state.last_sync.elapsed() >= crate::journaled::SYNC_EVERY {
+        } else if state.unsynced.is_some()
+            && state.unsynced_since.elapsed() >= crate::journaled::SYNC_EVERY
+        {
             sync_storage(&mut state).await;
         }
     }
@@ -300,7 +303,6 @@ async fn sync_storage(state: &mut CommitterState) {
     };
     let store = state.store.read().clone();
     let synced = tokio::task::spawn_blocking(move || store.sync()).await;
-    state.last_sync = std::time::Instant::now();
     match synced {
         Ok(Ok(())) => {
             journal.journal.set_applied(&journal.key, lsn);
@@ -620,6 +622,9 @@ async fn process_batch(
         let failure = match write {
             Ok(Ok((written, lsn))) => {
                 if lsn.is_some() {
+                    if state.unsynced.is_none() {
+                        state.unsynced_since = std::time::Instant::now();
+                    }
                     state.unsynced = lsn;
                 }
                 keep_mirrored(state, written);

@@ -242,7 +242,7 @@ impl TenantEngine {
             mirror: None,
             journal: config.journal.clone(),
             unsynced: None,
-            last_sync: std::time::Instant::now(),
+            unsynced_since: std::time::Instant::now(),
         };
         tokio::spawn(committer::run(receiver, state));
         Ok(Arc::new(TenantEngine {

@@ -7,9 +7,12 @@
 //! own ([`TenantStore::write_unsynced`]), with the journal position it came from in the
 //! same transaction (the global [`APPLIED_GLOBAL`]), and only then publishes and answers —
 //! so storage holds every published commit, as without a journal, and readers served from
-//! storage see nothing new. At most every [`SYNC_EVERY`], and when the committer stops,
-//! [`TenantStore::sync`] makes the applied batches durable in storage and the journal is
-//! told the tenant's applied position, which lets it delete old segments.
+//! storage see nothing new. [`SYNC_EVERY`] after the first unsynced batch, and when the
+//! committer stops, [`TenantStore::sync`] makes the applied batches durable in storage and
+//! the journal is told the tenant's applied position, which lets it delete old segments.
+//! Syncing sooner would cost a tenant that commits about once a second a second sync per
+//! commit (measured: it doubled the p99 of 1,000 such tenants); later only keeps more
+//! journal on disk and more to apply after a crash.
 //!
 //! Opening the tenant (and reopening it after a storage failure) first *catches up*: every
 //! journal record of this tenant past the applied position stored in its namespace is
@@ -31,8 +34,8 @@ use crate::error::EngineError;
 /// The global holding the last journal LSN applied to a tenant's storage.
 pub const APPLIED_GLOBAL: &str = "nimbus.journal.applied";
 
-/// The longest a tenant's applied batches stay unsynced in its storage while it commits.
-pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// The longest a tenant's applied batches stay unsynced in its storage.
+pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(10);
 
 /// A tenant's place in the shared journal: the journal and the key its records carry.
 #[derive(Clone)]

@@ -148,16 +148,18 @@ struct ServeArgs {
     /// runtimes; its next request reopens it. 0: never.
     #[arg(long, default_value_t = 300)]
     tenant_idle_secs: u64,
-    /// Commit each SQLite tenant with a sync of its own file, instead of through the shared
-    /// journal (`<data-dir>/journal`), where the commits of all tenants share one sync.
+    /// Commit SQLite tenants through the shared journal (`<data-dir>/journal`), where the
+    /// commits of all tenants share one sync, instead of a sync of each tenant's own file.
+    /// Off by default: it pays where a sync is slow and many tenants commit at once; on a
+    /// disk whose sync takes ~0.1 ms it costs more than it saves (BENCHMARKS.md).
     #[arg(long)]
-    no_journal: bool,
-    /// Most bytes the shared journal's segments may hold on disk, in MiB; past it, commits
-    /// of SQLite tenants fail with 503 until tenants have synced their records.
+    journal: bool,
+    /// With --journal: most bytes its segments may hold on disk, in MiB; past it, commits of
+    /// SQLite tenants fail with 503 until tenants have synced their records.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
     journal_max_mib: u64,
-    /// Size of one journal segment file, in MiB: segments are deleted whole, once every
-    /// tenant with records in them has synced them to its own storage.
+    /// With --journal: the size of one segment file, in MiB; segments are deleted whole,
+    /// once every tenant with records in them has synced them to its own storage.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     journal_segment_mib: u64,
     /// Memory budget of all active tenants together, in MiB (each counted as 4 MiB
@@ -336,7 +338,7 @@ fn main() -> Result<()> {
                 query_cache_mib,
                 max_active_tenants,
                 tenant_idle_secs,
-                no_journal,
+                journal,
                 journal_max_mib,
                 journal_segment_mib,
                 max_memory_mib,
@@ -435,7 +437,7 @@ fn main() -> Result<()> {
             config.max_active_tenants = max_active_tenants.max(1);
             config.idle_release =
                 (tenant_idle_secs > 0).then(|| Duration::from_secs(tenant_idle_secs));
-            config.journal = (!no_journal).then_some(nimbus_app::JournalSettings {
+            config.journal = journal.then_some(nimbus_app::JournalSettings {
                 max_disk_bytes: journal_max_mib << 20,
                 segment_bytes: journal_segment_mib << 20,
             });

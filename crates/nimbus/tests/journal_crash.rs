@@ -41,7 +41,7 @@ impl Nimbus {
             ])
             .arg(data)
             // Small segments, so truncation runs within the test.
-            .args(["--journal-segment-mib", "1"])
+            .args(["--journal", "--journal-segment-mib", "1"])
             .env("NIMBUS_ADMIN_KEY", admin_key)
             .env(
                 "RUST_LOG",
