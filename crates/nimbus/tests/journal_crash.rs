@@ -365,42 +365,69 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn crashes_at_every_journal_fault_point_lose_nothing_acknowledged() {
+/// A started server with `count` tenants `<prefix>0..` holding the e2e app (the CLI writes
+/// the push once; it is replayed to every tenant); the push template for more.
+struct Setup {
+    data: tempfile::TempDir,
+    _work: tempfile::TempDir,
+    port: u16,
+    key: String,
+    http: reqwest::Client,
+    server: Nimbus,
+    tenants: Vec<String>,
+    template: Json,
+}
+
+async fn setup(prefix: &str, count: usize) -> Setup {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
-    let key = format!("journal-crash-test-{:032x}", rand::random::<u128>());
+    let key = format!("journal-test-{prefix}-{:032x}", rand::random::<u128>());
     let http = reqwest::Client::new();
-
     let mut server = Nimbus::start(data.path(), port, &key, None);
     assert!(server.healthy().await);
+    let first_name = format!("{prefix}0");
     let first = server
         .admin(
             reqwest::Method::POST,
             "/admin/tenants",
-            Some(json!({"name": "t0"})),
+            Some(json!({"name": first_name})),
         )
         .await;
-    let template = push_request(
-        &server,
+    let (url, admin_key) = (
         first["url"].as_str().unwrap(),
         first["adminKey"].as_str().unwrap(),
-        work.path(),
     );
-    push(
-        &http,
-        first["url"].as_str().unwrap(),
-        first["adminKey"].as_str().unwrap(),
-        &template,
-    )
-    .await;
-    let mut tenants = vec!["t0".to_string()];
-    for i in 1..TENANTS {
-        let name = format!("t{i}");
+    let template = push_request(&server, url, admin_key, work.path());
+    push(&http, url, admin_key, &template).await;
+    let mut tenants = vec![first_name];
+    for i in 1..count {
+        let name = format!("{prefix}{i}");
         tenant_with_app(&server, &http, &name, &template).await;
         tenants.push(name);
     }
+    Setup {
+        data,
+        _work: work,
+        port,
+        key,
+        http,
+        server,
+        tenants,
+        template,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crashes_at_every_journal_fault_point_lose_nothing_acknowledged() {
+    let Setup {
+        data,
+        port,
+        key,
+        server,
+        tenants,
+        ..
+    } = setup("t", TENANTS).await;
     drop(server);
 
     // Each round: the fault point the writers run into (after how many passes: truncation
@@ -466,41 +493,44 @@ async fn crashes_at_every_journal_fault_point_lose_nothing_acknowledged() {
     drop(data);
 }
 
+/// The tenant `again` holds no row of the writers `earlier` (its deleted predecessors').
+async fn none_of(
+    http: &reqwest::Client,
+    base: &str,
+    earlier: std::ops::RangeInclusive<u64>,
+    what: &str,
+) {
+    for writer in earlier {
+        let rows = call(
+            http,
+            base,
+            "again",
+            "query",
+            "durability:rows",
+            json!({"writer": writer}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            json!([]),
+            "{what}: the new tenant has writer {writer}'s rows"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_deleted_and_created_again_under_load_starts_empty() {
-    let data = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let key = format!("journal-recreate-test-{:032x}", rand::random::<u128>());
-    let http = reqwest::Client::new();
-    let mut server = Nimbus::start(data.path(), port, &key, None);
-    assert!(server.healthy().await);
-    let first = server
-        .admin(
-            reqwest::Method::POST,
-            "/admin/tenants",
-            Some(json!({"name": "keep0"})),
-        )
-        .await;
-    let template = push_request(
-        &server,
-        first["url"].as_str().unwrap(),
-        first["adminKey"].as_str().unwrap(),
-        work.path(),
-    );
-    push(
-        &http,
-        first["url"].as_str().unwrap(),
-        first["adminKey"].as_str().unwrap(),
-        &template,
-    )
-    .await;
-    let mut keep = vec!["keep0".to_string()];
-    for i in 1..8 {
-        let name = format!("keep{i}");
-        tenant_with_app(&server, &http, &name, &template).await;
-        keep.push(name);
-    }
+    let Setup {
+        data,
+        port,
+        key,
+        http,
+        mut server,
+        tenants: keep,
+        template,
+        ..
+    } = setup("keep", 8).await;
     tenant_with_app(&server, &http, "again", &template).await;
 
     // Writers on every tenant; `again` is deleted under its writer, created again at once
@@ -526,23 +556,13 @@ async fn a_tenant_deleted_and_created_again_under_load_starts_empty() {
             "cycle {cycle}: the old tenant took writes"
         );
         tenant_with_app(&server, &http, "again", &template).await;
-        for earlier in 100..=100 + cycle {
-            let rows = call(
-                &http,
-                &server.base(),
-                "again",
-                "query",
-                "durability:rows",
-                json!({"writer": earlier}),
-            )
-            .await
-            .unwrap();
-            assert_eq!(
-                rows,
-                json!([]),
-                "cycle {cycle}: the new tenant has writer {earlier}'s rows"
-            );
-        }
+        none_of(
+            &http,
+            &server.base(),
+            100..=100 + cycle,
+            &format!("cycle {cycle}"),
+        )
+        .await;
     }
     let fresh_stop = Arc::new(AtomicBool::new(false));
     let fresh = tokio::spawn(write_all(
@@ -573,23 +593,7 @@ async fn a_tenant_deleted_and_created_again_under_load_starts_empty() {
         "the new tenant after the crash",
     )
     .await;
-    for earlier in 100..103 {
-        let rows = call(
-            &http,
-            &server.base(),
-            "again",
-            "query",
-            "durability:rows",
-            json!({"writer": earlier}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            rows,
-            json!([]),
-            "after the crash the new tenant has writer {earlier}'s rows"
-        );
-    }
+    none_of(&http, &server.base(), 100..=102, "after the crash").await;
     journal_settles(&server, "recreate").await;
     let _ = &server.data;
 }
