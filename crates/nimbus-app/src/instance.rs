@@ -432,20 +432,6 @@ impl Nimbus {
         self.journal.as_ref().map(|j| j.stats())
     }
 
-    /// What a tenant has not applied from the journal yet (`None` when it does not commit
-    /// through it).
-    pub fn journal_lag(&self, name: &str) -> Option<nimbus_journal::TenantLag> {
-        let journal = self.journal.as_ref()?;
-        let row = self.catalog.get(name).ok()??;
-        if !row
-            .location()
-            .is_ok_and(|l| l.placement == Placement::Sqlite)
-        {
-            return None;
-        }
-        Some(journal.lag(&Self::journal_key(&row)))
-    }
-
     /// Deletes the journal segments every tenant has applied (the waker calls it).
     fn truncate_journal(&self) {
         if let Some(journal) = &self.journal {
