@@ -123,7 +123,7 @@ impl Drop for Nimbus {
 }
 
 /// The e2e app's push, as the official CLI makes it, written to a file instead of sent.
-fn push_request(server: &Nimbus, url: &str, key: &str, dir: &Path) -> Json {
+fn push_request(url: &str, key: &str, dir: &Path) -> Json {
     let e2e = common::repo_root().join("tests/e2e");
     let cli = e2e.join("node_modules/convex/bin/main.js");
     assert!(
@@ -132,9 +132,13 @@ fn push_request(server: &Nimbus, url: &str, key: &str, dir: &Path) -> Json {
         cli.display()
     );
     let out = dir.join("push-request");
-    let output = Command::new("node")
-        .arg(&cli)
-        .args([
+    let out_arg = out.to_string_lossy().into_owned();
+    common::convex_cli(
+        &cli,
+        &e2e.join("app"),
+        url,
+        key,
+        &[
             "deploy",
             "--yes",
             "--typecheck",
@@ -143,20 +147,9 @@ fn push_request(server: &Nimbus, url: &str, key: &str, dir: &Path) -> Json {
             "disable",
             "--push-all-modules",
             "--write-push-request",
-        ])
-        .arg(&out)
-        .current_dir(e2e.join("app"))
-        .env_remove("CONVEX_DEPLOYMENT")
-        .env("CONVEX_SELF_HOSTED_URL", url)
-        .env("CONVEX_SELF_HOSTED_ADMIN_KEY", key)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "writing the push request failed ({}):\n{}{}",
-        server.base(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+            &out_arg,
+        ],
+        "writing the push request",
     );
     serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap()
 }
@@ -357,14 +350,6 @@ async fn journal_settles(server: &Nimbus, what: &str) -> Json {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A started server with `count` tenants `<prefix>0..` holding the e2e app (the CLI writes
 /// the push once; it is replayed to every tenant); the push template for more.
 struct Setup {
@@ -381,7 +366,7 @@ struct Setup {
 async fn setup(prefix: &str, count: usize) -> Setup {
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let key = format!("journal-test-{prefix}-{:032x}", rand::random::<u128>());
     let http = reqwest::Client::new();
     let mut server = Nimbus::start(data.path(), port, &key, None);
@@ -398,7 +383,7 @@ async fn setup(prefix: &str, count: usize) -> Setup {
         first["url"].as_str().unwrap(),
         first["adminKey"].as_str().unwrap(),
     );
-    let template = push_request(&server, url, admin_key, work.path());
+    let template = push_request(url, admin_key, work.path());
     push(&http, url, admin_key, &template).await;
     let mut tenants = vec![first_name];
     for i in 1..count {

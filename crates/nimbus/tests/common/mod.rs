@@ -36,7 +36,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -139,9 +139,29 @@ pub fn deploy(project: &Path, url: &str, admin_key: &str) {
         "{} is missing: run `npm ci` in examples/pos (scripts/test.sh does)",
         cli.display()
     );
+    convex_cli(
+        &cli,
+        project,
+        url,
+        admin_key,
+        &["deploy", "--yes", "--typecheck", "disable"],
+        "convex deploy",
+    );
+}
+
+/// Runs the official CLI at `cli` in `project` against the tenant at `url`; asserts it
+/// succeeded (`what` names the step in the failure message, with the CLI's output).
+pub fn convex_cli(
+    cli: &Path,
+    project: &Path,
+    url: &str,
+    admin_key: &str,
+    args: &[&str],
+    what: &str,
+) {
     let output = Command::new("node")
-        .arg(&cli)
-        .args(["deploy", "--yes", "--typecheck", "disable"])
+        .arg(cli)
+        .args(args)
         .current_dir(project)
         .env_remove("CONVEX_DEPLOYMENT")
         .env("CONVEX_SELF_HOSTED_URL", url)
@@ -150,7 +170,7 @@ pub fn deploy(project: &Path, url: &str, admin_key: &str) {
         .unwrap();
     assert!(
         output.status.success(),
-        "convex deploy failed:\n{}{}",
+        "{what} failed ({url}):\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
