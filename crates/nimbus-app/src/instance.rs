@@ -353,7 +353,7 @@ impl Nimbus {
     /// Tenants with journal records their storage may not have applied (after a crash),
     /// to be caught up; records of tenants that no longer exist, or of an earlier tenant of
     /// the same name, are forgotten here.
-    fn journaled_tenants_behind(&self) -> Result<Vec<String>, AppError> {
+    fn journaled_tenants_behind(&self) -> Result<Vec<TenantRow>, AppError> {
         let Some(journal) = &self.journal else {
             return Ok(Vec::new());
         };
@@ -366,7 +366,7 @@ impl Nimbus {
                             .location()
                             .is_ok_and(|l| l.placement == Placement::Sqlite) =>
                 {
-                    open.push(key.name)
+                    open.push(row)
                 }
                 _ => {
                     tracing::info!(tenant = %key.name, incarnation = key.incarnation, "forgetting the journal records of a tenant that is gone");
@@ -377,21 +377,18 @@ impl Nimbus {
         Ok(open)
     }
 
-    /// At start, before anything is served: brings the storage of each tenant in `names`
+    /// At start, before anything is served: brings the storage of each tenant in `rows`
     /// up to the journal (without activating it: only its namespace is opened), so the
     /// journal knows every tenant's applied position and can delete old segments again. A
     /// tenant that fails here catches up when it next opens; its records wait for it.
-    async fn catch_up_journal(&self, names: Vec<String>) {
+    async fn catch_up_journal(&self, rows: Vec<TenantRow>) {
         let Some(journal) = self.journal.clone() else {
             return;
         };
         let started = std::time::Instant::now();
-        let count = names.len();
-        for name in names {
-            let row = match self.catalog.get(&name) {
-                Ok(Some(row)) => row,
-                _ => continue,
-            };
+        let count = rows.len();
+        for row in rows {
+            let name = row.name.clone();
             let backend = match row.location().and_then(|l| self.backend(&name, &l)) {
                 Ok(backend) => backend,
                 Err(error) => {

@@ -56,6 +56,13 @@ struct TenantState {
     dead: bool,
 }
 
+impl TenantState {
+    /// Live, with records not yet applied (or not known applied since the open).
+    fn behind(&self) -> bool {
+        !self.dead && (self.applied.is_none() || !self.unapplied.is_empty())
+    }
+}
+
 pub(crate) struct State {
     pub pending: VecDeque<Pending>,
     pub pending_bytes: usize,
@@ -304,7 +311,7 @@ impl Shared {
         let mut behind: Vec<(TenantKey, Lsn)> = state
             .tenants
             .iter()
-            .filter(|(_, t)| !t.dead && (t.applied.is_none() || !t.unapplied.is_empty()))
+            .filter(|(_, t)| t.behind())
             .filter_map(|(key, t)| t.last.map(|last| (key.clone(), last)))
             .collect();
         behind.sort();
@@ -378,11 +385,7 @@ impl Shared {
             pending_bytes: state.pending_bytes as u64,
             next_lsn: state.next_lsn.0,
             deleted_segments: state.deleted_segments,
-            tenants_behind: state
-                .tenants
-                .values()
-                .filter(|t| !t.dead && (t.applied.is_none() || !t.unapplied.is_empty()))
-                .count() as u64,
+            tenants_behind: state.tenants.values().filter(|t| t.behind()).count() as u64,
         }
     }
 
