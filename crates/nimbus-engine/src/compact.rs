@@ -31,6 +31,7 @@
 use std::fmt;
 
 use nimbus_types::value::MAX_VALUE_DEPTH;
+use nimbus_types::wire::{self, write_bytes, write_varint};
 use nimbus_types::{Object, Value};
 
 const NULL: u8 = 0;
@@ -83,12 +84,11 @@ pub(crate) fn encode_document(doc: &Object, self_id: &str) -> Vec<u8> {
 /// Decodes what [`encode_document`] wrote; `self_id` is the document's ID text.
 pub(crate) fn decode_document(bytes: &[u8], self_id: &str) -> Result<Object, CompactError> {
     let mut reader = Reader {
-        bytes,
-        pos: 0,
+        wire: wire::Reader::new(bytes),
         self_id,
     };
     let fields = reader.fields(1)?;
-    if reader.pos != bytes.len() {
+    if !reader.wire.is_at_end() {
         return Err(reader.error("trailing bytes"));
     }
     Ok(fields)
@@ -155,81 +155,32 @@ fn unzigzag(u: u64) -> i64 {
     ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 
-fn write_varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn write_bytes(bytes: &[u8], out: &mut Vec<u8>) {
-    write_varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
-}
-
 struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+    wire: wire::Reader<'a>,
     self_id: &'a str,
+}
+
+impl From<wire::WireError> for CompactError {
+    fn from(e: wire::WireError) -> CompactError {
+        CompactError {
+            at: e.at,
+            what: e.what,
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
     fn error(&self, what: &'static str) -> CompactError {
-        CompactError { at: self.pos, what }
-    }
-
-    fn byte(&mut self) -> Result<u8, CompactError> {
-        let byte = *self
-            .bytes
-            .get(self.pos)
-            .ok_or_else(|| self.error("truncated"))?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], CompactError> {
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| self.error("a length runs past the end"))?;
-        let taken = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(taken)
-    }
-
-    fn varint(&mut self) -> Result<u64, CompactError> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(self.error("varint overflows 64 bits"));
-            }
-            n |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(self.error("varint longer than 10 bytes"))
-    }
-
-    /// A length or count: every counted item takes at least one byte, so a count larger
-    /// than the bytes left is corrupt (and never sizes an allocation).
-    fn count(&mut self) -> Result<usize, CompactError> {
-        let n = self.varint()?;
-        let left = self.bytes.len() - self.pos;
-        match usize::try_from(n) {
-            Ok(n) if n <= left => Ok(n),
-            _ => Err(self.error("a count exceeds the bytes left")),
+        CompactError {
+            at: self.wire.pos(),
+            what,
         }
     }
 
     fn string(&mut self) -> Result<String, CompactError> {
-        let len = self.count()?;
-        let at = self.pos;
-        let bytes = self.take(len)?;
+        let len = self.wire.count(1)?;
+        let at = self.wire.pos();
+        let bytes = self.wire.take(len)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_string()),
             Err(_) => Err(CompactError {
@@ -243,10 +194,10 @@ impl<'a> Reader<'a> {
         if depth > MAX_VALUE_DEPTH {
             return Err(self.error("nested deeper than values may be"));
         }
-        let count = self.count()?;
+        let count = self.wire.count(1)?;
         let mut fields = Object::new();
         for _ in 0..count {
-            let at = self.pos;
+            let at = self.wire.pos();
             let name = self.string()?;
             if fields
                 .last_key_value()
@@ -265,20 +216,15 @@ impl<'a> Reader<'a> {
 
     /// A value inside a container at `depth`.
     fn value(&mut self, depth: usize) -> Result<Value, CompactError> {
-        let tag = self.byte()?;
+        let tag = self.wire.byte()?;
         Ok(match tag {
             NULL => Value::Null,
             FALSE => Value::Boolean(false),
             TRUE => Value::Boolean(true),
-            INT64 => Value::Int64(unzigzag(self.varint()?)),
-            FLOAT64 => {
-                let raw = self.take(8)?;
-                let mut bits = [0u8; 8];
-                bits.copy_from_slice(raw);
-                Value::Float64(f64::from_bits(u64::from_le_bytes(bits)))
-            }
+            INT64 => Value::Int64(unzigzag(self.wire.varint()?)),
+            FLOAT64 => Value::Float64(f64::from_bits(self.wire.u64_le()?)),
             FLOAT_INTEGRAL => {
-                let i = unzigzag(self.varint()?);
+                let i = unzigzag(self.wire.varint()?);
                 let f = i as f64;
                 if f.abs() >= FLOAT_INTEGRAL_MAX {
                     return Err(self.error("an integral float64 out of range"));
@@ -286,15 +232,12 @@ impl<'a> Reader<'a> {
                 Value::Float64(f)
             }
             STRING => Value::String(self.string()?),
-            BYTES => {
-                let len = self.count()?;
-                Value::Bytes(self.take(len)?.to_vec())
-            }
+            BYTES => Value::Bytes(self.wire.bytes()?.to_vec()),
             ARRAY => {
                 if depth + 1 > MAX_VALUE_DEPTH {
                     return Err(self.error("nested deeper than values may be"));
                 }
-                let count = self.count()?;
+                let count = self.wire.count(1)?;
                 let mut items = Vec::with_capacity(count);
                 for _ in 0..count {
                     items.push(self.value(depth + 1)?);
@@ -304,8 +247,10 @@ impl<'a> Reader<'a> {
             OBJECT => Value::Object(self.fields(depth + 1)?),
             SELF_ID => Value::String(self.self_id.to_string()),
             _ => {
-                self.pos -= 1;
-                return Err(self.error("unknown tag"));
+                return Err(CompactError {
+                    at: self.wire.pos() - 1,
+                    what: "unknown tag",
+                })
             }
         })
     }

@@ -10,7 +10,7 @@
 //! the receipts (count, then key and body); and `expire_receipts_before` (flag byte, then
 //! u64 little-endian). Nothing may follow.
 
-use nimbus_types::{TableNumber, Timestamp};
+use nimbus_types::{wire, TableNumber, Timestamp};
 
 use crate::{
     decode_document_id, encode_document_id, DocumentWrite, IndexNumber, IndexWrite, Receipt,
@@ -77,7 +77,9 @@ pub fn encode_batch(batch: &WriteBatch) -> Vec<u8> {
 
 /// Decodes what [`encode_batch`] wrote; anything else is [`StorageError::Corrupted`].
 pub fn decode_batch(bytes: &[u8]) -> Result<WriteBatch, StorageError> {
-    let mut r = Reader { bytes, at: 0 };
+    let mut r = Reader {
+        wire: wire::Reader::new(bytes),
+    };
     let version = r.byte()?;
     if version != VERSION {
         return Err(r.error(format!("batch encoding version {version}")));
@@ -137,8 +139,11 @@ pub fn decode_batch(bytes: &[u8]) -> Result<WriteBatch, StorageError> {
         1 => Some(Timestamp(r.u64_le()?)),
         other => return Err(r.error(format!("expiry flag {other}"))),
     };
-    if r.at != bytes.len() {
-        return Err(r.error(format!("{} bytes after the batch", bytes.len() - r.at)));
+    if !r.wire.is_at_end() {
+        return Err(r.error(format!(
+            "{} bytes after the batch",
+            bytes.len() - r.wire.pos()
+        )));
     }
     Ok(batch)
 }
@@ -152,25 +157,16 @@ fn batch_size_hint(batch: &WriteBatch) -> usize {
     documents + batch.indexes.len() * 48
 }
 
-fn put_u64(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let low = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
+fn put_u64(out: &mut Vec<u8>, n: u64) {
+    wire::write_varint(n, out);
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) {
-    put_u64(out, n as u64);
+    wire::write_varint(n as u64, out);
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_len(out, bytes.len());
-    out.extend_from_slice(bytes);
+    wire::write_bytes(bytes, out);
 }
 
 fn put_optional(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
@@ -183,54 +179,37 @@ fn put_optional(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     }
 }
 
+/// [`wire::Reader`] with this codec's errors and its few composite reads.
 struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+    wire: wire::Reader<'a>,
+}
+
+fn wire_error(e: wire::WireError) -> StorageError {
+    corrupted(e.at, e.what)
+}
+
+fn corrupted(at: usize, detail: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupted {
+        namespace: String::new(),
+        detail: format!("journaled batch at byte {at}: {detail}"),
+    }
 }
 
 impl<'a> Reader<'a> {
     fn error(&self, detail: String) -> StorageError {
-        StorageError::Corrupted {
-            namespace: String::new(),
-            detail: format!("journaled batch at byte {}: {detail}", self.at),
-        }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| self.error(format!("{n} bytes past the end")))?;
-        let taken = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(taken)
+        corrupted(self.wire.pos(), detail)
     }
 
     fn byte(&mut self) -> Result<u8, StorageError> {
-        Ok(self.take(1)?[0])
+        self.wire.byte().map_err(wire_error)
     }
 
     fn u64_le(&mut self) -> Result<u64, StorageError> {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(word))
+        self.wire.u64_le().map_err(wire_error)
     }
 
     fn u64(&mut self) -> Result<u64, StorageError> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(self.error("integer overflows 64 bits".into()));
-            }
-            n |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(self.error("integer longer than 10 bytes".into()))
+        self.wire.varint().map_err(wire_error)
     }
 
     fn u32(&mut self) -> Result<u32, StorageError> {
@@ -238,21 +217,13 @@ impl<'a> Reader<'a> {
         u32::try_from(n).map_err(|_| self.error(format!("{n} does not fit 32 bits")))
     }
 
-    /// A count of items, each at least `min_item_bytes` long: never more than the bytes
-    /// left could hold, so a corrupt count cannot make the reader reserve memory.
+    /// A count of items, each at least `min_item_bytes` long.
     fn len(&mut self, min_item_bytes: usize) -> Result<usize, StorageError> {
-        let n = self.u64()?;
-        let left = (self.bytes.len() - self.at) / min_item_bytes.max(1);
-        usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= left)
-            .ok_or_else(|| self.error(format!("count {n} with {left} items' bytes left")))
+        self.wire.count(min_item_bytes).map_err(wire_error)
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], StorageError> {
-        let n = self.u64()?;
-        let n = usize::try_from(n).map_err(|_| self.error(format!("length {n}")))?;
-        self.take(n)
+        self.wire.bytes().map_err(wire_error)
     }
 
     fn optional(&mut self) -> Result<Option<Vec<u8>>, StorageError> {
@@ -264,7 +235,7 @@ impl<'a> Reader<'a> {
     }
 
     fn id(&mut self) -> Result<nimbus_types::DocumentId, StorageError> {
-        let bytes = self.take(20)?;
+        let bytes = self.wire.take(20).map_err(wire_error)?;
         decode_document_id(bytes).ok_or_else(|| self.error("document ID".into()))
     }
 }

@@ -18,6 +18,7 @@ pub mod schema;
 pub mod timestamp;
 pub mod validator;
 pub mod value;
+pub mod wire;
 
 pub use error::TypesError;
 pub use id::{DocumentId, IdCodec, TableNumber};
