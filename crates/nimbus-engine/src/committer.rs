@@ -177,8 +177,9 @@ pub(crate) struct CommitterState {
     pub recent: Arc<parking_lot::Mutex<RecentSnapshots>>,
     /// While the tenant is being moved: a copy of every batch written (`relocate.rs`).
     pub mirror: Option<crate::relocate::SharedMirror>,
-    /// Commits go through the shared journal (`journaled.rs`).
-    pub journal: Option<crate::journaled::TenantJournal>,
+    /// Commits go through the shared journal (`journaled.rs`). Shared, so a group commit
+    /// hands it to its blocking task without copying the tenant's key.
+    pub journal: Option<Arc<crate::journaled::TenantJournal>>,
     /// The last journal record applied to storage but not yet synced there, and when the
     /// first of those unsynced records was applied.
     pub unsynced: Option<nimbus_journal::Lsn>,

@@ -240,7 +240,7 @@ impl TenantEngine {
             last_expiry: std::time::Instant::now(),
             staging: None,
             mirror: None,
-            journal: config.journal.clone(),
+            journal: config.journal.clone().map(Arc::new),
             unsynced: None,
             unsynced_since: std::time::Instant::now(),
         };
