@@ -300,7 +300,7 @@ async fn scenario() {
     // Nothing is surfaced to the caller: no error, no state but the socket's. Meanwhile no
     // result reaches the client: its subscription keeps the last value it had (the server
     // never serves the refused caller as anonymous, nor as the previous user), and a
-    // one-shot query stays unanswered.
+    // one-shot query gets no result.
     //
     // The client is not given a valid token afterwards: while its socket keeps failing,
     // convex 0.10.4 handles the caller's requests (`set_auth` included) only in the rare
@@ -341,8 +341,16 @@ async fn scenario() {
     if let Ok(v) = no_change {
         panic!("a result reached a client whose token was refused: {v:?}");
     }
-    if let Ok(answer) = refused_query {
-        panic!("a one-shot query was answered under a refused token: {answer:?}");
+    // "Unanswered" has two forms, both fine: the query is still pending when the watch
+    // ends, or the client fails it itself. convex 0.10.4 fails it with "channel closed"
+    // when its socket breaks while it is sending the query's subscription (its worker
+    // drops the request's reply channel and reconnects). Only a result is a defect.
+    match refused_query {
+        Ok(Ok(answer)) => {
+            panic!("a one-shot query was answered under a refused token: {answer:?}")
+        }
+        Ok(Err(e)) => eprintln!("rust_client_auth: the client failed the one-shot query: {e}"),
+        Err(_) => {}
     }
     assert!(
         attempts >= 2,
