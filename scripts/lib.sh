@@ -44,7 +44,8 @@ need_cmd() {
   fi
 }
 
-# check_toolchain : cargo, a C compiler (rusqlite builds SQLite from source), node >= 20, npm.
+# check_toolchain : cargo, a C compiler (rusqlite builds SQLite from source), node >= 20, npm,
+# and V8 (ensure_libnode).
 check_toolchain() {
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust from https://rustup.rs"
   need_cmd cc build-essential
@@ -54,6 +55,23 @@ check_toolchain() {
   local node_major
   node_major="$(node -p 'process.versions.node.split(".")[0]')"
   [ "$node_major" -ge 20 ] || die "node >= 20 is required (found $(node --version))"
+  ensure_libnode
+}
+
+# ensure_libnode : makes Debian's V8 (libnode) available to the build (scripts/libnode.sh) and
+# exports NIMBUS_LIBNODE_DIR. Without it Nimbus builds with QuickJS only: a warning here, an
+# error when NIMBUS_REQUIRE_V8=1 (CI).
+ensure_libnode() {
+  need_cmd g++ g++
+  local dir
+  if dir="$(bash "$REPO_ROOT/scripts/libnode.sh")"; then
+    export NIMBUS_LIBNODE_DIR="$dir"
+    info "V8: libnode from $dir"
+  elif [ "${NIMBUS_REQUIRE_V8:-}" = "1" ]; then
+    die "NIMBUS_REQUIRE_V8=1 but scripts/libnode.sh could not provide libnode"
+  else
+    info "V8 unavailable (scripts/libnode.sh failed): building with QuickJS only"
+  fi
 }
 
 # npm_ci DIR : a clean install of DIR's locked dependencies.

@@ -9,6 +9,9 @@
 #   CARGO_TARGET_DIR   cargo target directory (default $HOME/.cache/nimbus-target)
 #   NIMBUS_BIN         binary for the e2e tests (default $CARGO_TARGET_DIR/release/nimbus)
 #   E2E_ONLY=1         skip the cargo steps (fmt, clippy, tests, build) and run only the e2e tests
+#   NIMBUS_JS_ENGINE   the engine of the e2e servers (default: the build's, V8 where libnode was
+#                      found; e2e-quickjs sets quickjs)
+#   CI=true            requires V8 in the build (NIMBUS_REQUIRE_V8=1)
 #   FUZZ_SECONDS       seconds per fuzz target (default 60)
 #   NIMBUS_TEST_POSTGRES_URL  the Postgres server of the Postgres tests (default
 #                      postgres://postgres@127.0.0.1:5432/...)
@@ -65,6 +68,12 @@ typecheck_apps() {
   "$REPO_ROOT/examples/pos/node_modules/.bin/tsc" --noEmit -p "$REPO_ROOT/examples/pos/convex"
 }
 
+e2e_quickjs() {
+  export NIMBUS_BIN="${NIMBUS_BIN:-$NIMBUS_BIN_DEFAULT}"
+  NIMBUS_JS_ENGINE=quickjs node --test --test-concurrency=1 --test-timeout=300000 \
+    tests/e2e/{errors,limits,db,actions,http-actions,validators,pos}.test.mjs
+}
+
 e2e_tests() {
   export NIMBUS_BIN="${NIMBUS_BIN:-$NIMBUS_BIN_DEFAULT}"
   [ -x "$NIMBUS_BIN" ] || die "nimbus binary not found at $NIMBUS_BIN"
@@ -74,6 +83,11 @@ e2e_tests() {
   node --test --test-concurrency=1 --test-timeout=300000 tests/e2e/*.test.mjs
 }
 
+# CI must build with V8 (the default engine): a build that silently fell back to QuickJS
+# would pass without testing it.
+if [ "${CI:-}" = "true" ]; then
+  export NIMBUS_REQUIRE_V8=1
+fi
 log "Nimbus test suite (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 CURRENT_STEP="tools"
 check_toolchain
@@ -104,6 +118,9 @@ step typecheck typecheck_apps
 # The browser test (web-clients.test.mjs) drives Debian's Chromium with playwright-core.
 step chromium need_cmd chromium chromium
 step e2e e2e_tests
+# QuickJS stays a supported engine (--js-engine quickjs, and builds without libnode): its
+# runtime tests run above (nimbus-runtime's pool_quickjs), and a core e2e subset here.
+step e2e-quickjs e2e_quickjs
 # The official Python client (PyPI `convex`, pinned) with user auth, in a cached virtualenv.
 step python-client bash "$REPO_ROOT/scripts/python-tests.sh"
 step bench-smoke env SMOKE=1 bash "$REPO_ROOT/scripts/bench.sh"

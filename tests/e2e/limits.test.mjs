@@ -157,6 +157,22 @@ describe("function errors", () => {
     const res = await callRaw(lim.url, "query", "limits:memoryBomb", {}, { timeoutMs: 150_000 });
     expectFunctionError(assert, res, "FunctionOutOfMemory");
   });
+
+  test("ArrayBuffers past the limit, and a 100 MB string, are FunctionOutOfMemory", { timeout: 180_000 }, async () => {
+    for (const name of ["limits:arrayBufferBomb", "limits:hugeString"]) {
+      const res = await callRaw(lim.url, "query", name, {}, { timeoutMs: 150_000 });
+      expectFunctionError(assert, res, "FunctionOutOfMemory");
+    }
+    assert.equal(await other.client.query(api.limits.ping, {}), "pong");
+  });
+
+  test("endless recursion is a clear UncaughtError, and the tenant carries on", { timeout: 180_000 }, async () => {
+    const res = await callRaw(lim.url, "query", "limits:deepRecursion", {}, { timeoutMs: 150_000 });
+    expectFunctionError(assert, res, "UncaughtError");
+    // V8: "RangeError: Maximum call stack size exceeded"; QuickJS: "InternalError: stack overflow".
+    assert.match(res.body.errorMessage, /Maximum call stack size exceeded|stack overflow/);
+    assert.equal(await lim.client.query(api.limits.ping, {}), "pong");
+  });
 });
 
 describe("after all that", () => {

@@ -56,7 +56,7 @@ pub use live::{
 };
 pub use nimbus_engine::{StorageHealth, StorageState};
 pub use nimbus_journal::{JournalStats, TenantLag};
-pub use nimbus_runtime::{CacheStats as JsCacheStats, FunctionKind};
+pub use nimbus_runtime::{CacheStats as JsCacheStats, Engine as JsEngine, FunctionKind};
 pub use placement::{
     redact_url, Location, Placement, PlacementPolicy, PostgresSettings, ServerOrigin,
     ServerSettings, DEFAULT_SERVER,

@@ -137,12 +137,14 @@ impl Tenant {
         };
         let limits = RuntimeLimits::default();
         let schema_source = request.schema_source;
+        // The pool's engine: what loads at push time loads the same way when called.
+        let engine = self.pool().engine();
         let analyzed = tokio::task::spawn_blocking(move || {
-            let analysis = analyze_modules(&module_set, &limits)
+            let analysis = analyze_modules(engine, &module_set, &limits)
                 .map_err(|e| push_failed("InvalidModules", e.to_string()))?;
             let schema_json = match schema_source {
                 Some(source) => Some(
-                    evaluate_schema(&source, &limits)
+                    evaluate_schema(engine, &source, &limits)
                         .map_err(|e| push_failed("InvalidSchema", e.to_string()))?,
                 ),
                 None => None,

@@ -1,4 +1,5 @@
-//! The JavaScript floor: what one `examples/pos` function call costs in QuickJS alone.
+//! The JavaScript floor: what one `examples/pos` function call costs in the JavaScript engine
+//! alone, on each engine this build has (V8 and QuickJS side by side, from one run).
 //!
 //! The modules are the official CLI's bundle (from its push request), run by Nimbus's own
 //! runtime (`nimbus-runtime::JsPool`, one worker) against a host that answers every syscall
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use nimbus_runtime::{
-    FunctionKind, Invocation, JsPool, ModuleSet, PoolConfig, SyscallError, SyscallHost,
+    Engine, FunctionKind, Invocation, JsPool, ModuleSet, PoolConfig, SyscallError, SyscallHost,
 };
 use serde_json::{json, Value as Json};
 
@@ -160,11 +161,6 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
         modules: Arc::new(modules),
         env: Arc::new(BTreeMap::new()),
     };
-    let pool = JsPool::new(PoolConfig {
-        workers: 1,
-        workers_per_tenant: 1,
-        ..PoolConfig::default()
-    })?;
     let list_args = json!([{"shopId": SHOP, "limit": LIST_ROWS as f64}]).to_string();
     let create_args =
         json!([{"shopId": SHOP, "items": [{"productId": PRODUCT, "qty": 1.0}]}]).to_string();
@@ -227,80 +223,94 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             args: "[{}]".to_string(),
         },
     ];
+    let engines: Vec<Engine> = [Engine::V8, Engine::QuickJs]
+        .into_iter()
+        .filter(|e| e.is_available())
+        .collect();
     let mut results = Vec::new();
-    for case in &cases {
-        let invocation = || Invocation {
-            tenant: Arc::from("js-floor"),
-            modules: modules.clone(),
-            module_path: case.module.to_string(),
-            export_name: case.export.to_string(),
-            kind: case.kind,
-            args_json: case.args.clone(),
-            rng_seed: 7,
-            now_ms: 1_764_000_000_000.0,
-            request_id: String::new(),
-            system_env: Default::default(),
-            http: None,
-            limits: None,
-        };
-        // One call; its time in QuickJS (for an action, the wall time of building its
-        // isolate and both its steps), or why it failed.
-        let call = || async {
-            if case.kind == FunctionKind::Action {
-                let started = Instant::now();
-                let (mut handle, step) = pool.start_action(invocation()).await?;
-                let nimbus_runtime::ActionStep::Pending(ops) = step else {
-                    bail!("{}: the action did not wait for its operation", case.label);
-                };
-                let answers = ops
-                    .iter()
-                    .map(|op| (op.id, Ok(nimbus_runtime::OpValue::json("null".into()))))
-                    .collect();
-                match handle.resume(answers).await? {
-                    nimbus_runtime::ActionStep::Done(outcome) => outcome
-                        .result
-                        .map_err(|e| anyhow!("{} failed: {e}", case.label))?,
-                    nimbus_runtime::ActionStep::Pending(_) => {
-                        bail!("{}: the action kept waiting", case.label)
-                    }
-                };
-                return anyhow::Ok(started.elapsed());
+    for engine in engines {
+        let pool = JsPool::new(PoolConfig {
+            workers: 1,
+            workers_per_tenant: 1,
+            engine,
+            ..PoolConfig::default()
+        })?;
+        for case in &cases {
+            let invocation = || Invocation {
+                tenant: Arc::from("js-floor"),
+                modules: modules.clone(),
+                module_path: case.module.to_string(),
+                export_name: case.export.to_string(),
+                kind: case.kind,
+                args_json: case.args.clone(),
+                rng_seed: 7,
+                now_ms: 1_764_000_000_000.0,
+                request_id: String::new(),
+                system_env: Default::default(),
+                http: None,
+                limits: None,
+            };
+            // One call; its time in the engine (for an action, the wall time of building its
+            // isolate and both its steps), or why it failed.
+            let call = || async {
+                if case.kind == FunctionKind::Action {
+                    let started = Instant::now();
+                    let (mut handle, step) = pool.start_action(invocation()).await?;
+                    let nimbus_runtime::ActionStep::Pending(ops) = step else {
+                        bail!("{}: the action did not wait for its operation", case.label);
+                    };
+                    let answers = ops
+                        .iter()
+                        .map(|op| (op.id, Ok(nimbus_runtime::OpValue::json("null".into()))))
+                        .collect();
+                    match handle.resume(answers).await? {
+                        nimbus_runtime::ActionStep::Done(outcome) => outcome
+                            .result
+                            .map_err(|e| anyhow!("{} failed: {e}", case.label))?,
+                        nimbus_runtime::ActionStep::Pending(_) => {
+                            bail!("{}: the action kept waiting", case.label)
+                        }
+                    };
+                    return anyhow::Ok(started.elapsed());
+                }
+                let (_, outcome) = pool
+                    .invoke(invocation(), InstantHost { rows_left: 0 })
+                    .await?;
+                outcome
+                    .result
+                    .map_err(|e| anyhow!("{} failed: {e}", case.label))?;
+                anyhow::Ok(outcome.cpu_time)
+            };
+            for _ in 0..(calls / 10).max(1) {
+                call().await?;
             }
-            let (_, outcome) = pool
-                .invoke(invocation(), InstantHost { rows_left: 0 })
-                .await?;
-            outcome
-                .result
-                .map_err(|e| anyhow!("{} failed: {e}", case.label))?;
-            anyhow::Ok(outcome.cpu_time)
-        };
-        for _ in 0..(calls / 10).max(1) {
-            call().await?;
+            let mut histogram = stats::new_histogram()?;
+            let mut busy = Duration::ZERO;
+            let started = Instant::now();
+            for _ in 0..calls {
+                let cpu_time = call().await?;
+                stats::record(&mut histogram, cpu_time)?;
+                busy += cpu_time;
+            }
+            let elapsed = started.elapsed();
+            let mut summary = stats::summary(&histogram, calls as u64, elapsed);
+            summary["label"] = json!(case.label);
+            summary["engine"] = json!(engine.name());
+            summary["function"] = json!(format!(
+                "{}:{}",
+                case.module.trim_end_matches(".js"),
+                case.export
+            ));
+            summary["mean_us"] = json!(busy.as_secs_f64() * 1e6 / calls as f64);
+            summary["calls_per_core_sec"] = json!(calls as f64 / busy.as_secs_f64());
+            eprintln!(
+                "js-floor: {}: {:.0} µs per call in {}",
+                case.label,
+                busy.as_secs_f64() * 1e6 / calls as f64,
+                engine.describe()
+            );
+            results.push(summary);
         }
-        let mut histogram = stats::new_histogram()?;
-        let mut busy = Duration::ZERO;
-        let started = Instant::now();
-        for _ in 0..calls {
-            let cpu_time = call().await?;
-            stats::record(&mut histogram, cpu_time)?;
-            busy += cpu_time;
-        }
-        let elapsed = started.elapsed();
-        let mut summary = stats::summary(&histogram, calls as u64, elapsed);
-        summary["label"] = json!(case.label);
-        summary["function"] = json!(format!(
-            "{}:{}",
-            case.module.trim_end_matches(".js"),
-            case.export
-        ));
-        summary["mean_us"] = json!(busy.as_secs_f64() * 1e6 / calls as f64);
-        summary["calls_per_core_sec"] = json!(calls as f64 / busy.as_secs_f64());
-        eprintln!(
-            "js-floor: {}: {:.0} µs per call in QuickJS",
-            case.label,
-            busy.as_secs_f64() * 1e6 / calls as f64
-        );
-        results.push(summary);
     }
     Ok(json!({
         "schema_version": stats::SCHEMA_VERSION,

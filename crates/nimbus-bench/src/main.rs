@@ -248,8 +248,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// The JavaScript floor: `examples/pos` calls in QuickJS alone, against a host that
-    /// answers every syscall at once (no HTTP, engine or storage).
+    /// The JavaScript floor: `examples/pos` calls in the JavaScript engine alone (V8 and
+    /// QuickJS, each this build has), against a host that answers every syscall at once
+    /// (no HTTP, engine or storage).
     JsFloor {
         /// A push request written by `npx convex deploy --write-push-request` for examples/pos.
         #[arg(long)]

@@ -435,32 +435,90 @@ fn js_floor_section(dir: &Path, out: &mut String) -> Result<()> {
     let Some(j) = read_json(dir, files::JS_FLOOR)? else {
         return Ok(());
     };
+    let results: Vec<&Json> = j["results"].as_array().into_iter().flatten().collect();
+    // Results name their engine; older ones (QuickJS only) do not.
+    let engine_of = |r: &Json| r["engine"].as_str().unwrap_or("quickjs").to_string();
+    let mut engines: Vec<String> = Vec::new();
+    for r in &results {
+        let engine = engine_of(r);
+        if !engines.contains(&engine) {
+            engines.push(engine);
+        }
+    }
+    let title = |e: &str| {
+        match e {
+            "v8" => "V8",
+            "quickjs" => "QuickJS",
+            other => other,
+        }
+        .to_string()
+    };
+    let names: Vec<String> = engines.iter().map(|e| title(e)).collect();
     writeln!(
         out,
-        "\n### The JavaScript floor: one call in QuickJS, nothing else\n"
+        "\n### The JavaScript floor: one call in {}, nothing else\n",
+        names.join(" and in ")
     )?;
     writeln!(
         out,
         "The pushed `examples/pos` bundle run by Nimbus's runtime on one worker thread, {} calls each, against a host that answers every syscall at once (`nimbus-bench js-floor`): no HTTP, engine or storage. Calls/s per core is the most one core can serve if it did nothing but run JavaScript.\n",
         fmt(num(&j, "/calls"))
     )?;
-    writeln!(
-        out,
-        "| function | µs per call: mean / p50 / p99 | calls/s per core |"
-    )?;
-    writeln!(out, "|---|---|---|")?;
-    for r in j["results"].as_array().into_iter().flatten() {
-        let us = |p: &str| fmt(num(r, &format!("/latency_ms/{p}")).map(|ms| ms * 1000.0));
-        writeln!(
-            out,
-            "| `{}`: {} | {} / {} / {} | {} |",
-            r["function"].as_str().unwrap_or("?"),
-            r["label"].as_str().unwrap_or("?"),
-            fmt(num(r, "/mean_us").map(f64::round)),
-            us("p50"),
-            us("p99"),
-            fmt(num(r, "/calls_per_core_sec").map(f64::round)),
-        )?;
+    let mut header = "| function |".to_string();
+    let mut rule = "|---|".to_string();
+    for name in &names {
+        header.push_str(&format!(
+            " {name}: µs per call, mean / p50 / p99 | {name}: calls/s per core |"
+        ));
+        rule.push_str("---|---|");
+    }
+    if engines.len() == 2 {
+        header.push_str(&format!(" {} ÷ {} (mean) |", names[1], names[0]));
+        rule.push_str("---|");
+    }
+    writeln!(out, "{header}")?;
+    writeln!(out, "{rule}")?;
+    let mut functions: Vec<(String, String)> = Vec::new();
+    for r in &results {
+        let key = (
+            r["function"].as_str().unwrap_or("?").to_string(),
+            r["label"].as_str().unwrap_or("?").to_string(),
+        );
+        if !functions.contains(&key) {
+            functions.push(key);
+        }
+    }
+    for (function, label) in functions {
+        let mut row = format!("| `{function}`: {label} |");
+        let mut means = Vec::new();
+        for engine in &engines {
+            let r = results.iter().find(|r| {
+                engine_of(r) == *engine
+                    && r["function"].as_str() == Some(function.as_str())
+                    && r["label"].as_str() == Some(label.as_str())
+            });
+            match r {
+                Some(r) => {
+                    let us =
+                        |p: &str| fmt(num(r, &format!("/latency_ms/{p}")).map(|ms| ms * 1000.0));
+                    row.push_str(&format!(
+                        " {} / {} / {} | {} |",
+                        fmt(num(r, "/mean_us").map(f64::round)),
+                        us("p50"),
+                        us("p99"),
+                        fmt(num(r, "/calls_per_core_sec").map(f64::round)),
+                    ));
+                    means.push(num(r, "/mean_us"));
+                }
+                None => row.push_str(" - | - |"),
+            }
+        }
+        if let [Some(first), Some(second)] = means[..] {
+            row.push_str(&format!(" {:.1}× |", second / first));
+        } else if engines.len() == 2 {
+            row.push_str(" - |");
+        }
+        writeln!(out, "{row}")?;
     }
     Ok(())
 }
@@ -855,6 +913,26 @@ mod tests {
         assert!(
             report.contains(
                 "| `orders:create`: orders:create (Convex library) | 250 / 1000 / 3500 | 3994 |"
+            ),
+            "{report}"
+        );
+        // Both engines side by side, with the ratio of their means.
+        let mut on_v8 = floor.clone();
+        on_v8["engine"] = json!("v8");
+        on_v8["mean_us"] = json!(50.0);
+        std::fs::write(
+            dir.path().join(files::JS_FLOOR),
+            json!({"kind": "js-floor", "calls": 500, "results": [on_v8, floor]}).to_string(),
+        )
+        .unwrap();
+        let report = render(dir.path(), "x", None).unwrap();
+        assert!(
+            report.contains("one call in V8 and in QuickJS, nothing else"),
+            "{report}"
+        );
+        assert!(
+            report.contains(
+                "| `orders:create`: orders:create (Convex library) | 50 / 1000 / 3500 | 3994 | 250 / 1000 / 3500 | 3994 | 5.0× |"
             ),
             "{report}"
         );

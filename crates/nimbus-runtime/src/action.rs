@@ -18,10 +18,10 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
-use rquickjs::{ArrayBuffer, Function};
 use serde_json::Value as Json;
 
 use crate::isolate::Isolate;
+use crate::vm::{Arg, Engine, Vm, VmFailure};
 use crate::{FunctionError, Invocation, Outcome, RuntimeLimits, SyscallError};
 
 /// Operations one action may have started and not yet seen answered.
@@ -136,6 +136,7 @@ pub(crate) struct ActionState {
 impl ActionState {
     /// Builds the action's isolate and runs its first step.
     pub fn start(
+        engine: Engine,
         invocation: Invocation,
         limits: &RuntimeLimits,
     ) -> (Option<ActionState>, ActionStep) {
@@ -143,7 +144,12 @@ impl ActionState {
         if let Some(call) = invocation.limits {
             own_limits.memory_bytes = call.memory_bytes;
         }
-        let isolate = match Isolate::new(&invocation.modules, &invocation.system_env, &own_limits) {
+        let isolate = match Isolate::new(
+            engine,
+            &invocation.modules,
+            &invocation.system_env,
+            &own_limits,
+        ) {
             Ok(isolate) => isolate,
             Err(message) => {
                 let error =
@@ -159,27 +165,35 @@ impl ActionState {
             cpu_limit: limits.action_cpu_time,
         };
         let inv = state.invocation.clone();
-        let step = state.step(|ctx| {
-            let begin: Function = ctx.globals().get("__nimbus_begin")?;
-            begin.call::<_, ()>((
-                (inv.rng_seed >> 32) as u32,
-                inv.rng_seed as u32,
-                inv.now_ms,
-                true,
-            ))?;
+        let step = state.step(|vm| {
+            vm.call(
+                "__nimbus_begin",
+                &[
+                    Arg::Number(f64::from((inv.rng_seed >> 32) as u32)),
+                    Arg::Number(f64::from(inv.rng_seed as u32)),
+                    Arg::Number(inv.now_ms),
+                    Arg::Bool(true),
+                ],
+            )?;
             if let Some(http) = &inv.http {
-                let entry: Function = ctx.globals().get("__nimbus_http")?;
-                let body = ArrayBuffer::new(ctx.clone(), http.body.clone())?;
-                return entry.call::<_, ()>((http.meta_json.as_str(), body));
+                return vm
+                    .call(
+                        "__nimbus_http",
+                        &[Arg::Str(&http.meta_json), Arg::Bytes(&http.body)],
+                    )
+                    .map(drop);
             }
-            let invoke: Function = ctx.globals().get("__nimbus_invoke")?;
-            invoke.call::<_, ()>((
-                inv.module_path.as_str(),
-                inv.export_name.as_str(),
-                inv.kind.js_name(),
-                inv.args_json.as_str(),
-                inv.request_id.as_str(),
-            ))
+            vm.call(
+                "__nimbus_invoke",
+                &[
+                    Arg::Str(&inv.module_path),
+                    Arg::Str(&inv.export_name),
+                    Arg::Str(inv.kind.js_name()),
+                    Arg::Str(&inv.args_json),
+                    Arg::Str(&inv.request_id),
+                ],
+            )
+            .map(drop)
         });
         state.settle(step)
     }
@@ -194,27 +208,29 @@ impl ActionState {
                 .filter(|(id, _)| queue.outstanding.remove(id))
                 .collect()
         };
-        let step = self.step(move |ctx| {
-            let settle: Function = ctx.globals().get("__nimbus_settle")?;
+        let step = self.step(move |vm| {
             for (id, result) in results {
-                match result {
-                    Ok(OpValue { json, body: None }) => {
-                        settle.call::<_, ()>((id as f64, true, json, rquickjs::Undefined))?
-                    }
-                    Ok(OpValue {
-                        json,
-                        body: Some(body),
-                    }) => {
-                        let buffer = ArrayBuffer::new(ctx.clone(), body)?;
-                        settle.call::<_, ()>((id as f64, true, json, buffer))?
-                    }
-                    Err(error) => settle.call::<_, ()>((
-                        id as f64,
-                        false,
-                        failure_json(&error),
-                        rquickjs::Undefined,
-                    ))?,
-                }
+                let id = Arg::Number(id as f64);
+                match &result {
+                    Ok(OpValue { json, body }) => vm.call(
+                        "__nimbus_settle",
+                        &[
+                            id,
+                            Arg::Bool(true),
+                            Arg::Str(json),
+                            body.as_deref().map_or(Arg::Undefined, Arg::Bytes),
+                        ],
+                    )?,
+                    Err(error) => vm.call(
+                        "__nimbus_settle",
+                        &[
+                            id,
+                            Arg::Bool(false),
+                            Arg::Str(&failure_json(error)),
+                            Arg::Undefined,
+                        ],
+                    )?,
+                };
             }
             Ok(())
         });
@@ -222,7 +238,7 @@ impl ActionState {
     }
 
     /// Runs one step within what is left of the CPU budget.
-    fn step(&mut self, start: impl FnOnce(&rquickjs::Ctx<'_>) -> rquickjs::Result<()>) -> StepEnd {
+    fn step(&mut self, start: impl FnOnce(&mut Vm) -> Result<(), VmFailure>) -> StepEnd {
         let budget = self.cpu_limit.saturating_sub(self.cpu_used);
         let (elapsed, failure) = self.isolate.drive(budget, start);
         self.cpu_used += elapsed;
@@ -231,13 +247,15 @@ impl ActionState {
                 limit: self.cpu_limit,
             });
         }
-        let settled = self.isolate.with_context(|ctx| -> rquickjs::Result<bool> {
-            let settled: Function = ctx.globals().get("__nimbus_settled")?;
-            settled.call::<_, bool>(())
-        });
-        match settled {
-            Ok(true) => StepEnd::Settled(failure),
-            Ok(false) => StepEnd::Waiting,
+        if failure == Some(VmFailure::OutOfMemory) {
+            return StepEnd::Failed(FunctionError::OutOfMemory {
+                limit_bytes: self.isolate.vm().memory_limit(),
+            });
+        }
+        let failure = failure.map(|f| f.to_string());
+        match self.isolate.vm().call("__nimbus_settled", &[]) {
+            Ok(Some(state)) if state == "settled" => StepEnd::Settled(failure),
+            Ok(_) => StepEnd::Waiting,
             Err(e) => StepEnd::Failed(FunctionError::Internal(
                 failure.unwrap_or_else(|| e.to_string()),
             )),

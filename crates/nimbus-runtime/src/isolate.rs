@@ -1,18 +1,18 @@
-//! One tenant's QuickJS runtime and context, and the calls made in it.
+//! One tenant's runtime for one push's code, and the calls made in it: the prelude, the
+//! entry points (`__nimbus_invoke`, `__nimbus_analyze`, ...) and their outcomes, over a
+//! [`Vm`] of either engine.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rquickjs::{Context, Function, Runtime};
 use serde_json::{json, Value as Json};
 
-use crate::action::{start_op, OpSlot};
-use crate::modules::ModuleMap;
-use crate::natives;
+use crate::action::OpSlot;
+use crate::vm::{Arg, Engine, Natives, Vm, VmFailure};
 use crate::{
     AnalyzedFunction, FunctionError, FunctionKind, Invocation, ModuleAnalysis, ModuleSet, Outcome,
     RuntimeError, RuntimeLimits, SyscallError, SyscallHost, Visibility,
@@ -47,8 +47,10 @@ const WEB_ON_DEMAND: &str = r#"(() => {
 })();"#;
 /// Push-time analysis may evaluate large bundles: it gets this much CPU time.
 const ANALYSIS_CPU_TIME: Duration = Duration::from_secs(10);
+/// The name module loading sees as the importer of the entry points' `import()`s.
+const PRELUDE_NAME: &str = "__nimbus";
 
-type HostSlot = Rc<RefCell<Option<Box<dyn SyscallHost>>>>;
+pub(crate) type HostSlot = Rc<RefCell<Option<Box<dyn SyscallHost>>>>;
 /// What an entry point returns: the host back, the outcome JSON and log lines (or why
 /// there are none), and the wall time taken.
 type EntryResult = (
@@ -57,24 +59,29 @@ type EntryResult = (
     Duration,
 );
 
+/// `globalThis.__nimbus_web_source = "<web.js>";`, made once.
+fn web_source_script() -> &'static str {
+    static SCRIPT: OnceLock<String> = OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        // A JSON string is a JavaScript string literal.
+        let literal = serde_json::to_string(WEB).unwrap_or_else(|_| "\"\"".into());
+        format!("globalThis.__nimbus_web_source = {literal};")
+    })
+}
+
 /// A tenant's runtime for one push's code ([`crate::CodeId`]). Lives on one worker thread.
 pub(crate) struct Isolate {
-    // Field order matters: the context must drop before its runtime.
-    context: Context,
-    runtime: Runtime,
+    vm: Vm,
     host: HostSlot,
     /// Async operations started by an action (see `action.rs`).
     ops: OpSlot,
-    deadline: Rc<Cell<Option<Instant>>>,
-    interrupted: Rc<Cell<bool>>,
-    limits: RuntimeLimits,
+    /// Whether the last [`Isolate::drive`] was stopped by its deadline.
+    interrupted: bool,
+    /// CPU time of a call without limits of its own.
+    default_cpu_time: Duration,
     /// Set after a timeout, memory exhaustion or internal failure: the runtime's state
     /// is not trusted any more and the isolate must be dropped.
     pub broken: bool,
-}
-
-fn js_error(context: &str, e: rquickjs::Error) -> String {
-    format!("{context}: {e}")
 }
 
 /// A host for push-time evaluation: code that runs at import time may not touch data.
@@ -94,82 +101,40 @@ impl SyscallHost for NoDatabase {
 
 impl Isolate {
     pub fn new(
+        engine: Engine,
         modules: &ModuleSet,
         system_env: &BTreeMap<String, String>,
         limits: &RuntimeLimits,
     ) -> Result<Isolate, String> {
-        let runtime = Runtime::new().map_err(|e| js_error("creating a runtime", e))?;
-        runtime.set_memory_limit(limits.memory_bytes);
-        runtime.set_max_stack_size(limits.max_stack_bytes);
-        let deadline: Rc<Cell<Option<Instant>>> = Rc::new(Cell::new(None));
-        let interrupted = Rc::new(Cell::new(false));
-        {
-            let deadline = deadline.clone();
-            let interrupted = interrupted.clone();
-            runtime.set_interrupt_handler(Some(Box::new(move || match deadline.get() {
-                Some(at) if Instant::now() >= at => {
-                    interrupted.set(true);
-                    true
-                }
-                _ => false,
-            })));
-        }
-        runtime.set_loader(
-            ModuleMap {
-                modules: modules.modules.clone(),
-            },
-            ModuleMap {
-                modules: modules.modules.clone(),
-            },
-        );
-        let context = Context::full(&runtime).map_err(|e| js_error("creating a context", e))?;
         let host: HostSlot = Rc::new(RefCell::new(None));
         let ops: OpSlot = Rc::default();
+        let natives = Natives {
+            host: host.clone(),
+            ops: ops.clone(),
+        };
+        let mut vm = Vm::new(engine, natives, modules, limits)?;
         let mut env = modules.env.as_ref().clone();
         env.extend(system_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let env_json = serde_json::to_string(&env).map_err(|e| e.to_string())?;
-        context.with(|ctx| -> Result<(), String> {
-            let slot = host.clone();
-            let native = Function::new(ctx.clone(), move |op: String, args: String, is_async: bool| -> String {
-                dispatch(&slot, &op, &args, is_async)
-            })
-            .map_err(|e| js_error("installing syscalls", e))?;
-            let ops_slot = ops.clone();
-            let native_op = Function::new(ctx.clone(), move |op: String, args: String, body: rquickjs::function::Opt<String>| -> String {
-                start_op(&ops_slot, op, args, body.0)
-            })
-            .map_err(|e| js_error("installing syscalls", e))?;
-            let globals = ctx.globals();
-            globals.set("__nimbus_native_syscall", native).map_err(|e| js_error("installing syscalls", e))?;
-            globals.set("__nimbus_native_op", native_op).map_err(|e| js_error("installing syscalls", e))?;
-            let natives = [
-                ("__nimbus_url_parse", Function::new(ctx.clone(), |input: String, base: String| natives::url_parse(&input, &base))),
-                ("__nimbus_url_set", Function::new(ctx.clone(), |href: String, field: String, value: String| natives::url_set(&href, &field, &value))),
-                ("__nimbus_digest", Function::new(ctx.clone(), |algorithm: String, data: String| natives::digest(&algorithm, &data))),
-                ("__nimbus_random_hex", Function::new(ctx.clone(), |n: usize| natives::random_hex(n))),
-            ];
-            for (name, function) in natives {
-                let function = function.map_err(|e| js_error("installing natives", e))?;
-                globals.set(name, function).map_err(|e| js_error("installing natives", e))?;
-            }
-            globals.set("__nimbus_env", env_json).map_err(|e| js_error("installing process.env", e))?;
-            ctx.eval::<(), _>(
-                "globalThis.process = { env: JSON.parse(globalThis.__nimbus_env) }; delete globalThis.__nimbus_env;",
-            )
-            .map_err(|e| js_error("installing process.env", e))?;
-            ctx.eval::<(), _>(PRELUDE).map_err(|e| js_error("installing the prelude", e))?;
-            globals.set("__nimbus_web_source", WEB).map_err(|e| js_error("installing the web globals", e))?;
-            ctx.eval::<(), _>(WEB_ON_DEMAND).map_err(|e| js_error("installing the web globals", e))?;
-            Ok(())
-        })?;
+        let env_literal = serde_json::to_string(&env_json).map_err(|e| e.to_string())?;
+        let fail = |what: &str, e: VmFailure| format!("{what}: {e}");
+        vm.eval_script(
+            "__nimbus_env",
+            &format!("globalThis.process = {{ env: JSON.parse({env_literal}) }};"),
+        )
+        .map_err(|e| fail("installing process.env", e))?;
+        vm.eval_script(PRELUDE_NAME, PRELUDE)
+            .map_err(|e| fail("installing the prelude", e))?;
+        vm.eval_script("__nimbus_web", web_source_script())
+            .map_err(|e| fail("installing the web globals", e))?;
+        vm.eval_script("__nimbus_web", WEB_ON_DEMAND)
+            .map_err(|e| fail("installing the web globals", e))?;
         Ok(Isolate {
-            context,
-            runtime,
+            vm,
             host,
             ops,
-            deadline,
-            interrupted,
-            limits: limits.clone(),
+            interrupted: false,
+            default_cpu_time: limits.cpu_time,
             broken: false,
         })
     }
@@ -182,13 +147,21 @@ impl Isolate {
         cpu_time: Duration,
         seed: u64,
         now_ms: f64,
-        start: impl FnOnce(&rquickjs::Ctx<'_>) -> rquickjs::Result<()>,
+        entry: &str,
+        args: &[Arg<'_>],
     ) -> EntryResult {
         *self.host.borrow_mut() = Some(host);
-        let (elapsed, failure) = self.drive(cpu_time, |ctx| {
-            let begin: Function = ctx.globals().get("__nimbus_begin")?;
-            begin.call::<_, ()>(((seed >> 32) as u32, seed as u32, now_ms, false))?;
-            start(ctx)
+        let (elapsed, failure) = self.drive(cpu_time, |vm| {
+            vm.call(
+                "__nimbus_begin",
+                &[
+                    Arg::Number(f64::from((seed >> 32) as u32)),
+                    Arg::Number(f64::from(seed as u32)),
+                    Arg::Number(now_ms),
+                    Arg::Bool(false),
+                ],
+            )?;
+            vm.call(entry, args).map(drop)
         });
         let host = self.host.borrow_mut().take();
         let Some(host) = host else {
@@ -199,7 +172,7 @@ impl Isolate {
                 elapsed,
             );
         };
-        if self.interrupted.get() {
+        if self.interrupted {
             self.broken = true;
             return (
                 host,
@@ -207,41 +180,32 @@ impl Isolate {
                 elapsed,
             );
         }
-        (host, self.finish(failure), elapsed)
+        if failure == Some(VmFailure::OutOfMemory) {
+            self.broken = true;
+            return (host, Err(self.out_of_memory()), elapsed);
+        }
+        (host, self.finish(failure.map(|f| f.to_string())), elapsed)
     }
 
-    /// Runs `start` and then every job it queued (promise reactions), with the interrupt
-    /// handler armed for `cpu_time`. Returns the time taken and the first exception that
-    /// escaped (if any). [`Isolate::interrupted`] tells whether the deadline struck.
+    /// Runs `start` and then every job it queued (promise reactions), stopped at
+    /// `cpu_time`. Returns the time taken and the first failure (an exception that escaped,
+    /// or the memory limit). [`Isolate::interrupted`] tells whether the deadline struck.
     pub(crate) fn drive(
         &mut self,
         cpu_time: Duration,
-        start: impl FnOnce(&rquickjs::Ctx<'_>) -> rquickjs::Result<()>,
-    ) -> (Duration, Option<String>) {
+        start: impl FnOnce(&mut Vm) -> Result<(), VmFailure>,
+    ) -> (Duration, Option<VmFailure>) {
         let started = Instant::now();
-        self.interrupted.set(false);
-        self.deadline.set(Some(started + cpu_time));
-        let started_ok = self.context.with(|ctx| start(&ctx));
-        let mut failure = started_ok.err().map(|e| e.to_string());
+        self.vm.arm(started + cpu_time);
+        let mut failure = start(&mut self.vm).err();
         if failure.is_none() {
-            loop {
-                match self.runtime.execute_pending_job() {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(_) if self.interrupted.get() => break,
-                    Err(exception) => {
-                        // An exception escaped a job: report it, keep draining.
-                        let message = exception
-                            .0
-                            .with(|ctx| ctx.catch().as_exception().map(|e| e.to_string()));
-                        failure.get_or_insert_with(|| {
-                            message.unwrap_or_else(|| "an exception escaped a job".into())
-                        });
-                    }
-                }
+            match self.vm.run_jobs() {
+                Ok(escaped) => failure = escaped.map(VmFailure::Exception),
+                Err(e) => failure = Some(e),
             }
         }
-        self.deadline.set(None);
+        let fired = self.vm.disarm();
+        self.interrupted = fired || failure == Some(VmFailure::Terminated);
         (started.elapsed(), failure)
     }
 
@@ -249,13 +213,19 @@ impl Isolate {
         &self.ops
     }
 
-    pub(crate) fn with_context<R>(&self, f: impl FnOnce(rquickjs::Ctx<'_>) -> R) -> R {
-        self.context.with(f)
+    pub(crate) fn vm(&mut self) -> &mut Vm {
+        &mut self.vm
     }
 
     /// Whether the last [`Isolate::drive`] was stopped by its deadline.
     pub(crate) fn interrupted(&self) -> bool {
-        self.interrupted.get()
+        self.interrupted
+    }
+
+    fn out_of_memory(&self) -> FunctionError {
+        FunctionError::OutOfMemory {
+            limit_bytes: self.vm.memory_limit(),
+        }
     }
 
     /// Reads the entry point's outcome and log lines (`__nimbus_finish`).
@@ -263,19 +233,22 @@ impl Isolate {
         &mut self,
         failure: Option<String>,
     ) -> Result<(Json, Vec<String>), FunctionError> {
-        let finished = self.context.with(|ctx| -> rquickjs::Result<String> {
-            let finish: Function = ctx.globals().get("__nimbus_finish")?;
-            finish.call::<_, String>(())
-        });
-        let text = match finished {
-            Ok(text) => text,
+        let text = match self.vm.call("__nimbus_finish", &[]) {
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                self.broken = true;
+                return Err(FunctionError::Internal(
+                    failure.unwrap_or_else(|| "the outcome is not text".into()),
+                ));
+            }
             Err(e) => {
                 self.broken = true;
                 return Err(
-                    if self.near_memory_limit() || e.to_string().contains("out of memory") {
-                        FunctionError::OutOfMemory {
-                            limit_bytes: self.limits.memory_bytes,
-                        }
+                    if self.vm.near_memory_limit()
+                        || e == VmFailure::OutOfMemory
+                        || e.to_string().contains("out of memory")
+                    {
+                        self.out_of_memory()
                     } else {
                         FunctionError::Internal(failure.unwrap_or_else(|| e.to_string()))
                     },
@@ -304,23 +277,15 @@ impl Isolate {
         }
     }
 
-    /// Gives the runtime a new heap limit (a tenant's runtime is cached on a worker across
-    /// calls, and the tenant's limit may have changed since it was made).
-    fn set_memory_limit(&mut self, bytes: usize) {
-        if bytes != self.limits.memory_bytes {
-            self.runtime.set_memory_limit(bytes);
-            self.limits.memory_bytes = bytes;
-        }
-    }
-
-    /// Bytes the runtime's allocator holds now (its heap, modules and objects).
+    /// Bytes the runtime holds now (its heap, modules and objects).
     pub fn heap_bytes(&self) -> usize {
-        usize::try_from(self.runtime.memory_usage().malloc_size).unwrap_or(0)
+        self.vm.memory_bytes()
     }
 
-    fn near_memory_limit(&self) -> bool {
-        let usage = self.runtime.memory_usage();
-        usage.malloc_size as usize >= self.limits.memory_bytes.saturating_mul(9) / 10
+    /// Whether this runtime can run a call with a heap limit of `bytes` (V8's is fixed
+    /// when the isolate is made: one made for another limit must be replaced).
+    pub fn accepts_memory_limit(&mut self, bytes: usize) -> bool {
+        self.vm.set_memory_limit(bytes)
     }
 
     /// Runs one function call.
@@ -332,22 +297,28 @@ impl Isolate {
         let kind = inv.kind.js_name();
         let cpu_time = match inv.limits {
             Some(limits) => {
-                self.set_memory_limit(limits.memory_bytes);
+                if !self.vm.set_memory_limit(limits.memory_bytes) {
+                    // The pool replaces such a runtime before the call (accepts_memory_limit).
+                    self.broken = true;
+                }
                 limits.cpu_time
             }
-            None => self.limits.cpu_time,
+            None => self.default_cpu_time,
         };
-        let (host, result, elapsed) =
-            self.run_entry(host, cpu_time, inv.rng_seed, inv.now_ms, |ctx| {
-                let invoke: Function = ctx.globals().get("__nimbus_invoke")?;
-                invoke.call::<_, ()>((
-                    inv.module_path.as_str(),
-                    inv.export_name.as_str(),
-                    kind,
-                    inv.args_json.as_str(),
-                    inv.request_id.as_str(),
-                ))
-            });
+        let (host, result, elapsed) = self.run_entry(
+            host,
+            cpu_time,
+            inv.rng_seed,
+            inv.now_ms,
+            "__nimbus_invoke",
+            &[
+                Arg::Str(&inv.module_path),
+                Arg::Str(&inv.export_name),
+                Arg::Str(kind),
+                Arg::Str(&inv.args_json),
+                Arg::Str(&inv.request_id),
+            ],
+        );
         let (result, log_lines) = match result {
             Ok((outcome, logs)) => (self.interpret(inv, &outcome), logs),
             Err(error) => (Err(error), Vec::new()),
@@ -380,9 +351,7 @@ impl Isolate {
                 // a function that itself throws `null` is reported the same way.
                 if message.contains("out of memory") || message == "Uncaught null" {
                     self.broken = true;
-                    Err(FunctionError::OutOfMemory {
-                        limit_bytes: self.limits.memory_bytes,
-                    })
+                    Err(self.out_of_memory())
                 } else {
                     Err(FunctionError::Uncaught { message })
                 }
@@ -405,7 +374,7 @@ impl Isolate {
     }
 }
 
-fn dispatch(slot: &HostSlot, op: &str, args: &str, is_async: bool) -> String {
+pub(crate) fn dispatch(slot: &HostSlot, op: &str, args: &str, is_async: bool) -> String {
     let mut guard = slot.borrow_mut();
     let Some(host) = guard.as_mut() else {
         return format!(
@@ -443,11 +412,9 @@ fn outcome_text(outcome: &Json, key: &str) -> String {
 impl Isolate {
     /// Runs a push-time entry point (no database, a generous CPU budget) and returns its
     /// outcome object.
-    fn run_at_push(
-        &mut self,
-        start: impl FnOnce(&rquickjs::Ctx<'_>) -> rquickjs::Result<()>,
-    ) -> Result<Json, RuntimeError> {
-        let (_, result, _) = self.run_entry(Box::new(NoDatabase), ANALYSIS_CPU_TIME, 1, 0.0, start);
+    fn run_at_push(&mut self, entry: &str, args: &[Arg<'_>]) -> Result<Json, RuntimeError> {
+        let (_, result, _) =
+            self.run_entry(Box::new(NoDatabase), ANALYSIS_CPU_TIME, 1, 0.0, entry, args);
         result.map(|(outcome, _)| outcome).map_err(analysis_failure)
     }
 }
@@ -463,11 +430,12 @@ fn analysis_failure(error: FunctionError) -> RuntimeError {
 
 /// Loads every function module of a push and lists its functions.
 pub fn analyze_modules(
+    engine: Engine,
     modules: &ModuleSet,
     limits: &RuntimeLimits,
 ) -> Result<ModuleAnalysis, RuntimeError> {
     let mut isolate =
-        Isolate::new(modules, &BTreeMap::new(), limits).map_err(RuntimeError::Analyze)?;
+        Isolate::new(engine, modules, &BTreeMap::new(), limits).map_err(RuntimeError::Analyze)?;
     let paths: Vec<&String> = modules
         .modules
         .keys()
@@ -485,10 +453,10 @@ pub fn analyze_modules(
         }
     };
     let (crons, auth) = (present("crons.js"), present("auth.config.js"));
-    let outcome = isolate.run_at_push(|ctx| {
-        let analyze: Function = ctx.globals().get("__nimbus_analyze")?;
-        analyze.call::<_, ()>((paths_json.as_str(), crons, auth))
-    })?;
+    let outcome = isolate.run_at_push(
+        "__nimbus_analyze",
+        &[Arg::Str(&paths_json), Arg::Str(crons), Arg::Str(auth)],
+    )?;
     let text = |key: &str| outcome_text(&outcome, key);
     match outcome.get("kind").and_then(Json::as_str) {
         Some("ok") => {}
@@ -556,6 +524,7 @@ pub fn analyze_modules(
 
 /// Evaluates `schema.js` and returns its `default.export()` JSON text.
 pub fn evaluate_schema(
+    engine: Engine,
     schema_source: &str,
     limits: &RuntimeLimits,
 ) -> Result<String, RuntimeError> {
@@ -567,11 +536,8 @@ pub fn evaluate_schema(
         env: Arc::new(BTreeMap::new()),
     };
     let mut isolate =
-        Isolate::new(&modules, &BTreeMap::new(), limits).map_err(RuntimeError::Analyze)?;
-    let outcome = isolate.run_at_push(|ctx| {
-        let schema: Function = ctx.globals().get("__nimbus_schema")?;
-        schema.call::<_, ()>(("schema.js",))
-    })?;
+        Isolate::new(engine, &modules, &BTreeMap::new(), limits).map_err(RuntimeError::Analyze)?;
+    let outcome = isolate.run_at_push("__nimbus_schema", &[Arg::Str("schema.js")])?;
     let text = |key: &str| outcome_text(&outcome, key);
     match outcome.get("kind").and_then(Json::as_str) {
         Some("ok") => Ok(text("value")),

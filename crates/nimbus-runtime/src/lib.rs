@@ -1,13 +1,17 @@
-//! Runs tenants' Convex functions in QuickJS (via `rquickjs`), in-process.
+//! Runs tenants' Convex functions in-process, in V8 (Debian's libnode, through
+//! `nimbus-v8`) or QuickJS (through `rquickjs`): one [`Engine`] per pool, behind the same
+//! boundary (`vm.rs`), so that everything above it is the same for both.
 //!
 //! - [`JsPool`]: a fixed set of worker threads fed by one bounded job queue. Each worker
-//!   caches one QuickJS runtime+context per (tenant, [`CodeId`]) in a bounded LRU, so a
-//!   tenant's code never shares a runtime or context with another tenant's, and a runtime
-//!   built from one push never runs another push's code.
-//! - Every call has a CPU-time limit (the interrupt handler stops the interpreter at the
-//!   deadline) and a memory limit (the runtime's allocator limit); a call that exceeds
-//!   either fails with [`FunctionError::Timeout`] / [`FunctionError::OutOfMemory`], its
-//!   runtime is discarded, and the worker moves on.
+//!   caches one runtime (a V8 isolate, or a QuickJS runtime) with one context per (tenant,
+//!   [`CodeId`]) in a bounded LRU, so a tenant's code never shares a runtime or context
+//!   with another tenant's, and a runtime built from one push never runs another push's
+//!   code.
+//! - Every call has a CPU-time limit (QuickJS's interrupt handler, or V8's
+//!   `TerminateExecution` from a watchdog thread, stops it at the deadline) and a memory
+//!   limit (QuickJS's allocator limit; V8's heap limit and a bound on ArrayBuffer bytes);
+//!   a call that exceeds either fails with [`FunctionError::Timeout`] /
+//!   [`FunctionError::OutOfMemory`], its runtime is discarded, and the worker moves on.
 //! - The runtime knows nothing about the database: every `Convex.syscall` /
 //!   `Convex.asyncSyscall` goes to the [`SyscallHost`] the caller passes with the call.
 //!   Async syscalls are answered synchronously (the engine reads in-memory snapshots or
@@ -19,6 +23,7 @@ mod isolate;
 mod modules;
 mod natives;
 mod pool;
+mod vm;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use std::time::Duration;
 pub use action::{ActionStep, AsyncOp, OpResult, OpValue, MAX_OPS_IN_FLIGHT};
 pub use isolate::{analyze_modules, evaluate_schema};
 pub use pool::{ActionHandle, CacheStats, JsPool};
+pub use vm::Engine;
 
 /// Limits of one function call.
 #[derive(Debug, Clone)]
@@ -75,6 +81,8 @@ pub struct PoolConfig {
     /// [`PoolError::TooManyActions`].
     pub max_actions: usize,
     pub limits: RuntimeLimits,
+    /// The engine every worker runs functions in.
+    pub engine: Engine,
 }
 
 impl Default for PoolConfig {
@@ -88,6 +96,7 @@ impl Default for PoolConfig {
             cache_bytes_per_worker: DEFAULT_CACHE_MIB_PER_WORKER << 20,
             max_actions: 256,
             limits: RuntimeLimits::default(),
+            engine: Engine::preferred(),
         }
     }
 }

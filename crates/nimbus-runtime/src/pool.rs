@@ -10,6 +10,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
 use crate::action::{ActionState, ActionStep, OpResult};
 use crate::isolate::{downcast_host, Isolate};
+use crate::vm::Engine;
 use crate::{
     CodeId, FunctionError, FunctionKind, Invocation, Outcome, PoolConfig, PoolError, RuntimeError,
     RuntimeLimits, SyscallHost,
@@ -65,6 +66,7 @@ pub struct JsPool {
     max_actions: usize,
     next_action: AtomicU64,
     gauges: Vec<Arc<CacheGauge>>,
+    engine: Engine,
 }
 
 /// The workers' runtime caches, summed ([`JsPool::cache_stats`]).
@@ -104,6 +106,7 @@ struct WorkerState {
     /// Sum of `bytes` over `cache`.
     cached_bytes: usize,
     gauge: Arc<CacheGauge>,
+    engine: Engine,
     limits: RuntimeLimits,
     clock: u64,
     /// The pool's load counters and this worker's index in them.
@@ -142,23 +145,40 @@ impl WorkerState {
         if self.cache.len() != before {
             self.recount();
         }
-        let position = self.cache.iter().position(|c| c.code_id == code_id);
+        // A call's own memory limit: made with it, or replaced when an engine cannot change
+        // it in place (V8).
+        let mut limits = self.limits.clone();
+        if let Some(call) = inv.limits {
+            limits.memory_bytes = call.memory_bytes;
+        }
+        let mut position = self.cache.iter().position(|c| c.code_id == code_id);
+        if let Some(index) = position {
+            if !self.cache[index]
+                .isolate
+                .accepts_memory_limit(limits.memory_bytes)
+            {
+                self.cache.swap_remove(index);
+                self.recount();
+                position = None;
+            }
+        }
         let index = match position {
             Some(index) => index,
             None => {
-                let isolate = match Isolate::new(&inv.modules, &inv.system_env, &self.limits) {
-                    Ok(isolate) => isolate,
-                    Err(message) => {
-                        let outcome = Outcome {
-                            result: Err(FunctionError::Internal(format!(
-                                "cannot load the tenant's code: {message}"
-                            ))),
-                            log_lines: Vec::new(),
-                            cpu_time: std::time::Duration::ZERO,
-                        };
-                        return (host, outcome);
-                    }
-                };
+                let isolate =
+                    match Isolate::new(self.engine, &inv.modules, &inv.system_env, &limits) {
+                        Ok(isolate) => isolate,
+                        Err(message) => {
+                            let outcome = Outcome {
+                                result: Err(FunctionError::Internal(format!(
+                                    "cannot load the tenant's code: {message}"
+                                ))),
+                                log_lines: Vec::new(),
+                                cpu_time: std::time::Duration::ZERO,
+                            };
+                            return (host, outcome);
+                        }
+                    };
                 let bytes = isolate.heap_bytes();
                 self.make_room(1, bytes);
                 self.cache.push(Cached {
@@ -229,7 +249,7 @@ fn worker(
     load: Arc<Vec<AtomicUsize>>,
     index: usize,
     (max_cached, max_cached_bytes, gauge): (usize, usize, Arc<CacheGauge>),
-    limits: RuntimeLimits,
+    (engine, limits): (Engine, RuntimeLimits),
 ) {
     let mut state = WorkerState {
         cache: Vec::new(),
@@ -237,6 +257,7 @@ fn worker(
         max_cached_bytes: max_cached_bytes.max(1),
         cached_bytes: 0,
         gauge,
+        engine,
         limits,
         clock: 0,
         load,
@@ -397,7 +418,7 @@ impl JsPool {
         for (n, gauge) in gauges.iter().enumerate() {
             let (sender, receiver) = bounded::<Job>(per_worker);
             let (control, control_receiver) = bounded::<Control>(2 * max_actions);
-            let limits = config.limits.clone();
+            let limits = (config.engine, config.limits.clone());
             let cache_bounds = (
                 config.isolates_per_worker,
                 config.cache_bytes_per_worker,
@@ -406,7 +427,8 @@ impl JsPool {
             let worker_load = load.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("nimbus-js-{n}"))
-                // QuickJS's own stack limit is set per runtime; give the thread room above it.
+                // Each runtime's own stack limit (QuickJS's, V8's) is set below the worker's
+                // frame; give the thread room above it.
                 .stack_size(8 << 20)
                 .spawn(move || {
                     worker(
@@ -434,7 +456,13 @@ impl JsPool {
             max_actions,
             next_action: AtomicU64::new(0),
             gauges,
+            engine: config.engine,
         })
+    }
+
+    /// The engine the workers run functions in.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Runtimes cached on all workers, their bytes, and how many were dropped to make room
@@ -587,7 +615,7 @@ impl JsPool {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let tenant = inv.tenant.clone();
         let job: Job = Box::new(move |state: &mut WorkerState| {
-            let (parked, step) = ActionState::start(inv, &state.limits);
+            let (parked, step) = ActionState::start(state.engine, inv, &state.limits);
             state.release();
             // Kept only if its driver still waits for it.
             if reply.send((state.index, step)).is_ok() {

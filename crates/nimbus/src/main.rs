@@ -113,6 +113,10 @@ struct ServeArgs {
     /// (`limit: "admissionQueue"`). Values over 65,536 count as 65,536.
     #[arg(long, default_value_t = 4096)]
     admission_queue_per_tenant: usize,
+    /// The engine tenants' functions run in: `v8` (Debian's libnode; the default when this
+    /// build has it) or `quickjs` (every build has it). Startup prints the one in use.
+    #[arg(long, env = "NIMBUS_JS_ENGINE", value_parser = parse_engine)]
+    js_engine: Option<nimbus_app::JsEngine>,
     /// JavaScript worker threads (default: 2 × cores, at least 4).
     #[arg(long)]
     js_workers: Option<usize>,
@@ -327,6 +331,7 @@ fn main() -> Result<()> {
                 max_request_bytes,
                 max_inflight_per_tenant,
                 admission_queue_per_tenant,
+                js_engine,
                 js_workers,
                 js_workers_per_tenant,
                 js_isolates_per_worker,
@@ -421,6 +426,16 @@ fn main() -> Result<()> {
                     );
                 }
             }
+            if let Some(engine) = js_engine {
+                if !engine.is_available() {
+                    bail!(
+                        "--js-engine {engine}: this build of Nimbus has no V8 (libnode was not \
+                         found when it was built; run scripts/libnode.sh and rebuild), use \
+                         --js-engine quickjs"
+                    );
+                }
+                config.pool.engine = engine;
+            }
             if let Some(workers) = js_workers {
                 config.set_js_workers(workers);
             }
@@ -503,6 +518,7 @@ async fn serve(
 ) -> Result<()> {
     let data_dir = config.data_dir.clone();
     let from_env = config.admin_key.is_some();
+    let engine = config.pool.engine;
     let site = nimbus_server::SiteConfig {
         domain: server.domain.clone(),
         max_request_bytes: site_max_request_bytes,
@@ -523,6 +539,7 @@ async fn serve(
     };
     println!("nimbus listening on http://{listen} (public URL {public_url})");
     println!("  data dir:  {}", data_dir.display());
+    println!("  functions: {}", engine.describe());
     if from_env {
         println!("  admin key: from NIMBUS_ADMIN_KEY");
     } else {
@@ -689,4 +706,8 @@ fn tenant_command(
         }
     }
     Ok(())
+}
+
+fn parse_engine(text: &str) -> Result<nimbus_app::JsEngine, String> {
+    text.parse()
 }

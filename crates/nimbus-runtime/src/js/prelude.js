@@ -216,7 +216,7 @@
     dropped = 0;
     outcome = null;
   };
-  g.__nimbus_settled = () => outcome !== null;
+  g.__nimbus_settled = () => (outcome !== null ? "settled" : "waiting");
   g.__nimbus_finish = () => {
     if (dropped > 0) logs.push(`[WARN] ${dropped} more log lines were dropped (limit ${MAX_LINES} per call)`);
     return JSON.stringify({ outcome, logs });

@@ -42,6 +42,36 @@ export const memoryBomb = query({
   },
 });
 
+/** Fills ArrayBuffers (outside a V8 heap, counted against the same limit) until refused. */
+export const arrayBufferBomb = query({
+  args: {},
+  returns: v.number(),
+  handler: async () => {
+    const keep: ArrayBuffer[] = [];
+    for (;;) keep.push(new ArrayBuffer(8 << 20));
+  },
+});
+
+/** Recurses without end: the stack limit must stop it with an error, not a crash. */
+export const deepRecursion = query({
+  args: {},
+  returns: v.number(),
+  handler: async () => {
+    const down = (n: number): number => down(n + 1) + 1;
+    return down(0);
+  },
+});
+
+/** One 100 MB string, flattened (`indexOf` needs it in one piece), over a 64 MiB limit. */
+export const hugeString = query({
+  args: {},
+  returns: v.number(),
+  handler: async () => {
+    const s = "x".repeat(100 * 1000 * 1000);
+    return s.indexOf("y");
+  },
+});
+
 /** A quick query, used to show the server still answers. */
 export const ping = query({
   args: {},
