@@ -5,7 +5,7 @@
 //! Phases run in order, each over tenants not touched before, one at a time (then a second,
 //! warm request to the same tenant) or C at a time (each tenant once):
 //! - tenants with `examples/pos` pushed and seeded get `orders:listOpen`, which opens the
-//!   tenant's storage, loads its documents and code and creates its QuickJS runtime;
+//!   tenant's storage, loads its documents and code and creates its JavaScript runtime;
 //! - tenants without code get `GET /admin/tenants/<name>/stats`, which activates the tenant
 //!   (opens its storage and engine) and answers its counters; no function runs.
 //!

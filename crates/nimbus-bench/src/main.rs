@@ -4,8 +4,8 @@
 //! has a warm-up, a bounded duration and a progress line per second on stderr, and prints
 //! one JSON object on stdout (documented in BENCHMARKS.md). Setup commands (`seed`,
 //! `provision`, `pocketbase-setup`) write a targets file the load commands read. `sqlite`
-//! is the in-process rusqlite baseline, `js-floor` the cost of a function call in QuickJS
-//! alone. `report` turns a directory of results into the
+//! is the in-process rusqlite baseline, `js-floor` the cost of a function call in the
+//! JavaScript engines alone. `report` turns a directory of results into the
 //! Markdown of BENCHMARKS.md; `check` fails if any result has errors or no requests.
 //! Targets are 127.0.0.1 only; every loop stops by itself.
 

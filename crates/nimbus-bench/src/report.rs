@@ -204,7 +204,7 @@ fn hot_section(dir: &Path, out: &mut String) -> Result<()> {
         (&i, "Nimbus: the smallest durable mutation (`orders:open`: insert one order; fsynced)".into()),
         (&q, "Nimbus: indexed queries (`orders:listOpen`, 10 rows), query cache on (the default; repeated query, so hits)".into()),
         (&qt, format!("Nimbus: the same cached queries, open loop at {at_rate}/s (the foundation issue's target rate; latency from each request's intended send time)")),
-        (&u, "Nimbus: the same queries with `--query-cache-entries 0` (every call runs the function in QuickJS)".into()),
+        (&u, "Nimbus: the same queries with `--query-cache-entries 0` (every call runs the function in the JavaScript engine)".into()),
         (&pm, format!("{pb}: the same write as one `/api/batch` transaction (stock decrement, order, item; **not fsynced**, see below)")),
         (&pi, format!("{pb}: the same one-order insert, one record created (**not fsynced**)")),
         (&pq, format!("{pb}: list of a shop's 10 newest open orders (filter + sort on a composite index, `skipTotal`)")),
@@ -613,7 +613,7 @@ fn cold_section(dir: &Path, out: &mut String) -> Result<()> {
     )?;
     writeln!(
         out,
-        "Server resident memory (VmRSS) right after the restart: {} MiB. Requests to tenants with code run `orders:listOpen` (the first one opens the tenant's storage, loads its documents and code and creates its QuickJS runtime); requests to tenants without code are `GET /admin/tenants/<name>/stats`, which activates the tenant (storage and engine) and runs no function.\n",
+        "Server resident memory (VmRSS) right after the restart: {} MiB. Requests to tenants with code run `orders:listOpen` (the first one opens the tenant's storage, loads its documents and code and creates its JavaScript runtime: a V8 isolate by default); requests to tenants without code are `GET /admin/tenants/<name>/stats`, which activates the tenant (storage and engine) and runs no function.\n",
         fmt(num(&c, "/rss_kib_before").map(|k| (k / 1024.0).round())),
     )?;
     let probed = !c["active_alone"].is_null();

@@ -368,14 +368,6 @@ struct Entry {
 // The status of an entry that ended; sets state->text to an exception's message.
 int Finish(nv8_isolate* state, Entry& entry, bool ok) {
   if (state->out_of_memory) return NV8_OUT_OF_MEMORY;
-  // V8 checks its limit when it collects garbage, so one large object (a 100 MB string)
-  // can take the heap past it without the callback: that is out of memory too.
-  v8::HeapStatistics stats;
-  state->isolate->GetHeapStatistics(&stats);
-  if (stats.used_heap_size() > state->heap_limit) {
-    state->out_of_memory = true;
-    return NV8_OUT_OF_MEMORY;
-  }
   if (state->terminating || entry.try_catch.HasTerminated()) return NV8_TERMINATED;
   if (ok) return NV8_OK;
   if (!entry.try_catch.HasCaught()) {
@@ -551,6 +543,17 @@ int nv8_run_microtasks(nv8_isolate* state) {
   Entry entry(state);
   state->isolate->PerformMicrotaskCheckpoint();
   return Finish(state, entry, true);
+}
+
+// V8 checks its heap limit when it collects garbage, so one large object (a 100 MB string)
+// can take the heap past it without the callback: true (and out of memory from then on) when
+// the heap is over the limit. Asked after each call rather than after each entry.
+bool nv8_heap_over_limit(nv8_isolate* state) {
+  if (state->out_of_memory) return true;
+  v8::HeapStatistics stats;
+  state->isolate->GetHeapStatistics(&stats);
+  if (stats.used_heap_size() > state->heap_limit) state->out_of_memory = true;
+  return state->out_of_memory;
 }
 
 // Stops the running call (from any thread). The entry returns NV8_TERMINATED.

@@ -92,6 +92,7 @@ mod ffi {
             is_string: *mut bool,
         ) -> c_int;
         pub fn nv8_run_microtasks(isolate: *mut RawIsolate) -> c_int;
+        pub fn nv8_heap_over_limit(isolate: *mut RawIsolate) -> bool;
         pub fn nv8_terminate(isolate: *mut RawIsolate);
         pub fn nv8_clear_termination(isolate: *mut RawIsolate);
         pub fn nv8_memory_used(isolate: *mut RawIsolate) -> usize;
@@ -377,6 +378,14 @@ impl Isolate {
                 },
             )),
         }
+    }
+
+    /// Whether the heap is over its limit: V8 checks its limit only when it collects
+    /// garbage, so one large object can pass it unseen. Once true, the isolate is out of
+    /// memory (every entry fails with [`Failure::OutOfMemory`]) and must be dropped.
+    pub fn heap_over_limit(&mut self) -> bool {
+        // SAFETY: `raw` is alive.
+        unsafe { ffi::nv8_heap_over_limit(self.raw) }
     }
 
     /// Terminates whatever runs in this isolate at `deadline`, until [`Isolate::disarm`].

@@ -3,10 +3,15 @@
 //! An isolate is armed with a deadline before an entry and disarmed after it. Both, and the
 //! termination itself, happen under one lock, so once [`disarm`] returns the watchdog will
 //! never touch that isolate again and it may be dropped.
+//!
+//! Arming must be cheap: every function call arms once. So the watchdog ticks (every
+//! [`TICK`], or sooner for an earlier deadline) instead of being woken by each arm, which
+//! cost a thread wake-up per call; a deadline strikes at most a tick late. After a second
+//! with nothing armed it sleeps until the next arm wakes it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -22,10 +27,17 @@ struct Armed {
 #[allow(unsafe_code)]
 unsafe impl Send for Armed {}
 
+/// How often the watchdog looks for deadlines that passed.
+const TICK: Duration = Duration::from_millis(5);
+/// Ticks with nothing armed before the watchdog sleeps until woken.
+const IDLE_TICKS: u32 = 200;
+
 #[derive(Default)]
 struct State {
     next_id: u64,
     armed: BTreeMap<u64, Armed>,
+    /// The watchdog waits for a wake-up (nothing was armed for a while).
+    sleeping: bool,
 }
 
 struct Shared {
@@ -54,6 +66,7 @@ fn shared() -> &'static Arc<Shared> {
 
 fn watch(shared: &Shared) {
     let mut state = shared.state.lock();
+    let mut idle_ticks = 0u32;
     loop {
         let now = Instant::now();
         let due: Vec<u64> = state
@@ -71,12 +84,26 @@ fn watch(shared: &Shared) {
                 };
             }
         }
-        match state.armed.values().map(|a| a.deadline).min() {
-            Some(next) => {
-                shared.wake.wait_until(&mut state, next);
+        if state.armed.is_empty() {
+            idle_ticks += 1;
+            if idle_ticks >= IDLE_TICKS {
+                state.sleeping = true;
+                shared.wake.wait(&mut state);
+                state.sleeping = false;
+                idle_ticks = 0;
+                continue;
             }
-            None => shared.wake.wait(&mut state),
+        } else {
+            idle_ticks = 0;
         }
+        let tick = now + TICK;
+        let next = state
+            .armed
+            .values()
+            .map(|a| a.deadline)
+            .min()
+            .map_or(tick, |deadline| deadline.min(tick));
+        shared.wake.wait_until(&mut state, next);
     }
 }
 
@@ -87,8 +114,11 @@ pub(crate) fn arm(isolate: *mut RawIsolate, deadline: Instant) -> u64 {
     state.next_id += 1;
     let id = state.next_id;
     state.armed.insert(id, Armed { deadline, isolate });
+    let sleeping = state.sleeping;
     drop(state);
-    shared.wake.notify_one();
+    if sleeping {
+        shared.wake.notify_one();
+    }
     id
 }
 

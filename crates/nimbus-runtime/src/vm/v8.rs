@@ -95,12 +95,17 @@ impl V8Vm {
         self.array_buffers_refused(result)
     }
 
+    /// Runs the microtasks: the end of every call's JavaScript, so also where the heap is
+    /// compared with its limit (see `nimbus_v8::Isolate::heap_over_limit`).
     pub fn run_jobs(&mut self) -> Result<Option<String>, VmFailure> {
         let result = self
             .isolate
             .run_microtasks()
             .map_err(failure)
             .map(|()| None);
+        if result.is_ok() && self.isolate.heap_over_limit() {
+            return Err(VmFailure::OutOfMemory);
+        }
         self.array_buffers_refused(result)
     }
 
