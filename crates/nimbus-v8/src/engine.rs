@@ -115,10 +115,18 @@ pub(crate) unsafe fn terminate(isolate: *mut RawIsolate) {
 
 static INIT: Once = Once::new();
 
+/// V8 flags, set once before the platform starts.
+///
+/// `--no-expose-wasm`: no `WebAssembly` global. A WebAssembly memory is reserved by V8's page
+/// allocator, outside both the heap limit and the ArrayBuffer allocator, so a tenant could
+/// take gigabytes past its memory limit with one `new WebAssembly.Memory(...)`. Convex
+/// functions do not get WebAssembly in QuickJS either.
+const FLAGS: &str = "--no-expose-wasm";
+
 fn init() {
     INIT.call_once(|| {
-        // SAFETY: no flags; the shim initializes the platform once.
-        unsafe { ffi::nv8_init(std::ptr::null(), 0) }
+        // SAFETY: the flags outlive the call; the shim initializes the platform once.
+        unsafe { ffi::nv8_init(FLAGS.as_ptr().cast(), FLAGS.len()) }
     });
 }
 

@@ -140,6 +140,10 @@ fn natives_scripts_and_calls_carry_every_kind_of_value() {
         }
         other => panic!("expected an exception, got {other:?}"),
     }
+    // No WebAssembly: its memories would escape every memory limit.
+    iso.eval_script("w.js", "globalThis.w = () => typeof WebAssembly;")
+        .unwrap();
+    assert_eq!(iso.call("w", &[]).unwrap().as_deref(), Some("undefined"));
     // A syntax error in a script, and calling what is not a function.
     assert!(matches!(
         iso.eval_script("s.js", "let ="),
