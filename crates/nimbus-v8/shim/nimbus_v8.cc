@@ -426,6 +426,9 @@ nv8_isolate* nv8_isolate_new(size_t heap_bytes, size_t array_buffer_bytes, size_
   isolate->AddNearHeapLimitCallback(NearHeapLimit, state.get());
   isolate->SetMicrotasksPolicy(v8::MicrotasksPolicy::kExplicit);
   isolate->SetHostImportModuleDynamicallyCallback(DynamicImport);
+  // Atomics.wait would block the worker thread (no other thread can notify it), holding the
+  // worker while using no CPU time; it throws instead, as in QuickJS.
+  isolate->SetAllowAtomicsWait(false);
   char here = 0;
   uintptr_t top = reinterpret_cast<uintptr_t>(&here);
   isolate->SetStackLimit(top - stack_bytes);

@@ -45,6 +45,7 @@ export const spin = register("isQuery", async () => { while (true) {} });
 // ropes of a few nodes, so those took longer than the CPU limit to fill its heap.)
 export const hog = register("isQuery", async () => { const a = []; while (true) a.push(new Array(1 << 16).fill(a.length)); });
 export const recurse = register("isQuery", async () => { const f = (n) => f(n + 1) + 1; return f(0); });
+export const block = register("isQuery", async () => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0));
 export const internalOne = register("isMutation", async () => 1, { isPublic: undefined, isInternal: true });
 export const notAFunction = 5;
 function action(handler) {
@@ -274,6 +275,16 @@ async fn errors_are_classified() {
         "deep recursion fails cleanly: {:?}",
         o.result
     );
+    // Blocking the worker thread for ever (no one can notify) is refused, not waited out.
+    let (_, o) = tokio::time::timeout(Duration::from_secs(20), run("block", FunctionKind::Query))
+        .await
+        .unwrap_or_else(|_| panic!("Atomics.wait blocked the worker"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(o.result, Err(FunctionError::Uncaught { .. })),
+        "Atomics.wait must throw: {:?}",
+        o.result
+    );
 }
 
 #[tokio::test]
@@ -438,7 +449,7 @@ fn analysis_lists_registered_functions() {
         })
         .collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(names.len(), 17, "{names:?}");
+    assert_eq!(names.len(), 18, "{names:?}");
     assert!(names.contains(&("fanOut".to_string(), FunctionKind::Action, true)));
     assert!(names.contains(&("internalOne".to_string(), FunctionKind::Mutation, false)));
     assert!(names.contains(&("echo".to_string(), FunctionKind::Query, true)));
