@@ -460,6 +460,8 @@ void nv8_isolate_free(nv8_isolate* state) {
   state->modules_by_hash.clear();
   state->modules.clear();
   state->context.Reset();
+  // The default platform keeps a task queue per isolate until told it is gone.
+  v8::platform::NotifyIsolateShutdown(g_platform.get(), isolate);
   isolate->Dispose();
   delete state;
 }
@@ -541,10 +543,17 @@ int nv8_call(nv8_isolate* state, nv8_str name, const nv8_arg* args, size_t nargs
   return status;
 }
 
-// Runs every queued microtask (promise reactions).
+// Runs every queued microtask (promise reactions), then the isolate's pending foreground
+// tasks (V8 posts some for its collector, and FinalizationRegistry cleanups, which run
+// JavaScript: they run here, within the call's deadline) and the microtasks those queued.
+// Without this, nothing would ever run an isolate's posted tasks: there is no event loop.
 int nv8_run_microtasks(nv8_isolate* state) {
   Entry entry(state);
   state->isolate->PerformMicrotaskCheckpoint();
+  for (int round = 0; round < 16 && !state->terminating && !entry.try_catch.HasTerminated(); round++) {
+    if (!v8::platform::PumpMessageLoop(g_platform.get(), state->isolate)) break;
+    state->isolate->PerformMicrotaskCheckpoint();
+  }
   return Finish(state, entry, true);
 }
 
