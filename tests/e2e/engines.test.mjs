@@ -161,6 +161,24 @@ const CALLS = [
   ["app", "query", "items:count", {}],
   ["app", "mutation", "items:remove", (got) => ({ id: got[45] })],
   ["app", "query", "items:all", {}],
+  // Index ranges, filters, pagination and counts over a few more rows.
+  ["app", "mutation", "items:insertMany", { items: [3, 5, 7, 9, 11].map((n) => ({ group: "r", n, name: `r${n}`, tags: [String(n)] })) }],
+  ["app", "query", "items:range", { group: "r", gte: 5, lt: 11, order: "desc" }],
+  ["app", "query", "items:range", { group: "r", gt: 3, take: 2 }],
+  ["app", "query", "items:byN", { gte: 4, lt: 10 }],
+  ["app", "query", "items:first", { group: "r", order: "desc" }],
+  ["app", "query", "items:uniqueByN", { n: 7 }],
+  ["app", "query", "items:page", { group: "r", paginationOpts: { numItems: 2, cursor: null } }],
+  ["app", "query", "items:createdAfter", { after: 0 }],
+  ...["eqAndRange", "orNot", "nestedField", "arithmetic", "missingField", "int64"].map((kind) => ["app", "query", "items:filtered", { kind, group: "r" }]),
+  ["app", "query", "items:rangeFilterTake", { group: "r", take: 2 }],
+  ["app", "query", "items:firstNames", { group: "r", max: 3 }],
+  ["app", "query", "items:count", {}],
+  // Actions: nested calls through ctx.run*, and an action's own errors.
+  ["app", "action", "actions:pipeline", { owner: "act", text: "from an action" }],
+  ["app", "query", "actions:countNotes", { owner: "act" }],
+  ["app", "action", "actions:envOf", { name: "NOT_SET_ANYWHERE" }],
+  ["app", "action", "actions:recurse", { depth: 3 }],
 ];
 
 test("every function answers the same on V8 and on QuickJS", { timeout: 600_000 }, async (t) => {
