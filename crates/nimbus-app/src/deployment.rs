@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use nimbus_runtime::{CodeId, FunctionKind, ModuleSet};
 use nimbus_types::schema::Schema;
 use nimbus_types::validator::Validator;
@@ -114,6 +116,10 @@ struct DeploymentRecord {
     /// Absent in records written before environment variables existed (none set).
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// V8 code caches of the modules (base64), made at push time (`nimbus_runtime::
+    /// CodeCache`). V8 checks each against its source, version and flags before use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    code_cache: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -272,7 +278,11 @@ impl Deployment {
             generation,
             code_id,
             modules: self.modules.clone(),
-            module_set: module_set(code_id, &self.modules, &env),
+            // The same sources: their code caches (made at push time or by a runtime) hold.
+            module_set: ModuleSet {
+                code_cache: self.module_set.code_cache.clone(),
+                ..module_set(code_id, &self.modules, &env)
+            },
             functions: self.functions.clone(),
             schema: self.schema.clone(),
             schema_json: self.schema_json.clone(),
@@ -306,6 +316,13 @@ impl Deployment {
             crons_json: self.crons_json.clone(),
             auth_json: self.auth_json.clone(),
             env: (*self.env).clone(),
+            code_cache: self
+                .module_set
+                .code_cache
+                .entries()
+                .into_iter()
+                .map(|(name, bytes)| (name, STANDARD.encode(bytes)))
+                .collect(),
         };
         serde_json::to_vec(&record).map_err(|e| AppError::Internal(format!("deployment: {e}")))
     }
@@ -339,7 +356,7 @@ impl Deployment {
             })?),
             None => CodeId::random(),
         };
-        Deployment::build(
+        let deployment = Deployment::build(
             record.generation,
             code_id,
             record.modules,
@@ -348,7 +365,14 @@ impl Deployment {
             record.crons_json,
             record.auth_json,
             Arc::new(record.env),
-        )
+        )?;
+        for (name, encoded) in record.code_cache {
+            // A cache is an optimization: one that cannot be read is compiled without.
+            if let Ok(bytes) = STANDARD.decode(encoded) {
+                deployment.module_set.code_cache.put(&name, bytes);
+            }
+        }
+        Ok(deployment)
     }
 
     pub fn hashes(&self) -> Vec<ModuleHash> {
@@ -372,11 +396,7 @@ fn module_set(
         .iter()
         .map(|m| (m.path.clone(), m.source.clone()))
         .collect();
-    ModuleSet {
-        code_id,
-        modules: Arc::new(map),
-        env: env.clone(),
-    }
+    ModuleSet::new(code_id, Arc::new(map), env.clone())
 }
 
 /// Splits a client's function path into (module path with `.js`, export name).
@@ -435,5 +455,49 @@ mod tests {
         expect("dir/file:fn", "dir/file.js", "fn");
         assert_eq!(canonical_path(":x"), None);
         assert_eq!(canonical_path("../x:y"), None);
+    }
+
+    /// The modules' code caches are stored with the deployment and come back with it, and
+    /// survive activation; a record without them (written before they existed) loads.
+    #[test]
+    fn code_caches_are_kept_with_the_deployment() {
+        let module = StoredModule {
+            path: "app.js".into(),
+            source: "export const x = 1;".into(),
+            source_map: None,
+            environment: "isolate".into(),
+        };
+        let build = || {
+            Deployment::build(
+                3,
+                CodeId(7),
+                vec![module.clone()],
+                Vec::new(),
+                None,
+                None,
+                None,
+                Arc::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let deployment = build();
+        assert!(deployment
+            .module_set
+            .code_cache
+            .put("app.js", vec![1, 2, 3, 255]));
+        let bytes = deployment.to_bytes().unwrap_or_else(|e| panic!("{e}"));
+        let loaded = Deployment::from_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            loaded.module_set.code_cache.get("app.js").as_deref(),
+            Some(&[1u8, 2, 3, 255][..])
+        );
+        let activated = loaded.activated(&build());
+        assert_ne!(activated.code_id, loaded.code_id);
+        assert_eq!(activated.module_set.code_cache.len(), 1);
+
+        let without = build().to_bytes().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!String::from_utf8_lossy(&without).contains("code_cache"));
+        let loaded = Deployment::from_bytes(&without).unwrap_or_else(|e| panic!("{e}"));
+        assert!(loaded.module_set.code_cache.is_empty());
     }
 }

@@ -123,22 +123,24 @@ impl Tenant {
     pub async fn start_push(&self, request: PushRequest) -> Result<StagedPush, AppError> {
         let current = self.deployment();
         let modules = assemble_modules(&current, request.modules, &request.unchanged)?;
-        let module_set = ModuleSet {
+        let module_set = ModuleSet::new(
             // Analysis runs in a runtime of its own, outside the pool's cache.
-            code_id: CodeId::NONE,
-            modules: Arc::new(
+            CodeId::NONE,
+            Arc::new(
                 modules
                     .iter()
                     .map(|m| (m.path.clone(), m.source.clone()))
                     .collect(),
             ),
             // `auth.config.ts` may read `process.env`: it sees the variables set now.
-            env: current.env.clone(),
-        };
+            current.env.clone(),
+        );
         let limits = RuntimeLimits::default();
         let schema_source = request.schema_source;
         // The pool's engine: what loads at push time loads the same way when called.
         let engine = self.pool().engine();
+        // Filled by the analysis (V8): kept with the deployment.
+        let code_cache = module_set.code_cache.clone();
         let analyzed = tokio::task::spawn_blocking(move || {
             let analysis = analyze_modules(engine, &module_set, &limits)
                 .map_err(|e| push_failed("InvalidModules", e.to_string()))?;
@@ -167,7 +169,7 @@ impl Tenant {
             })
             .collect();
         // Generation and code identity are given when the push is activated.
-        let deployment = Deployment::build(
+        let mut deployment = Deployment::build(
             0,
             CodeId::NONE,
             modules,
@@ -177,6 +179,7 @@ impl Tenant {
             analysis.auth_json.clone(),
             current.env.clone(),
         )?;
+        deployment.module_set.code_cache = code_cache;
         let index_changes = index_changes(&self.engine().snapshot(), deployment.schema.as_deref());
         let auth = (*deployment.auth).clone();
         let token = format!("push-{:032x}", rand::random::<u128>());

@@ -145,22 +145,41 @@ struct Case {
     export: &'static str,
     kind: FunctionKind,
     args: String,
+    /// Each call goes to a tenant the pool has not seen, so it pays for a new runtime and
+    /// the loading of its modules before the call itself.
+    first_call: FirstCall,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstCall {
+    /// A warm runtime (the pool's, after the warm-up calls).
+    No,
+    /// A new runtime compiling the modules from source (no code cache).
+    FromSource,
+    /// A new runtime compiling them from the code cache its push's first runtime made.
+    FromCodeCache,
 }
 
 /// Runs `calls` calls of each function (after `calls / 10` warm-up calls) and returns the
-/// JSON result (`kind: "js-floor"`).
-pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
+/// JSON result (`kind: "js-floor"`). `only` keeps the functions whose label or name contains
+/// it, `engine` one engine.
+pub(crate) async fn run(
+    push_request: &Path,
+    calls: usize,
+    only: Option<&str>,
+    engine: Option<Engine>,
+) -> Result<Json> {
     let mut modules = modules_of_push_request(push_request)?;
     modules.insert("direct.js".to_string(), DIRECT.to_string());
     modules.insert(
         "withLibrary.js".to_string(),
         "import \"./orders.js\";\nexport { ping } from \"./direct.js\";\n".to_string(),
     );
-    let modules = ModuleSet {
-        code_id: nimbus_runtime::CodeId(1),
-        modules: Arc::new(modules),
-        env: Arc::new(BTreeMap::new()),
-    };
+    let modules = ModuleSet::new(
+        nimbus_runtime::CodeId(1),
+        Arc::new(modules),
+        Arc::new(BTreeMap::new()),
+    );
     let list_args = json!([{"shopId": SHOP, "limit": LIST_ROWS as f64}]).to_string();
     let create_args =
         json!([{"shopId": SHOP, "items": [{"productId": PRODUCT, "qty": 1.0}]}]).to_string();
@@ -172,13 +191,15 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "listOpen",
             kind: FunctionKind::Query,
             args: list_args.clone(),
+            first_call: FirstCall::No,
         },
         Case {
             label: "the same syscalls without the Convex library",
             module: "direct.js",
             export: "listOpen",
             kind: FunctionKind::Query,
-            args: list_args,
+            args: list_args.clone(),
+            first_call: FirstCall::No,
         },
         Case {
             label: "orders:create (Convex library: get, insert, patch, insert)",
@@ -186,6 +207,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "create",
             kind: FunctionKind::Mutation,
             args: create_args.clone(),
+            first_call: FirstCall::No,
         },
         Case {
             label: "the same syscalls without the Convex library",
@@ -193,6 +215,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "create",
             kind: FunctionKind::Mutation,
             args: create_args,
+            first_call: FirstCall::No,
         },
         Case {
             label: "orders:open (Convex library: one insert)",
@@ -200,6 +223,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "open",
             kind: FunctionKind::Mutation,
             args: open_args.clone(),
+            first_call: FirstCall::No,
         },
         Case {
             label: "the same syscall without the Convex library",
@@ -207,6 +231,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "open",
             kind: FunctionKind::Mutation,
             args: open_args,
+            first_call: FirstCall::No,
         },
         Case {
             label: "an action awaiting one operation (own isolate, no library)",
@@ -214,6 +239,7 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "ping",
             kind: FunctionKind::Action,
             args: "[{}]".to_string(),
+            first_call: FirstCall::No,
         },
         Case {
             label: "the same action in a module that loads the Convex library and orders.js",
@@ -221,11 +247,44 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             export: "ping",
             kind: FunctionKind::Action,
             args: "[{}]".to_string(),
+            first_call: FirstCall::No,
+        },
+        Case {
+            label: "a tenant's first call: a new runtime, the Convex library and orders.js compiled from source and loaded, then orders:listOpen",
+            module: "orders.js",
+            export: "listOpen",
+            kind: FunctionKind::Query,
+            args: list_args.clone(),
+            first_call: FirstCall::FromSource,
+        },
+        Case {
+            label: "the same first call, compiling from the code cache the push's first runtime made (V8)",
+            module: "orders.js",
+            export: "listOpen",
+            kind: FunctionKind::Query,
+            args: list_args.clone(),
+            first_call: FirstCall::FromCodeCache,
         },
     ];
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .filter(|case| {
+            only.is_none_or(|text| {
+                case.label.contains(text)
+                    || format!("{}:{}", case.module.trim_end_matches(".js"), case.export)
+                        .contains(text)
+            })
+        })
+        .collect();
+    if cases.is_empty() {
+        bail!("no function matches {:?}", only.unwrap_or_default());
+    }
+    if let Some(engine) = engine.filter(|e| !e.is_available()) {
+        bail!("this build has no {engine} engine");
+    }
     let engines: Vec<Engine> = [Engine::V8, Engine::QuickJs]
         .into_iter()
-        .filter(|e| e.is_available())
+        .filter(|e| e.is_available() && engine.is_none_or(|only| only == *e))
         .collect();
     let mut results = Vec::new();
     for engine in engines {
@@ -235,10 +294,30 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             engine,
             ..PoolConfig::default()
         })?;
+        let fresh_tenants = std::cell::Cell::new(0u64);
         for case in &cases {
             let invocation = || Invocation {
-                tenant: Arc::from("js-floor"),
-                modules: modules.clone(),
+                tenant: if case.first_call != FirstCall::No {
+                    fresh_tenants.set(fresh_tenants.get() + 1);
+                    Arc::from(format!("js-floor-{}", fresh_tenants.get()))
+                } else {
+                    Arc::from("js-floor")
+                },
+                // The pool's runtimes are keyed by code: a tenant of its own gets code of
+                // its own (the same modules under another id, as after a push), with no
+                // code cache or with the one its first runtime made.
+                modules: match case.first_call {
+                    FirstCall::No => modules.clone(),
+                    FirstCall::FromSource => ModuleSet::new(
+                        nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
+                        modules.modules.clone(),
+                        modules.env.clone(),
+                    ),
+                    FirstCall::FromCodeCache => ModuleSet {
+                        code_id: nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
+                        ..modules.clone()
+                    },
+                },
                 module_path: case.module.to_string(),
                 export_name: case.export.to_string(),
                 kind: case.kind,
@@ -273,13 +352,20 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
                     };
                     return anyhow::Ok(started.elapsed());
                 }
+                let started = Instant::now();
                 let (_, outcome) = pool
                     .invoke(invocation(), InstantHost { rows_left: 0 })
                     .await?;
                 outcome
                     .result
                     .map_err(|e| anyhow!("{} failed: {e}", case.label))?;
-                anyhow::Ok(outcome.cpu_time)
+                // A first call's runtime is made before the call's clock starts: its time
+                // is the wall time of the whole invocation.
+                anyhow::Ok(if case.first_call != FirstCall::No {
+                    started.elapsed()
+                } else {
+                    outcome.cpu_time
+                })
             };
             for _ in 0..(calls / 10).max(1) {
                 call().await?;
@@ -312,10 +398,19 @@ pub(crate) async fn run(push_request: &Path, calls: usize) -> Result<Json> {
             results.push(summary);
         }
     }
+    let code_cache_bytes = modules.code_cache.bytes();
+    if code_cache_bytes > 0 {
+        eprintln!(
+            "js-floor: the push's code caches: {} modules, {} KiB",
+            modules.code_cache.len(),
+            code_cache_bytes >> 10
+        );
+    }
     Ok(json!({
         "schema_version": stats::SCHEMA_VERSION,
         "kind": "js-floor",
         "calls": calls,
+        "code_cache_bytes": code_cache_bytes,
         "results": results,
     }))
 }

@@ -258,6 +258,12 @@ enum Command {
         /// Measured calls per function.
         #[arg(long, default_value_t = 2000)]
         calls: usize,
+        /// Only the functions whose label or name contains this text (all by default).
+        #[arg(long)]
+        only: Option<String>,
+        /// Only this engine (`v8` or `quickjs`; both by default, where built in).
+        #[arg(long)]
+        engine: Option<nimbus_runtime::Engine>,
     },
     /// The same durable writes and indexed reads in-process with rusqlite.
     Sqlite {
@@ -558,9 +564,15 @@ fn main() -> Result<()> {
         Command::JsFloor {
             push_request,
             calls,
+            only,
+            engine,
         } => {
-            let result =
-                runtime()?.block_on(js_floor::run(&push_request, calls.clamp(10, 1_000_000)))?;
+            let result = runtime()?.block_on(js_floor::run(
+                &push_request,
+                calls.clamp(10, 1_000_000),
+                only.as_deref(),
+                engine,
+            ))?;
             print(&result)
         }
         Command::Sqlite {

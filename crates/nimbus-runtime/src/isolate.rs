@@ -123,11 +123,11 @@ impl Isolate {
             &format!("globalThis.process = {{ env: JSON.parse({env_literal}) }};"),
         )
         .map_err(|e| fail("installing process.env", e))?;
-        vm.eval_script(PRELUDE_NAME, PRELUDE)
+        vm.eval_static_script(PRELUDE_NAME, PRELUDE)
             .map_err(|e| fail("installing the prelude", e))?;
-        vm.eval_script("__nimbus_web", web_source_script())
+        vm.eval_static_script("__nimbus_web_source", web_source_script())
             .map_err(|e| fail("installing the web globals", e))?;
-        vm.eval_script("__nimbus_web", WEB_ON_DEMAND)
+        vm.eval_static_script("__nimbus_web", WEB_ON_DEMAND)
             .map_err(|e| fail("installing the web globals", e))?;
         Ok(Isolate {
             vm,
@@ -275,6 +275,18 @@ impl Isolate {
                 Err(FunctionError::Internal(format!("unreadable outcome: {e}")))
             }
         }
+    }
+
+    /// Whether [`Isolate::make_code_caches`] has work (V8: after this runtime's first call,
+    /// unless its push's caches were made after a call already).
+    pub fn wants_code_caches(&self) -> bool {
+        self.vm.wants_code_caches()
+    }
+
+    /// Makes the code caches of the modules this runtime compiled (see `crate::code_cache`).
+    /// Between calls, off the caller's path: the pool runs it after replying.
+    pub fn make_code_caches(&mut self) {
+        self.vm.make_code_caches(true);
     }
 
     /// Bytes the runtime holds now (its heap, modules and objects).
@@ -481,6 +493,9 @@ pub fn analyze_modules(
     }
     let value: Json =
         serde_json::from_str(&text("value")).map_err(|e| RuntimeError::Analyze(e.to_string()))?;
+    // Every module is loaded: their code caches go with the deployment, so that the first
+    // runtime of this push (after a restart too) compiles none of them from source.
+    isolate.vm.make_code_caches(false);
     let mut functions = Vec::new();
     for f in value
         .get("functions")
@@ -530,11 +545,11 @@ pub fn evaluate_schema(
 ) -> Result<String, RuntimeError> {
     let mut map = BTreeMap::new();
     map.insert("schema.js".to_string(), schema_source.to_string());
-    let modules = ModuleSet {
-        code_id: crate::CodeId::NONE,
-        modules: Arc::new(map),
-        env: Arc::new(BTreeMap::new()),
-    };
+    let modules = ModuleSet::new(
+        crate::CodeId::NONE,
+        Arc::new(map),
+        Arc::new(BTreeMap::new()),
+    );
     let mut isolate =
         Isolate::new(engine, &modules, &BTreeMap::new(), limits).map_err(RuntimeError::Analyze)?;
     let outcome = isolate.run_at_push("__nimbus_schema", &[Arg::Str("schema.js")])?;

@@ -19,6 +19,7 @@
 //! - [`analyze_modules`] and [`evaluate_schema`] run pushed code once at push time.
 
 mod action;
+mod code_cache;
 mod isolate;
 mod modules;
 mod natives;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use action::{ActionStep, AsyncOp, OpResult, OpValue, MAX_OPS_IN_FLIGHT};
+pub use code_cache::CodeCache;
 pub use isolate::{analyze_modules, evaluate_schema};
 pub use pool::{ActionHandle, CacheStats, JsPool};
 pub use vm::Engine;
@@ -146,6 +148,23 @@ pub struct ModuleSet {
     pub modules: Arc<BTreeMap<String, String>>,
     /// `process.env`.
     pub env: Arc<BTreeMap<String, String>>,
+    /// The modules' compiled code, made by the first runtime of this push (V8).
+    pub code_cache: Arc<CodeCache>,
+}
+
+impl ModuleSet {
+    pub fn new(
+        code_id: CodeId,
+        modules: Arc<BTreeMap<String, String>>,
+        env: Arc<BTreeMap<String, String>>,
+    ) -> ModuleSet {
+        ModuleSet {
+            code_id,
+            modules,
+            env,
+            code_cache: Arc::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

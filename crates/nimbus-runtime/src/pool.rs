@@ -116,6 +116,8 @@ struct WorkerState {
     released: bool,
     /// Actions parked here between steps, by id.
     actions: HashMap<u64, ActionState>,
+    /// The runtime (by its code) to make code caches of once the current job replied.
+    code_caches_due: Option<CodeId>,
 }
 
 impl WorkerState {
@@ -197,6 +199,9 @@ impl WorkerState {
         cached.last_used = self.clock;
         cached.calls += 1;
         let (host, outcome) = cached.isolate.invoke(inv, host);
+        if outcome.result.is_ok() && cached.isolate.wants_code_caches() {
+            self.code_caches_due = Some(code_id);
+        }
         if cached.isolate.broken {
             self.cache.swap_remove(index);
             self.recount();
@@ -208,6 +213,17 @@ impl WorkerState {
             self.make_room(0, 0);
         }
         (host, outcome)
+    }
+
+    /// Makes the code caches of the runtime whose first call just succeeded (see
+    /// `crate::code_cache`).
+    fn make_code_caches(&mut self) {
+        let Some(code_id) = self.code_caches_due.take() else {
+            return;
+        };
+        if let Some(cached) = self.cache.iter_mut().find(|c| c.code_id == code_id) {
+            cached.isolate.make_code_caches();
+        }
     }
 
     /// Drops least recently used runtimes until `entries` more and `bytes` more fit (the
@@ -264,6 +280,7 @@ fn worker(
         index,
         released: false,
         actions: HashMap::new(),
+        code_caches_due: None,
     };
     loop {
         // Parked actions first: they continue work that was already admitted.
@@ -288,6 +305,8 @@ fn worker(
                     state.recount();
                 }
                 state.release();
+                // After the reply: the caller does not wait for it.
+                state.make_code_caches();
             }
             Next::Stop => break,
         }

@@ -183,6 +183,36 @@ impl Vm {
         }
     }
 
+    /// Runs one of Nimbus's own scripts (the same source in every runtime: V8 compiles it
+    /// from the process's code cache).
+    pub fn eval_static_script(
+        &mut self,
+        name: &'static str,
+        source: &'static str,
+    ) -> Result<(), VmFailure> {
+        match self {
+            Vm::QuickJs(vm) => vm.eval_script(name, source),
+            Vm::V8(vm) => vm.eval_static_script(name, source),
+        }
+    }
+
+    /// Whether [`Vm::make_code_caches`] has work to do (see `crate::code_cache`).
+    pub fn wants_code_caches(&self) -> bool {
+        match self {
+            Vm::QuickJs(_) => false,
+            Vm::V8(vm) => vm.wants_code_caches(),
+        }
+    }
+
+    /// Makes the code caches of what this runtime compiled, for the runtimes after it
+    /// (`after_a_call`: after its first call; else after push-time analysis).
+    pub fn make_code_caches(&mut self, after_a_call: bool) {
+        match self {
+            Vm::QuickJs(_) => {}
+            Vm::V8(vm) => vm.make_code_caches(after_a_call),
+        }
+    }
+
     /// Calls the global function `name`; `Some` when it returned a string.
     pub fn call(&mut self, name: &str, args: &[Arg<'_>]) -> Result<Option<String>, VmFailure> {
         match self {

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p nimbus-v8 --example isolate_churn -- 5000`
 
-use nimbus_v8::{Arg, Host, Isolate, Limits};
+use nimbus_v8::{Arg, Host, Isolate, Limits, Module};
 
 struct NoHost;
 
@@ -11,7 +11,7 @@ impl Host for NoHost {
     fn native(&mut self, _id: u32, _args: &[Arg<'_>]) -> Result<String, String> {
         Ok(String::new())
     }
-    fn load(&mut self, _referrer: &str, specifier: &str) -> Result<(String, String), String> {
+    fn load(&mut self, _referrer: &str, specifier: &str) -> Result<Module, String> {
         Err(format!("no module {specifier}"))
     }
 }

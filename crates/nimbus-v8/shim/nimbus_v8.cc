@@ -60,10 +60,11 @@ enum nv8_status : int {
 // error message in *out (thrown as an Error). *out must stay valid until the next callback.
 typedef int (*nv8_native_fn)(void* host, uint32_t id, const nv8_arg* args, size_t nargs,
                              nv8_str* out);
-// The module loader: resolves `specifier` imported by `referrer` into a module name and its
-// source. Returns 0, or 1 with an error message in *name. Both stay valid until the next call.
+// The module loader: resolves `specifier` imported by `referrer` into a module name, its
+// source and (optionally, else empty) a code cache made by nv8_code_cache for that source.
+// Returns 0, or 1 with an error message in *name. All stay valid until the next call.
 typedef int (*nv8_load_fn)(void* host, nv8_str referrer, nv8_str specifier, nv8_str* name,
-                           nv8_str* source);
+                           nv8_str* source, nv8_str* cache);
 
 }  // extern "C"
 
@@ -120,6 +121,12 @@ struct LoadedModule {
   std::string name;
 };
 
+// A classic script by name, kept to make its code cache.
+struct LoadedScript {
+  v8::Global<v8::UnboundScript> script;
+  std::string name;
+};
+
 }  // namespace
 
 struct nv8_isolate {
@@ -133,6 +140,10 @@ struct nv8_isolate {
   std::unordered_map<std::string, LoadedModule*> modules_by_name;
   std::unordered_multimap<int, LoadedModule*> modules_by_hash;
   std::vector<std::unique_ptr<LoadedModule>> modules;
+  std::vector<std::unique_ptr<LoadedScript>> scripts;
+  // Code caches given with a source that V8 refused (another V8 version or other flags, or
+  // damaged): the source was compiled afresh.
+  size_t code_cache_rejected = 0;
   // Set (before TerminateExecution) by nv8_terminate and by the heap-limit callback.
   std::atomic<bool> terminating{false};
   std::atomic<bool> out_of_memory{false};
@@ -236,6 +247,26 @@ void Native(const v8::FunctionCallbackInfo<v8::Value>& info) {
   }
 }
 
+// Compiles `text` with `compile`, consuming `cache` when there is one (V8 checks that it was
+// made from this source by this V8 with these flags, and compiles afresh when not).
+template <typename Compile>
+bool CompileCached(v8::Isolate* isolate, v8::Local<v8::String> text, const v8::ScriptOrigin& origin,
+                   nv8_str cache, Compile compile) {
+  if (cache.len == 0 || cache.len > static_cast<size_t>(INT32_MAX)) {
+    v8::ScriptCompiler::Source source(text, origin);
+    return compile(&source, v8::ScriptCompiler::kNoCompileOptions);
+  }
+  // Not owned: the bytes stay the host's, alive until the next callback.
+  auto* data = new v8::ScriptCompiler::CachedData(reinterpret_cast<const uint8_t*>(cache.ptr),
+                                                   static_cast<int>(cache.len));
+  v8::ScriptCompiler::Source source(text, origin, data);
+  bool ok = compile(&source, v8::ScriptCompiler::kConsumeCodeCache);
+  if (source.GetCachedData() != nullptr && source.GetCachedData()->rejected) {
+    State(isolate)->code_cache_rejected++;
+  }
+  return ok;
+}
+
 LoadedModule* FindByModule(nv8_isolate* state, v8::Local<v8::Module> module) {
   auto range = state->modules_by_hash.equal_range(module->GetIdentityHash());
   for (auto it = range.first; it != range.second; ++it) {
@@ -250,9 +281,9 @@ v8::MaybeLocal<v8::Module> LoadModule(v8::Isolate* isolate, const std::string& r
                                       v8::Local<v8::String> specifier) {
   nv8_isolate* state = State(isolate);
   std::string spec = ToUtf8(isolate, specifier);
-  nv8_str name{nullptr, 0}, source{nullptr, 0};
+  nv8_str name{nullptr, 0}, source{nullptr, 0}, cache{nullptr, 0};
   int rc = state->load(state->host, nv8_str{referrer.data(), referrer.size()},
-                       nv8_str{spec.data(), spec.size()}, &name, &source);
+                       nv8_str{spec.data(), spec.size()}, &name, &source, &cache);
   std::string resolved(name.ptr == nullptr ? "" : name.ptr, name.len);
   if (rc != 0) {
     v8::Local<v8::String> message;
@@ -272,9 +303,11 @@ v8::MaybeLocal<v8::Module> LoadModule(v8::Isolate* isolate, const std::string& r
   }
   v8::ScriptOrigin origin(isolate, resource, 0, 0, false, -1, v8::Local<v8::Value>(), false,
                           false, true);
-  v8::ScriptCompiler::Source compiled_source(text, origin);
   v8::Local<v8::Module> module;
-  if (!v8::ScriptCompiler::CompileModule(isolate, &compiled_source).ToLocal(&module)) {
+  if (!CompileCached(isolate, text, origin, cache, [&](v8::ScriptCompiler::Source* source,
+                                                      v8::ScriptCompiler::CompileOptions options) {
+        return v8::ScriptCompiler::CompileModule(isolate, source, options).ToLocal(&module);
+      })) {
     return v8::MaybeLocal<v8::Module>();
   }
   auto entry = std::make_unique<LoadedModule>();
@@ -459,6 +492,7 @@ void nv8_isolate_free(nv8_isolate* state) {
   state->modules_by_name.clear();
   state->modules_by_hash.clear();
   state->modules.clear();
+  state->scripts.clear();
   state->context.Reset();
   // The default platform keeps a task queue per isolate until told it is gone.
   v8::platform::NotifyIsolateShutdown(g_platform.get(), isolate);
@@ -466,8 +500,10 @@ void nv8_isolate_free(nv8_isolate* state) {
   delete state;
 }
 
-// Runs a classic script. On NV8_EXCEPTION/NV8_ERROR, *out is the message.
-int nv8_eval_script(nv8_isolate* state, nv8_str source, nv8_str name, nv8_str* out) {
+// Runs a classic script, consuming `cache` (may be empty) if V8 accepts it. The script is
+// kept under `name` for nv8_code_cache. On NV8_EXCEPTION/NV8_ERROR, *out is the message.
+int nv8_eval_script(nv8_isolate* state, nv8_str source, nv8_str name, nv8_str cache,
+                    nv8_str* out) {
   Entry entry(state);
   v8::Isolate* isolate = state->isolate;
   v8::Local<v8::String> text, resource;
@@ -475,9 +511,20 @@ int nv8_eval_script(nv8_isolate* state, nv8_str source, nv8_str name, nv8_str* o
             FromUtf8(isolate, name.ptr, name.len).ToLocal(&resource);
   if (ok) {
     v8::ScriptOrigin origin(isolate, resource);
-    v8::Local<v8::Script> script;
-    ok = v8::Script::Compile(entry.context, text, &origin).ToLocal(&script) &&
-         !script->Run(entry.context).IsEmpty();
+    v8::Local<v8::UnboundScript> unbound;
+    ok = CompileCached(isolate, text, origin, cache,
+                       [&](v8::ScriptCompiler::Source* compiled,
+                           v8::ScriptCompiler::CompileOptions options) {
+                         return v8::ScriptCompiler::CompileUnboundScript(isolate, compiled, options)
+                             .ToLocal(&unbound);
+                       });
+    if (ok) {
+      auto kept = std::make_unique<LoadedScript>();
+      kept->script.Reset(isolate, unbound);
+      kept->name.assign(name.ptr == nullptr ? "" : name.ptr, name.len);
+      state->scripts.push_back(std::move(kept));
+      ok = !unbound->BindToCurrentContext()->Run(entry.context).IsEmpty();
+    }
   }
   int status = Finish(state, entry, ok);
   *out = nv8_str{state->text.data(), state->text.size()};
@@ -597,6 +644,39 @@ bool nv8_take_array_buffer_refused(nv8_isolate* state) {
 void nv8_set_array_buffer_limit(nv8_isolate* state, size_t bytes) {
   state->allocator->set_limit(bytes);
 }
+
+// The code cache of the module or classic script `name` (the last one of that name): its
+// bytecode, including every function compiled so far, so that a later nv8_isolate_new given
+// it skips parsing and compiling them. 0 with the bytes in *out (valid until the next entry),
+// 1 if no module or script has that name, 2 if V8 made none.
+int nv8_code_cache(nv8_isolate* state, nv8_str name, nv8_str* out) {
+  *out = nv8_str{nullptr, 0};
+  std::string wanted(name.ptr == nullptr ? "" : name.ptr, name.len);
+  v8::Isolate* isolate = state->isolate;
+  v8::Isolate::Scope isolate_scope(isolate);
+  v8::HandleScope handles(isolate);
+  std::unique_ptr<v8::ScriptCompiler::CachedData> data;
+  auto found = state->modules_by_name.find(wanted);
+  if (found != state->modules_by_name.end()) {
+    v8::Local<v8::Module> module = found->second->module.Get(isolate);
+    if (module->GetStatus() == v8::Module::kErrored) return 2;
+    data.reset(v8::ScriptCompiler::CreateCodeCache(module->GetUnboundModuleScript()));
+  } else {
+    LoadedScript* script = nullptr;
+    for (auto& s : state->scripts) {
+      if (s->name == wanted) script = s.get();
+    }
+    if (script == nullptr) return 1;
+    data.reset(v8::ScriptCompiler::CreateCodeCache(script->script.Get(isolate)));
+  }
+  if (data == nullptr || data->length <= 0) return 2;
+  state->text.assign(reinterpret_cast<const char*>(data->data), static_cast<size_t>(data->length));
+  *out = nv8_str{state->text.data(), state->text.size()};
+  return 0;
+}
+
+// Code caches refused so far (see nv8_isolate::code_cache_rejected).
+size_t nv8_code_cache_rejected(nv8_isolate* state) { return state->code_cache_rejected; }
 
 // Asks V8 to collect garbage soon (the isolate is idle).
 void nv8_low_memory(nv8_isolate* state) { state->isolate->LowMemoryNotification(); }

@@ -19,6 +19,20 @@ impl Isolate {
     pub fn eval_script(&mut self, _name: &str, _source: &str) -> Result<(), Failure> {
         match self.never {}
     }
+    pub fn eval_script_cached(
+        &mut self,
+        _name: &str,
+        _source: &str,
+        _code_cache: Option<&[u8]>,
+    ) -> Result<(), Failure> {
+        match self.never {}
+    }
+    pub fn code_cache(&mut self, _name: &str) -> Option<Vec<u8>> {
+        match self.never {}
+    }
+    pub fn code_caches_rejected(&self) -> usize {
+        match self.never {}
+    }
     pub fn call(&mut self, _name: &str, _args: &[Arg<'_>]) -> Result<Option<String>, Failure> {
         match self.never {}
     }

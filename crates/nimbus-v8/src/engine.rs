@@ -9,7 +9,7 @@ use std::sync::Once;
 use std::time::Instant;
 
 use crate::watchdog;
-use crate::{Arg, Error, Failure, Host, Limits};
+use crate::{Arg, Error, Failure, Host, Limits, Module};
 
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
@@ -60,6 +60,7 @@ mod ffi {
         specifier: Str,
         name: *mut Str,
         source: *mut Str,
+        cache: *mut Str,
     ) -> c_int;
 
     extern "C" {
@@ -81,8 +82,11 @@ mod ffi {
             isolate: *mut RawIsolate,
             source: Str,
             name: Str,
+            cache: Str,
             out: *mut Str,
         ) -> c_int;
+        pub fn nv8_code_cache(isolate: *mut RawIsolate, name: Str, out: *mut Str) -> c_int;
+        pub fn nv8_code_cache_rejected(isolate: *mut RawIsolate) -> usize;
         pub fn nv8_call(
             isolate: *mut RawIsolate,
             name: Str,
@@ -143,8 +147,8 @@ pub fn version() -> Option<&'static str> {
 struct HostCell {
     host: Box<dyn Host>,
     out: String,
-    name: String,
-    source: String,
+    /// The module handed to the shim by the last load (borrowed until the next callback).
+    module: Module,
 }
 
 fn text<'a>(ptr: *const c_char, len: usize) -> Cow<'a, str> {
@@ -226,33 +230,35 @@ unsafe extern "C" fn load_trampoline(
     specifier: ffi::Str,
     name: *mut ffi::Str,
     source: *mut ffi::Str,
+    cache: *mut ffi::Str,
 ) -> c_int {
     // SAFETY: as in `native_trampoline`.
     let cell = unsafe { &mut *host.cast::<HostCell>() };
     let referrer = text(referrer.ptr, referrer.len);
     let specifier = text(specifier.ptr, specifier.len);
     let answer = catch_unwind(AssertUnwindSafe(|| cell.host.load(&referrer, &specifier)));
-    let rc = match answer {
-        Ok(Ok((resolved, text))) => {
-            cell.name = resolved;
-            cell.source = text;
-            0
-        }
-        Ok(Err(message)) => {
-            cell.name = message;
-            cell.source.clear();
-            1
-        }
-        Err(_) => {
-            cell.name = "internal error: the module loader panicked".into();
-            cell.source.clear();
-            1
-        }
+    let failed = |message: String| Module {
+        name: message,
+        ..Module::default()
     };
+    let (rc, module) = match answer {
+        Ok(Ok(module)) => (0, module),
+        Ok(Err(message)) => (1, failed(message)),
+        Err(_) => (
+            1,
+            failed("internal error: the module loader panicked".into()),
+        ),
+    };
+    cell.module = module;
+    let cached: &[u8] = cell.module.code_cache.as_deref().unwrap_or_default();
     // SAFETY: the shim's slots for this callback.
     unsafe {
-        *name = borrowed(&cell.name);
-        *source = borrowed(&cell.source);
+        *name = borrowed(&cell.module.name);
+        *source = borrowed(&cell.module.source);
+        *cache = ffi::Str {
+            ptr: cached.as_ptr().cast(),
+            len: cached.len(),
+        };
     }
     rc
 }
@@ -274,8 +280,7 @@ impl Isolate {
         let cell = Box::into_raw(Box::new(HostCell {
             host,
             out: String::new(),
-            name: String::new(),
-            source: String::new(),
+            module: Module::default(),
         }));
         let names: Vec<ffi::Str> = natives.iter().map(|n| borrowed(n)).collect();
         // SAFETY: the names outlive the call; `cell` lives until drop, after the isolate.
@@ -315,17 +320,54 @@ impl Isolate {
 
     /// Runs a classic script named `name`.
     pub fn eval_script(&mut self, name: &str, source: &str) -> Result<(), Failure> {
+        self.eval_script_cached(name, source, None)
+    }
+
+    /// Runs a classic script named `name`, compiled from `code_cache` (made by
+    /// [`Isolate::code_cache`] for this source) when V8 accepts it.
+    pub fn eval_script_cached(
+        &mut self,
+        name: &str,
+        source: &str,
+        code_cache: Option<&[u8]>,
+    ) -> Result<(), Failure> {
         let mut out = ffi::Str {
             ptr: std::ptr::null(),
             len: 0,
         };
-        // SAFETY: `raw` is alive; the texts outlive the call; `out` is ours.
-        let status =
-            unsafe { ffi::nv8_eval_script(self.raw, borrowed(source), borrowed(name), &mut out) };
+        let cache = code_cache.unwrap_or_default();
+        let cache = ffi::Str {
+            ptr: cache.as_ptr().cast(),
+            len: cache.len(),
+        };
+        // SAFETY: `raw` is alive; the texts and the cache outlive the call; `out` is ours.
+        let status = unsafe {
+            ffi::nv8_eval_script(self.raw, borrowed(source), borrowed(name), cache, &mut out)
+        };
         match status {
             ffi::OK => Ok(()),
             other => Err(self.failure(other, out)),
         }
+    }
+
+    /// The code cache of the module or classic script `name` loaded in this isolate: its
+    /// compiled bytecode, every function compiled so far included. `None` if nothing of
+    /// that name was loaded (or V8 made no cache).
+    pub fn code_cache(&mut self, name: &str) -> Option<Vec<u8>> {
+        let mut out = ffi::Str {
+            ptr: std::ptr::null(),
+            len: 0,
+        };
+        // SAFETY: `raw` is alive and no entry runs; `out` is ours, valid until the next entry.
+        let status = unsafe { ffi::nv8_code_cache(self.raw, borrowed(name), &mut out) };
+        (status == ffi::OK).then(|| bytes(out.ptr, out.len).to_vec())
+    }
+
+    /// Code caches V8 refused so far (made by another V8 or with other flags, or damaged):
+    /// their sources were compiled afresh.
+    pub fn code_caches_rejected(&self) -> usize {
+        // SAFETY: `raw` is alive.
+        unsafe { ffi::nv8_code_cache_rejected(self.raw) }
     }
 
     /// Calls the global function `name`; `Some` when it returned a string.

@@ -71,10 +71,24 @@ pub trait Host {
     /// string it returns; `Err` is thrown as an `Error` with that message.
     fn native(&mut self, id: u32, args: &[Arg<'_>]) -> Result<String, String>;
 
-    /// Resolves `specifier`, imported by the module or script named `referrer`, to a module
-    /// name and its source. The isolate compiles each name once; the source of a name it
-    /// already has is ignored. `Err` is thrown as an `Error` with that message.
-    fn load(&mut self, referrer: &str, specifier: &str) -> Result<(String, String), String>;
+    /// Resolves `specifier`, imported by the module or script named `referrer`, to a
+    /// module. The isolate compiles each name once; the source of a name it already has is
+    /// ignored. `Err` is thrown as an `Error` with that message.
+    fn load(&mut self, referrer: &str, specifier: &str) -> Result<Module, String>;
+}
+
+/// A module handed to an isolate by [`Host::load`].
+#[derive(Debug, Clone, Default)]
+pub struct Module {
+    /// Its resolved name: how other modules' imports and stack traces name it.
+    pub name: String,
+    /// Its source (may be empty when the isolate already has this name).
+    pub source: String,
+    /// A code cache made by [`Isolate::code_cache`] from this very source, by this build:
+    /// the module is then compiled from it without parsing. V8 checks that it matches the
+    /// source, its version and its flags, and compiles afresh when not
+    /// ([`Isolate::code_caches_rejected`] counts those).
+    pub code_cache: Option<std::sync::Arc<[u8]>>,
 }
 
 /// Why an entry into JavaScript failed.

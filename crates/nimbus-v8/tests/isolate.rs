@@ -2,9 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nimbus_v8::{Arg, Failure, Host, Isolate, Limits};
+use nimbus_v8::{Arg, Failure, Host, Isolate, Limits, Module};
 
 /// Skips (with a note) only where V8 may be absent; CI sets NIMBUS_REQUIRE_V8=1.
 fn v8_built() -> bool {
@@ -29,6 +30,8 @@ const LIMITS: Limits = Limits {
 /// Natives: 0 echoes its arguments as JSON-ish text, 1 fails with its first argument.
 struct TestHost {
     modules: BTreeMap<String, String>,
+    /// Code caches handed out with the modules of these names.
+    caches: BTreeMap<String, Arc<[u8]>>,
 }
 
 impl Host for TestHost {
@@ -52,21 +55,30 @@ impl Host for TestHost {
         }
     }
 
-    fn load(&mut self, referrer: &str, specifier: &str) -> Result<(String, String), String> {
+    fn load(&mut self, referrer: &str, specifier: &str) -> Result<Module, String> {
         let name = specifier.trim_start_matches("./").to_string();
         match self.modules.get(&name) {
-            Some(source) => Ok((name, source.clone())),
+            Some(source) => Ok(Module {
+                code_cache: self.caches.get(&name).cloned(),
+                source: source.clone(),
+                name,
+            }),
             None => Err(format!("no module {specifier} (imported by {referrer})")),
         }
     }
 }
 
 fn isolate(modules: &[(&str, &str)]) -> Isolate {
+    cached_isolate(modules, BTreeMap::new())
+}
+
+fn cached_isolate(modules: &[(&str, &str)], caches: BTreeMap<String, Arc<[u8]>>) -> Isolate {
     let host = TestHost {
         modules: modules
             .iter()
             .map(|(n, s)| (n.to_string(), s.to_string()))
             .collect(),
+        caches,
     };
     Isolate::new(LIMITS, &["echo", "fail"], Box::new(host)).unwrap()
 }
@@ -364,4 +376,59 @@ fn deep_recursion_and_huge_strings_fail_cleanly() {
         Err(Failure::Exception(message)) => assert!(message.contains("RangeError"), "{message}"),
         other => panic!("expected a RangeError, got {other:?}"),
     }
+}
+
+/// A module and a script compiled from their code caches behave as compiled from source; a
+/// cache of another source, or damaged bytes, are refused (counted) and the source compiles.
+#[test]
+fn code_caches_are_consumed_and_refused_when_they_do_not_match() {
+    if !v8_built() {
+        return;
+    }
+    const LIB: &str = "export function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }\n\
+                       export const unused = () => 'never called';";
+    const LIB_CHANGED: &str =
+        "export function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2) + 1; }";
+    const MAIN: &str = "import('lib.js').then((m) => { globalThis.out = m.fib(20); });";
+    let first = |modules: &[(&str, &str)], caches| {
+        let mut iso = cached_isolate(modules, caches);
+        iso.eval_script("read.js", READ).unwrap();
+        let out = run(&mut iso, MAIN).unwrap();
+        (iso, out)
+    };
+    let (mut made, out) = first(&[("lib.js", LIB)], BTreeMap::new());
+    assert_eq!(out.as_deref(), Some("6765"));
+    let lib_cache: Arc<[u8]> = made.code_cache("lib.js").expect("a module's cache").into();
+    let read_cache = made.code_cache("read.js").expect("a script's cache");
+    assert!(lib_cache.len() > 16 && read_cache.len() > 16);
+    assert_eq!(made.code_cache("missing.js"), None);
+    assert_eq!(made.code_caches_rejected(), 0);
+
+    // Consumed: the same answers, nothing refused.
+    let caches = BTreeMap::from([("lib.js".to_string(), lib_cache.clone())]);
+    let mut iso = cached_isolate(&[("lib.js", LIB)], caches);
+    iso.eval_script_cached("read.js", READ, Some(&read_cache))
+        .unwrap();
+    assert_eq!(run(&mut iso, MAIN).unwrap().as_deref(), Some("6765"));
+    assert_eq!(iso.code_caches_rejected(), 0);
+
+    // Another source under the same name: refused, and the new source is what runs.
+    let caches = BTreeMap::from([("lib.js".to_string(), lib_cache.clone())]);
+    let (changed, out) = first(&[("lib.js", LIB_CHANGED)], caches);
+    assert_eq!(out.as_deref(), Some("17710"));
+    assert_eq!(changed.code_caches_rejected(), 1);
+
+    // Damaged bytes: refused too.
+    let mut damaged = lib_cache.to_vec();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    damaged.truncate(damaged.len() - 3);
+    let caches = BTreeMap::from([("lib.js".to_string(), Arc::from(damaged))]);
+    let (broken, out) = first(&[("lib.js", LIB)], caches);
+    assert_eq!(out.as_deref(), Some("6765"));
+    assert_eq!(broken.code_caches_rejected(), 1);
+    let mut iso = isolate(&[]);
+    iso.eval_script_cached("read.js", READ, Some(b"not a code cache"))
+        .unwrap();
+    assert_eq!(iso.code_caches_rejected(), 1);
 }

@@ -1,27 +1,39 @@
 //! V8 (Debian's libnode, through `nimbus-v8`): the JIT, where the build has it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use nimbus_v8::{Failure, Host, Isolate, Limits};
+use nimbus_v8::{Failure, Host, Isolate, Limits, Module};
 
 use super::{Arg, Natives, VmFailure, NATIVES};
+use crate::code_cache::{self, CodeCache};
 use crate::modules::resolve_path;
 use crate::{ModuleSet, RuntimeLimits};
 
 pub(crate) struct V8Vm {
     isolate: Isolate,
     pub memory_limit: usize,
+    /// The push's code caches (see `crate::code_cache`).
+    code_cache: Arc<CodeCache>,
+    /// Modules the isolate loaded, shared with its host.
+    loaded: Rc<RefCell<BTreeSet<String>>>,
+    /// Nimbus's own scripts this isolate compiled without a cache.
+    uncached_scripts: Vec<&'static str>,
+    /// Whether this runtime still has to make code caches after a call (its first).
+    caches_wanted: bool,
 }
 
 /// The isolate's natives, and its loader over the tenant's modules.
 struct V8Host {
     natives: Natives,
     modules: Arc<BTreeMap<String, String>>,
+    code_cache: Arc<CodeCache>,
     /// Names already handed to the isolate, which compiles each once: their source is not
     /// copied again.
-    loaded: HashSet<String>,
+    loaded: Rc<RefCell<BTreeSet<String>>>,
 }
 
 impl Host for V8Host {
@@ -29,7 +41,7 @@ impl Host for V8Host {
         self.natives.call(id, args)
     }
 
-    fn load(&mut self, referrer: &str, specifier: &str) -> Result<(String, String), String> {
+    fn load(&mut self, referrer: &str, specifier: &str) -> Result<Module, String> {
         let Some(path) = resolve_path(referrer, specifier) else {
             return Err(format!(
                 "Could not resolve {specifier:?} from {referrer:?}: the path leaves the functions directory"
@@ -40,11 +52,17 @@ impl Host for V8Host {
                 "Could not resolve {specifier:?} from {referrer:?}: module {path:?} is not part of the pushed code"
             ));
         };
-        if self.loaded.contains(&path) {
-            return Ok((path, String::new()));
+        if !self.loaded.borrow_mut().insert(path.clone()) {
+            return Ok(Module {
+                name: path,
+                ..Module::default()
+            });
         }
-        self.loaded.insert(path.clone());
-        Ok((path, source.clone()))
+        Ok(Module {
+            code_cache: self.code_cache.get(&path),
+            source: source.clone(),
+            name: path,
+        })
     }
 }
 
@@ -63,10 +81,12 @@ impl V8Vm {
         modules: &ModuleSet,
         limits: &RuntimeLimits,
     ) -> Result<V8Vm, String> {
+        let loaded = Rc::new(RefCell::new(BTreeSet::new()));
         let host = V8Host {
             natives,
             modules: modules.modules.clone(),
-            loaded: HashSet::new(),
+            code_cache: modules.code_cache.clone(),
+            loaded: loaded.clone(),
         };
         let isolate = Isolate::new(
             Limits {
@@ -83,11 +103,60 @@ impl V8Vm {
         Ok(V8Vm {
             isolate,
             memory_limit: limits.memory_bytes,
+            code_cache: modules.code_cache.clone(),
+            loaded,
+            uncached_scripts: Vec::new(),
+            caches_wanted: !modules.code_cache.made_after_a_call(),
         })
     }
 
     pub fn eval_script(&mut self, name: &str, source: &str) -> Result<(), VmFailure> {
         self.isolate.eval_script(name, source).map_err(failure)
+    }
+
+    /// Runs one of Nimbus's own scripts, from the process's code cache when there is one.
+    pub fn eval_static_script(
+        &mut self,
+        name: &'static str,
+        source: &'static str,
+    ) -> Result<(), VmFailure> {
+        let cache = code_cache::static_script(name);
+        if cache.is_none() {
+            self.uncached_scripts.push(name);
+        }
+        self.isolate
+            .eval_script_cached(name, source, cache.as_deref())
+            .map_err(failure)
+    }
+
+    /// Whether [`V8Vm::make_code_caches`] has work: this runtime made its first call
+    /// and its push's caches were not made after one yet.
+    pub fn wants_code_caches(&self) -> bool {
+        self.caches_wanted && !self.loaded.borrow().is_empty()
+    }
+
+    /// Makes the code caches of the modules this isolate loaded (and of Nimbus's scripts it
+    /// compiled from source), with every function compiled so far, for the runtimes
+    /// after it: once per runtime after its first call (`after_a_call`), or after push-time
+    /// analysis loaded every module. Caches V8 refused are replaced.
+    pub fn make_code_caches(&mut self, after_a_call: bool) {
+        if !std::mem::take(&mut self.caches_wanted) && after_a_call {
+            return;
+        }
+        let names: Vec<String> = self.loaded.borrow().iter().cloned().collect();
+        for name in names {
+            if let Some(bytes) = self.isolate.code_cache(&name) {
+                self.code_cache.put(&name, bytes);
+            }
+        }
+        if after_a_call {
+            self.code_cache.mark_made_after_a_call();
+        }
+        for name in std::mem::take(&mut self.uncached_scripts) {
+            if let Some(bytes) = self.isolate.code_cache(name) {
+                code_cache::put_static_script(name, bytes);
+            }
+        }
     }
 
     pub fn call(&mut self, name: &str, args: &[Arg<'_>]) -> Result<Option<String>, VmFailure> {

@@ -106,11 +106,7 @@ fn modules(code: u128) -> ModuleSet {
     );
     let mut env = BTreeMap::new();
     env.insert("GREETING".to_string(), "hi".to_string());
-    ModuleSet {
-        code_id: CodeId(code),
-        modules: Arc::new(map),
-        env: Arc::new(env),
-    }
+    ModuleSet::new(CodeId(code), Arc::new(map), Arc::new(env))
 }
 
 /// Records syscalls (and the worker threads they ran on) and answers a few of them.
@@ -474,11 +470,7 @@ fn versioned(code: u128, answer: &str) -> ModuleSet {
         "_deps/util.js".to_string(),
         "export const helper = () => 'from a chunk';".to_string(),
     );
-    ModuleSet {
-        code_id: CodeId(code),
-        modules: Arc::new(map),
-        env: Arc::new(BTreeMap::new()),
-    }
+    ModuleSet::new(CodeId(code), Arc::new(map), Arc::new(BTreeMap::new()))
 }
 
 async fn version(pool: &JsPool, tenant: &str, modules: ModuleSet) -> String {
@@ -814,4 +806,43 @@ async fn the_runtime_cache_is_bounded_in_bytes_as_well_as_in_runtimes() {
         one_call(&tiny, tenant).await;
     }
     assert_eq!(tiny.cache_stats().runtimes, 1);
+}
+
+/// V8 keeps a push's compiled code: push-time analysis leaves a cache of every module it
+/// loaded, the push's first runtime replaces them after its first call (with what that call
+/// compiled), and the runtimes after it answer the same from them. Caches of other sources
+/// are refused by V8 and the sources compiled. QuickJS keeps none.
+#[tokio::test]
+async fn code_caches_are_made_once_and_serve_the_runtimes_after() {
+    let v8 = ENGINE == nimbus_runtime::Engine::V8;
+    let set = versioned(31, "cached");
+    analyze_modules(ENGINE, &set, &RuntimeLimits::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(set.code_cache.contains("app.js"), v8, "{:?}", set.code_cache);
+    assert!(!set.code_cache.made_after_a_call());
+    let at_push = set.code_cache.bytes();
+
+    let first = pool(1);
+    assert_eq!(version(&first, "cc", set.clone()).await, r#""cached""#);
+    if v8 {
+        // Made after the reply, between calls.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !set.code_cache.made_after_a_call() {
+            assert!(std::time::Instant::now() < deadline, "no code cache after a call");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(set.code_cache.contains("app.js"));
+        assert_ne!(set.code_cache.bytes(), at_push, "the call's functions are in the cache");
+    } else {
+        assert!(set.code_cache.is_empty());
+    }
+
+    // Another pool: a new runtime, from the caches.
+    let second = pool(1);
+    assert_eq!(version(&second, "cc", set.clone()).await, r#""cached""#);
+    // Other sources under the same names, given those caches: the new sources run.
+    let changed = ModuleSet {
+        code_cache: set.code_cache.clone(),
+        ..versioned(32, "changed")
+    };
+    assert_eq!(version(&second, "cc", changed).await, r#""changed""#);
 }
