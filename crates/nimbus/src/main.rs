@@ -1,6 +1,8 @@
 //! The `nimbus` binary: `nimbus serve` runs the server; `nimbus tenant ...` manages
 //! tenants through the admin API of a running server.
 
+mod fd_table;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -310,6 +312,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            // First, while this is the only thread (see fd_table.rs).
+            let fd_slots = fd_table::presize();
             let ServeArgs {
                 listen,
                 data_dir,
@@ -375,6 +379,10 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
+            match fd_slots {
+                Some(slots) => tracing::debug!(slots, "file descriptor table grown at start"),
+                None => tracing::debug!("file descriptor table left as it is"),
+            }
             let public_url = public_url
                 .unwrap_or_else(|| format!("http://{listen}"))
                 .trim_end_matches('/')
