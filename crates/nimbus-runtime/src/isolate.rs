@@ -82,6 +82,8 @@ pub(crate) struct Isolate {
     /// Set after a timeout, memory exhaustion or internal failure: the runtime's state
     /// is not trusted any more and the isolate must be dropped.
     pub broken: bool,
+    /// Whether it was given a push's code ([`Isolate::adopt`]); a blank one has none.
+    adopted: bool,
 }
 
 /// A host for push-time evaluation: code that runs at import time may not touch data.
@@ -100,29 +102,31 @@ impl SyscallHost for NoDatabase {
 }
 
 impl Isolate {
+    /// A runtime for one push of one tenant: its modules, `process.env` and limits.
     pub fn new(
         engine: Engine,
         modules: &ModuleSet,
         system_env: &BTreeMap<String, String>,
         limits: &RuntimeLimits,
     ) -> Result<Isolate, String> {
+        let mut isolate = Isolate::blank(engine, limits)?;
+        isolate.adopt(modules, system_env)?;
+        Ok(isolate)
+    }
+
+    /// A runtime with Nimbus's globals and no tenant's code or environment yet: what every
+    /// runtime starts as, made ahead of need (a worker's spare, see `pool.rs`) or in
+    /// [`Isolate::new`]. It has run nothing of any tenant's, so [`Isolate::adopt`] may give
+    /// it to any one.
+    pub fn blank(engine: Engine, limits: &RuntimeLimits) -> Result<Isolate, String> {
         let host: HostSlot = Rc::new(RefCell::new(None));
         let ops: OpSlot = Rc::default();
         let natives = Natives {
             host: host.clone(),
             ops: ops.clone(),
         };
-        let mut vm = Vm::new(engine, natives, modules, limits)?;
-        let mut env = modules.env.as_ref().clone();
-        env.extend(system_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let env_json = serde_json::to_string(&env).map_err(|e| e.to_string())?;
-        let env_literal = serde_json::to_string(&env_json).map_err(|e| e.to_string())?;
+        let mut vm = Vm::new(engine, natives, limits)?;
         let fail = |what: &str, e: VmFailure| format!("{what}: {e}");
-        vm.eval_script(
-            "__nimbus_env",
-            &format!("globalThis.process = {{ env: JSON.parse({env_literal}) }};"),
-        )
-        .map_err(|e| fail("installing process.env", e))?;
         vm.eval_static_script(PRELUDE_NAME, PRELUDE)
             .map_err(|e| fail("installing the prelude", e))?;
         vm.eval_static_script("__nimbus_web_source", web_source_script())
@@ -136,7 +140,32 @@ impl Isolate {
             interrupted: false,
             default_cpu_time: limits.cpu_time,
             broken: false,
+            adopted: false,
         })
+    }
+
+    /// Makes a blank runtime ([`Isolate::blank`]) the runtime of one push: its modules and
+    /// `process.env` (the push's variables, then `system_env`). Once per runtime.
+    pub fn adopt(
+        &mut self,
+        modules: &ModuleSet,
+        system_env: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        if self.adopted {
+            return Err("internal error: this runtime already has a push's code".into());
+        }
+        self.adopted = true;
+        self.vm.set_modules(modules);
+        let mut env = modules.env.as_ref().clone();
+        env.extend(system_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env_json = serde_json::to_string(&env).map_err(|e| e.to_string())?;
+        let env_literal = serde_json::to_string(&env_json).map_err(|e| e.to_string())?;
+        self.vm
+            .eval_script(
+                "__nimbus_env",
+                &format!("globalThis.process = {{ env: JSON.parse({env_literal}) }};"),
+            )
+            .map_err(|e| format!("installing process.env: {e}"))
     }
 
     /// Runs one JS entry point (`__nimbus_invoke`, `__nimbus_analyze`, ...) with the host

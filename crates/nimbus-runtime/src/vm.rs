@@ -163,16 +163,21 @@ pub(crate) enum Vm {
 }
 
 impl Vm {
-    pub fn new(
-        engine: Engine,
-        natives: Natives,
-        modules: &ModuleSet,
-        limits: &RuntimeLimits,
-    ) -> Result<Vm, String> {
+    /// A VM with no modules yet ([`Vm::set_modules`] gives them).
+    pub fn new(engine: Engine, natives: Natives, limits: &RuntimeLimits) -> Result<Vm, String> {
         Ok(match engine {
-            Engine::QuickJs => Vm::QuickJs(quickjs::QuickVm::new(natives, modules, limits)?),
-            Engine::V8 => Vm::V8(v8::V8Vm::new(natives, modules, limits)?),
+            Engine::QuickJs => Vm::QuickJs(quickjs::QuickVm::new(natives, limits)?),
+            Engine::V8 => Vm::V8(v8::V8Vm::new(natives, limits)?),
         })
+    }
+
+    /// The modules this VM loads from: one push of one tenant. Set once, before any
+    /// module is imported.
+    pub fn set_modules(&mut self, modules: &ModuleSet) {
+        match self {
+            Vm::QuickJs(vm) => vm.set_modules(modules),
+            Vm::V8(vm) => vm.set_modules(modules),
+        }
     }
 
     /// Runs a classic script (the prelude).

@@ -69,11 +69,8 @@ fn owned(value: &Value<'_>) -> Owned {
 }
 
 impl QuickVm {
-    pub fn new(
-        natives: Natives,
-        modules: &ModuleSet,
-        limits: &RuntimeLimits,
-    ) -> Result<QuickVm, String> {
+    /// A runtime with no modules yet ([`QuickVm::set_modules`] gives them).
+    pub fn new(natives: Natives, limits: &RuntimeLimits) -> Result<QuickVm, String> {
         let runtime = Runtime::new().map_err(|e| js_error("creating a runtime", e))?;
         runtime.set_memory_limit(limits.memory_bytes);
         runtime.set_max_stack_size(limits.max_stack_bytes);
@@ -90,14 +87,6 @@ impl QuickVm {
                 _ => false,
             })));
         }
-        runtime.set_loader(
-            ModuleMap {
-                modules: modules.modules.clone(),
-            },
-            ModuleMap {
-                modules: modules.modules.clone(),
-            },
-        );
         let context = Context::full(&runtime).map_err(|e| js_error("creating a context", e))?;
         let natives = Rc::new(natives);
         context.with(|ctx| -> Result<(), String> {
@@ -144,6 +133,18 @@ impl QuickVm {
         } else {
             VmFailure::Exception(message)
         }
+    }
+
+    /// The modules this runtime loads from.
+    pub fn set_modules(&mut self, modules: &ModuleSet) {
+        self.runtime.set_loader(
+            ModuleMap {
+                modules: modules.modules.clone(),
+            },
+            ModuleMap {
+                modules: modules.modules.clone(),
+            },
+        );
     }
 
     pub fn eval_script(&mut self, _name: &str, source: &str) -> Result<(), VmFailure> {

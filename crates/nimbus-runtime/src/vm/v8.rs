@@ -1,6 +1,6 @@
 //! V8 (Debian's libnode, through `nimbus-v8`): the JIT, where the build has it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,24 +16,35 @@ use crate::{ModuleSet, RuntimeLimits};
 pub(crate) struct V8Vm {
     isolate: Isolate,
     pub memory_limit: usize,
-    /// The push's code caches (see `crate::code_cache`).
-    code_cache: Arc<CodeCache>,
+    /// The tenant's code, shared with the host (empty until [`V8Vm::set_modules`]).
+    code: Rc<RefCell<Code>>,
     /// Modules the isolate loaded, shared with its host.
     loaded: Rc<RefCell<BTreeSet<String>>>,
     /// Nimbus's own scripts this isolate compiled without a cache.
     uncached_scripts: Vec<&'static str>,
     /// Whether this runtime still has to make code caches after a call (its first).
     caches_wanted: bool,
+    /// Set by the host when it handed over a module without a code cache.
+    uncached: Rc<Cell<bool>>,
+}
+
+/// What a runtime loads modules from: one push's modules and their code caches.
+#[derive(Default)]
+struct Code {
+    modules: Arc<BTreeMap<String, String>>,
+    /// See `crate::code_cache`.
+    cache: Arc<CodeCache>,
 }
 
 /// The isolate's natives, and its loader over the tenant's modules.
 struct V8Host {
     natives: Natives,
-    modules: Arc<BTreeMap<String, String>>,
-    code_cache: Arc<CodeCache>,
+    code: Rc<RefCell<Code>>,
     /// Names already handed to the isolate, which compiles each once: their source is not
     /// copied again.
     loaded: Rc<RefCell<BTreeSet<String>>>,
+    /// Set when a module had no code cache (it was compiled from source).
+    uncached: Rc<Cell<bool>>,
 }
 
 impl Host for V8Host {
@@ -47,7 +58,8 @@ impl Host for V8Host {
                 "Could not resolve {specifier:?} from {referrer:?}: the path leaves the functions directory"
             ));
         };
-        let Some(source) = self.modules.get(&path) else {
+        let code = self.code.borrow();
+        let Some(source) = code.modules.get(&path) else {
             return Err(format!(
                 "Could not resolve {specifier:?} from {referrer:?}: module {path:?} is not part of the pushed code"
             ));
@@ -58,8 +70,12 @@ impl Host for V8Host {
                 ..Module::default()
             });
         }
+        let code_cache = code.cache.get(&path);
+        if code_cache.is_none() {
+            self.uncached.set(true);
+        }
         Ok(Module {
-            code_cache: self.code_cache.get(&path),
+            code_cache,
             source: source.clone(),
             name: path,
         })
@@ -76,17 +92,16 @@ fn failure(failure: Failure) -> VmFailure {
 }
 
 impl V8Vm {
-    pub fn new(
-        natives: Natives,
-        modules: &ModuleSet,
-        limits: &RuntimeLimits,
-    ) -> Result<V8Vm, String> {
+    /// A runtime with no modules yet ([`V8Vm::set_modules`] gives them).
+    pub fn new(natives: Natives, limits: &RuntimeLimits) -> Result<V8Vm, String> {
         let loaded = Rc::new(RefCell::new(BTreeSet::new()));
+        let uncached = Rc::new(Cell::new(false));
+        let code = Rc::new(RefCell::new(Code::default()));
         let host = V8Host {
             natives,
-            modules: modules.modules.clone(),
-            code_cache: modules.code_cache.clone(),
+            code: code.clone(),
             loaded: loaded.clone(),
+            uncached: uncached.clone(),
         };
         let isolate = Isolate::new(
             Limits {
@@ -103,11 +118,22 @@ impl V8Vm {
         Ok(V8Vm {
             isolate,
             memory_limit: limits.memory_bytes,
-            code_cache: modules.code_cache.clone(),
+            code,
             loaded,
             uncached_scripts: Vec::new(),
-            caches_wanted: !modules.code_cache.made_after_a_call(),
+            caches_wanted: false,
+            uncached,
         })
+    }
+
+    /// The modules this runtime loads from (once, before any of them is imported).
+    pub fn set_modules(&mut self, modules: &ModuleSet) {
+        debug_assert!(self.loaded.borrow().is_empty(), "modules set after loading");
+        *self.code.borrow_mut() = Code {
+            modules: modules.modules.clone(),
+            cache: modules.code_cache.clone(),
+        };
+        self.caches_wanted = !modules.code_cache.made_after_a_call();
     }
 
     pub fn eval_script(&mut self, name: &str, source: &str) -> Result<(), VmFailure> {
@@ -129,10 +155,16 @@ impl V8Vm {
             .map_err(failure)
     }
 
-    /// Whether [`V8Vm::make_code_caches`] has work: this runtime made its first call
-    /// and its push's caches were not made after one yet.
+    /// Whether [`V8Vm::make_code_caches`] has work: this runtime made its first call, its
+    /// push's caches were not made after one yet, and it compiled a module from source
+    /// (one had no cache, or V8 refused its cache). A runtime that had every cache it
+    /// needed leaves them be: remaking them would add the functions its call compiled, but
+    /// costs more than compiling those in each later runtime (a tenant's first activation
+    /// after a restart would pay it every time).
     pub fn wants_code_caches(&self) -> bool {
-        self.caches_wanted && !self.loaded.borrow().is_empty()
+        self.caches_wanted
+            && !self.loaded.borrow().is_empty()
+            && (self.uncached.get() || self.isolate.code_caches_rejected() > 0)
     }
 
     /// Makes the code caches of the modules this isolate loaded (and of Nimbus's scripts it
@@ -144,13 +176,14 @@ impl V8Vm {
             return;
         }
         let names: Vec<String> = self.loaded.borrow().iter().cloned().collect();
+        let cache = self.code.borrow().cache.clone();
         for name in names {
             if let Some(bytes) = self.isolate.code_cache(&name) {
-                self.code_cache.put(&name, bytes);
+                cache.put(&name, bytes);
             }
         }
         if after_a_call {
-            self.code_cache.mark_made_after_a_call();
+            cache.mark_made_after_a_call();
         }
         for name in std::mem::take(&mut self.uncached_scripts) {
             if let Some(bytes) = self.isolate.code_cache(name) {

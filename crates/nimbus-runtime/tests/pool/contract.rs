@@ -456,6 +456,14 @@ fn analysis_lists_registered_functions() {
         .all(|f| f.module_path == "app.js" && f.args_json == r#"{"type":"any"}"#));
 }
 
+/// Reports the mark an earlier tenant's call left on the global object ("none" if none),
+/// leaves its own, and reads `process.env.GREETING`.
+const LEAK: &str = r#"export const leak = register("isQuery", async () => {
+  const seen = globalThis.__mark ?? "none";
+  globalThis.__mark = "marked";
+  return `${seen}, ${process.env.GREETING}`;
+});"#;
+
 /// A module set whose `version` export returns `answer`.
 fn versioned(code: u128, answer: &str) -> ModuleSet {
     let mut map = BTreeMap::new();
@@ -463,7 +471,7 @@ fn versioned(code: u128, answer: &str) -> ModuleSet {
         "app.js".to_string(),
         APP.replace(
             "export const random",
-            &format!("export const version = register(\"isQuery\", async () => \"{answer}\");\nexport const random"),
+            &format!("export const version = register(\"isQuery\", async () => \"{answer}\");\n{LEAK}\nexport const random"),
         ),
     );
     map.insert(
@@ -809,40 +817,76 @@ async fn the_runtime_cache_is_bounded_in_bytes_as_well_as_in_runtimes() {
 }
 
 /// V8 keeps a push's compiled code: push-time analysis leaves a cache of every module it
-/// loaded, the push's first runtime replaces them after its first call (with what that call
-/// compiled), and the runtimes after it answer the same from them. Caches of other sources
-/// are refused by V8 and the sources compiled. QuickJS keeps none.
+/// loaded, and the runtimes after it compile from them (and leave them be). A push with no
+/// caches gets them from its first runtime, after its first call (with what that call
+/// compiled). Caches of other sources are refused by V8 and the sources compiled. QuickJS
+/// keeps none.
 #[tokio::test]
 async fn code_caches_are_made_once_and_serve_the_runtimes_after() {
     let v8 = ENGINE == nimbus_runtime::Engine::V8;
-    let set = versioned(31, "cached");
-    analyze_modules(ENGINE, &set, &RuntimeLimits::default()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(set.code_cache.contains("app.js"), v8, "{:?}", set.code_cache);
-    assert!(!set.code_cache.made_after_a_call());
-    let at_push = set.code_cache.bytes();
-
+    let pushed = versioned(31, "cached");
+    analyze_modules(ENGINE, &pushed, &RuntimeLimits::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pushed.code_cache.contains("app.js"), v8, "{:?}", pushed.code_cache);
+    let at_push = pushed.code_cache.bytes();
     let first = pool(1);
-    assert_eq!(version(&first, "cc", set.clone()).await, r#""cached""#);
+    assert_eq!(version(&first, "cc", pushed.clone()).await, r#""cached""#);
+    // A few calls later (caches are made after a reply), still the push's caches.
+    assert_eq!(version(&first, "cc", pushed.clone()).await, r#""cached""#);
+    assert_eq!(pushed.code_cache.bytes(), at_push);
+    assert!(!pushed.code_cache.made_after_a_call());
+
+    // No caches at push time: the first runtime makes them after its first call.
+    let fresh = versioned(33, "fresh");
+    assert!(fresh.code_cache.is_empty());
+    assert_eq!(version(&first, "cc2", fresh.clone()).await, r#""fresh""#);
     if v8 {
-        // Made after the reply, between calls.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !set.code_cache.made_after_a_call() {
+        while !fresh.code_cache.made_after_a_call() {
             assert!(std::time::Instant::now() < deadline, "no code cache after a call");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(set.code_cache.contains("app.js"));
-        assert_ne!(set.code_cache.bytes(), at_push, "the call's functions are in the cache");
+        assert!(fresh.code_cache.contains("app.js"));
     } else {
-        assert!(set.code_cache.is_empty());
+        assert!(fresh.code_cache.is_empty());
     }
 
-    // Another pool: a new runtime, from the caches.
+    // Another pool: new runtimes, from the caches.
     let second = pool(1);
-    assert_eq!(version(&second, "cc", set.clone()).await, r#""cached""#);
+    assert_eq!(version(&second, "cc", pushed.clone()).await, r#""cached""#);
+    assert_eq!(version(&second, "cc2", fresh.clone()).await, r#""fresh""#);
     // Other sources under the same names, given those caches: the new sources run.
     let changed = ModuleSet {
-        code_cache: set.code_cache.clone(),
+        code_cache: pushed.code_cache.clone(),
         ..versioned(32, "changed")
     };
     assert_eq!(version(&second, "cc", changed).await, r#""changed""#);
+}
+
+/// A worker keeps a blank runtime ready, and a tenant's first call starts from it: it gets
+/// that tenant's own modules and `process.env`, and the next tenant a new blank one (no
+/// global a tenant set is seen by another).
+#[tokio::test]
+async fn runtimes_made_ahead_of_need_carry_nothing_between_tenants() {
+    let pool = pool(1);
+    for (tenant, code) in [("spare-a", 41), ("spare-b", 42), ("spare-c", 43)] {
+        let mut modules = versioned(code, tenant);
+        let mut env = BTreeMap::new();
+        env.insert("GREETING".to_string(), format!("hello {tenant}"));
+        modules.env = Arc::new(env);
+        assert_eq!(
+            version(&pool, tenant, modules.clone()).await,
+            format!("\"{tenant}\"")
+        );
+        let mut leak = call(tenant, "leak", FunctionKind::Query, "[{}]", 1);
+        leak.modules = modules;
+        let (_, outcome) = pool
+            .invoke(leak, FakeHost::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // `leak` reports what an earlier tenant might have left, then leaves its own mark.
+        assert_eq!(
+            outcome.result.unwrap_or_else(|e| panic!("{e}")),
+            format!("\"none, hello {tenant}\"")
+        );
+    }
 }
