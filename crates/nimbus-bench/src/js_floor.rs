@@ -258,7 +258,7 @@ pub(crate) async fn run(
             first_call: FirstCall::FromSource,
         },
         Case {
-            label: "the same first call, compiling from the code cache the push's first runtime made (V8)",
+            label: "the same first call, given the code caches the push's first runtime made (V8 compiles from them; QuickJS has none)",
             module: "orders.js",
             export: "listOpen",
             kind: FunctionKind::Query,

@@ -243,8 +243,15 @@ impl WorkerState {
     /// Work for after a job's reply: the code caches of a runtime whose first call just
     /// succeeded, and a spare runtime in place of one just used.
     fn after_reply(&mut self) {
+        if self.code_caches_due.is_none() && self.spare.is_some() {
+            return;
+        }
+        // Busy meanwhile, so that a tenant's next call goes to another of its home workers
+        // if one is free rather than waiting for this.
+        self.load[self.index].fetch_add(1, Ordering::AcqRel);
         self.make_code_caches();
         self.make_spare();
+        self.load[self.index].fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Makes the code caches of the runtime whose first call just succeeded (see

@@ -118,6 +118,9 @@ class CountingAllocator final : public v8::ArrayBuffer::Allocator {
 
 struct LoadedModule {
   v8::Global<v8::Module> module;
+  // Taken when it is compiled: V8 versions differ on whether a module's unbound script may
+  // be asked for once it is evaluated (some abort the process), and it is the same script.
+  v8::Global<v8::UnboundModuleScript> unbound;
   std::string name;
 };
 
@@ -312,6 +315,7 @@ v8::MaybeLocal<v8::Module> LoadModule(v8::Isolate* isolate, const std::string& r
   }
   auto entry = std::make_unique<LoadedModule>();
   entry->module.Reset(isolate, module);
+  entry->unbound.Reset(isolate, module->GetUnboundModuleScript());
   entry->name = resolved;
   state->modules_by_name.emplace(resolved, entry.get());
   state->modules_by_hash.emplace(module->GetIdentityHash(), entry.get());
@@ -660,7 +664,7 @@ int nv8_code_cache(nv8_isolate* state, nv8_str name, nv8_str* out) {
   if (found != state->modules_by_name.end()) {
     v8::Local<v8::Module> module = found->second->module.Get(isolate);
     if (module->GetStatus() == v8::Module::kErrored) return 2;
-    data.reset(v8::ScriptCompiler::CreateCodeCache(module->GetUnboundModuleScript()));
+    data.reset(v8::ScriptCompiler::CreateCodeCache(found->second->unbound.Get(isolate)));
   } else {
     LoadedScript* script = nullptr;
     for (auto& s : state->scripts) {

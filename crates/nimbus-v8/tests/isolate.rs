@@ -431,4 +431,22 @@ fn code_caches_are_consumed_and_refused_when_they_do_not_match() {
     iso.eval_script_cached("read.js", READ, Some(b"not a code cache"))
         .unwrap();
     assert_eq!(iso.code_caches_rejected(), 1);
+
+    // A module still evaluating (a top-level await that never settles) and one whose
+    // evaluation threw: asking for their caches neither fails nor aborts the process.
+    let mut iso = isolate(&[
+        (
+            "pending.js",
+            "export const x = 1; await new Promise(() => {});",
+        ),
+        ("throws.js", "throw new Error('at load');"),
+    ]);
+    iso.eval_script("read.js", READ).unwrap();
+    run(
+        &mut iso,
+        "import('pending.js'); import('throws.js').catch(() => {});",
+    )
+    .unwrap();
+    assert!(iso.code_cache("pending.js").is_some());
+    assert_eq!(iso.code_cache("throws.js"), None);
 }

@@ -162,6 +162,10 @@ impl V8Vm {
     /// costs more than compiling those in each later runtime (a tenant's first activation
     /// after a restart would pay it every time).
     pub fn wants_code_caches(&self) -> bool {
+        self.modules_want_caches() || !self.uncached_scripts.is_empty()
+    }
+
+    fn modules_want_caches(&self) -> bool {
         self.caches_wanted
             && !self.loaded.borrow().is_empty()
             && (self.uncached.get() || self.isolate.code_caches_rejected() > 0)
@@ -172,18 +176,20 @@ impl V8Vm {
     /// after it: once per runtime after its first call (`after_a_call`), or after push-time
     /// analysis loaded every module. Caches V8 refused are replaced.
     pub fn make_code_caches(&mut self, after_a_call: bool) {
-        if !std::mem::take(&mut self.caches_wanted) && after_a_call {
-            return;
-        }
-        let names: Vec<String> = self.loaded.borrow().iter().cloned().collect();
-        let cache = self.code.borrow().cache.clone();
-        for name in names {
-            if let Some(bytes) = self.isolate.code_cache(&name) {
-                cache.put(&name, bytes);
+        if !after_a_call || self.modules_want_caches() {
+            let names: Vec<String> = self.loaded.borrow().iter().cloned().collect();
+            let cache = self.code.borrow().cache.clone();
+            for name in names {
+                if let Some(bytes) = self.isolate.code_cache(&name) {
+                    cache.put(&name, bytes);
+                }
+            }
+            if after_a_call {
+                cache.mark_made_after_a_call();
             }
         }
         if after_a_call {
-            cache.mark_made_after_a_call();
+            self.caches_wanted = false;
         }
         for name in std::mem::take(&mut self.uncached_scripts) {
             if let Some(bytes) = self.isolate.code_cache(name) {
