@@ -134,9 +134,11 @@ pub(crate) struct ActionState {
 }
 
 impl ActionState {
-    /// Builds the action's isolate and runs its first step.
+    /// Builds the action's isolate (from `spare`, a blank runtime, when it fits the
+    /// action's limits) and runs its first step.
     pub fn start(
         engine: Engine,
+        spare: Option<Isolate>,
         invocation: Invocation,
         limits: &RuntimeLimits,
     ) -> (Option<ActionState>, ActionStep) {
@@ -144,7 +146,8 @@ impl ActionState {
         if let Some(call) = invocation.limits {
             own_limits.memory_bytes = call.memory_bytes;
         }
-        let isolate = match Isolate::new(
+        let isolate = match Isolate::from_spare(
+            spare,
             engine,
             &invocation.modules,
             &invocation.system_env,

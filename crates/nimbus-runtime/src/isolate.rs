@@ -144,6 +144,25 @@ impl Isolate {
         })
     }
 
+    /// A runtime for one push: `spare` (a blank runtime) when it can take `limits`, else a
+    /// new one. A V8 heap's size is fixed when it is made, so a call with a memory limit of
+    /// its own gets a runtime of its own (the spare is dropped).
+    pub fn from_spare(
+        spare: Option<Isolate>,
+        engine: Engine,
+        modules: &ModuleSet,
+        system_env: &BTreeMap<String, String>,
+        limits: &RuntimeLimits,
+    ) -> Result<Isolate, String> {
+        if let Some(mut spare) = spare {
+            if spare.accepts_memory_limit(limits.memory_bytes) {
+                spare.adopt(modules, system_env)?;
+                return Ok(spare);
+            }
+        }
+        Isolate::new(engine, modules, system_env, limits)
+    }
+
     /// Makes a blank runtime ([`Isolate::blank`]) the runtime of one push: its modules and
     /// `process.env` (the push's variables, then `system_env`). Once per runtime.
     pub fn adopt(

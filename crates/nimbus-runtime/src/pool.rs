@@ -222,15 +222,13 @@ impl WorkerState {
 
     /// A runtime for `inv`'s push: the spare if it fits the call's limits, else a new one.
     fn new_runtime(&mut self, inv: &Invocation, limits: &RuntimeLimits) -> Result<Isolate, String> {
-        if let Some(mut spare) = self.spare.take() {
-            // A V8 heap's size is fixed when it is made: a call with a memory limit of its
-            // own needs its own runtime (the spare is dropped and made again).
-            if spare.accepts_memory_limit(limits.memory_bytes) {
-                spare.adopt(&inv.modules, &inv.system_env)?;
-                return Ok(spare);
-            }
-        }
-        Isolate::new(self.engine, &inv.modules, &inv.system_env, limits)
+        Isolate::from_spare(
+            self.spare.take(),
+            self.engine,
+            &inv.modules,
+            &inv.system_env,
+            limits,
+        )
     }
 
     /// A new spare runtime, unless the worker has one (a failure only means none).
@@ -675,7 +673,10 @@ impl JsPool {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let tenant = inv.tenant.clone();
         let job: Job = Box::new(move |state: &mut WorkerState| {
-            let (parked, step) = ActionState::start(state.engine, inv, &state.limits);
+            // An action has an isolate of its own: the worker's spare, if it has one (the
+            // next is made after the reply).
+            let spare = state.spare.take();
+            let (parked, step) = ActionState::start(state.engine, spare, inv, &state.limits);
             state.release();
             // Kept only if its driver still waits for it.
             if reply.send((state.index, step)).is_ok() {
