@@ -240,16 +240,13 @@ impl WorkerState {
 
     /// Work for after a job's reply: the code caches of a runtime whose first call just
     /// succeeded, and a spare runtime in place of one just used.
+    ///
+    /// The worker does not count as busy meanwhile (a millisecond or two): a worker that did
+    /// would tie with one stuck in a long call, and a tenant's next call could then queue
+    /// behind that call (seen: a bystander waiting out another tenant's 1 s loop).
     fn after_reply(&mut self) {
-        if self.code_caches_due.is_none() && self.spare.is_some() {
-            return;
-        }
-        // Busy meanwhile, so that a tenant's next call goes to another of its home workers
-        // if one is free rather than waiting for this.
-        self.load[self.index].fetch_add(1, Ordering::AcqRel);
         self.make_code_caches();
         self.make_spare();
-        self.load[self.index].fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Makes the code caches of the runtime whose first call just succeeded (see
