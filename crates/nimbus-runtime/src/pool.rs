@@ -124,6 +124,10 @@ struct WorkerState {
     /// again after the reply of a job that used it; one per worker, outside the cache's
     /// bounds (it holds a runtime's baseline: about 1 MiB in V8).
     spare: Option<Isolate>,
+    /// Whether to make a spare after this job's reply: set when a runtime was made (from
+    /// the spare or, if there was none or it did not fit, afresh). A worker whose spare
+    /// cannot be made does not try again after every job, only after the next runtime.
+    spare_due: bool,
 }
 
 impl WorkerState {
@@ -223,7 +227,7 @@ impl WorkerState {
     /// A runtime for `inv`'s push: the spare if it fits the call's limits, else a new one.
     fn new_runtime(&mut self, inv: &Invocation, limits: &RuntimeLimits) -> Result<Isolate, String> {
         Isolate::from_spare(
-            self.spare.take(),
+            self.take_spare(),
             self.engine,
             &inv.modules,
             &inv.system_env,
@@ -231,9 +235,16 @@ impl WorkerState {
         )
     }
 
-    /// A new spare runtime, unless the worker has one (a failure only means none).
+    /// The spare, for a runtime about to be made (a new spare is then due).
+    fn take_spare(&mut self) -> Option<Isolate> {
+        self.spare_due = true;
+        self.spare.take()
+    }
+
+    /// A new spare runtime if one is due and the worker has none (a failure only means
+    /// none).
     fn make_spare(&mut self) {
-        if self.spare.is_none() {
+        if std::mem::take(&mut self.spare_due) && self.spare.is_none() {
             self.spare = Isolate::blank(self.engine, &self.limits).ok();
         }
     }
@@ -316,6 +327,7 @@ fn worker(
         actions: HashMap::new(),
         code_caches_due: None,
         spare: None,
+        spare_due: true,
     };
     state.make_spare();
     loop {
@@ -672,7 +684,7 @@ impl JsPool {
         let job: Job = Box::new(move |state: &mut WorkerState| {
             // An action has an isolate of its own: the worker's spare, if it has one (the
             // next is made after the reply).
-            let spare = state.spare.take();
+            let spare = state.take_spare();
             let (parked, step) = ActionState::start(state.engine, spare, inv, &state.limits);
             state.release();
             // Kept only if its driver still waits for it.
