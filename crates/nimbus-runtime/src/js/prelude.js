@@ -203,7 +203,15 @@
       return { kind: "convexError", message: `Uncaught ConvexError: ${e.message}`, data };
     }
     if (e instanceof Error) {
-      const stack = e.stack ? `\n${String(e.stack).split("\n").filter((l) => l.trim()).slice(0, 20).join("\n")}` : "";
+      // V8's `stack` starts with the error's own "Name: message" (its toString at creation);
+      // QuickJS's holds only the frames. Convex answers "Uncaught Name: message" and then the
+      // frames, so V8's copy of the header goes, or every nested rethrow would repeat it.
+      let frames = e.stack ? String(e.stack) : "";
+      let header = null;
+      try { header = String(e); } catch { /* a toString that throws: keep the stack whole */ }
+      if (header !== null && frames.startsWith(header)) frames = frames.slice(header.length);
+      const lines = frames.split("\n").filter((l) => l.trim()).slice(0, 20);
+      const stack = lines.length > 0 ? `\n${lines.join("\n")}` : "";
       return { kind: "uncaught", message: `Uncaught ${e.name}: ${e.message}${stack}` };
     }
     return { kind: "uncaught", message: `Uncaught ${inspect(e, 0, [])}` };

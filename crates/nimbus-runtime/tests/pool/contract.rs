@@ -45,6 +45,7 @@ export const spin = register("isQuery", async () => { while (true) {} });
 // ropes of a few nodes, so those took longer than the CPU limit to fill its heap.)
 export const hog = register("isQuery", async () => { const a = []; while (true) a.push(new Array(1 << 16).fill(a.length)); });
 export const recurse = register("isQuery", async () => { const f = (n) => f(n + 1) + 1; return f(0); });
+export const thrown = register("isQuery", async () => { throw new TypeError("first line\nsecond line"); });
 export const block = register("isQuery", async () => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0));
 export const internalOne = register("isMutation", async () => 1, { isPublic: undefined, isInternal: true });
 export const notAFunction = 5;
@@ -263,6 +264,27 @@ async fn errors_are_classified() {
         "{:?}",
         o.result
     );
+    // An uncaught error reads as Convex answers it, on either engine: "Uncaught Name:
+    // message" once (V8's `stack` repeats that header; QuickJS's does not), then the frames.
+    let (_, o) = run("thrown", FunctionKind::Query)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    match o.result {
+        Err(FunctionError::Uncaught { message }) => {
+            assert!(
+                message.starts_with("Uncaught TypeError: first line\nsecond line\n"),
+                "{message}"
+            );
+            assert_eq!(message.matches("first line").count(), 1, "{message}");
+            assert_eq!(message.matches("second line").count(), 1, "{message}");
+            let frames: Vec<&str> = message.lines().skip(2).collect();
+            assert!(
+                !frames.is_empty() && frames.iter().all(|l| l.trim_start().starts_with("at ")),
+                "only frames follow the message: {message}"
+            );
+        }
+        other => panic!("expected Uncaught, got {other:?}"),
+    }
     let (_, o) = run("recurse", FunctionKind::Query)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -445,7 +467,7 @@ fn analysis_lists_registered_functions() {
         })
         .collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(names.len(), 18, "{names:?}");
+    assert_eq!(names.len(), 19, "{names:?}");
     assert!(names.contains(&("fanOut".to_string(), FunctionKind::Action, true)));
     assert!(names.contains(&("internalOne".to_string(), FunctionKind::Mutation, false)));
     assert!(names.contains(&("echo".to_string(), FunctionKind::Query, true)));

@@ -113,6 +113,44 @@ export const fetchError = action({
   },
 });
 
+/**
+ * For engines.test.mjs: one fetch with a method, headers, a JSON body and a time limit, and
+ * everything the function sees of the answer (the headers as `Headers` iterates them, the
+ * body parsed when it is JSON), or the error's name and message.
+ */
+export const fetchDetail = action({
+  args: {
+    url: v.string(),
+    method: v.optional(v.string()),
+    headers: v.optional(v.record(v.string(), v.string())),
+    json: v.optional(v.any()),
+    timeoutMs: v.optional(v.number()),
+  },
+  handler: async (_ctx, { url, method, headers, json, timeoutMs }) => {
+    try {
+      const response = await fetch(url, {
+        method,
+        headers,
+        body: json === undefined ? undefined : JSON.stringify(json),
+        signal: timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs),
+      });
+      const isJson = (response.headers.get("content-type") ?? "").startsWith("application/json");
+      return {
+        status: response.status,
+        statusText: response.statusText,
+        ok: response.ok,
+        redirected: response.redirected,
+        url: response.url,
+        // The date differs from call to call.
+        headers: [...response.headers].filter(([name]) => name !== "date"),
+        body: isJson ? await response.json() : await response.text(),
+      };
+    } catch (e) {
+      return { error: `${(e as Error).name}: ${(e as Error).message}` };
+    }
+  },
+});
+
 /** process.env as an action sees it. */
 export const envOf = action({
   args: { name: v.string() },

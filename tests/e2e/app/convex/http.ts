@@ -61,4 +61,59 @@ http.route({
   }),
 });
 
+// For engines.test.mjs, which compares HTTP actions on V8 and on QuickJS: a route that
+// echoes the request as the handler sees it (GET, POST, PUT, PATCH and DELETE), and one
+// whose response (status, headers, body) is chosen by `?kind=`.
+const echo = httpAction(async (_ctx, request) => {
+  const url = new URL(request.url);
+  const text = await request.text();
+  let json: unknown = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // Not JSON: `text` shows it.
+  }
+  return Response.json(
+    {
+      method: request.method,
+      path: url.pathname,
+      query: [...url.searchParams],
+      headers: [...request.headers],
+      text,
+      json,
+      echoEnv: process.env.ECHO_ENV ?? null,
+    },
+    { headers: { "x-echo": "yes" } },
+  );
+});
+for (const method of ["GET", "POST", "PUT", "PATCH", "DELETE"] as const) {
+  http.route({ pathPrefix: "/echo/", method, handler: echo });
+}
+
+http.route({
+  path: "/respond",
+  method: "GET",
+  handler: httpAction(async (_ctx, request) => {
+    const kind = new URL(request.url).searchParams.get("kind");
+    switch (kind) {
+      case "text": {
+        const headers = new Headers({ "content-type": "text/plain; charset=utf-8" });
+        headers.append("x-multi", "one");
+        headers.append("x-multi", "two");
+        return new Response("short and stout \u2615", { status: 418, statusText: "I'm a teapot", headers });
+      }
+      case "json":
+        return Response.json({ created: true, n: 1.5, list: [1, "two", null] }, { status: 201 });
+      case "bytes":
+        return new Response(new Uint8Array([0, 1, 2, 254, 255]), { headers: { "content-type": "application/octet-stream" } });
+      case "empty":
+        return new Response(null, { status: 204 });
+      case "redirect":
+        return Response.redirect("https://example.com/elsewhere", 307);
+      default:
+        return new Response(`unknown kind ${kind}`, { status: 400 });
+    }
+  }),
+});
+
 export default http;

@@ -200,3 +200,47 @@ export const scheduleBad = mutation({
     }
   },
 });
+
+// For engines.test.mjs, which compares the scheduler on V8 and on QuickJS: `runAt` with a
+// `Date` and `cancel` from an action (the existing functions cover `runAfter` there), and a
+// job whose arguments are of every Convex type, which reports what they arrived as.
+
+/** From an action: `runAt` with a `Date` (the library turns it into the syscall's seconds). */
+export const atFromAction = action({
+  args: { key: v.string(), at: v.number() },
+  handler: async (ctx, { key, at }): Promise<string> =>
+    ctx.scheduler.runAt(new Date(at), internal.scheduler.bump, { key }),
+});
+
+/** From an action: cancels any job, e.g. one a mutation scheduled. */
+export const cancelFromAction = action({
+  args: { id: v.id("_scheduled_functions") },
+  handler: async (ctx, { id }): Promise<null> => {
+    await ctx.scheduler.cancel(id);
+    return null;
+  },
+});
+
+/** Writes a note (owner `key`) spelling out the type of every part of `value`. */
+export const describeArgs = internalMutation({
+  args: { key: v.string(), value: v.any() },
+  handler: async (ctx, { key, value }) => {
+    const describe = (x: unknown): string => {
+      if (typeof x === "bigint") return `${x}n`;
+      if (typeof x === "number") return Object.is(x, -0) ? "-0" : String(x);
+      if (x instanceof ArrayBuffer) return `bytes(${new Uint8Array(x).join(" ")})`;
+      if (Array.isArray(x)) return `[${x.map(describe).join(", ")}]`;
+      if (x !== null && typeof x === "object") {
+        return `{${Object.entries(x).map(([k, y]) => `${k}: ${describe(y)}`).join(", ")}}`;
+      }
+      return JSON.stringify(x);
+    };
+    await ctx.db.insert("notes", { owner: key, text: describe(value) });
+  },
+});
+
+export const scheduleDescribe = mutation({
+  args: { key: v.string(), value: v.any(), delayMs: v.number() },
+  handler: async (ctx, { key, value, delayMs }): Promise<Id<"_scheduled_functions">> =>
+    ctx.scheduler.runAfter(delayMs, internal.scheduler.describeArgs, { key, value }),
+});
