@@ -655,6 +655,7 @@ impl Tenant {
             scheduled: Default::default(),
             job: job.cloned(),
         };
+        self.save_code_caches(deployment);
         let _running = self.acquire_worker().await?;
         let (host, outcome) =
             self.pool()

@@ -29,6 +29,7 @@ pub mod metrics;
 mod placement;
 mod push;
 mod query_cache;
+mod saved_code_cache;
 mod scheduler;
 mod servers;
 mod syscalls;
@@ -62,6 +63,7 @@ pub use placement::{
     ServerSettings, DEFAULT_SERVER,
 };
 pub use push::{IndexChange, PushModule, PushRequest, StagedPush, StagedStatus};
+pub use saved_code_cache::{stats as saved_code_cache_stats, SavedCodeCacheStats};
 pub use scheduler::{SchedulerConfig, SchedulerStats};
 pub use servers::ServerInfo;
 pub use tenant::{Tenant, TenantStats};

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use nimbus_runtime::{
-    Engine, FunctionKind, Invocation, JsPool, ModuleSet, PoolConfig, SyscallError, SyscallHost,
+    Engine, FunctionKind, Invocation, JsPool, ModuleSet, PoolConfig, RuntimeLimits, SyscallError,
+    SyscallHost,
 };
 use serde_json::{json, Value as Json};
 
@@ -156,7 +157,11 @@ enum FirstCall {
     No,
     /// A new runtime compiling the modules from source (no code cache).
     FromSource,
-    /// A new runtime compiling them from the code cache its push's first runtime made.
+    /// A new runtime compiling them from the code caches push-time analysis made (after
+    /// loading the modules, before any call: what a deployment stores).
+    FromPushCache,
+    /// A new runtime compiling them from the code cache its push's first runtime made
+    /// after its first call (it also holds the functions that call compiled).
     FromCodeCache,
 }
 
@@ -258,7 +263,15 @@ pub(crate) async fn run(
             first_call: FirstCall::FromSource,
         },
         Case {
-            label: "the same first call, given the code caches the push's first runtime made (V8 compiles from them; QuickJS has none)",
+            label: "the same first call, given the code caches push-time analysis made and the deployment stores (V8 compiles from them; QuickJS has none)",
+            module: "orders.js",
+            export: "listOpen",
+            kind: FunctionKind::Query,
+            args: list_args.clone(),
+            first_call: FirstCall::FromPushCache,
+        },
+        Case {
+            label: "the same first call, given the code caches the push's first runtime made after its first call (V8 compiles from them; QuickJS has none)",
             module: "orders.js",
             export: "listOpen",
             kind: FunctionKind::Query,
@@ -295,6 +308,21 @@ pub(crate) async fn run(
             ..PoolConfig::default()
         })?;
         let fresh_tenants = std::cell::Cell::new(0u64);
+        // The same modules under a code id of their own, with the caches push-time
+        // analysis makes (a deployment's); calls leave them as they are, since every
+        // module then has a cache.
+        let pushed = ModuleSet::new(
+            nimbus_runtime::CodeId(u128::from(u64::MAX)),
+            modules.modules.clone(),
+            modules.env.clone(),
+        );
+        if cases
+            .iter()
+            .any(|c| c.first_call == FirstCall::FromPushCache)
+        {
+            nimbus_runtime::analyze_modules(engine, &pushed, &RuntimeLimits::default())
+                .map_err(|e| anyhow!("push-time analysis failed: {e}"))?;
+        }
         for case in &cases {
             let invocation = || Invocation {
                 tenant: if case.first_call != FirstCall::No {
@@ -313,6 +341,10 @@ pub(crate) async fn run(
                         modules.modules.clone(),
                         modules.env.clone(),
                     ),
+                    FirstCall::FromPushCache => ModuleSet {
+                        code_id: nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
+                        ..pushed.clone()
+                    },
                     FirstCall::FromCodeCache => ModuleSet {
                         code_id: nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
                         ..modules.clone()

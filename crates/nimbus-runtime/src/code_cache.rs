@@ -3,9 +3,13 @@
 //! A tenant's first call pays for parsing and compiling the Convex library and its own
 //! modules, in every new runtime of that code: on each of its home workers, and again after
 //! the pool evicted its runtime. V8 can serialize what it compiled (`CreateCodeCache`) and
-//! compile from that instead of the source. So the first runtime of a push makes a cache
-//! of each module it loaded *after its first call* (then it holds every function that call
-//! compiled, not only the top level), and the runtimes after it consume it.
+//! compile from that instead of the source. Push-time analysis makes a cache of each module
+//! after loading it (only the top level is compiled then); the first runtime of a push
+//! makes them again *after its first call*, when they also hold every function that call
+//! compiled, and the runtimes after it consume those. The caller learns of them
+//! ([`CodeCache::on_made_after_a_call`]), persists them ([`CodeCache::take_unsaved`]) and
+//! gives them back with [`CodeCache::restore`] after a restart, so a push's caches are
+//! remade after a call once, not once per process.
 //!
 //! Two stores:
 //! - [`CodeCache`], one per [`crate::ModuleSet`] (per push of one tenant): its modules'
@@ -37,6 +41,10 @@ pub struct CodeCache {
     /// Whether the caches were made by a runtime after a call (with the functions that call
     /// compiled), not only after loading the modules (at push time).
     after_a_call: AtomicBool,
+    /// Set when a runtime made them after a call, cleared by [`CodeCache::take_unsaved`].
+    unsaved: AtomicBool,
+    /// Called (on the worker thread) when a runtime made them after a call.
+    on_made: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for CodeCache {
@@ -94,6 +102,45 @@ impl CodeCache {
     }
 
     pub(crate) fn mark_made_after_a_call(&self) {
+        self.after_a_call.store(true, Ordering::Release);
+        self.unsaved.store(true, Ordering::Release);
+        if let Some(notify) = self.on_made.get() {
+            notify();
+        }
+    }
+
+    /// Gives the function to call (on the worker thread, so it must only hand the work
+    /// on) when a runtime made the caches after a call; the first one given stays.
+    pub fn on_made_after_a_call(&self, notify: impl FnOnce() -> Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_made.get_or_init(notify);
+    }
+
+    /// Whether [`CodeCache::on_made_after_a_call`] was given a function.
+    pub fn has_notify(&self) -> bool {
+        self.on_made.get().is_some()
+    }
+
+    /// True once after a runtime made the caches after a call: the caller should persist
+    /// [`CodeCache::entries`] now (and call [`CodeCache::mark_unsaved`] if that failed).
+    pub fn take_unsaved(&self) -> bool {
+        self.unsaved.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks for the caches to be persisted again (a save that failed).
+    pub fn mark_unsaved(&self) {
+        self.unsaved.store(true, Ordering::Release);
+    }
+
+    /// Puts back caches a runtime made after a call and the caller persisted: no runtime of
+    /// this push makes them again (V8 still checks each one, and a refused one is remade).
+    /// Entries past the bound are left out.
+    pub fn restore(&self, entries: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        {
+            let mut held = lock(&self.entries);
+            for (name, bytes) in entries {
+                held.put(&name, bytes, MAX_BYTES_PER_SET);
+            }
+        }
         self.after_a_call.store(true, Ordering::Release);
     }
 
@@ -159,5 +206,30 @@ mod tests {
         assert!(cache.put("b.js", vec![0; MAX_BYTES_PER_SET - 50]));
         assert_eq!(cache.bytes(), MAX_BYTES_PER_SET);
         assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn caches_made_after_a_call_are_saved_once_and_restored_as_such() {
+        let cache = CodeCache::default();
+        assert!(cache.put("a.js", vec![1; 10]));
+        assert!(!cache.made_after_a_call());
+        assert!(
+            !cache.take_unsaved(),
+            "push-time caches are the deployment's, not to save"
+        );
+        cache.mark_made_after_a_call();
+        assert!(cache.take_unsaved());
+        assert!(!cache.take_unsaved(), "saved once");
+        cache.mark_unsaved();
+        assert!(cache.take_unsaved(), "a failed save is asked for again");
+
+        let restored = CodeCache::default();
+        restored.restore([("a.js".to_string(), vec![2; 10])]);
+        assert!(restored.made_after_a_call());
+        assert!(
+            !restored.take_unsaved(),
+            "what was restored is saved already"
+        );
+        assert_eq!(restored.get("a.js").as_deref(), Some(&[2u8; 10][..]));
     }
 }

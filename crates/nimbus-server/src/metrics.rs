@@ -64,6 +64,7 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming) -> Result<Resp
         resident_bytes: resident_bytes(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         js_cache: state.nimbus.js_cache_stats(),
+        code_caches: nimbus_app::saved_code_cache_stats(),
         journal: state.nimbus.journal_stats(),
     };
     let body = render(&process, &shown);
@@ -121,6 +122,7 @@ struct Process {
     resident_bytes: Option<u64>,
     uptime_seconds: f64,
     js_cache: nimbus_app::JsCacheStats,
+    code_caches: nimbus_app::SavedCodeCacheStats,
     journal: Option<nimbus_app::JournalStats>,
 }
 
@@ -231,6 +233,28 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
         out,
         "nimbus_js_runtime_cache_evictions_total {}",
         process.js_cache.evictions
+    );
+    family(
+        &mut out,
+        "nimbus_js_code_caches_saved_total",
+        "counter",
+        "V8 code caches a push's first runtime made after its first call, saved with the tenant.",
+    );
+    let _ = writeln!(
+        out,
+        "nimbus_js_code_caches_saved_total {}",
+        process.code_caches.saved
+    );
+    family(
+        &mut out,
+        "nimbus_js_code_caches_restored_total",
+        "counter",
+        "Tenant activations that got their push's saved V8 code caches back.",
+    );
+    let _ = writeln!(
+        out,
+        "nimbus_js_code_caches_restored_total {}",
+        process.code_caches.restored
     );
 
     if let Some(journal) = &process.journal {

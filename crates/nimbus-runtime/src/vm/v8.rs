@@ -1,6 +1,6 @@
 //! V8 (Debian's libnode, through `nimbus-v8`): the JIT, where the build has it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,10 +22,9 @@ pub(crate) struct V8Vm {
     loaded: Rc<RefCell<BTreeSet<String>>>,
     /// Nimbus's own scripts this isolate compiled without a cache.
     uncached_scripts: Vec<&'static str>,
-    /// Whether this runtime still has to make code caches after a call (its first).
+    /// Whether this runtime still has to consider making code caches after a call (its
+    /// first).
     caches_wanted: bool,
-    /// Set by the host when it handed over a module without a code cache.
-    uncached: Rc<Cell<bool>>,
 }
 
 /// What a runtime loads modules from: one push's modules and their code caches.
@@ -43,8 +42,6 @@ struct V8Host {
     /// Names already handed to the isolate, which compiles each once: their source is not
     /// copied again.
     loaded: Rc<RefCell<BTreeSet<String>>>,
-    /// Set when a module had no code cache (it was compiled from source).
-    uncached: Rc<Cell<bool>>,
 }
 
 impl Host for V8Host {
@@ -70,12 +67,8 @@ impl Host for V8Host {
                 ..Module::default()
             });
         }
-        let code_cache = code.cache.get(&path);
-        if code_cache.is_none() {
-            self.uncached.set(true);
-        }
         Ok(Module {
-            code_cache,
+            code_cache: code.cache.get(&path),
             source: source.clone(),
             name: path,
         })
@@ -95,13 +88,11 @@ impl V8Vm {
     /// A runtime with no modules yet ([`V8Vm::set_modules`] gives them).
     pub fn new(natives: Natives, limits: &RuntimeLimits) -> Result<V8Vm, String> {
         let loaded = Rc::new(RefCell::new(BTreeSet::new()));
-        let uncached = Rc::new(Cell::new(false));
         let code = Rc::new(RefCell::new(Code::default()));
         let host = V8Host {
             natives,
             code: code.clone(),
             loaded: loaded.clone(),
-            uncached: uncached.clone(),
         };
         let isolate = Isolate::new(
             Limits {
@@ -122,7 +113,6 @@ impl V8Vm {
             loaded,
             uncached_scripts: Vec::new(),
             caches_wanted: false,
-            uncached,
         })
     }
 
@@ -133,7 +123,7 @@ impl V8Vm {
             modules: modules.modules.clone(),
             cache: modules.code_cache.clone(),
         };
-        self.caches_wanted = !modules.code_cache.made_after_a_call();
+        self.caches_wanted = true;
     }
 
     pub fn eval_script(&mut self, name: &str, source: &str) -> Result<(), VmFailure> {
@@ -155,12 +145,13 @@ impl V8Vm {
             .map_err(failure)
     }
 
-    /// Whether [`V8Vm::make_code_caches`] has work: this runtime made its first call, its
-    /// push's caches were not made after one yet, and it compiled a module from source
-    /// (one had no cache, or V8 refused its cache). A runtime that had every cache it
-    /// needed leaves them be: remaking them would add the functions its call compiled, but
-    /// costs more than compiling those in each later runtime (a tenant's first activation
-    /// after a restart would pay it every time).
+    /// Whether [`V8Vm::make_code_caches`] has work: this runtime made its first call and
+    /// its push's caches were not made after one yet (they are push-time caches, of the
+    /// modules' top level only, or there are none), or V8 refused one of them (made by
+    /// another V8 version or with other flags). The caches then made hold the functions
+    /// the call compiled too; the caller persists them (`CodeCache::take_unsaved`), so this
+    /// happens once per push, not once per restart. A module left without a cache once
+    /// they were made after a call (past the bound) is not chased: every runtime would.
     pub fn wants_code_caches(&self) -> bool {
         self.modules_want_caches() || !self.uncached_scripts.is_empty()
     }
@@ -168,7 +159,8 @@ impl V8Vm {
     fn modules_want_caches(&self) -> bool {
         self.caches_wanted
             && !self.loaded.borrow().is_empty()
-            && (self.uncached.get() || self.isolate.code_caches_rejected() > 0)
+            && (!self.code.borrow().cache.made_after_a_call()
+                || self.isolate.code_caches_rejected() > 0)
     }
 
     /// Makes the code caches of the modules this isolate loaded (and of Nimbus's scripts it

@@ -839,23 +839,57 @@ async fn the_runtime_cache_is_bounded_in_bytes_as_well_as_in_runtimes() {
 }
 
 /// V8 keeps a push's compiled code: push-time analysis leaves a cache of every module it
-/// loaded, and the runtimes after it compile from them (and leave them be). A push with no
-/// caches gets them from its first runtime, after its first call (with what that call
-/// compiled). Caches of other sources are refused by V8 and the sources compiled. QuickJS
-/// keeps none.
+/// loaded (their top level), and the push's first runtime makes them again after its first
+/// call (with what that call compiled), once: the caller saves them then, and a push whose
+/// caches come back from storage is not remade. A push with no caches gets them the same
+/// way. Caches of other sources are refused by V8 and the sources compiled. QuickJS keeps
+/// none.
 #[tokio::test]
 async fn code_caches_are_made_once_and_serve_the_runtimes_after() {
     let v8 = ENGINE == nimbus_runtime::Engine::V8;
     let pushed = versioned(31, "cached");
     analyze_modules(ENGINE, &pushed, &RuntimeLimits::default()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pushed.code_cache.contains("app.js"), v8, "{:?}", pushed.code_cache);
+    assert!(!pushed.code_cache.take_unsaved(), "push-time caches go with the deployment");
     let at_push = pushed.code_cache.bytes();
     let first = pool(1);
     assert_eq!(version(&first, "cc", pushed.clone()).await, r#""cached""#);
-    // A few calls later (caches are made after a reply), still the push's caches.
+    if v8 {
+        // Made after the reply.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pushed.code_cache.made_after_a_call() {
+            assert!(std::time::Instant::now() < deadline, "no code cache after a call");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(pushed.code_cache.take_unsaved(), "to be saved");
+        assert!(
+            pushed.code_cache.bytes() > at_push,
+            "the call's functions are in: {} against {at_push} bytes",
+            pushed.code_cache.bytes()
+        );
+    } else {
+        assert!(!pushed.code_cache.made_after_a_call());
+        assert!(!pushed.code_cache.take_unsaved());
+    }
+    // Later calls, and another pool's runtimes, leave them be.
     assert_eq!(version(&first, "cc", pushed.clone()).await, r#""cached""#);
-    assert_eq!(pushed.code_cache.bytes(), at_push);
-    assert!(!pushed.code_cache.made_after_a_call());
+    let other = pool(1);
+    assert_eq!(version(&other, "cc", pushed.clone()).await, r#""cached""#);
+    assert_eq!(version(&other, "cc", pushed.clone()).await, r#""cached""#);
+    assert!(!pushed.code_cache.take_unsaved(), "made once");
+
+    // Caches given back from storage (the same source, as after a restart) are not remade.
+    let restored = versioned(34, "cached");
+    restored.code_cache.restore(
+        pushed
+            .code_cache
+            .entries()
+            .into_iter()
+            .map(|(name, bytes)| (name, bytes.to_vec())),
+    );
+    assert_eq!(version(&other, "cc3", restored.clone()).await, r#""cached""#);
+    assert_eq!(version(&other, "cc3", restored.clone()).await, r#""cached""#);
+    assert!(!restored.code_cache.take_unsaved());
 
     // No caches at push time: the first runtime makes them after its first call.
     let fresh = versioned(33, "fresh");

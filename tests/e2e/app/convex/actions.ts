@@ -142,7 +142,7 @@ export const fetchDetail = action({
         redirected: response.redirected,
         url: response.url,
         // The date differs from call to call.
-        headers: [...response.headers].filter(([name]) => name !== "date"),
+        headers: pairs(response.headers).filter(([name]) => name !== "date"),
         body: isJson ? await response.json() : await response.text(),
       };
     } catch (e) {
@@ -179,3 +179,10 @@ export const recurse = action({
   handler: async (ctx, { depth }): Promise<number> =>
     await ctx.runAction(api.actions.recurse, { depth: depth + 1 }),
 });
+
+/** Name and value pairs, in iteration order (forEach: the apps' tsconfig has no DOM.Iterable). */
+function pairs(list: { forEach(fn: (value: string, name: string) => void): void }): [string, string][] {
+  const out: [string, string][] = [];
+  list.forEach((value, name) => out.push([name, value]));
+  return out;
+}

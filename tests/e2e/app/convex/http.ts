@@ -77,8 +77,8 @@ const echo = httpAction(async (_ctx, request) => {
     {
       method: request.method,
       path: url.pathname,
-      query: [...url.searchParams],
-      headers: [...request.headers],
+      query: pairs(url.searchParams),
+      headers: pairs(request.headers),
       text,
       json,
       echoEnv: process.env.ECHO_ENV ?? null,
@@ -117,3 +117,10 @@ http.route({
 });
 
 export default http;
+
+/** Name and value pairs, in iteration order (forEach: the apps' tsconfig has no DOM.Iterable). */
+function pairs(list: { forEach(fn: (value: string, name: string) => void): void }): [string, string][] {
+  const out: [string, string][] = [];
+  list.forEach((value, name) => out.push([name, value]));
+  return out;
+}

@@ -1,0 +1,91 @@
+// V8 code caches made after a push's first call are saved with the tenant and come back
+// after a restart (docs/js-engines.md, "Code caches"). Push-time analysis caches only the
+// modules' top level; the push's first runtime makes them again after its first call, with
+// the functions that call compiled, and the server writes them to the tenant's namespace
+// once. After a restart the tenant's activation gives them back, and no runtime makes them
+// again. Seen through /metrics (`nimbus_js_code_caches_saved_total`, `..._restored_total`),
+// with the answers checked all along. V8 only: QuickJS keeps no compiled code.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { NimbusServer, callRaw, httpRequest } from "./harness.mjs";
+
+let server;
+let skipped = null;
+
+before(
+  async () => {
+    try {
+      server = await NimbusServer.start({ args: ["--js-engine", "v8"] });
+    } catch (error) {
+      if (process.env.CI !== "true" && /no V8/.test(String(error))) {
+        skipped = "this build has no V8";
+        return;
+      }
+      throw error;
+    }
+  },
+  { timeout: 120_000 },
+);
+
+after(async () => {
+  await server?.cleanup();
+});
+
+/** The two counters, from /metrics. */
+async function counters() {
+  const res = await httpRequest(`${server.url}/metrics`, {
+    headers: { authorization: `Bearer ${server.adminKey}` },
+  });
+  assert.equal(res.status, 200, res.text);
+  const value = (name) => {
+    const line = res.text.split("\n").find((l) => l.startsWith(`${name} `));
+    assert.ok(line, `${name} is missing from /metrics`);
+    return Number(line.split(" ")[1]);
+  };
+  return {
+    saved: value("nimbus_js_code_caches_saved_total"),
+    restored: value("nimbus_js_code_caches_restored_total"),
+  };
+}
+
+async function waitFor(what, check, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const seen = await counters();
+    if (check(seen)) return seen;
+    assert.ok(Date.now() < deadline, `${what}: still ${JSON.stringify(seen)} after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function increment(url, expected) {
+  const res = await callRaw(url, "mutation", "counter:increment", { name: "cc" });
+  assert.equal(res.status, 200, res.text);
+  assert.equal(res.body.value, expected, res.text);
+}
+
+test("a push's code caches are made after its first call once, saved, and restored after a restart", { timeout: 180_000 }, async (t) => {
+  if (skipped !== null) return t.skip(skipped);
+  await server.tenantWithApp("cc");
+  const url = server.tenantUrl("cc");
+  assert.deepEqual(await counters(), { saved: 0, restored: 0 });
+
+  await increment(url, 1);
+  await waitFor("the first call's caches are saved", (c) => c.saved === 1);
+  // Later calls, and the query a subscription would run, use them; nothing is made again.
+  for (let n = 2; n <= 6; n++) await increment(url, n);
+  const read = await callRaw(url, "query", "counter:get", { name: "cc" });
+  assert.equal(read.status, 200, read.text);
+  // A save is written after a reply: give one that should not happen the time to show.
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.deepEqual(await counters(), { saved: 1, restored: 0 });
+
+  await server.restart();
+  assert.deepEqual(await counters(), { saved: 0, restored: 0 });
+  await increment(url, 7);
+  const afterRestart = await waitFor("the activation restores them", (c) => c.restored === 1);
+  assert.equal(afterRestart.saved, 0, "restored caches are not made again");
+  for (let n = 8; n <= 10; n++) await increment(url, n);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.deepEqual(await counters(), { saved: 0, restored: 1 });
+});
