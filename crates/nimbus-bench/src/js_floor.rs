@@ -322,6 +322,13 @@ pub(crate) async fn run(
         {
             nimbus_runtime::analyze_modules(engine, &pushed, &RuntimeLimits::default())
                 .map_err(|e| anyhow!("push-time analysis failed: {e}"))?;
+            if !pushed.code_cache.is_empty() {
+                eprintln!(
+                    "js-floor: push-time code caches: {} modules, {} KiB",
+                    pushed.code_cache.len(),
+                    pushed.code_cache.bytes() >> 10
+                );
+            }
         }
         for case in &cases {
             let invocation = || Invocation {
@@ -341,10 +348,20 @@ pub(crate) async fn run(
                         modules.modules.clone(),
                         modules.env.clone(),
                     ),
-                    FirstCall::FromPushCache => ModuleSet {
-                        code_id: nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
-                        ..pushed.clone()
-                    },
+                    // A copy of the push-time caches each time: the first runtime given
+                    // them makes them again after its call (and would make them
+                    // after-call caches for every runtime after it).
+                    FirstCall::FromPushCache => {
+                        let copy = ModuleSet::new(
+                            nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
+                            pushed.modules.clone(),
+                            pushed.env.clone(),
+                        );
+                        for (name, bytes) in pushed.code_cache.entries() {
+                            copy.code_cache.put(&name, bytes.to_vec());
+                        }
+                        copy
+                    }
                     FirstCall::FromCodeCache => ModuleSet {
                         code_id: nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
                         ..modules.clone()
@@ -383,6 +400,11 @@ pub(crate) async fn run(
                         }
                     };
                     return anyhow::Ok(started.elapsed());
+                }
+                if case.first_call != FirstCall::No {
+                    // The worker's work after the previous reply (its next spare runtime,
+                    // code caches) is not this call's.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let started = Instant::now();
                 let (_, outcome) = pool
@@ -433,7 +455,7 @@ pub(crate) async fn run(
     let code_cache_bytes = modules.code_cache.bytes();
     if code_cache_bytes > 0 {
         eprintln!(
-            "js-floor: the push's code caches: {} modules, {} KiB",
+            "js-floor: code caches made after a first call: {} modules, {} KiB",
             modules.code_cache.len(),
             code_cache_bytes >> 10
         );
