@@ -4,10 +4,11 @@
 // the functions that call compiled, and the server writes them to the tenant's namespace
 // once. After a restart the tenant's activation gives them back, and no runtime makes them
 // again. Seen through /metrics (`nimbus_js_code_caches_saved_total`, `..._restored_total`),
-// with the answers checked all along. V8 only: QuickJS keeps no compiled code.
+// with the answers checked all along; a record saved for an earlier push is not given to a
+// later one. V8 only: QuickJS keeps no compiled code.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { NimbusServer, callRaw, httpRequest } from "./harness.mjs";
+import { APP_DIR, NimbusServer, callRaw, deploy, httpRequest } from "./harness.mjs";
 
 let server;
 let skipped = null;
@@ -66,7 +67,7 @@ async function increment(url, expected) {
 
 test("a push's code caches are made after its first call once, saved, and restored after a restart", { timeout: 180_000 }, async (t) => {
   if (skipped !== null) return t.skip(skipped);
-  await server.tenantWithApp("cc");
+  const tenant = await server.tenantWithApp("cc");
   const url = server.tenantUrl("cc");
   assert.deepEqual(await counters(), { saved: 0, restored: 0 });
 
@@ -88,4 +89,17 @@ test("a push's code caches are made after its first call once, saved, and restor
   for (let n = 8; n <= 10; n++) await increment(url, n);
   await new Promise((resolve) => setTimeout(resolve, 500));
   assert.deepEqual(await counters(), { saved: 0, restored: 1 });
+
+  // A new push (the same sources under a new code identity), then a restart before any
+  // call: the saved record is the old push's, so it is not given to the new one, whose
+  // first call makes and saves its own.
+  await deploy({ appDir: APP_DIR, url, adminKey: tenant.adminKey, server });
+  await server.restart();
+  await increment(url, 11);
+  const afterPush = await waitFor("the new push's caches are saved", (c) => c.saved === 1);
+  assert.equal(afterPush.restored, 0, "the old push's caches are not restored into the new one");
+  await server.restart();
+  await increment(url, 12);
+  await waitFor("the new push's caches are restored", (c) => c.restored === 1);
+  assert.equal((await counters()).saved, 0);
 });

@@ -279,8 +279,10 @@ impl Deployment {
             code_id,
             modules: self.modules.clone(),
             // The same sources: their code caches (made at push time or by a runtime) hold.
+            // A copy: the caches a runtime makes after a call are saved under the code id
+            // (`saved_code_cache.rs`), so each identity makes and saves its own.
             module_set: ModuleSet {
-                code_cache: self.module_set.code_cache.clone(),
+                code_cache: Arc::new(self.module_set.code_cache.copy_for_new_code()),
                 ..module_set(code_id, &self.modules, &env)
             },
             functions: self.functions.clone(),

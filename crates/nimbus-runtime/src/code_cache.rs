@@ -144,6 +144,21 @@ impl CodeCache {
         self.after_a_call.store(true, Ordering::Release);
     }
 
+    /// The same caches under a new code identity (another push of the same sources, or
+    /// other environment variables): as push-time caches, so the new identity's first
+    /// runtime makes and announces its own after its first call, and with no function to
+    /// call then (the caller gives the new identity's).
+    pub fn copy_for_new_code(&self) -> CodeCache {
+        let copy = CodeCache::default();
+        {
+            let held = lock(&self.entries);
+            let mut into = lock(&copy.entries);
+            into.by_name = held.by_name.clone();
+            into.bytes = held.bytes;
+        }
+        copy
+    }
+
     /// Every module's cache, by name.
     pub fn entries(&self) -> Vec<(String, Arc<[u8]>)> {
         lock(&self.entries)
@@ -231,5 +246,14 @@ mod tests {
             "what was restored is saved already"
         );
         assert_eq!(restored.get("a.js").as_deref(), Some(&[2u8; 10][..]));
+
+        // Another code identity of the same sources starts from the same bytes, as
+        // push-time caches, and without the first identity's function.
+        restored.on_made_after_a_call(|| Box::new(|| {}));
+        let copy = restored.copy_for_new_code();
+        assert_eq!(copy.get("a.js").as_deref(), Some(&[2u8; 10][..]));
+        assert_eq!(copy.bytes(), restored.bytes());
+        assert!(!copy.made_after_a_call());
+        assert!(!copy.has_notify());
     }
 }
