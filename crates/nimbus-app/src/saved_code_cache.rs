@@ -153,11 +153,17 @@ impl Tenant {
         let weak_cache = Arc::downgrade(cache);
         let engine = Arc::downgrade(self.engine());
         let code_id = deployment.module_set.code_id;
+        let (late_engine, late_cache, late_runtime) =
+            (engine.clone(), weak_cache.clone(), runtime.clone());
         cache.on_made_after_a_call(move || {
             Box::new(move || {
                 runtime.spawn(save(engine.clone(), weak_cache.clone(), code_id));
             })
         });
+        // Made before there was anyone to tell (`save` does nothing if they are saved).
+        if cache.made_after_a_call() {
+            late_runtime.spawn(save(late_engine, late_cache, code_id));
+        }
     }
 }
 
