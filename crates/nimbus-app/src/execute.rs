@@ -655,7 +655,7 @@ impl Tenant {
             scheduled: Default::default(),
             job: job.cloned(),
         };
-        self.save_code_caches(deployment);
+        self.save_code_caches_when_made(deployment);
         let _running = self.acquire_worker().await?;
         let (host, outcome) =
             self.pool()

@@ -2,7 +2,7 @@
 //!
 //! The deployment record holds the caches push-time analysis made, which cover the modules'
 //! top level only. The push's first runtime makes them again after its first call, with the
-//! functions that call compiled; a new runtime given those spends about a third less on its
+//! functions that call compiled; a new runtime given those spends a fifth to a third less on its
 //! first call (BENCHMARKS.md, "A tenant's first request"). They are saved here, as the
 //! global [`CODE_CACHE_GLOBAL`] tagged with the push's code id, and given back when the
 //! tenant is activated, so they are made once per push rather than once per process. A
@@ -141,7 +141,7 @@ impl Tenant {
     /// Arranges for `deployment`'s code caches to be saved when a runtime makes them after
     /// a call (see the module's docs): in the background, through the tenant's committer.
     /// Called before each call; cheap once arranged.
-    pub(crate) fn save_code_caches(&self, deployment: &Arc<Deployment>) {
+    pub(crate) fn save_code_caches_when_made(&self, deployment: &Arc<Deployment>) {
         let cache = &deployment.module_set.code_cache;
         if cache.has_notify() {
             return;
