@@ -923,7 +923,8 @@ impl Nimbus {
             return Err(AppError::TenantNotFound(name.to_string()));
         };
         // The code caches its push's first runtime made after a call, before any call.
-        crate::saved_code_cache::restore(&engine).await;
+        let v8 = self.config.pool.engine == nimbus_runtime::Engine::V8;
+        crate::saved_code_cache::restore(&engine, v8).await;
         let recorded = row.next_due_ms;
         let due_record: Arc<dyn crate::scheduler::DueRecord> =
             Arc::new(crate::catalog::TenantDueRecord {

@@ -113,7 +113,13 @@ fn decode(bytes: &[u8]) -> Option<(CodeId, Entries)> {
 }
 
 /// Gives the current push the caches saved for it, if any (at activation, before any call).
-pub(crate) async fn restore(engine: &Arc<TenantEngine>) {
+/// `v8`: whether the server runs V8; QuickJS makes no caches, so there is nothing to read
+/// (for a Postgres tenant the read is a round trip on the activation's path).
+pub(crate) async fn restore(engine: &Arc<TenantEngine>, v8: bool) {
+    let deployment = deployment_of(&engine.snapshot());
+    if !v8 || deployment.module_set.modules.is_empty() {
+        return;
+    }
     let reader = engine.clone();
     let stored = match tokio::task::spawn_blocking(move || reader.get_global(CODE_CACHE_GLOBAL))
         .await
@@ -130,7 +136,6 @@ pub(crate) async fn restore(engine: &Arc<TenantEngine>) {
         tracing::warn!(tenant = %engine.name(), "the saved code caches do not parse; ignored");
         return;
     };
-    let deployment = deployment_of(&engine.snapshot());
     if deployment.module_set.code_id == code_id {
         deployment.module_set.code_cache.restore(entries);
         RESTORED.fetch_add(1, Ordering::Relaxed);
