@@ -201,61 +201,41 @@ fn render(process: &Process, tenants: &[(String, TenantStats)]) -> String {
         "Seconds since the server started.",
     );
     let _ = writeln!(out, "nimbus_uptime_seconds {:.3}", process.uptime_seconds);
-    family(
-        &mut out,
-        "nimbus_js_cached_runtimes",
-        "gauge",
-        "Tenant JavaScript runtimes cached on the workers (--js-isolates-per-worker).",
-    );
-    let _ = writeln!(
-        out,
-        "nimbus_js_cached_runtimes {}",
-        process.js_cache.runtimes
-    );
-    family(
-        &mut out,
-        "nimbus_js_cached_runtime_bytes",
-        "gauge",
-        "Heap bytes of the cached runtimes, as last measured (--js-cache-mib-per-worker).",
-    );
-    let _ = writeln!(
-        out,
-        "nimbus_js_cached_runtime_bytes {}",
-        process.js_cache.bytes
-    );
-    family(
-        &mut out,
-        "nimbus_js_runtime_cache_evictions_total",
-        "counter",
-        "Cached runtimes dropped to stay within the cache's bounds.",
-    );
-    let _ = writeln!(
-        out,
-        "nimbus_js_runtime_cache_evictions_total {}",
-        process.js_cache.evictions
-    );
-    family(
-        &mut out,
-        "nimbus_js_code_caches_saved_total",
-        "counter",
-        "V8 code caches a push's first runtime made after its first call, saved with the tenant.",
-    );
-    let _ = writeln!(
-        out,
-        "nimbus_js_code_caches_saved_total {}",
-        process.code_caches.saved
-    );
-    family(
-        &mut out,
-        "nimbus_js_code_caches_restored_total",
-        "counter",
-        "Tenant activations that got their push's saved V8 code caches back.",
-    );
-    let _ = writeln!(
-        out,
-        "nimbus_js_code_caches_restored_total {}",
-        process.code_caches.restored
-    );
+    for (name, kind, help, value) in [
+        (
+            "nimbus_js_cached_runtimes",
+            "gauge",
+            "Tenant JavaScript runtimes cached on the workers (--js-isolates-per-worker).",
+            process.js_cache.runtimes as u64,
+        ),
+        (
+            "nimbus_js_cached_runtime_bytes",
+            "gauge",
+            "Heap bytes of the cached runtimes, as last measured (--js-cache-mib-per-worker).",
+            process.js_cache.bytes as u64,
+        ),
+        (
+            "nimbus_js_runtime_cache_evictions_total",
+            "counter",
+            "Cached runtimes dropped to stay within the cache's bounds.",
+            process.js_cache.evictions,
+        ),
+        (
+            "nimbus_js_code_caches_saved_total",
+            "counter",
+            "V8 code caches a push's first runtime made after its first call, saved with the tenant.",
+            process.code_caches.saved,
+        ),
+        (
+            "nimbus_js_code_caches_restored_total",
+            "counter",
+            "Tenant activations that got their push's saved V8 code caches back.",
+            process.code_caches.restored,
+        ),
+    ] {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 
     if let Some(journal) = &process.journal {
         for (name, kind, help, value) in [
