@@ -8,7 +8,7 @@
 // later one. V8 only: QuickJS keeps no compiled code.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { APP_DIR, NimbusServer, callRaw, deploy, httpRequest } from "./harness.mjs";
+import { APP_DIR, NimbusServer, callRaw, deploy, eventually, httpRequest } from "./harness.mjs";
 
 let server;
 let skipped = null;
@@ -49,14 +49,18 @@ async function counters() {
   };
 }
 
-async function waitFor(what, check, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const seen = await counters();
-    if (check(seen)) return seen;
-    assert.ok(Date.now() < deadline, `${what}: still ${JSON.stringify(seen)} after ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+/** The counters once `check` holds for them (polled for up to 10 s). */
+async function waitFor(what, check) {
+  let seen;
+  return await eventually(
+    () => `${what} (counters: ${JSON.stringify(seen)})`,
+    async () => {
+      seen = await counters();
+      return check(seen) ? seen : undefined;
+    },
+    10_000,
+    50,
+  );
 }
 
 async function increment(url, expected) {

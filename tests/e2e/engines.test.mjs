@@ -15,7 +15,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
-import { NimbusServer, POS_DIR, callRaw, freePort, httpRequest, sleep } from "./harness.mjs";
+import { NimbusServer, POS_DIR, callRaw, eventually, freePort, httpRequest } from "./harness.mjs";
 
 const ENGINES = ["v8", "quickjs"];
 const servers = {};
@@ -369,17 +369,6 @@ async function call(tenant, record, kind, path, args) {
 function valueOf(result) {
   assert.ok("value" in result && result.error === undefined, `expected a value: ${JSON.stringify(result)}`);
   return result.value;
-}
-
-/** Polls `check` every 100 ms until it returns something other than undefined/false. */
-async function eventually(what, check, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const got = await check();
-    if (got !== undefined && got !== false) return got;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 test("the scheduler behaves the same on V8 and on QuickJS", { timeout: 120_000 }, async (t) => {

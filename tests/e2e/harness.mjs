@@ -48,6 +48,23 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * Polls `check` every `intervalMs` until it returns something other than undefined or false,
+ * and returns that; throws after `timeoutMs`, naming `what` (a string, or a function giving
+ * one then, so the message can say what was last seen).
+ */
+export async function eventually(what, check, timeoutMs = 10_000, intervalMs = 100) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const got = await check();
+    if (got !== undefined && got !== false) return got;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === "function" ? what() : what}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
 /** Rejects with `what` timed out after `ms`; never leaves a timer behind. */
 export async function withTimeout(promise, ms, what) {
   let timer;

@@ -351,17 +351,11 @@ pub(crate) async fn run(
                     // A copy of the push-time caches each time: the first runtime given
                     // them makes them again after its call (and would make them
                     // after-call caches for every runtime after it).
-                    FirstCall::FromPushCache => {
-                        let copy = ModuleSet::new(
-                            nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
-                            pushed.modules.clone(),
-                            pushed.env.clone(),
-                        );
-                        for (name, bytes) in pushed.code_cache.entries() {
-                            copy.code_cache.put(&name, bytes.to_vec());
-                        }
-                        copy
-                    }
+                    FirstCall::FromPushCache => ModuleSet {
+                        code_id: nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
+                        code_cache: Arc::new(pushed.code_cache.copy_for_new_code()),
+                        ..pushed.clone()
+                    },
                     FirstCall::FromCodeCache => ModuleSet {
                         code_id: nimbus_runtime::CodeId(1 + u128::from(fresh_tenants.get())),
                         ..modules.clone()
