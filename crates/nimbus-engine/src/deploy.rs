@@ -24,7 +24,7 @@
 //! A deploy without staging (tests, tools) backfills and checks inside the committer, as
 //! one step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use nimbus_storage::{IndexNumber, IndexWrite, WriteBatch};
@@ -246,22 +246,38 @@ pub(crate) fn apply_backfill(
         .filter(|info| info.building)
         .cloned()
         .collect();
-    let mut indexed = 0;
+    // A tenant served from storage reads documents from storage, which does not hold the
+    // writes of this group's earlier messages yet: those are read from the batch (the last
+    // write of a document wins). A resident snapshot already has them applied.
+    let mut pending: HashMap<DocumentId, Option<&[u8]>> = HashMap::new();
+    if !working.is_resident() {
+        let chunk: HashSet<&DocumentId> = ids.iter().collect();
+        for write in storage.documents.iter().filter(|w| chunk.contains(&w.id)) {
+            pending.insert(write.id, write.body.as_deref());
+        }
+    }
+    let mut new_entries = Vec::new();
     for id in ids {
-        let Some(doc) = working.get(id)? else {
+        let doc = match pending.get(id) {
+            Some(Some(body)) => Some(Arc::new(crate::codec::decode_document(body)?)),
+            Some(None) => None,
+            None => working.get(id)?,
+        };
+        let Some(doc) = doc else {
             continue; // deleted since the staged snapshot
         };
         for info in infos.iter().filter(|info| info.table == id.table) {
             let key = document_key(&info.fields, &doc);
             working.insert_index_entry(info.number, &key, *id, &doc);
-            storage.indexes.push(IndexWrite::Insert {
+            new_entries.push(IndexWrite::Insert {
                 index: info.number,
                 key,
                 id: *id,
             });
-            indexed += 1;
         }
     }
+    let indexed = new_entries.len();
+    storage.indexes.extend(new_entries);
     Ok(indexed)
 }
 
