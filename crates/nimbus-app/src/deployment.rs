@@ -96,6 +96,8 @@ pub(crate) struct Deployment {
     pub auth: Arc<AuthConfig>,
     /// Environment variables (`process.env`), also in `module_set`.
     pub env: Arc<BTreeMap<String, String>>,
+    /// What the texts above hold, counted once when built (see [`Deployment::memory_bytes`]).
+    text_bytes: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -165,6 +167,7 @@ impl Deployment {
             auth_json: None,
             auth: Arc::new(AuthConfig::default()),
             env: Arc::default(),
+            text_bytes: 0,
         }
     }
 
@@ -244,7 +247,7 @@ impl Deployment {
             }
             None => Vec::new(),
         };
-        Ok(Deployment {
+        let mut deployment = Deployment {
             generation,
             code_id,
             module_set: module_set(code_id, &modules, &env),
@@ -257,7 +260,58 @@ impl Deployment {
             auth_json,
             auth: Arc::new(auth),
             env,
-        })
+            text_bytes: 0,
+        };
+        deployment.text_bytes = deployment.count_text_bytes();
+        Ok(deployment)
+    }
+
+    /// Bytes this deployment holds in memory: its texts (see `count_text_bytes`) and the
+    /// modules' code caches, which a runtime may add to after a call. Part of the tenant's
+    /// memory ([`crate::Tenant::memory_bytes`]), which the instance's memory budget counts:
+    /// a push of large modules with source maps holds megabytes per tenant, and the budget
+    /// did not see them.
+    pub fn memory_bytes(&self) -> usize {
+        self.text_bytes + self.module_set.code_cache.bytes()
+    }
+
+    /// The texts held: each module's source twice (as pushed, with its source map, and in
+    /// the module set the runtimes load), the environment (also twice), each function's
+    /// validators (as text; parsed, about as much again), and the pushed schema, crons and
+    /// auth texts. Counted from the lengths; allocation overhead is not counted.
+    fn count_text_bytes(&self) -> usize {
+        let modules: usize = self
+            .modules
+            .iter()
+            .map(|m| {
+                m.path.len()
+                    + m.source.len()
+                    + m.source_map.as_ref().map_or(0, String::len)
+                    + m.environment.len()
+            })
+            .sum();
+        let module_set: usize = self
+            .module_set
+            .modules
+            .iter()
+            .map(|(path, source)| path.len() + source.len())
+            .sum();
+        let env: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let functions: usize = self
+            .functions
+            .values()
+            .map(|f| {
+                let info = &f.info;
+                info.module_path.len()
+                    + info.name.len()
+                    + 2 * (info.args_json.len() + info.returns_json.as_ref().map_or(0, String::len))
+            })
+            .sum();
+        let texts: usize = [&self.schema_json, &self.crons_json, &self.auth_json]
+            .into_iter()
+            .map(|text| text.as_ref().map_or(0, |t| 2 * t.len()))
+            .sum();
+        modules + module_set + 2 * env + functions + texts
     }
 
     /// This staged push as it is activated: the next generation after `current`, a fresh
@@ -274,7 +328,7 @@ impl Deployment {
 
     fn with(&self, generation: u64, env: Arc<BTreeMap<String, String>>) -> Deployment {
         let code_id = CodeId::random();
-        Deployment {
+        let mut deployment = Deployment {
             generation,
             code_id,
             modules: self.modules.clone(),
@@ -293,7 +347,10 @@ impl Deployment {
             auth_json: self.auth_json.clone(),
             auth: self.auth.clone(),
             env,
-        }
+            text_bytes: 0,
+        };
+        deployment.text_bytes = deployment.count_text_bytes();
+        deployment
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, AppError> {

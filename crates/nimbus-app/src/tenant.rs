@@ -368,11 +368,14 @@ impl Tenant {
     }
 
     /// Estimated memory the tenant holds: a base ([`crate::instance::TENANT_BASE_BYTES`])
-    /// plus its resident documents, cached query results and live subscriptions. What the
+    /// plus its resident documents, its code (sources, source maps, code caches: see
+    /// [`Deployment::memory_bytes`]), cached query results and live subscriptions. What the
     /// instance's memory budget counts.
     pub fn memory_bytes(&self) -> usize {
+        let snapshot = self.engine.snapshot();
         crate::instance::TENANT_BASE_BYTES
-            + self.engine.snapshot().resident_bytes()
+            + snapshot.resident_bytes()
+            + deployment_of(&snapshot).memory_bytes()
             + self.query_cache.lock().bytes()
             + self.live.bytes()
     }

@@ -319,6 +319,56 @@ async fn activations_respect_the_instance_memory_budget() {
     drop((b, c));
 }
 
+/// A tenant's code counts in its memory: before, a push of large modules with source maps
+/// held megabytes per tenant that the instance memory budget did not see.
+#[tokio::test]
+async fn pushed_code_counts_in_the_tenants_memory() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let nimbus = nimbus(dir.path(), 4).await;
+    nimbus
+        .create_tenant("code")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tenant = nimbus
+        .tenant("code")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = tenant.memory_bytes();
+    // 1 MiB of comment in the source, 2 MiB of source map.
+    let source = format!("/*{}*/\nexport const answer = 42;\n", "x".repeat(1 << 20));
+    let source_map = format!("{{\"version\":3,\"mappings\":\"{}\"}}", "A".repeat(2 << 20));
+    let staged = tenant
+        .start_push(nimbus_app::PushRequest {
+            modules: vec![nimbus_app::PushModule {
+                path: "big.js".into(),
+                source: source.clone(),
+                source_map: Some(source_map.clone()),
+                environment: "isolate".into(),
+            }],
+            unchanged: vec![],
+            schema_source: None,
+            dry_run: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start push: {e}"));
+    tenant
+        .finish_push(&staged.token, false)
+        .await
+        .unwrap_or_else(|e| panic!("finish push: {e}"));
+    let after = tenant.memory_bytes();
+    // The source is held twice (as pushed, and in the set the runtimes load), the map once.
+    let held = 2 * source.len() + source_map.len();
+    assert!(
+        after >= before + held,
+        "memory went from {before} to {after} bytes; the code alone holds {held}"
+    );
+    assert!(
+        after <= before + held + (1 << 20),
+        "memory went from {before} to {after} bytes, far past the code's {held}"
+    );
+    assert_eq!(tenant.stats().memory_bytes, after);
+}
+
 /// Idle release: a tenant nobody holds is closed once it has gone unused for
 /// `idle_release`, while one a caller still holds stays; the next lookup reopens it.
 #[tokio::test]
