@@ -97,6 +97,9 @@ if [ -z "${E2E_ONLY:-}" ]; then
   ensure_rust_components
   step fmt cargo fmt --all -- --check
   step clippy cargo clippy --workspace --all-targets -- -D warnings
+  # The V8 shim against the next Debian release's V8 (11.3; this one's is 10.2): it compiles
+  # without a warning and links (scripts/v8-next-debian.sh; `run` there runs the tests on it).
+  step v8-next bash "$REPO_ROOT/scripts/v8-next-debian.sh"
 fi
 # Before the Rust tests: the Rust-client test pushes examples/pos with the official CLI.
 step npm-ci-e2e npm_ci "$REPO_ROOT/tests/e2e"

@@ -71,6 +71,27 @@ fn wanted(fields: &[&str]) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     indexes
 }
 
+/// Step 3 of a deploy wanting `by_color` on `fields` (or no index), no code change.
+fn switch_to(fields: &[&str]) -> DeployRequest {
+    DeployRequest {
+        indexes: wanted(fields),
+        globals: vec![],
+        check: None,
+        deployment: None,
+    }
+}
+
+/// Step 1 of a deploy wanting `by_color` on `color`.
+async fn stage_color(engine: &TenantEngine, check: Option<DocumentCheck>) -> nimbus_engine::Staged {
+    engine
+        .stage_deploy(StageRequest {
+            indexes: wanted(&["color"]),
+            check,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn insert_items(engine: &TenantEngine, from: i64, count: i64) -> Vec<DocumentId> {
     let mut txn = engine.begin();
     let ids = (from..from + count)
@@ -205,14 +226,7 @@ async fn an_index_built_while_writes_go_on_is_exact() {
         for batch in 0..5 {
             ids.extend(insert_items(&t.engine, batch * 1000, 1000).await);
         }
-        let staged = t
-            .engine
-            .stage_deploy(StageRequest {
-                indexes: wanted(&["color"]),
-                check: None,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let staged = stage_color(&t.engine, None).await;
         assert_eq!(staged.building.len(), 1);
         assert!(
             staged
@@ -269,12 +283,7 @@ async fn an_index_built_while_writes_go_on_is_exact() {
         );
         let outcome = t
             .engine
-            .deploy(DeployRequest {
-                indexes: wanted(&["color"]),
-                globals: vec![],
-                check: None,
-                deployment: None,
-            })
+            .deploy(switch_to(&["color"]))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(outcome.added_indexes, vec!["items.by_color".to_string()]);
@@ -296,14 +305,7 @@ async fn a_backfill_grouped_behind_writes_to_its_documents_indexes_their_new_sta
     for paged in [false, true] {
         let t = tenant(paged).await;
         let ids = insert_items(&t.engine, 0, 4).await;
-        let staged = t
-            .engine
-            .stage_deploy(StageRequest {
-                indexes: wanted(&["color"]),
-                check: None,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let staged = stage_color(&t.engine, None).await;
         let building: Vec<_> = staged.building.iter().map(|i| i.number).collect();
         let mut txn = t.engine.begin();
         txn.delete(&ids[0]).unwrap_or_else(|e| panic!("{e}"));
@@ -318,12 +320,7 @@ async fn a_backfill_grouped_behind_writes_to_its_documents_indexes_their_new_sta
         committed.unwrap_or_else(|e| panic!("{e}"));
         backfilled.unwrap_or_else(|e| panic!("{e}"));
         t.engine
-            .deploy(DeployRequest {
-                indexes: wanted(&["color"]),
-                globals: vec![],
-                check: None,
-                deployment: None,
-            })
+            .deploy(switch_to(&["color"]))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_index_is_exact(&t, &format!("paged={paged}"));
@@ -345,13 +342,7 @@ async fn a_violation_written_while_staged_fails_the_switch() {
                 _ => Ok(()),
             },
         );
-    t.engine
-        .stage_deploy(StageRequest {
-            indexes: wanted(&["color"]),
-            check: Some(check),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    stage_color(&t.engine, Some(check)).await;
     let mut txn = t.engine.begin();
     txn.insert("items", item(99, "purple"))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -359,15 +350,7 @@ async fn a_violation_written_while_staged_fails_the_switch() {
         .commit(txn.finish())
         .await
         .unwrap_or_else(|e| panic!("the old schema still allows it: {e}"));
-    let switched = t
-        .engine
-        .deploy(DeployRequest {
-            indexes: wanted(&["color"]),
-            globals: vec![],
-            check: None,
-            deployment: None,
-        })
-        .await;
+    let switched = t.engine.deploy(switch_to(&["color"])).await;
     match switched {
         Err(EngineError::User(message)) => assert!(message.contains("purple"), "{message}"),
         other => panic!("expected the switch to fail, got {other:?}"),
@@ -383,14 +366,8 @@ async fn a_violation_written_while_staged_fails_the_switch() {
 async fn dropped_index_entries_are_deleted_in_chunks() {
     let t = tenant(false).await;
     insert_items(&t.engine, 0, 500).await;
-    let deploy = |fields: &[&str]| DeployRequest {
-        indexes: wanted(fields),
-        globals: vec![],
-        check: None,
-        deployment: None,
-    };
     t.engine
-        .deploy(deploy(&["color"]))
+        .deploy(switch_to(&["color"]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let number = t
@@ -401,7 +378,7 @@ async fn dropped_index_entries_are_deleted_in_chunks() {
         .unwrap_or_else(|e| panic!("{e}"))
         .number;
     t.engine
-        .deploy(deploy(&[]))
+        .deploy(switch_to(&[]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let left = |t: &Tenant| {
