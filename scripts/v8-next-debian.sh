@@ -110,23 +110,26 @@ run_in_root() {
       die "debootstrap failed"
     touch "$root/.complete"
   fi
-  local mounts=()
+  # Global, not local: the EXIT trap runs after this function has returned.
+  MOUNTS=()
   cleanup() {
-    local m
-    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "${mounts[i]}" 2>/dev/null || true; done
+    local i
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount -l "${MOUNTS[i]}" 2>/dev/null || true; done
   }
   trap cleanup EXIT
   bind() { # bind SOURCE TARGET-IN-ROOT
     mkdir -p "$root$2"
     mount --bind "$1" "$root$2"
-    mounts+=("$root$2")
+    MOUNTS+=("$root$2")
   }
-  mount -t proc proc "$root/proc" && mounts+=("$root/proc")
+  mount -t proc proc "$root/proc" && MOUNTS+=("$root/proc")
   bind /dev /dev
   bind "${CARGO_HOME:-$HOME/.cargo}" /root/.cargo
   bind "${RUSTUP_HOME:-$HOME/.rustup}" /root/.rustup
   bind "$REPO_ROOT" /repo
+  # Names as on the host: resolv.conf for apt, hosts for `localhost` (the e2e tests' fetch).
   cp /etc/resolv.conf "$root/etc/resolv.conf"
+  cp /etc/hosts "$root/etc/hosts"
   # Debian's own nodejs is what libnode-dev goes with there: apt installs it as a user would.
   chroot "$root" bash -c 'command -v g++ >/dev/null && [ -f /usr/include/node/v8.h ] ||
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnode-dev g++ make >/dev/null; }'
