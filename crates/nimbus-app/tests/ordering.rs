@@ -97,11 +97,14 @@ async fn a_mutation_retried_after_a_deploy_runs_the_new_code() {
         .unwrap_or_else(|e| panic!("{e}"));
     push(&tenant, 1).await;
     assert_eq!(generation_of(&tenant, 0).await, json!(1.0));
-    // Calibrate a spin that takes about a second, so the deploy lands inside it.
+    // Calibrate a spin that takes about three seconds, so the deploy lands inside it. A
+    // calibrated second was too tight (1 failure in 6 runs): a JIT may run the long loop at
+    // another speed than the short calibration (V8 was seen 2× off either way), and the
+    // push behind it takes a few hundred milliseconds on a loaded machine.
     let started = std::time::Instant::now();
     generation_of(&tenant, 2_000_000).await;
     let per_iteration = started.elapsed().as_secs_f64() / 2_000_000.0;
-    let spin = (1.0 / per_iteration.max(1e-9)) as u64;
+    let spin = (3.0 / per_iteration.max(1e-9)) as u64;
     let slow = {
         let tenant = tenant.clone();
         tokio::spawn(async move { generation_of(&tenant, spin).await })
