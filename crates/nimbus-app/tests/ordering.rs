@@ -97,31 +97,39 @@ async fn a_mutation_retried_after_a_deploy_runs_the_new_code() {
         .unwrap_or_else(|e| panic!("{e}"));
     push(&tenant, 1).await;
     assert_eq!(generation_of(&tenant, 0).await, json!(1.0));
-    // Calibrate a spin that takes about three seconds, so the deploy lands inside it. A
-    // calibrated second was too tight (1 failure in 6 runs): a JIT may run the long loop at
-    // another speed than the short calibration (V8 was seen 2× off either way), and the
-    // push behind it takes a few hundred milliseconds on a loaded machine.
+    // Calibrate a spin of about a second, so the deploy lands inside it. A calibration can
+    // be far off (a JIT runs the long loop at another speed than the short one: 1 failure
+    // in 6 runs when this asserted the first try), so a slow mutation that finished before
+    // the deploy did is tried again with a longer spin, and a new generation.
     let started = std::time::Instant::now();
     generation_of(&tenant, 2_000_000).await;
     let per_iteration = started.elapsed().as_secs_f64() / 2_000_000.0;
-    let spin = (3.0 / per_iteration.max(1e-9)) as u64;
-    let slow = {
-        let tenant = tenant.clone();
-        tokio::spawn(async move { generation_of(&tenant, spin).await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !slow.is_finished(),
-        "the slow mutation is still running when the deploy starts"
-    );
-    push(&tenant, 2).await;
-    assert!(
-        !slow.is_finished(),
-        "the deploy finished while the slow mutation ran"
-    );
-    // Its first attempt conflicts with the deploy (the catalog moved); the retry reads the
-    // new snapshot, and so runs the new code.
-    assert_eq!(slow.await.unwrap_or_else(|e| panic!("{e}")), json!(2.0));
+    let mut spin = (1.0 / per_iteration.max(1e-9)) as u64;
+    for generation in 2..5u32 {
+        let slow = {
+            let tenant = tenant.clone();
+            tokio::spawn(async move { generation_of(&tenant, spin).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let overlapped = !slow.is_finished() && {
+            push(&tenant, generation).await;
+            !slow.is_finished()
+        };
+        if !overlapped {
+            // The next try pushes the next generation, whether this one's push ran or not.
+            slow.await.unwrap_or_else(|e| panic!("{e}"));
+            spin *= 3;
+            continue;
+        }
+        // Its first attempt conflicts with the deploy (the catalog moved); the retry reads
+        // the new snapshot, and so runs the new code.
+        assert_eq!(
+            slow.await.unwrap_or_else(|e| panic!("{e}")),
+            json!(f64::from(generation))
+        );
+        return;
+    }
+    panic!("the slow mutation never outlasted a deploy, even at {spin} iterations");
 }
 
 /// The first evaluation of a new live query registers no read set until it completes, so a
