@@ -1,5 +1,7 @@
 //! The instance: tenant lifecycle, admin keys, and the bound on active tenants.
 
+mod common;
+
 use nimbus_app::{AppError, Nimbus, NimbusConfig};
 
 async fn nimbus(dir: &std::path::Path, max_active: usize) -> std::sync::Arc<Nimbus> {
@@ -337,24 +339,7 @@ async fn pushed_code_counts_in_the_tenants_memory() {
     // 1 MiB of comment in the source, 2 MiB of source map.
     let source = format!("/*{}*/\nexport const answer = 42;\n", "x".repeat(1 << 20));
     let source_map = format!("{{\"version\":3,\"mappings\":\"{}\"}}", "A".repeat(2 << 20));
-    let staged = tenant
-        .start_push(nimbus_app::PushRequest {
-            modules: vec![nimbus_app::PushModule {
-                path: "big.js".into(),
-                source: source.clone(),
-                source_map: Some(source_map.clone()),
-                environment: "isolate".into(),
-            }],
-            unchanged: vec![],
-            schema_source: None,
-            dry_run: false,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start push: {e}"));
-    tenant
-        .finish_push(&staged.token, false)
-        .await
-        .unwrap_or_else(|e| panic!("finish push: {e}"));
+    common::push_module(&tenant, "big.js", source.clone(), Some(source_map.clone())).await;
     let after = tenant.memory_bytes();
     // The source is held twice (as pushed, and in the set the runtimes load), the map once.
     let held = 2 * source.len() + source_map.len();

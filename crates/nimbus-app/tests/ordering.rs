@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nimbus_app::{
-    Caller, FunctionKind, FunctionRequest, Nimbus, NimbusConfig, PushModule, PushRequest, Tenant,
-};
+mod common;
+
+use nimbus_app::{Caller, FunctionKind, FunctionRequest, Nimbus, NimbusConfig, Tenant};
 use serde_json::json;
 
 /// A module whose mutation `log:write` inserts a row, spins `spin` iterations, and returns
@@ -38,24 +38,7 @@ export const write = register("isMutation", async ({{ spin }}) => {{
 }
 
 async fn push(tenant: &Tenant, generation: u32) {
-    let staged = tenant
-        .start_push(PushRequest {
-            modules: vec![PushModule {
-                path: "log.js".into(),
-                source: module(generation),
-                source_map: None,
-                environment: "isolate".into(),
-            }],
-            unchanged: vec![],
-            schema_source: None,
-            dry_run: false,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start push: {e}"));
-    tenant
-        .finish_push(&staged.token, false)
-        .await
-        .unwrap_or_else(|e| panic!("finish push: {e}"));
+    common::push_module(tenant, "log.js", module(generation), None).await;
 }
 
 fn write(spin: u64) -> FunctionRequest {
